@@ -1,0 +1,33 @@
+# Two commands a new user needs, each doing its own set-up:
+#   make demo   - CPU sweep on the built-in corpus (AdamW, Muon x 3 FFN widths), then the beta table
+#   make test   - the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# A CPU build of torch is enough for the demo and the tests; on a GPU machine set TORCH_SPEC="torch>=2.9".
+TORCH_SPEC ?= torch==2.13.0
+RUNS   ?= runs
+
+.PHONY: setup demo test test-fast clean-demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	SPECSWEEP_RUNS=$(RUNS) $(BIN)/python -m sweep.train -m +sweep=demo
+	$(BIN)/python -m sweep.fit $(RUNS)/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+clean-demo:
+	rm -rf $(RUNS)/demo

@@ -1,0 +1,175 @@
+"""Training throughput of our GPT vs a minimal nanoGPT-style reference at the same shape.
+
+Both models have the GPT-2 124M shape (12 layers, d_model 768, 12 heads, FFN 4x, vocab
+50304, untied head) and train with the same AdamW and the same batch; steps alternate
+between the two models so that machine noise hits both alike. Prints tokens/s and the
+ratio ours / reference (> 1 means ours is faster).
+
+    python benchmarks/throughput.py                       # CPU: ~1-2 minutes
+    python benchmarks/throughput.py --device cuda         # 12 x 1024 tokens/step, bf16, compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+from models import GPT, GPTConfig  # noqa: E402
+
+VOCAB, N_LAYER, N_HEAD, D_MODEL, FFN_MULT = 50304, 12, 12, 768, 4
+
+
+# ---- the reference: nanoGPT-style block (LayerNorm, GELU MLP, learned positions, fused qkv)
+
+
+class RefAttention(nn.Module):
+    def __init__(self, d: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, S, d = x.shape
+        # [B, S, 3d] -> 3 x [B, n_head, S, head_dim]
+        q, k, v = self.qkv(x).view(B, S, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, S, d))
+
+
+class RefBlock(nn.Module):
+    def __init__(self, d: int, n_head: int) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = RefAttention(d, n_head)
+        self.mlp = nn.Sequential(nn.Linear(d, FFN_MULT * d), nn.GELU(), nn.Linear(FFN_MULT * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class RefGPT(nn.Module):
+    """GPT-2 as nanoGPT writes it, but with an untied head so the parameter shapes match ours."""
+
+    def __init__(self, context_len: int) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, D_MODEL)
+        self.wpe = nn.Embedding(context_len, D_MODEL)
+        self.blocks = nn.ModuleList(RefBlock(D_MODEL, N_HEAD) for _ in range(N_LAYER))
+        self.ln_f = nn.LayerNorm(D_MODEL)
+        self.lm_head = nn.Linear(D_MODEL, VOCAB, bias=False)
+        for p in self.parameters():
+            if p.ndim == 2:
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return logits, loss
+
+
+# ---- timing ----------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--steps", type=int, help="timed steps per model (cpu 5, cuda 20)")
+    p.add_argument("--warmup", type=int, help="untimed steps per model first (cpu 1, cuda 5)")
+    p.add_argument("--batch", type=int, help="sequences per step (cpu 2, cuda 12)")
+    p.add_argument("--seq", type=int, help="tokens per sequence (cpu 256, cuda 1024)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile both models (default: on for cuda, off for cpu)")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16 = autocast on cuda (default there); fp32 on cpu")
+    args = p.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = args.device == "cuda"
+    defaults = dict(steps=20, warmup=5, batch=12, seq=1024) if cuda else dict(steps=5, warmup=1, batch=2, seq=256)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.compile is None:
+        args.compile = cuda
+    if args.dtype == "auto":
+        args.dtype = "bf16" if cuda else "fp32"
+    if args.dtype == "bf16" and not cuda:
+        p.error("--dtype bf16 is only supported with --device cuda")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    context_len = max(args.seq, 1024)
+    ours = GPT(GPTConfig(vocab_size=VOCAB, n_layer=N_LAYER, n_head=N_HEAD, d_model=D_MODEL,
+                         context_len=context_len, ffn_mult=FFN_MULT)).to(device)
+    reference = RefGPT(context_len).to(device)
+    models = {"ours": ours, "reference": reference}
+    fused = device.type == "cuda"  # the fused AdamW kernel is CUDA-only
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=3e-4, weight_decay=0.01, fused=fused)
+                  for name, m in models.items()}
+    steppers = {name: torch.compile(m) if args.compile else m for name, m in models.items()}
+
+    idx = torch.randint(0, VOCAB, (args.batch, args.seq + 1), device=device)
+    inputs, targets = idx[:, :-1], idx[:, 1:]
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.dtype == "bf16"
+                else contextlib.nullcontext())
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train_step(name: str) -> float:
+        """One forward/backward/AdamW step; returns its wall time in seconds."""
+        sync()
+        start = time.perf_counter()
+        with autocast:
+            _, loss = steppers[name](inputs, targets)
+        loss.backward()
+        optimizers[name].step()
+        optimizers[name].zero_grad(set_to_none=True)
+        sync()
+        assert math.isfinite(loss.item()), f"{name}: loss is not finite"
+        return time.perf_counter() - start
+
+    print(f"device={device} dtype={args.dtype} compile={args.compile} batch={args.batch} "
+          f"seq={args.seq} steps={args.steps} (+{args.warmup} warm-up) threads={torch.get_num_threads()}")
+    for name, m in models.items():
+        print(f"  {name:9s} params={sum(p.numel() for p in m.parameters()) / 1e6:.1f}M")
+    for _ in range(args.warmup):
+        for name in models:
+            train_step(name)
+    elapsed = dict.fromkeys(models, 0.0)
+    for _ in range(args.steps):  # alternate so that drift in machine load hits both alike
+        for name in models:
+            elapsed[name] += train_step(name)
+
+    tokens = args.steps * args.batch * args.seq
+    rate = {name: tokens / seconds for name, seconds in elapsed.items()}
+    for name in models:
+        print(f"  {name:9s} {rate[name]:10.1f} tokens/s  ({elapsed[name] / args.steps * 1e3:.0f} ms/step)")
+    print(f"ratio ours/reference = {rate['ours'] / rate['reference']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Hydra sweeper plugin for specsweep.
+
+Hydra only instantiates plugins that live in the ``hydra_plugins`` namespace, so this package is a
+thin shell: the grid expansion is Hydra's basic one, and the preflight (validation, run-id
+collisions, skipping finished runs) and the end-of-sweep summary live in ``sweep.preflight``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class SpecSweeper(BasicSweeper):
+    """Basic grid sweeper that checks the whole grid before launching any job."""
+
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict] = None) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params or {})
+
+    def sweep(self, arguments: List[str]) -> Any:
+        from sweep.preflight import plan_sweep, summarize_results
+
+        assert self.config is not None and self.launcher is not None
+        assert self.hydra_context is not None
+        params = self._parse_config() + list(arguments)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        batches = self.split_arguments(parser.parse_overrides(params), None)
+        jobs: List[Sequence[str]] = [job for batch in batches for job in batch]
+
+        plan = plan_sweep(self.hydra_context.config_loader, self.config, jobs)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        todo = plan.to_launch
+        size = self.max_batch_size or len(todo) or 1
+        returns: List[Sequence[JobReturn]] = []
+        for start in range(0, len(todo), size):
+            batch = [job.overrides for job in todo[start:start + size]]
+            returns.append(self.launcher.launch(batch, initial_job_idx=start))
+        summarize_results(plan, [r for batch in returns for r in batch])
+        return returns

@@ -1,0 +1,197 @@
+"""Streaming, exactly mergeable centred covariance (Chan et al. pairwise updates).
+
+State per accumulator: row count n, mean (float64, [D]) and the centred scatter
+M2 = Σ (x − mean)(x − mean)ᵀ ([D, D], fp32 by default). Memory is O(D²), independent of the
+number of rows. Every chunk is centred on its own mean before the GEMM, so the fp32 scatter never
+suffers the cancellation of an uncentred second moment (optimizers-and-metrics.md §2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+@contextlib.contextmanager
+def _ieee_fp32_matmul(enabled: bool) -> Iterator[None]:
+    """Turn TF32 off for CUDA matmuls inside the block (it silently costs ~4e-4 relative)."""
+    if not enabled:
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    try:
+        previous = matmul.allow_tf32
+        matmul.allow_tf32 = False
+    except (AttributeError, RuntimeError):  # a torch that only has the newer precision API
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            matmul.allow_tf32 = previous
+
+
+class CovarianceAccumulator:
+    """Centred covariance of rows in R^D, updated from [N, D] chunks and merged exactly.
+
+    Args:
+        dim: D, or None to take it from the first chunk.
+        device: where the state lives; None = the first chunk's device (needed up front only for
+            `all_reduce_` on a rank that saw no rows).
+        dtype: accumulation dtype of the scatter, torch.float32 (default) or torch.float64. Inputs
+            of any float dtype (bf16 included) are cast to it; outputs are never bf16.
+        bf16_matmul: on CUDA, feed the centred chunk to the GEMM as bf16 with fp32 output
+            (~4x faster, error ≈ the bf16 rounding of the activations). Off by default.
+        keep_rows: also keep the raw rows while n < D, so the spectrum can come from the n×n Gram
+            matrix (same nonzero eigenvalues, much cheaper). Costs at most D² extra numbers.
+    """
+
+    def __init__(
+        self,
+        dim: int | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        bf16_matmul: bool = False,
+        keep_rows: bool = False,
+    ) -> None:
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"accumulation dtype must be float32 or float64, got {dtype}")
+        self.dim = dim
+        self.device = torch.device(device) if device is not None else None
+        self.dtype = dtype
+        self.bf16_matmul = bf16_matmul
+        self.keep_rows = keep_rows
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all rows (state is reallocated lazily on the next update)."""
+        self.n = 0
+        self.mean: torch.Tensor | None = None  # [D] float64
+        self.m2: torch.Tensor | None = None  # [D, D] self.dtype
+        self._rows: list[torch.Tensor] | None = [] if self.keep_rows else None
+
+    # ------------------------------------------------------------------ updates
+    def update(self, x: torch.Tensor) -> None:
+        """Add the rows of x ([..., D], any float dtype) to the accumulator."""
+        if self.dim is None:
+            self.dim = int(x.shape[-1])
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"expected last dimension {self.dim}, got shape {tuple(x.shape)}")
+        x = x.detach().reshape(-1, self.dim)  # [N, D]
+        nb = x.shape[0]
+        if nb == 0:
+            return
+        if self.device is None:
+            self.device = x.device
+        # no autocast: under bf16 autocast (as in training forwards) the GEMM would run in bf16
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            xa = x.to(self.device, self.dtype)
+            shift = xa.mean(dim=0)  # [D], in the accumulation dtype
+            xc = xa - shift  # [N, D]
+            with _ieee_fp32_matmul(xc.is_cuda):
+                if self.bf16_matmul and xc.is_cuda:
+                    xb = xc.to(torch.bfloat16)
+                    scatter = torch.mm(xb.t(), xb, out_dtype=torch.float32).to(self.dtype)
+                else:
+                    scatter = xc.t() @ xc  # [D, D]
+            # `shift` is the chunk mean only up to round-off; fold the residual back in exactly:
+            # Σ(x − m)(x − m)ᵀ = Σ(x − s)(x − s)ᵀ − r rᵀ / N with r = Σ(x − s), m = s + r / N.
+            resid = xc.sum(dim=0, dtype=torch.float64)  # [D]
+            mean = shift.to(torch.float64) + resid / nb
+            scatter.addr_(resid.to(self.dtype), resid.to(self.dtype), alpha=-1.0 / nb)
+            # rows are copied: the caller may reuse its activation buffer
+            rows = [xa.clone()] if self._rows is not None else None
+            self._merge_stats(nb, mean, scatter, rows)
+
+    def _merge_stats(
+        self, nb: int, mean_b: torch.Tensor, m2_b: torch.Tensor, rows_b: list[torch.Tensor] | None
+    ) -> None:
+        """Chan's pairwise merge of (n, mean, M2) with another set of statistics."""
+        na = self.n
+        if na == 0:
+            self.n, self.mean, self.m2 = nb, mean_b.clone(), m2_b.clone()
+        else:
+            n = na + nb
+            delta = mean_b - self.mean  # [D] float64
+            # between-means correction: n_a n_b / n · δδᵀ
+            self.m2.add_(m2_b).addr_(delta.to(self.dtype), delta.to(self.dtype), alpha=na * nb / n)
+            self.mean.add_(delta, alpha=nb / n)
+            self.n = n
+        if self._rows is not None:
+            if rows_b is None or self.n >= (self.dim or 0):
+                self._rows = None  # enough rows: the D×D covariance is the cheaper path now
+            else:
+                self._rows.extend(rows_b)
+
+    def merge(self, other: CovarianceAccumulator) -> CovarianceAccumulator:
+        """Fold another accumulator's rows into this one (exact); returns self."""
+        if other.n == 0:
+            return self
+        if self.dim is None:
+            self.dim = other.dim
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge dim {other.dim} into dim {self.dim}")
+        if self.device is None:
+            self.device = other.device
+        rows = list(other._rows) if other._rows is not None else None
+        self._merge_stats(other.n, other.mean.to(self.device), other.m2.to(self.device, self.dtype), rows)
+        return self
+
+    def copy(self) -> CovarianceAccumulator:
+        """An independent accumulator with the same rows."""
+        out = CovarianceAccumulator(
+            self.dim, device=self.device, dtype=self.dtype, bf16_matmul=self.bf16_matmul,
+            keep_rows=self.keep_rows,
+        )
+        return out.merge(self) if self.n else out
+
+    def all_reduce_(self, group: dist.ProcessGroup | None = None) -> None:
+        """Sum this accumulator over all ranks of `group`, in place, exactly.
+
+        Collective: every rank must call it, in the same order for every accumulator.
+        Three all-reduces: n, Σ n_r·mean_r (-> the pooled mean), and
+        Σ_r [M2_r + n_r (mean_r − mean)(mean_r − mean)ᵀ] (the between-means correction).
+        """
+        if self.dim is None:
+            raise ValueError("all_reduce_ needs a known dim on every rank (pass dim=)")
+        device = self.device if self.device is not None else torch.device("cpu")
+        self.device = device
+        if self.n == 0:
+            self.mean = torch.zeros(self.dim, dtype=torch.float64, device=device)
+            self.m2 = torch.zeros(self.dim, self.dim, dtype=self.dtype, device=device)
+        count = torch.tensor([float(self.n)], dtype=torch.float64, device=device)
+        dist.all_reduce(count, group=group)
+        total = int(round(count.item()))
+        weighted = self.mean * self.n  # [D]
+        dist.all_reduce(weighted, group=group)
+        pooled_mean = weighted / max(total, 1)
+        delta = (self.mean - pooled_mean).to(self.dtype)
+        m2 = self.m2.addr(delta, delta, alpha=float(self.n))
+        dist.all_reduce(m2, group=group)
+        self.n, self.mean, self.m2 = total, pooled_mean, m2
+        # rows live on one rank only; after a reduction only the covariance path is exact
+        self._rows = None
+
+    # ------------------------------------------------------------------ reads
+    def rows(self) -> torch.Tensor | None:
+        """The raw rows ([n, D], accumulation dtype) when kept and n < D, else None."""
+        if self._rows is None or self.n == 0:
+            return None
+        return torch.cat(self._rows, dim=0)
+
+    def scatter(self) -> torch.Tensor | None:
+        """Centred scatter M2 = Σ (x − mean)(x − mean)ᵀ ([D, D], accumulation dtype); None if empty."""
+        return self.m2
+
+    def cov(self, paper_eps: bool = False) -> torch.Tensor | None:
+        """Unbiased covariance M2 / (n − 1) in float64 ([D, D]); None when n < 2.
+
+        `paper_eps` uses the papers' denominator n − 1 + 1e-12.
+        """
+        if self.n < 2:
+            return None
+        return self.m2.to(torch.float64) / (self.n - 1 + (1e-12 if paper_eps else 0.0))

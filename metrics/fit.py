@@ -1,0 +1,728 @@
+"""Spectral scaling-law fits: rank ∝ width^β, comparisons, and the per-run aggregation rules.
+
+Everything here is plain NumPy/SciPy/pandas on in-memory arrays and DataFrames; reading run
+directories and drawing figures lives in ``sweep/fit.py``.
+
+Conventions (see docs/paper-notes.md §1, §2, §5 and optimizers-and-metrics.md §3):
+
+* β is the OLS slope of ln R on ln D; its 95 % interval is slope ± t_{0.975}(n−2)·SE with the
+  exact Student-t quantile (the paper's CIs are such *fit* intervals from one run per width).
+* Seeds are combined by averaging ln R per width before fitting, so n is the number of widths.
+* Δβ = β_soft − β_hard is fitted directly as the slope of ln(R_soft/R_hard) on ln D, which keeps
+  the soft/hard pairing of each run in its interval.
+* The per-run scalar is, by default, the paper's rule: per layer the median of the last 5 logged
+  checkpoints, then the median over layers, with ±1 SD (ddof=1) of the layer medians as error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+RANK_METRICS: tuple[str, str] = ("soft_rank", "hard_rank")
+DELTA_METRIC = "delta_beta"
+"""Name of the pseudo-metric whose slope is Δβ = β_soft − β_hard (ln R_soft/R_hard on ln D)."""
+
+T_CI_METHOD = "t(n-2) {level:.0%} fit interval"
+NO_CI_TWO_WIDTHS = "none: 2 widths (a t-interval needs >= 3)"
+NO_FIT = "none: no fit"
+
+FIT_COLUMNS: tuple[str, ...] = (
+    "beta", "beta_lower", "beta_upper", "intercept", "r_squared", "std_err",
+    "n_widths", "n_points", "ci_method", "note",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Core OLS on log-log points
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """One log-log fit ln y = intercept + beta·ln D (for Δβ, y = R_soft/R_hard)."""
+
+    beta: float
+    beta_lower: float
+    beta_upper: float
+    intercept: float
+    r_squared: float
+    std_err: float
+    n_widths: int
+    n_points: int
+    ci_method: str
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when a slope was estimated (possibly without an interval)."""
+        return math.isfinite(self.beta)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _no_fit(n_widths: int, n_points: int, note: str) -> PowerLawFit:
+    nan = float("nan")
+    return PowerLawFit(nan, nan, nan, nan, nan, nan, n_widths, n_points, NO_FIT, note)
+
+
+def t_quantile(level: float, dof: int) -> float:
+    """Exact two-sided Student-t quantile t_{(1+level)/2}(dof), e.g. 2.4469 for 95 % and dof 6."""
+    return float(stats.t.ppf(0.5 + level / 2.0, dof))
+
+
+def fit_log_slope(
+    ln_width: np.ndarray, ln_value: np.ndarray, *, level: float = 0.95, n_points: int | None = None,
+    note: str = "",
+) -> PowerLawFit:
+    """OLS of ``ln_value`` on ``ln_width`` (one point per distinct width) with a t(n−2) interval.
+
+    Fewer than 2 widths gives no fit; exactly 2 gives the slope through both points and no
+    interval (there are no residual degrees of freedom), said so in ``ci_method``.
+    """
+    x = np.asarray(ln_width, dtype=float)
+    y = np.asarray(ln_value, dtype=float)
+    n = int(x.size)
+    n_points = n if n_points is None else n_points
+    notes = [note] if note else []
+    if n != np.unique(x).size:
+        raise ValueError("fit_log_slope expects one point per width; average seeds first")
+    if n < 2:
+        notes.append(f"no fit: {n} width(s), a slope needs >= 2")
+        return _no_fit(n, n_points, "; ".join(notes))
+    xm, ym = x.mean(), y.mean()
+    sxx = float(((x - xm) ** 2).sum())
+    beta = float(((x - xm) * (y - ym)).sum() / sxx)
+    intercept = float(ym - beta * xm)
+    resid = y - (intercept + beta * x)
+    ss_res = float((resid ** 2).sum())
+    ss_tot = float(((y - ym) ** 2).sum())
+    r_squared = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+    if n == 2:
+        notes.append("2 widths: slope only, no interval")
+        nan = float("nan")
+        return PowerLawFit(beta, nan, nan, intercept, r_squared, nan, n, n_points,
+                           NO_CI_TWO_WIDTHS, "; ".join(notes))
+    std_err = math.sqrt(ss_res / (n - 2) / sxx)
+    half = t_quantile(level, n - 2) * std_err
+    return PowerLawFit(beta, beta - half, beta + half, intercept, r_squared, std_err, n, n_points,
+                       T_CI_METHOD.format(level=level), "; ".join(notes))
+
+
+def mean_log_by_width(ln_width: np.ndarray, ln_value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average ln values per distinct width (how seeds are combined before a fit)."""
+    x = np.asarray(ln_width, dtype=float)
+    y = np.asarray(ln_value, dtype=float)
+    xs, inv = np.unique(x, return_inverse=True)
+    sums = np.bincount(inv, weights=y, minlength=xs.size)
+    counts = np.bincount(inv, minlength=xs.size)
+    return xs, sums / np.maximum(counts, 1)
+
+
+def _valid_log_pairs(widths: Sequence[float], values: Sequence[float]) -> tuple[np.ndarray, np.ndarray, str]:
+    """ln D and ln R for the usable points, plus a reason for every point left out."""
+    w = np.asarray(widths, dtype=float)
+    v = np.asarray(values, dtype=float)
+    if w.shape != v.shape:
+        raise ValueError(f"widths and values differ in length: {w.shape} vs {v.shape}")
+    reasons = []
+    bad_value = ~np.isfinite(v) | (v <= 0)
+    bad_width = ~np.isfinite(w) | (w <= 0)
+    if (np.isfinite(v) & (v <= 0)).any():
+        reasons.append(f"excluded {int((np.isfinite(v) & (v <= 0)).sum())} non-positive value(s) "
+                       f"at width(s) {sorted(set(w[np.isfinite(v) & (v <= 0)].tolist()))}")
+    if (~np.isfinite(v)).any():
+        reasons.append(f"excluded {int((~np.isfinite(v)).sum())} missing value(s)")
+    if bad_width.any():
+        reasons.append(f"excluded {int(bad_width.sum())} point(s) with a non-positive width")
+    keep = ~(bad_value | bad_width)
+    return np.log(w[keep]), np.log(v[keep]), "; ".join(reasons)
+
+
+def fit_power_law(widths: Sequence[float], ranks: Sequence[float], *, level: float = 0.95) -> PowerLawFit:
+    """Fit R = A·D^β; several values at one width (seeds) are averaged in log space first.
+
+    Non-positive or missing ranks are excluded and the reason is put in ``note``.
+    """
+    x, y, note = _valid_log_pairs(widths, ranks)
+    xu, yu = mean_log_by_width(x, y)
+    return fit_log_slope(xu, yu, level=level, n_points=int(x.size), note=note)
+
+
+def fit_delta_beta(
+    widths: Sequence[float], soft: Sequence[float], hard: Sequence[float], *, level: float = 0.95
+) -> PowerLawFit:
+    """Δβ = β_soft − β_hard as the slope of ln(R_soft/R_hard) on ln D (pairs taken run by run)."""
+    s = np.asarray(soft, dtype=float)
+    h = np.asarray(hard, dtype=float)
+    if s.shape != h.shape:
+        raise ValueError("soft and hard ranks must be paired run by run (same length)")
+    ok = np.isfinite(s) & np.isfinite(h) & (s > 0) & (h > 0)
+    ratio = np.where(ok, s / np.where(ok, h, 1.0), np.nan)
+    if (~ok).any():
+        # Report the real reason (a non-positive rank) rather than the NaN placeholder.
+        x, y, _ = _valid_log_pairs(widths, ratio)
+        note = f"excluded {int((~ok).sum())} pair(s) with a missing or non-positive rank"
+    else:
+        x, y, note = _valid_log_pairs(widths, ratio)
+    xu, yu = mean_log_by_width(x, y)
+    return fit_log_slope(xu, yu, level=level, n_points=int(x.size), note=note)
+
+
+# --------------------------------------------------------------------------------------------
+# Two-group comparison and bootstrap
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SlopeComparison:
+    """β_b − β_a from one pooled regression ln R ~ ln D × group, with a t-test on the interaction."""
+
+    diff: float
+    diff_lower: float
+    diff_upper: float
+    std_err: float
+    t_stat: float
+    p_value: float
+    dof: int
+    ci_method: str
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare_slopes(
+    widths_a: Sequence[float], ranks_a: Sequence[float],
+    widths_b: Sequence[float], ranks_b: Sequence[float], *, level: float = 0.95,
+) -> SlopeComparison:
+    """Pooled OLS ln R = a + β·ln D + c·[B] + Δ·ln D·[B]; Δ = β_b − β_a with a t(n−4) test.
+
+    Each group is first reduced to one mean ln R per width, like a single fit. The residual
+    variance is pooled over both groups, which is what makes this tighter than comparing two
+    separate intervals.
+    """
+    xa, ya, _ = _valid_log_pairs(widths_a, ranks_a)
+    xb, yb, _ = _valid_log_pairs(widths_b, ranks_b)
+    xa, ya = mean_log_by_width(xa, ya)
+    xb, yb = mean_log_by_width(xb, yb)
+    nan = float("nan")
+    if xa.size < 2 or xb.size < 2:
+        return SlopeComparison(nan, nan, nan, nan, nan, nan, 0, NO_FIT,
+                               f"needs >= 2 widths per group (got {xa.size} and {xb.size})")
+    x = np.concatenate([xa, xb])
+    y = np.concatenate([ya, yb])
+    g = np.concatenate([np.zeros(xa.size), np.ones(xb.size)])
+    design = np.column_stack([np.ones_like(x), x, g, x * g])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    diff = float(coef[3])
+    dof = int(x.size - 4)
+    if dof < 1:
+        return SlopeComparison(diff, nan, nan, nan, nan, nan, dof, NO_CI_TWO_WIDTHS,
+                               "no residual degrees of freedom: slope difference only")
+    resid = y - design @ coef
+    sigma2 = float(resid @ resid) / dof
+    cov = sigma2 * np.linalg.inv(design.T @ design)
+    se = math.sqrt(max(float(cov[3, 3]), 0.0))
+    t_stat = diff / se if se > 0 else (math.inf if diff != 0 else nan)
+    p_value = float(2.0 * stats.t.sf(abs(t_stat), dof)) if math.isfinite(t_stat) else (0.0 if diff else nan)
+    half = t_quantile(level, dof) * se
+    return SlopeComparison(diff, diff - half, diff + half, se, t_stat, p_value, dof,
+                           f"pooled OLS interaction, t(n-4) {level:.0%}")
+
+
+@dataclass(frozen=True)
+class BootstrapInterval:
+    lower: float
+    upper: float
+    n_boot: int
+    method: str
+    note: str = ""
+
+
+def bootstrap_beta(
+    widths: Sequence[float], values: Sequence[float], units: Sequence[object], *,
+    unit_name: str = "seed", n_boot: int = 1000, level: float = 0.95, rng_seed: int = 0,
+) -> BootstrapInterval:
+    """Percentile bootstrap of β: resample ``units`` (seeds or layers) with replacement within
+    each width, average ln R per width, refit. Reported next to, never instead of, the t-interval
+    (at 3–8 widths bootstraps under-cover; optimizers-and-metrics.md §3)."""
+    x, y, _ = _valid_log_pairs(widths, values)
+    unit_arr = np.asarray(units, dtype=object)
+    valid = np.isfinite(np.asarray(values, float)) & (np.asarray(values, float) > 0)
+    unit_arr = unit_arr[valid & (np.asarray(widths, float) > 0)]
+    nan = float("nan")
+    method = f"percentile bootstrap over {unit_name}s within width (B={n_boot})"
+    xs = np.unique(x)
+    if xs.size < 2:
+        return BootstrapInterval(nan, nan, 0, "none", "fewer than 2 widths")
+    per_width = [y[x == xv] for xv in xs]
+    if max(len(p) for p in per_width) < 2 or len(set(unit_arr.tolist())) < 2:
+        return BootstrapInterval(nan, nan, 0, "none", f"one {unit_name} per width: nothing to resample")
+    rng = np.random.default_rng(rng_seed)
+    # Resampled mean ln R per width: shape (n_boot, n_widths); widths with one unit stay fixed.
+    means = np.column_stack([
+        p[rng.integers(0, len(p), size=(n_boot, len(p)))].mean(axis=1) for p in per_width
+    ])
+    xc = xs - xs.mean()
+    slopes = (means - means.mean(axis=1, keepdims=True)) @ xc / float(xc @ xc)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(slopes, [alpha, 1.0 - alpha])
+    return BootstrapInterval(float(lo), float(hi), n_boot, method)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables of fits over a long points DataFrame
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class FitTable:
+    """A table of fits plus the messages explaining skipped or degraded groups."""
+
+    table: pd.DataFrame
+    messages: list[str]
+
+
+def check_single_series(frame: pd.DataFrame, columns: Iterable[str] = ("metric", "site", "bucket")) -> None:
+    """Raise ValueError if a frame meant for one fit mixes metrics, sites or buckets."""
+    for col in columns:
+        if col in frame.columns:
+            values = frame[col].dropna().unique()
+            if len(values) > 1:
+                raise ValueError(f"mixed {col}s in one fit: {sorted(map(str, values))}; "
+                                 f"fit each {col} separately")
+
+
+def fit_series(frame: pd.DataFrame, *, width_col: str = "ffn_width", value_col: str = "value",
+               level: float = 0.95) -> PowerLawFit:
+    """Fit one series (one metric, site and bucket) from a points frame; mixed series -> ValueError."""
+    check_single_series(frame)
+    return fit_power_law(frame[width_col].to_numpy(float), frame[value_col].to_numpy(float), level=level)
+
+
+def _group_label(keys: Sequence[str], values: tuple) -> str:
+    parts = [f"{k}={v}" for k, v in zip(keys, values) if not _is_missing(v)]
+    return ", ".join(parts) if parts else "(all)"
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_tuple(key: object) -> tuple:
+    return key if isinstance(key, tuple) else (key,)
+
+
+def log_points(
+    points: pd.DataFrame, group_cols: Sequence[str], *, width_col: str = "ffn_width",
+    value_col: str = "value", pair_cols: Sequence[str] = ("seed", "run_id"),
+    metrics: Sequence[str] | None = None, with_delta: bool = True,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Long frame of ln D and ln R per series point, with Δβ rows (ln R_soft/R_hard) added.
+
+    Output columns: group_cols, metric, bucket, site, width, unit, ln_width, ln_value.
+    ``unit`` identifies the run inside a width (seed, else run id) for pairing and bootstrap.
+    Non-positive or missing values are dropped, each drop explained in the messages.
+    """
+    messages: list[str] = []
+    frame = points.copy()
+    for col in ("bucket", "site"):
+        if col not in frame.columns:
+            frame[col] = "global" if col == "bucket" else "post"
+    if metrics is not None:
+        frame = frame[frame["metric"].isin(list(metrics))]
+    present_pairs = [c for c in pair_cols if c in frame.columns]
+    unit = pd.Series("0", index=frame.index)
+    for i, col in enumerate(present_pairs):
+        unit = frame[col].astype(str) if i == 0 else unit + "/" + frame[col].astype(str)
+    frame["unit"] = unit
+    series_cols = [*group_cols, "metric", "bucket", "site"]
+    value = pd.to_numeric(frame[value_col], errors="coerce")
+    width = pd.to_numeric(frame[width_col], errors="coerce")
+    bad = ~(np.isfinite(value) & (value > 0) & np.isfinite(width) & (width > 0))
+    if bad.any():
+        for key, sub in frame[bad].groupby(series_cols, dropna=False):
+            v = pd.to_numeric(sub[value_col], errors="coerce")
+            kind = "non-positive" if (v <= 0).any() else "missing"
+            messages.append(f"{_group_label(series_cols, _as_tuple(key))}: excluded {len(sub)} "
+                            f"{kind} value(s) at {width_col} {sorted(sub[width_col].tolist())}")
+    frame = frame[~bad].assign(width=width[~bad].astype(float), ln_width=np.log(width[~bad].astype(float)),
+                               ln_value=np.log(value[~bad].astype(float)))
+    keep = [*series_cols, "width", "unit", "ln_width", "ln_value"]
+    out = frame[keep]
+    if with_delta and {"soft_rank", "hard_rank"} <= set(out["metric"].unique()):
+        idx = [*group_cols, "bucket", "site", "width", "unit", "ln_width"]
+        # Merge (not pivot) so that missing group keys such as rank_fraction=NaN still pair up.
+        soft = out[out["metric"] == "soft_rank"].groupby(idx, dropna=False)["ln_value"].mean()
+        hard = out[out["metric"] == "hard_rank"].groupby(idx, dropna=False)["ln_value"].mean()
+        both = pd.merge(soft.rename("soft").reset_index(), hard.rename("hard").reset_index(), on=idx)
+        delta = both.assign(metric=DELTA_METRIC, ln_value=both["soft"] - both["hard"])
+        out = pd.concat([out, delta[keep]], ignore_index=True)
+    return out.reset_index(drop=True), messages
+
+
+def _iter_series(logs: pd.DataFrame, series_cols: Sequence[str]):
+    """Yield (key dict, ln_width, ln_value, unit) per series, slicing sorted NumPy arrays
+    (one groupby for all series keeps big β-over-steps tables fast)."""
+    codes = logs.groupby(list(series_cols), dropna=False, sort=True).ngroup().to_numpy()
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
+    ends = np.r_[starts[1:], sorted_codes.size]
+    keys = logs[list(series_cols)].iloc[order[starts]].to_dict("records")
+    x = logs["ln_width"].to_numpy(float)[order]
+    y = logs["ln_value"].to_numpy(float)[order]
+    units = logs["unit"].to_numpy(object)[order]
+    for key, a, b in zip(keys, starts, ends):
+        yield key, x[a:b], y[a:b], units[a:b]
+
+
+def fit_beta_table(
+    points: pd.DataFrame, group_cols: Sequence[str], *, width_col: str = "ffn_width",
+    value_col: str = "value", level: float = 0.95, metrics: Sequence[str] | None = None,
+    bootstrap: bool = True, n_boot: int = 1000, unit_name: str = "seed",
+) -> FitTable:
+    """β for every group × metric × bucket × site, plus ``delta_beta`` rows (Δβ = β_soft − β_hard).
+
+    Groups that cannot be fit keep a row with NaN β and the reason in ``note``; every such reason
+    is also returned in ``messages``. A bootstrap interval (``boot_lower``/``boot_upper``,
+    labelled in ``boot_method``) is added where some width has several seeds.
+    """
+    group_cols = list(group_cols)
+    logs, messages = log_points(points, group_cols, width_col=width_col, value_col=value_col,
+                                metrics=metrics)
+    series_cols = [*group_cols, "metric", "bucket", "site"]
+    rows = []
+    if logs.empty:
+        messages.append("no usable points to fit")
+        return FitTable(pd.DataFrame(columns=[*series_cols, *FIT_COLUMNS]), messages)
+    for key, x, y, units in _iter_series(logs, series_cols):
+        xu, yu = mean_log_by_width(x, y)
+        fit = fit_log_slope(xu, yu, level=level, n_points=int(x.size))
+        row = key | fit.as_dict()
+        row["n_units_max"] = max(Counter(w for w, _ in set(zip(x.tolist(), units.tolist()))).values())
+        if bootstrap and row["n_units_max"] > 1 and fit.ok:
+            boot = bootstrap_beta(np.exp(x), np.exp(y), units, unit_name=unit_name, n_boot=n_boot,
+                                  level=level)
+            row |= {"boot_lower": boot.lower, "boot_upper": boot.upper, "boot_method": boot.method}
+        else:
+            row |= {"boot_lower": float("nan"), "boot_upper": float("nan"), "boot_method": ""}
+        if fit.note:
+            messages.append(f"{_group_label(series_cols, tuple(key.values()))}: {fit.note}")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return FitTable(table, messages)
+
+
+def beta_summary(beta_table: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
+    """Wide view: one row per group × bucket × site with β_soft, β_hard, Δβ and their intervals."""
+    idx = [*group_cols, "bucket", "site"]
+    parts = []
+    for metric, short in (("soft_rank", "soft"), ("hard_rank", "hard"), (DELTA_METRIC, "delta")):
+        sub = beta_table[beta_table["metric"] == metric]
+        if sub.empty:
+            continue
+        cols = {"beta": f"beta_{short}", "beta_lower": f"{short}_lower", "beta_upper": f"{short}_upper"}
+        part = sub[idx + list(cols)].rename(columns=cols).set_index(idx)
+        if short == "hard":
+            part = part.join(sub.set_index(idx)[["n_widths"]])
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=idx)
+    return pd.concat(parts, axis=1).reset_index()
+
+
+def compare_groups(
+    points: pd.DataFrame, group_cols: Sequence[str], by: str, reference: object, *,
+    width_col: str = "ffn_width", value_col: str = "value", level: float = 0.95,
+) -> FitTable:
+    """Compare every value of ``by`` (e.g. optimizer) to ``reference`` within each other group,
+    metric (incl. Δβ), bucket and site, by the pooled interaction test of :func:`compare_slopes`."""
+    logs, messages = log_points(points, group_cols, width_col=width_col, value_col=value_col)
+    rest = [c for c in group_cols if c != by]
+    series_cols = [*rest, "metric", "bucket", "site"]
+    rows = []
+    for key, sub in logs.groupby(series_cols, dropna=False, sort=True):
+        key = _as_tuple(key)
+        ref = sub[sub[by] == reference]
+        if ref.empty:
+            continue
+        for other, osub in sub[sub[by] != reference].groupby(by, dropna=False, sort=True):
+            cmp = compare_slopes(np.exp(ref["ln_width"]), np.exp(ref["ln_value"]),
+                                 np.exp(osub["ln_width"]), np.exp(osub["ln_value"]), level=level)
+            rows.append(dict(zip(series_cols, key)) | {f"{by}_ref": reference, by: other} | cmp.as_dict())
+            if cmp.note:
+                messages.append(f"{_group_label(series_cols, key)} {other} vs {reference}: {cmp.note}")
+    return FitTable(pd.DataFrame(rows), messages)
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation of telemetry records into one scalar per run (pure functions on DataFrames)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AggregationRule:
+    """How one run's telemetry (step × layer records) is reduced to one value per series.
+
+    kind: ``paper`` (median of the last ``last_k`` valid checkpoints per layer, then median over
+    layers, ±1 SD of layer medians), ``mean`` (same with means), ``layer`` (one layer, median of
+    its last ``last_k`` checkpoints, ±1 SD over those checkpoints) or ``window`` (paper rule on
+    the steps in [step_min, step_max]).
+    """
+
+    kind: str = "paper"
+    last_k: int = 5
+    layer: int | None = None
+    step_min: int | None = None
+    step_max: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("paper", "mean", "layer", "window"):
+            raise ValueError(f"unknown aggregation rule {self.kind!r}")
+        if self.kind == "layer" and self.layer is None:
+            raise ValueError("rule 'layer' needs a layer index")
+        if self.kind == "window" and (self.step_min is None or self.step_max is None):
+            raise ValueError("rule 'window' needs step_min and step_max")
+        if self.last_k < 1:
+            raise ValueError("last_k must be >= 1")
+
+    def describe(self) -> str:
+        if self.kind == "paper":
+            return (f"paper: per layer median of the last {self.last_k} logged checkpoints, "
+                    "median over layers, err = 1 SD (ddof=1) of layer medians")
+        if self.kind == "mean":
+            return (f"mean: per layer mean of the last {self.last_k} logged checkpoints, "
+                    "mean over layers, err = 1 SD (ddof=1) of layer means")
+        if self.kind == "layer":
+            return (f"layer {self.layer}: median of its last {self.last_k} logged checkpoints, "
+                    "err = 1 SD over those checkpoints")
+        return (f"window {self.step_min}-{self.step_max}: per layer median over the steps in the "
+                "window, median over layers, err = 1 SD of layer medians")
+
+
+def parse_rule(spec: str, *, last_k: int = 5) -> AggregationRule:
+    """Parse ``paper``, ``mean``, ``layer:K`` or ``window:A-B`` into an :class:`AggregationRule`."""
+    spec = spec.strip()
+    try:
+        if spec in ("paper", "mean"):
+            return AggregationRule(spec, last_k=last_k)
+        if spec.startswith("layer:"):
+            return AggregationRule("layer", last_k=last_k, layer=int(spec.split(":", 1)[1]))
+        if spec.startswith("window:"):
+            lo, hi = spec.split(":", 1)[1].split("-")
+            a, b = int(lo), int(hi)
+            if a > b:
+                raise ValueError
+            return AggregationRule("window", last_k=last_k, step_min=a, step_max=b)
+    except ValueError as err:
+        raise ValueError(f"bad aggregation rule {spec!r}: {err}".rstrip(": ")) from None
+    raise ValueError(f"bad aggregation rule {spec!r}; use paper, mean, layer:K or window:A-B")
+
+
+def melt_records(records: pd.DataFrame, metrics: Sequence[str] = RANK_METRICS) -> pd.DataFrame:
+    """Telemetry records (one row per step, layer, site, bucket) -> long rows with a finite value."""
+    present = [m for m in metrics if m in records.columns]
+    if records.empty or not present:
+        return pd.DataFrame(columns=["step", "layer", "site", "bucket", "metric", "value"])
+    frame = records
+    if "status" in frame.columns:
+        # A record whose status is not "ok" carries no metric values by contract.
+        frame = frame[frame["status"].fillna("ok").astype(str) == "ok"]
+    long = frame.melt(id_vars=["step", "layer", "site", "bucket"], value_vars=present,
+                      var_name="metric", value_name="value")
+    long["value"] = pd.to_numeric(long["value"], errors="coerce")
+    return long[np.isfinite(long["value"])].reset_index(drop=True)
+
+
+_SERIES = ["site", "bucket", "metric"]
+
+
+def layer_values(records: pd.DataFrame, rule: AggregationRule,
+                 metrics: Sequence[str] = RANK_METRICS) -> pd.DataFrame:
+    """Per-layer reduced values of one run: columns site, bucket, metric, layer, value,
+    spread (SD over the checkpoints used), n_steps, step_min, step_max."""
+    long = melt_records(records, metrics)
+    if rule.kind == "window":
+        long = long[(long["step"] >= rule.step_min) & (long["step"] <= rule.step_max)]
+    if rule.kind == "layer":
+        long = long[long["layer"] == rule.layer]
+    keys = [*_SERIES, "layer"]
+    long = long.sort_values([*keys, "step"], kind="stable")
+    if rule.kind != "window":
+        # The last k checkpoints that carry a valid value, per layer (as the paper's code does).
+        long = long.groupby(keys, sort=False).tail(rule.last_k)
+    values = long.groupby(keys, sort=True)["value"]
+    steps = long.groupby(keys, sort=True)["step"]
+    out = pd.DataFrame({
+        "value": values.mean() if rule.kind == "mean" else values.median(),
+        "spread": values.std(), "n_steps": steps.nunique(), "step_min": steps.min(),
+        "step_max": steps.max()})
+    return out.reset_index()
+
+
+def _reduce_layers(per_layer: pd.DataFrame, keys: list[str], reducer: str) -> pd.DataFrame:
+    g = per_layer.groupby(keys, sort=True)
+    return pd.DataFrame({
+        "value": g["value"].mean() if reducer == "mean" else g["value"].median(),
+        "err": g["value"].std(), "n_layers": g["layer"].nunique(), "n_steps": g["n_steps"].max(),
+        "window_start": g["step_min"].min(), "window_end": g["step_max"].max()}).reset_index()
+
+
+def aggregate_records(records: pd.DataFrame, rule: AggregationRule | None = None,
+                      metrics: Sequence[str] = RANK_METRICS) -> pd.DataFrame:
+    """One value per (site, bucket, metric) of one run under ``rule`` (default: the paper's).
+
+    Columns: site, bucket, metric, value, err, n_layers, n_steps, window_start, window_end.
+    """
+    rule = rule or AggregationRule()
+    per_layer = layer_values(records, rule, metrics)
+    cols = [*_SERIES, "value", "err", "n_layers", "n_steps", "window_start", "window_end"]
+    if per_layer.empty:
+        return pd.DataFrame(columns=cols)
+    out = _reduce_layers(per_layer, _SERIES, "mean" if rule.kind == "mean" else "median")
+    if rule.kind == "layer":
+        # One layer: the spread is over its checkpoints, not over layers.
+        out["err"] = per_layer.set_index(_SERIES)["spread"].reindex(
+            pd.MultiIndex.from_frame(out[_SERIES])).to_numpy(dtype=float)
+    # A single layer has no spread across layers; report 0 like the paper's code.
+    out["err"] = out["err"].fillna(0.0)
+    return out[cols]
+
+
+def sliding_window_records(records: pd.DataFrame, k: int = 3,
+                           metrics: Sequence[str] = RANK_METRICS) -> pd.DataFrame:
+    """Paper-rule values over each window of ``k`` consecutive logged checkpoints of one run.
+
+    Columns: end_step, site, bucket, metric, value, err, n_layers. Feeding these to
+    :func:`fit_beta_table` with ``end_step`` as an extra group column gives β over training.
+    """
+    cols = ["end_step", *_SERIES, "value", "err", "n_layers"]
+    long = melt_records(records, metrics)
+    if long.empty or k < 1:
+        return pd.DataFrame(columns=cols)
+    steps = np.sort(pd.unique(records["step"]))
+    idx = np.searchsorted(steps, long["step"].to_numpy())
+    # Each row belongs to the k windows that end at its own checkpoint or the k-1 after it.
+    copies = [long.assign(window=idx + offset) for offset in range(k)]
+    rep = pd.concat(copies, ignore_index=True)
+    rep = rep[(rep["window"] >= k - 1) & (rep["window"] < steps.size)]
+    keys = ["window", *_SERIES, "layer"]
+    per_layer = rep.groupby(keys, sort=True)["value"].median().reset_index()
+    g = per_layer.groupby(["window", *_SERIES], sort=True)["value"]
+    out = pd.DataFrame({"value": g.median(), "err": g.std().fillna(0.0),
+                        "n_layers": g.count()}).reset_index()
+    out["end_step"] = steps[out["window"].to_numpy()]
+    return out[cols]
+
+
+def window_mismatches(points: pd.DataFrame, group_cols: Sequence[str]) -> list[str]:
+    """Messages for groups whose runs were aggregated over different step windows."""
+    need = {"window_start", "window_end"}
+    if not need <= set(points.columns):
+        return []
+    messages = []
+    keys = [*group_cols, "bucket", "site"] if group_cols else ["bucket", "site"]
+    for key, sub in points.groupby(list(keys), dropna=False):
+        windows = sub[["window_start", "window_end"]].drop_duplicates()
+        if len(windows) > 1:
+            spans = sorted(f"{int(a)}-{int(b)}" for a, b in windows.to_numpy() if np.isfinite([a, b]).all())
+            messages.append(f"{_group_label(keys, _as_tuple(key))}: runs use different aggregation "
+                            f"windows {spans}; β mixes checkpoints from different training times")
+    return messages
+
+
+# --------------------------------------------------------------------------------------------
+# Matched-loss pairing and the optimizer-gain vs architecture-shift rule
+# --------------------------------------------------------------------------------------------
+
+def match_runs_by_loss(
+    runs: pd.DataFrame, tol: float, *, config_col: str = "config", width_col: str = "ffn_width",
+    loss_col: str = "eval_loss", relative: bool = False,
+) -> pd.DataFrame:
+    """Pairs of configurations (optimizer/budget) at the same width whose eval loss is within ``tol``.
+
+    Losses are averaged over seeds per config × width first. ``relative`` compares
+    |a − b| / mean(a, b) instead of |a − b|. Returns one row per config pair × shared width with
+    columns config_a, config_b, width, loss_a, loss_b, gap, matched.
+    """
+    cols = ["config_a", "config_b", "width", "loss_a", "loss_b", "gap", "matched"]
+    frame = runs[[config_col, width_col, loss_col]].copy()
+    frame[loss_col] = pd.to_numeric(frame[loss_col], errors="coerce")
+    frame = frame.dropna(subset=[loss_col])
+    mean_loss = frame.groupby([config_col, width_col])[loss_col].mean().unstack(config_col)
+    rows = []
+    for a, b in itertools.combinations(sorted(mean_loss.columns, key=str), 2):
+        both = mean_loss[[a, b]].dropna()
+        for width, (la, lb) in both.iterrows():
+            gap = abs(la - lb) / ((la + lb) / 2.0) if relative else abs(la - lb)
+            rows.append((a, b, width, la, lb, gap, bool(gap <= tol)))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def compare_matched_configs(
+    points: pd.DataFrame, pairs: pd.DataFrame, *, config_col: str = "config",
+    width_col: str = "ffn_width", value_col: str = "value", min_widths: int = 2, level: float = 0.95,
+) -> FitTable:
+    """For each config pair, fit β (soft, hard, Δβ) of both on their loss-matched widths only and
+    compare them with the pooled interaction test."""
+    messages: list[str] = []
+    rows = []
+    matched = pairs[pairs["matched"]] if not pairs.empty else pairs
+    for (a, b), sub in matched.groupby(["config_a", "config_b"], sort=True):
+        widths = sorted(sub["width"].tolist())
+        if len(widths) < min_widths:
+            messages.append(f"matched loss {a} vs {b}: only {len(widths)} matched width(s) "
+                            f"{widths}, need {min_widths}")
+            continue
+        subset = points[points[config_col].isin([a, b]) & points[width_col].isin(widths)]
+        logs, _ = log_points(subset, [config_col], width_col=width_col, value_col=value_col)
+        for (metric, bucket, site), series in logs.groupby(["metric", "bucket", "site"], sort=True):
+            sa = series[series[config_col] == a]
+            sb = series[series[config_col] == b]
+            fa = fit_log_slope(*mean_log_by_width(sa["ln_width"], sa["ln_value"]), level=level)
+            fb = fit_log_slope(*mean_log_by_width(sb["ln_width"], sb["ln_value"]), level=level)
+            cmp = compare_slopes(np.exp(sa["ln_width"]), np.exp(sa["ln_value"]),
+                                 np.exp(sb["ln_width"]), np.exp(sb["ln_value"]), level=level)
+            rows.append({"config_a": a, "config_b": b, "n_matched": len(widths),
+                         "widths": ";".join(f"{w:g}" for w in widths), "metric": metric,
+                         "bucket": bucket, "site": site, "beta_a": fa.beta, "beta_b": fb.beta,
+                         "diff": cmp.diff, "diff_lower": cmp.diff_lower,
+                         "diff_upper": cmp.diff_upper, "p_value": cmp.p_value,
+                         "ci_method": cmp.ci_method})
+    if pairs.empty or not pairs["matched"].any():
+        messages.append("matched loss: no pair of configurations is within the tolerance at any width")
+    return FitTable(pd.DataFrame(rows), messages)
+
+
+def optimizer_gain_vs_arch_shift(
+    beta_table: pd.DataFrame, *, arch_col: str, baseline: object, optimizer_col: str = "optimizer",
+    reference: object = "adamw", metrics: Sequence[str] = RANK_METRICS,
+) -> pd.DataFrame:
+    """The paper's rule (paper-notes §5d) per metric × bucket × site × optimizer × alternative arch:
+
+    optimizer gain = max over optimizers of β at the baseline architecture − β of ``reference`` there;
+    architecture shift = |β(alternative arch) − β(baseline arch)| for that optimizer;
+    ``gain_exceeds_shift`` says whether the gain is larger.
+    """
+    table = beta_table[beta_table["metric"].isin(list(metrics))]
+    cols = ["metric", "bucket", "site", optimizer_col, arch_col, "beta_baseline", "beta_alt",
+            "optimizer_gain", "arch_shift", "gain_exceeds_shift"]
+    rows = []
+    for (metric, bucket, site), sub in table.groupby(["metric", "bucket", "site"], sort=True):
+        base = sub[sub[arch_col] == baseline].set_index(optimizer_col)["beta"]
+        if reference not in base.index or base.dropna().empty:
+            continue
+        gain = float(base.max() - base[reference])
+        for (opt, arch), alt in sub[sub[arch_col] != baseline].groupby([optimizer_col, arch_col], sort=True):
+            if opt not in base.index:
+                continue
+            shift = abs(float(alt["beta"].iloc[0]) - float(base[opt]))
+            rows.append((metric, bucket, site, opt, arch, float(base[opt]), float(alt["beta"].iloc[0]),
+                         gain, shift, bool(gain > shift)))
+    return pd.DataFrame(rows, columns=cols)

@@ -1,0 +1,94 @@
+"""The seam between capture and decomposition: covariance state copied out of the accumulators.
+
+`take_snapshot` runs on the training critical path (copies, a few D² reductions, hard ranks by
+trace/Frobenius); `records.finalize_snapshot` does the eigendecompositions and can run later, in a
+worker thread or process (everything here is plain tensors and numbers, hence picklable).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from metrics.covariance import CovarianceAccumulator
+from metrics.spectral import DEFAULT_RENYI_ALPHAS, hard_rank_of_matrix
+
+SITES: tuple[str, ...] = ("pre", "post")
+GLOBAL = "global"
+
+
+@dataclass(frozen=True)
+class TelemetryOptions:
+    """How records are computed from covariances.
+
+    min_bucket_rows: a HEAD/MID/TAIL bucket with fewer rows is flagged "too_few_rows" (paper: 1000);
+    the global bucket only needs 2 rows.
+    keep_eigenvalues: add an "eigenvalues" key (np.ndarray, float64, descending, length D).
+    paper_eps: the papers' epsilons (see metrics.spectral) instead of exact conventions.
+    """
+
+    renyi_alphas: tuple[float, ...] = DEFAULT_RENYI_ALPHAS
+    min_bucket_rows: int = 1000
+    keep_eigenvalues: bool = False
+    paper_eps: bool = False
+
+
+@dataclass
+class CovarianceSnapshot:
+    """One (layer, site, bucket) accumulator at snapshot time."""
+
+    layer: int
+    site: str
+    bucket: str
+    n: int
+    dim: int | None
+    m2: torch.Tensor | None = None  # [D, D] centred scatter (accumulation dtype)
+    mean: torch.Tensor | None = None  # [D] float64
+    rows: torch.Tensor | None = None  # [n, D] raw rows when n < D and kept (Gram path)
+    finite: bool = True
+    trace: float = 0.0  # tr M2 (float64)
+    mean_sq: float = 0.0  # ‖mean‖²: the scale that round-off noise in M2 is relative to
+    accum_eps: float = 0.0  # machine epsilon of the accumulation dtype
+    hard_rank: float | None = None  # (tr M2)² / ‖M2‖²_F, computed inline
+
+
+@dataclass
+class TelemetrySnapshot:
+    """Everything `finalize_snapshot` needs to produce the records of one telemetry event."""
+
+    step: int
+    options: TelemetryOptions
+    entries: list[CovarianceSnapshot] = field(default_factory=list)
+
+
+def snapshot_accumulator(
+    acc: CovarianceAccumulator,
+    layer: int,
+    site: str,
+    bucket: str,
+    device: torch.device | str | None = "cpu",
+) -> CovarianceSnapshot:
+    """Copy one accumulator's state (to `device`; None keeps it where it is) plus cheap scalars."""
+    snap = CovarianceSnapshot(
+        layer=layer, site=site, bucket=bucket, n=acc.n, dim=acc.dim,
+        accum_eps=float(torch.finfo(acc.dtype).eps),
+    )
+    if acc.n == 0 or acc.m2 is None:
+        return snap
+    m2, mean = acc.m2, acc.mean
+    finite = bool(torch.isfinite(m2).all().item()) and bool(torch.isfinite(mean).all().item())
+    snap.finite = finite
+    if finite:
+        snap.trace = float(torch.diagonal(m2).sum(dtype=torch.float64).item())
+        snap.mean_sq = float(torch.dot(mean, mean).item())
+        snap.hard_rank = hard_rank_of_matrix(m2) if snap.trace > 0 else math.nan
+    target = torch.device(device) if device is not None else m2.device
+    # non_blocking is not used: a pinned-memory pool would be needed to make it pay
+    snap.m2 = m2.to(target, copy=True)
+    snap.mean = mean.to(target, copy=True)
+    rows = acc.rows()
+    if rows is not None:
+        snap.rows = rows.to(target, copy=True)
+    return snap

@@ -1,0 +1,41 @@
+"""Optimizers of specsweep: builders by name, param-group routing, the paper's LR schedule.
+
+Plain PyTorch: no configs, files or logging. `build_optimizer(model, name, **hparams)` where
+the hparams are the keys of conf/optim/<name>.yaml (minus `name`).
+"""
+
+from optim.bundle import OptimizerBundle
+from optim.dion import Dion
+from optim.lion import Lion
+from optim.muon import Muon
+from optim.newton_schulz import KELLER_NS_COEFFICIENTS, PAPER_NS_COEFFICIENTS, newton_schulz
+from optim.normuon import NorMuon
+from optim.registry import (
+    build_optimizer,
+    hparam_defaults,
+    optimizer_tag,
+    register,
+    registered_optimizers,
+)
+from optim.routing import ROLES, route_parameters
+from optim.schedule import lr_factor, set_lr
+
+__all__ = [
+    "Dion",
+    "KELLER_NS_COEFFICIENTS",
+    "Lion",
+    "Muon",
+    "NorMuon",
+    "OptimizerBundle",
+    "PAPER_NS_COEFFICIENTS",
+    "ROLES",
+    "build_optimizer",
+    "hparam_defaults",
+    "lr_factor",
+    "newton_schulz",
+    "optimizer_tag",
+    "register",
+    "registered_optimizers",
+    "route_parameters",
+    "set_lr",
+]

@@ -1,0 +1,43 @@
+"""Local text sources: one .txt file or a folder of them, one document per file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from sweep.data.shards import TOKEN_DTYPE
+from sweep.data.tokenizer import Tokenizer
+
+
+def find_text_files(path: str | Path) -> list[Path]:
+    """The .txt files at ``path`` (the file itself, or every *.txt below a folder, sorted)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no .txt files found in text data folder: {path}")
+        return files
+    raise FileNotFoundError(f"text data not found: {path} (expected a .txt file or a folder of .txt files)")
+
+
+def read_documents(files: Sequence[Path]) -> Iterator[str]:
+    """Yield each file's text (UTF-8); a file that is not UTF-8 raises ValueError naming it."""
+    for f in files:
+        try:
+            yield f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{f}: not valid UTF-8 text ({e})") from None
+
+
+def encode_documents(docs: Sequence[str], tokenizer: Tokenizer, batch: int = 64) -> np.ndarray:
+    """Token stream of ``docs`` with EOT before every document (the GPT-2/FineWeb convention)."""
+    parts: list[np.ndarray] = []
+    eot = np.array([tokenizer.eot_id], dtype=TOKEN_DTYPE)
+    for i in range(0, len(docs), batch):
+        for ids in tokenizer.encode_batch(docs[i:i + batch]):
+            parts += [eot, np.asarray(ids, dtype=TOKEN_DTYPE)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=TOKEN_DTYPE)

@@ -1,0 +1,151 @@
+"""Tokenizers behind one small interface: byte-level and a BPE trained locally.
+
+A prepared data folder records its tokenizer as ``{"name": ..., **details}`` in meta.json;
+``load_tokenizer`` turns that entry back into a tokenizer. New kinds (e.g. tiktoken's GPT-2
+encoding) register a loader in ``TOKENIZER_LOADERS`` and need no change elsewhere.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from sweep.data.shards import check_vocab_fits
+
+EOT_TEXT = "<|endoftext|>"
+BPE_FILE = "tokenizer.json"
+
+
+class Tokenizer(ABC):
+    """Text <-> token ids. ``encode`` never adds EOT; document separation is the caller's job."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def eot_id(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Inverse of encode; EOT ids decode to ``EOT_TEXT``."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def save(self, folder: Path) -> dict:
+        """Write whatever files the tokenizer needs into ``folder``; return its meta.json entry."""
+        return {"name": self.name}
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes as ids 0..255, EOT = 256 (vocab 257)."""
+
+    name = "byte"
+
+    @property
+    def vocab_size(self) -> int:
+        return 257
+
+    @property
+    def eot_id(self) -> int:
+        return 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        ids = np.asarray(ids, dtype=np.int64)
+        pieces, start = [], 0
+        for cut in np.flatnonzero(ids == self.eot_id):
+            pieces += [bytes(ids[start:cut].astype(np.uint8)), EOT_TEXT.encode()]
+            start = cut + 1
+        pieces.append(bytes(ids[start:].astype(np.uint8)))
+        return b"".join(pieces).decode("utf-8", errors="replace")
+
+
+class BPETokenizer(Tokenizer):
+    """A byte-level BPE (GPT-2 style pre-tokenization, exact round trip) from the ``tokenizers`` package."""
+
+    name = "bpe"
+
+    def __init__(self, tok) -> None:
+        self._tok = tok
+        eot = tok.token_to_id(EOT_TEXT)
+        if eot is None:
+            raise ValueError(f"BPE tokenizer has no {EOT_TEXT} token")
+        self._eot = int(eot)
+        check_vocab_fits(self.vocab_size)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "BPETokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"BPE tokenizer file not found: {path}")
+        return cls(HFTokenizer.from_file(str(path)))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size())
+
+    @property
+    def eot_id(self) -> int:
+        return self._eot
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts))]
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def save(self, folder: Path) -> dict:
+        self._tok.save(str(Path(folder) / BPE_FILE))
+        return {"name": self.name, "file": BPE_FILE}
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+    """Train a byte-level BPE with ``vocab_size`` entries (EOT included) on ``texts``.
+
+    The vocabulary can come out smaller than asked when the text has too few distinct merges.
+    """
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if not isinstance(vocab_size, int) or vocab_size < len(alphabet) + 1:
+        raise ValueError(f"BPE vocab_size must be an integer >= {len(alphabet) + 1} (bytes + EOT), got {vocab_size!r}")
+    check_vocab_fits(vocab_size)
+    tok = HFTokenizer(models.BPE())
+    # No prefix space and a ByteLevel decoder: decode(encode(text)) == text for any text.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TEXT],
+                                  initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return BPETokenizer(tok)
+
+
+TOKENIZER_LOADERS: dict[str, Callable[[dict, Path], Tokenizer]] = {
+    "byte": lambda info, folder: ByteTokenizer(),
+    "bpe": lambda info, folder: BPETokenizer.from_file(Path(folder) / info.get("file", BPE_FILE)),
+}
+
+
+def load_tokenizer(info: dict, folder: Path) -> Tokenizer:
+    """Rebuild the tokenizer described by a meta.json ``tokenizer`` entry of the data ``folder``."""
+    name = info.get("name")
+    if name not in TOKENIZER_LOADERS:
+        raise ValueError(f"unknown tokenizer {name!r} (known: {', '.join(sorted(TOKENIZER_LOADERS))})")
+    return TOKENIZER_LOADERS[name](info, Path(folder))

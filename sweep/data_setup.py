@@ -1,0 +1,48 @@
+"""From a run spec to prepared token data and the batch sources the training loop draws from."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from sweep.data import DataSpec, PreparedData, TokenBatches, prepare_dataset
+from sweep.spec import RunSpec
+
+log = logging.getLogger("specsweep.data")
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class RunData:
+    prepared: PreparedData
+    train: TokenBatches          # batch k is a pure function of (seed, k): the resume position is the step
+    val: TokenBatches
+    eval_batches: list[Batch]    # identical at every evaluation
+    counts: Optional[np.ndarray]  # corpus unigram counts (training tokens), for HEAD/MID/TAIL
+
+    @property
+    def vocab_size(self) -> int:
+        return self.prepared.vocab_size
+
+    def probe_batches(self, n: int) -> list[Batch]:
+        """``n`` fixed held-out micro-batches for telemetry on a probe (identical every event)."""
+        x, y = self.val.probe_batch(n * self.val.batch_size)
+        return list(zip(x.split(self.val.batch_size), y.split(self.val.batch_size)))
+
+
+def load_run_data(spec: RunSpec, rank: int = 0, world_size: int = 1) -> RunData:
+    """Prepare (or reuse) the data of ``spec`` and build this rank's batch sources."""
+    prepared = prepare_dataset(DataSpec.from_mapping(spec.data), spec.data_root)
+    t = spec.train
+    train = TokenBatches(prepared.train_paths, t.batch_size, t.seq_len, seed=spec.seed,
+                         rank=rank, world_size=world_size)
+    val = TokenBatches(prepared.val_paths, t.batch_size, t.seq_len, seed=0, rank=rank, world_size=world_size)
+    counts = prepared.counts() if prepared.counts_path.exists() else None
+    log.info("data: %s (%d train / %d val tokens, vocab %d)", prepared.root, prepared.n_train_tokens,
+             prepared.n_val_tokens, prepared.vocab_size)
+    return RunData(prepared, train, val, val.eval_batches(t.eval_batches), counts)

@@ -1,0 +1,110 @@
+"""Whole-grid checks before a multirun launches anything, and the summary after it ends.
+
+Hydra cannot resume a multirun and has no skip-if-done, so the sweep does it: every job of the grid
+is composed and validated first (a typo in the 40th job must not surface after 39 runs trained),
+run ids are checked for collisions, and jobs whose run directory is already DONE (or diverged) are
+skipped, so relaunching a grid only runs what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig
+
+from sweep.rundir import STATUS_DIVERGED, RunDir
+from sweep.spec import ConfigError, build_run_spec
+
+log = logging.getLogger("specsweep.sweep")
+
+
+class SweepError(RuntimeError):
+    """The grid is invalid or some of its runs failed."""
+
+
+@dataclass
+class PlannedJob:
+    overrides: list[str]
+    run_id: str
+    run_dir: Path
+    state: str  # "todo" | "resume" | "done" | "diverged"
+
+
+@dataclass
+class SweepPlan:
+    jobs: list[PlannedJob] = field(default_factory=list)
+
+    @property
+    def to_launch(self) -> list[PlannedJob]:
+        return [j for j in self.jobs if j.state in ("todo", "resume")]
+
+
+def _job_state(run_dir: Path) -> str:
+    rd = RunDir(run_dir)
+    if rd.is_done():
+        return "done"
+    if rd.read_status().get("status") == STATUS_DIVERGED:
+        return "diverged"
+    return "resume" if rd.checkpoints() else "todo"
+
+
+def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Sequence[str]]) -> SweepPlan:
+    """Compose and validate every job; raise SweepError on any invalid job or run-id collision."""
+    plan = SweepPlan()
+    errors: list[str] = []
+    by_id: dict[str, list[str]] = defaultdict(list)
+    for overrides in jobs:
+        label = " ".join(overrides)
+        try:
+            cfg = config_loader.load_sweep_config(master_config, list(overrides))
+            spec = build_run_spec(cfg)
+            run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+        except ConfigError as e:
+            errors.append(f"job [{label}]: {e}")
+            continue
+        except Exception as e:  # composition errors from Hydra/OmegaConf
+            errors.append(f"job [{label}]: {type(e).__name__}: {e}")
+            continue
+        by_id[spec.run_id].append(label)
+        plan.jobs.append(PlannedJob(list(overrides), spec.run_id, run_dir, _job_state(run_dir)))
+    for run_id, labels in by_id.items():
+        if len(labels) > 1:
+            errors.append(
+                f"run id collision: {len(labels)} grid points map to '{run_id}': "
+                + "; ".join(f"[{lb}]" for lb in labels)
+                + ". The differing key is listed in run_id_exclude or is not an override; "
+                "remove it from run_id_exclude or give each point a distinct sweep_name."
+            )
+    if errors:
+        raise SweepError("the grid was not launched:\n" + "\n".join(errors))
+    counts = defaultdict(int)
+    for j in plan.jobs:
+        counts[j.state] += 1
+    log.info(
+        "sweep plan: %d runs (%d new, %d to resume, %d finished and skipped, %d diverged and skipped)",
+        len(plan.jobs), counts["todo"], counts["resume"], counts["done"], counts["diverged"],
+    )
+    for j in plan.jobs:
+        if j.state in ("done", "diverged"):
+            log.info("  skip %s (%s): %s", j.run_id, j.state, j.run_dir)
+    return plan
+
+
+def summarize_results(plan: SweepPlan, results: Sequence[Any]) -> None:
+    """Log one line per run and raise SweepError if any launched run failed (the others finished)."""
+    failed: list[str] = []
+    for job, result in zip(plan.to_launch, results):
+        status = RunDir(job.run_dir).read_status().get("status", "unknown")
+        error = getattr(result, "_return_value", None)
+        if getattr(result, "status", None) is not None and result.status.name == "FAILED":
+            failed.append(f"{job.run_id}: {type(error).__name__}: {error}")
+            status = "failed"
+        log.info("  %-10s %s", status, job.run_dir)
+    sweep_dir = plan.jobs[0].run_dir.parent if plan.jobs else None
+    log.info("run directories: %s", sweep_dir)
+    if failed:
+        raise SweepError(f"{len(failed)} of {len(plan.to_launch)} runs failed:\n  " + "\n  ".join(failed))

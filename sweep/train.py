@@ -1,0 +1,28 @@
+"""Entry point: ``python -m sweep.train [overrides]`` (one run) or ``-m`` (a grid).
+
+    python -m sweep.train model.ffn_mult=2 optim=muon
+    python -m sweep.train -m optim=adamw,muon model.ffn_mult=1,2,4
+    python -m sweep.train -m +sweep=demo            # a named grid from conf/sweep/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+import sweep.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> Any:
+    from sweep.trainer import train_run
+
+    return train_run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""One training run: set up from a validated spec, resume if possible, train, record, mark done."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from models import GPT, GPTConfig
+from optim import build_optimizer, lr_factor
+from sweep.checkpoint import load_latest_checkpoint, save_checkpoint
+from sweep.data_setup import RunData, load_run_data
+from sweep.loggers import NullLogger, make_logger, stable_wandb_id
+from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED,
+                          STATUS_RUNNING, JsonlAppender, RunDir)
+from sweep.run_id import identity_overrides
+from sweep.spec import RunSpec, TrainSpec, build_run_spec, identity_of
+from sweep.telemetry import Telemetry
+
+log = logging.getLogger("specsweep.train")
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    final_step: int
+    final_train_loss: Optional[float] = None
+    final_eval_loss: Optional[float] = None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name} but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def run_axes(spec: RunSpec, model_cfg: GPTConfig, overrides: list[str], exclude: list[str]) -> dict[str, Any]:
+    """The run's coordinates in the grid: what the fits group and plot by."""
+    axes: dict[str, Any] = {
+        "model": spec.model["name"],
+        "optimizer": spec.optim_name,
+        "rank_fraction": spec.optim_hparams.get("rank_fraction"),
+        "ffn_width": model_cfg.ffn_hidden_dim,
+        "ffn_mult": model_cfg.ffn_hidden_dim / model_cfg.d_model,
+        "d_model": model_cfg.d_model,
+        "n_layer": model_cfg.n_layer,
+        "n_head": model_cfg.n_head,
+        "activation": model_cfg.activation,
+        "pos_encoding": model_cfg.pos_encoding,
+        "norm_placement": model_cfg.norm_placement,
+        "postln_frac": model_cfg.postln_frac,
+        "steps": spec.train.steps,
+        "seed": spec.seed,
+    }
+    # Other identifying overrides (e.g. optim.lr) become axes too, under their dotted name.
+    for key, value in identity_overrides(overrides, exclude).items():
+        if key.rsplit(".", 1)[-1] not in axes:  # train.steps is already the axis "steps"
+            axes[key] = yaml.safe_load(value) if value else value
+    return axes
+
+
+class _Timer:
+    """Wall time of the training steps alone, for tokens/s."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def measure(self, tokens: int, device: torch.device) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.seconds += time.perf_counter() - t0
+        self.tokens += tokens
+
+    def rate_and_reset(self) -> float:
+        rate = self.tokens / self.seconds if self.seconds > 0 else float("nan")
+        self.tokens, self.seconds = 0, 0.0
+        return rate
+
+
+def _progress(spec: TrainSpec, start: int) -> Any:
+    show = spec.progress if spec.progress != "auto" else sys.stderr.isatty()
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=spec.steps, initial=start, unit="step", dynamic_ncols=True, leave=False)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: RunData, n_batches: int, device: torch.device,
+             autocast: Any) -> float:
+    """Mean loss over the fixed held-out batches (identical at every evaluation)."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for x, y in data.eval_batches[:n_batches]:
+        with autocast():
+            _, loss = model(x.to(device), y.to(device))
+        total += float(loss)
+    model.train(was_training)
+    return total / n_batches
+
+
+def train_run(cfg: DictConfig, run_path: Path) -> RunResult:
+    """Train (or resume, or skip) the run described by ``cfg`` in ``run_path``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    spec = build_run_spec(cfg)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    run_dir = RunDir(run_path)
+    if run_dir.is_done():
+        done = run_dir.read_done()
+        log.info("run %s is already done (%s); skipped", spec.run_id, run_dir.path)
+        return RunResult(spec.run_id, STATUS_DONE, done.get("final_step", spec.train.steps),
+                         done.get("final_train_loss"), done.get("final_eval_loss"))
+    status = run_dir.read_status()
+    if status.get("status") == STATUS_DIVERGED:
+        log.warning("run %s diverged at step %s earlier; skipped (delete %s to retry)",
+                    spec.run_id, status.get("step"), run_dir.path)
+        return RunResult(spec.run_id, STATUS_DIVERGED, int(status.get("step", 0)))
+
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    digest = run_dir.claim(identity_of(cfg), config_yaml)
+    return _Training(spec, cfg, run_dir, digest, overrides).run()
+
+
+class _Training:
+    """State and loop of one run; split from train_run to keep each piece short."""
+
+    def __init__(self, spec: RunSpec, cfg: DictConfig, run_dir: RunDir, digest: str, overrides: list[str]) -> None:
+        self.spec, self.cfg, self.run_dir, self.digest = spec, cfg, run_dir, digest
+        t = spec.train
+        if t.num_threads:
+            torch.set_num_threads(int(t.num_threads))
+        self.device = pick_device(t.device)
+        self.data = load_run_data(spec, rank=0, world_size=1)
+        torch.manual_seed(spec.seed)
+        self.model_cfg = GPTConfig(**{**spec.model, "vocab_size": spec.model.get("vocab_size") or self.data.vocab_size})
+        if self.model_cfg.vocab_size < self.data.vocab_size:
+            raise ValueError(f"model.vocab_size={self.model_cfg.vocab_size} < data vocabulary {self.data.vocab_size}")
+        self.model = GPT(self.model_cfg).to(self.device)
+        self.forward_model: torch.nn.Module = torch.compile(self.model) if t.compile else self.model
+        self.optimizer = build_optimizer(self.model, spec.optim_name, **spec.optim_hparams)
+        self.axes = run_axes(spec, self.model_cfg, overrides, list(cfg.get("run_id_exclude") or []))
+        self.bf16 = self.device.type == "cuda"
+        self.tokens_per_step = t.batch_size * t.grad_accum * t.seq_len
+        self.step = 0
+        self.elapsed = 0.0
+        self.wandb_id = stable_wandb_id(spec.sweep_name, spec.run_id)
+
+    def autocast(self) -> Any:
+        if self.bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---- resume ---------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        state = load_latest_checkpoint(self.run_dir, map_location=self.device)
+        if state is None:
+            # A fresh start: anything logged by an attempt that never checkpointed is dropped.
+            for f in (self.run_dir.metrics_file, self.run_dir.spectra_file):
+                f.unlink(missing_ok=True)
+            return
+        if state.get("config_hash") != self.digest:
+            raise RuntimeError(f"checkpoint of {self.run_dir.path} was written under another config hash")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed_s", 0.0))
+        self.wandb_id = state.get("wandb_id", self.wandb_id)
+        from sweep.checkpoint import set_rng_state
+
+        set_rng_state(state["rng"])
+        kept = self.run_dir.truncate_jsonl(self.run_dir.metrics_file, self.step)
+        self.run_dir.truncate_jsonl(self.run_dir.spectra_file, self.step)
+        log.info("resumed %s from step %d (%d metric rows kept)", self.spec.run_id, self.step, kept)
+
+    def _checkpoint(self) -> None:
+        save_checkpoint(self.run_dir, self.step, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "config_hash": self.digest, "wandb_id": self.wandb_id, "elapsed_s": self.elapsed,
+            "tokens": self.step * self.tokens_per_step, "data_position": self.step * self.spec.train.grad_accum,
+        }, keep=self.spec.train.keep_checkpoints)
+
+    # ---- main loop ------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        spec, t = self.spec, self.spec.train
+        self._resume()
+        self.run_dir.update_status(
+            run_id=spec.run_id, sweep=spec.sweep_name, status=STATUS_RUNNING, config_hash=self.digest,
+            axes=self.axes, step=self.step, error=None, wandb_id=self.wandb_id,
+            optimizer_groups=self.optimizer.summary(), n_params=self.model.num_params(),
+        )
+        logger = make_logger(spec.logger, sweep_name=spec.sweep_name, run_id=spec.run_id,
+                             run_dir=self.run_dir.path, config=OmegaConf.to_container(self.cfg, resolve=True),
+                             axes=self.axes, wandb_id=self.wandb_id)
+        metrics = JsonlAppender(self.run_dir.metrics_file)
+        telemetry = Telemetry(
+            self.model, spec.telemetry, self.data.counts, total_steps=t.steps,
+            spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
+            sink=lambda records: logger.log_spectra(records, int(records[0]["step"]), telemetry.logged_metrics),
+        )
+        outcome = STATUS_FAILED
+        try:
+            outcome, result = self._loop(logger, metrics, telemetry)
+            return result
+        except KeyboardInterrupt:
+            outcome = STATUS_INTERRUPTED
+            self.run_dir.update_status(status=STATUS_INTERRUPTED, step=self.step)
+            raise
+        except BaseException as e:
+            self.run_dir.update_status(status=STATUS_FAILED, step=self.step, error=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            telemetry.close()
+            metrics.close()
+            logger.finish(exit_code=0 if outcome in (STATUS_DONE, STATUS_DIVERGED) else 1)
+
+    def _loop(self, logger: NullLogger, metrics: JsonlAppender, telemetry: Telemetry) -> tuple[str, RunResult]:
+        spec, t, model = self.spec, self.spec.train, self.model
+        timer = _Timer()
+        bar = _progress(t, self.step)
+        train_loss = float("nan")
+        eval_loss: Optional[float] = None
+        model.train()
+        t_start = time.perf_counter() - self.elapsed
+        while self.step < t.steps:
+            step = self.step + 1
+            lr_scale = lr_factor(step - 1, t.steps, t.warmup_steps, t.decay_frac)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * lr_scale
+            measure = telemetry.due(step)
+            on_train_tokens = measure and spec.telemetry.tokens == "train"
+            fwd = model if on_train_tokens else self.forward_model  # hooks need the eager module
+            with timer.measure(self.tokens_per_step, self.device):
+                loss_sum = torch.zeros((), device=self.device)
+                with telemetry.capturing(on_train_tokens):
+                    for micro in range(t.grad_accum):
+                        x, y = self.data.train.get((step - 1) * t.grad_accum + micro)
+                        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                        if on_train_tokens:
+                            telemetry.set_tokens(x)
+                        with self.autocast():
+                            _, loss = fwd(x, y)
+                        (loss / t.grad_accum).backward()
+                        loss_sum += loss.detach()
+                clip = t.grad_clip if t.grad_clip else float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+                train_loss = float(loss_sum) / t.grad_accum
+                if not math.isfinite(train_loss) or (t.diverge_loss is not None and train_loss > t.diverge_loss):
+                    return self._diverged(step, train_loss, logger, metrics)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.step = step
+            self.elapsed = time.perf_counter() - t_start
+            last = step == t.steps
+            if measure:
+                if spec.telemetry.tokens == "probe":
+                    telemetry.measure_probe(model, self.data.probe_batches(spec.telemetry.probe_batches),
+                                            self.device, self.autocast)
+                telemetry.finish_event(step)
+            if step == 1 or step % t.log_every == 0 or last:
+                row = {"step": step, "train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
+                       "tokens": step * self.tokens_per_step, "tokens_per_s": timer.rate_and_reset(),
+                       "grad_norm": grad_norm, "elapsed_s": self.elapsed}
+                metrics.write(row)
+                logger.log(row, step)
+                log.info("%s step %d/%d loss %.4f lr %.2e %.0f tok/s", spec.run_id, step, t.steps,
+                         train_loss, row["lr"], row["tokens_per_s"])
+            if step % t.eval_every == 0 or last:
+                eval_loss = evaluate(model, self.data, t.eval_batches, self.device, self.autocast)
+                row = {"step": step, "eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50.0)),
+                       "tokens": step * self.tokens_per_step}
+                metrics.write(row)
+                logger.log(row, step)
+            if step % t.ckpt_every == 0 or last:
+                telemetry.drain()  # spectra up to this step are on disk before the checkpoint is
+                self._checkpoint()
+                self.run_dir.update_status(step=step)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{train_loss:.3f}")
+        if bar is not None:
+            bar.close()
+        summary = {"run_id": spec.run_id, "final_step": self.step, "final_train_loss": train_loss,
+                   "final_eval_loss": eval_loss, "wall_s": self.elapsed, "axes": self.axes}
+        logger.summary({"final_eval_loss": eval_loss, "final_train_loss": train_loss,
+                        **telemetry.summary()})
+        self.run_dir.update_status(status=STATUS_DONE, step=self.step)
+        self.run_dir.write_done(summary)
+        log.info("run %s done: eval loss %.4f, %s", spec.run_id, eval_loss or float("nan"), self.run_dir.path)
+        return STATUS_DONE, RunResult(spec.run_id, STATUS_DONE, self.step, train_loss, eval_loss)
+
+    def _diverged(self, step: int, loss: float, logger: NullLogger, metrics: JsonlAppender) -> tuple[str, RunResult]:
+        """Record a divergence; the last good checkpoint stays, and the sweep goes on."""
+        metrics.write({"step": step, "train_loss": loss, "diverged": True})
+        logger.log({"train_loss": loss, "diverged": 1}, step)
+        self.run_dir.update_status(status=STATUS_DIVERGED, step=step,
+                                   error=f"train loss {loss} at step {step}")
+        log.error("run %s diverged at step %d (loss %s); last checkpoint kept", self.spec.run_id, step, loss)
+        return STATUS_DIVERGED, RunResult(self.spec.run_id, STATUS_DIVERGED, step, loss, None)
