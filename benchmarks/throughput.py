@@ -5,7 +5,7 @@ Both models have the GPT-2 124M shape (12 layers, d_model 768, 12 heads, FFN 4x,
 between the two models so that machine noise hits both alike. Prints tokens/s and the
 ratio ours / reference (> 1 means ours is faster).
 
-    python benchmarks/throughput.py                       # CPU: ~1-2 minutes
+    python benchmarks/throughput.py                       # CPU: ~1 minute on 2 idle cores
     python benchmarks/throughput.py --device cuda         # 12 x 1024 tokens/step, bf16, compile
 """
 
@@ -87,19 +87,20 @@ class RefGPT(nn.Module):
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--steps", type=int, help="timed steps per model (cpu 5, cuda 20)")
+    p.add_argument("--steps", type=int, help="timed steps per model (cpu 3, cuda 20)")
     p.add_argument("--warmup", type=int, help="untimed steps per model first (cpu 1, cuda 5)")
     p.add_argument("--batch", type=int, help="sequences per step (cpu 2, cuda 12)")
-    p.add_argument("--seq", type=int, help="tokens per sequence (cpu 256, cuda 1024)")
+    p.add_argument("--seq", type=int, help="tokens per sequence (cpu 128, cuda 1024)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile both models (default: on for cuda, off for cpu)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16 = autocast on cuda (default there); fp32 on cpu")
     args = p.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = args.device == "cuda"
-    defaults = dict(steps=20, warmup=5, batch=12, seq=1024) if cuda else dict(steps=5, warmup=1, batch=2, seq=256)
+    defaults = dict(steps=20, warmup=5, batch=12, seq=1024) if cuda else dict(steps=3, warmup=1, batch=2, seq=128)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -115,6 +116,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

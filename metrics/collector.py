@@ -100,9 +100,12 @@ class SpectrumCollector:
                 )
                 for part in parts:
                     merged.merge(part)
-                snap.entries.append(snapshot_accumulator(merged, layer, site, GLOBAL, device))
+                snap.entries.append(snapshot_accumulator(merged, layer, site, GLOBAL, device, take=True))
+                del merged
             for group, part in zip(self._groups, parts):
-                snap.entries.append(snapshot_accumulator(part, layer, site, group, device))
+                snap.entries.append(snapshot_accumulator(part, layer, site, group, device, take=reset))
+                if reset:
+                    part.reset()  # drop the reference now: the snapshot owns the tensors
         if reset:
             self.reset()
         return snap

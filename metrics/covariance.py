@@ -93,10 +93,14 @@ class CovarianceAccumulator:
             shift = xa.mean(dim=0)  # [D], in the accumulation dtype
             xc = xa - shift  # [N, D]
             with _ieee_fp32_matmul(xc.is_cuda):
+                scatter = None
                 if self.bf16_matmul and xc.is_cuda:
                     xb = xc.to(torch.bfloat16)
-                    scatter = torch.mm(xb.t(), xb, out_dtype=torch.float32).to(self.dtype)
-                else:
+                    try:  # bf16 inputs, fp32 accumulation and output; never a bf16 output
+                        scatter = torch.mm(xb.t(), xb, out_dtype=torch.float32).to(self.dtype)
+                    except (TypeError, RuntimeError):  # a torch without mm(out_dtype=)
+                        self.bf16_matmul = False
+                if scatter is None:
                     scatter = xc.t() @ xc  # [D, D]
             # `shift` is the chunk mean only up to round-off; fold the residual back in exactly:
             # Σ(x − m)(x − m)ᵀ = Σ(x − s)(x − s)ᵀ − r rᵀ / N with r = Σ(x − s), m = s + r / N.
@@ -105,15 +109,26 @@ class CovarianceAccumulator:
             scatter.addr_(resid.to(self.dtype), resid.to(self.dtype), alpha=-1.0 / nb)
             # rows are copied: the caller may reuse its activation buffer
             rows = [xa.clone()] if self._rows is not None else None
-            self._merge_stats(nb, mean, scatter, rows)
+            self._merge_stats(nb, mean, scatter, rows, owned=True)
 
     def _merge_stats(
-        self, nb: int, mean_b: torch.Tensor, m2_b: torch.Tensor, rows_b: list[torch.Tensor] | None
+        self,
+        nb: int,
+        mean_b: torch.Tensor,
+        m2_b: torch.Tensor,
+        rows_b: list[torch.Tensor] | None,
+        owned: bool = False,
     ) -> None:
-        """Chan's pairwise merge of (n, mean, M2) with another set of statistics."""
+        """Chan's pairwise merge of (n, mean, M2) with another set of statistics.
+
+        owned: the tensors are fresh temporaries that may be adopted without a copy.
+        """
         na = self.n
         if na == 0:
-            self.n, self.mean, self.m2 = nb, mean_b.clone(), m2_b.clone()
+            if owned:
+                self.n, self.mean, self.m2 = nb, mean_b, m2_b
+            else:
+                self.n, self.mean, self.m2 = nb, mean_b.clone(), m2_b.clone()
         else:
             n = na + nb
             delta = mean_b - self.mean  # [D] float64

@@ -69,8 +69,13 @@ def snapshot_accumulator(
     site: str,
     bucket: str,
     device: torch.device | str | None = "cpu",
+    take: bool = False,
 ) -> CovarianceSnapshot:
-    """Copy one accumulator's state (to `device`; None keeps it where it is) plus cheap scalars."""
+    """Copy one accumulator's state (to `device`; None keeps it where it is) plus cheap scalars.
+
+    take: the accumulator is about to be reset, so its tensors may be moved rather than copied
+    (no extra D² memory when the snapshot stays on the accumulator's device).
+    """
     snap = CovarianceSnapshot(
         layer=layer, site=site, bucket=bucket, n=acc.n, dim=acc.dim,
         accum_eps=float(torch.finfo(acc.dtype).eps),
@@ -86,9 +91,9 @@ def snapshot_accumulator(
         snap.hard_rank = hard_rank_of_matrix(m2) if snap.trace > 0 else math.nan
     target = torch.device(device) if device is not None else m2.device
     # non_blocking is not used: a pinned-memory pool would be needed to make it pay
-    snap.m2 = m2.to(target, copy=True)
-    snap.mean = mean.to(target, copy=True)
-    rows = acc.rows()
+    snap.m2 = m2.to(target, copy=not take)
+    snap.mean = mean.to(target, copy=not take)
+    rows = acc.rows()  # a fresh concatenation already
     if rows is not None:
-        snap.rows = rows.to(target, copy=True)
+        snap.rows = rows.to(target)
     return snap

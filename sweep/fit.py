@@ -375,6 +375,7 @@ def run_fit(
     figures: bool = True, points_file: str | Path | None = None, window_k: int = 3,
     n_boot: int = 1000, level: float = 0.95, arch_baseline: tuple[str, str] | None = None,
     reference_optimizer: str = "adamw", metrics: Sequence[str] = mfit.RANK_METRICS,
+    figure_sites: Sequence[str] | None = None,
 ) -> FitResult:
     """Aggregate, fit and write the analysis of finished sweeps (or of a points CSV).
 
@@ -466,7 +467,7 @@ def run_fit(
 
     _write_tables(result)
     if figures:
-        result.figures = write_figures(result)
+        result.figures = write_figures(result, figure_sites)
         result.files += result.figures
     result.report = write_report(result, provenance)
     result.files.append(result.report)
@@ -568,14 +569,25 @@ def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
     return sorted(values, key=lambda v: (order.index(v) if v in order else len(order), v))
 
 
+def _plain_log_ticks(ax: Any, axis: str = "both") -> None:
+    """'%g' labels on log axes: mathtext tick labels dominate drawing time for small figures."""
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    targets = [ax.xaxis, ax.yaxis] if axis == "both" else [getattr(ax, f"{axis}axis")]
+    for target in targets:
+        target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        target.set_minor_locator(NullLocator())
+
+
 def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
     plt = _pyplot()
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
+    fig.tight_layout()  # once, instead of bbox_inches="tight" re-laying out every format
     paths = []
     for ext in ("png", "pdf"):
         path = fig_dir / f"{stem}.{ext}"
-        fig.savefig(path, dpi=130, bbox_inches="tight")
+        fig.savefig(path, dpi=110)
         paths.append(path)
     plt.close(fig)
     return paths
@@ -595,7 +607,8 @@ def figure_rank_vs_width(result: FitResult, site: str) -> list[Path]:
     pts = result.points[result.points["site"] == site]
     buckets = _ordered(pts["bucket"].unique(), BUCKET_ORDER)
     colors = _colors(result.points["label"])
-    fig, axes = plt.subplots(len(buckets), 2, figsize=(10, 3.2 * len(buckets)), squeeze=False)
+    fig, axes = plt.subplots(len(buckets), 2, figsize=(10, 3.2 * len(buckets)), squeeze=False,
+                             sharex=True)
     fits = result.beta_table
     for i, bucket in enumerate(buckets):
         for j, metric in enumerate(mfit.RANK_METRICS):
@@ -617,13 +630,13 @@ def figure_rank_vs_width(result: FitResult, site: str) -> list[Path]:
                 ax.plot([], [], color=colors[label], marker="o", label=name)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            _plain_log_ticks(ax)
             ax.set_xlabel("FFN width D")
             ax.set_ylabel(_METRIC_TITLES[metric])
             ax.set_title(f"{bucket} · {site} · {metric}")
-            ax.grid(True, which="both", alpha=0.25)
+            ax.grid(True, alpha=0.25)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-    fig.tight_layout()
     return _save(fig, result.out_dir, f"rank_vs_width_{site}")
 
 
@@ -656,7 +669,6 @@ def figure_beta_by_bucket(result: FitResult, site: str) -> list[Path]:
         ax.grid(True, axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("β  (95% t-interval)")
     axes[0, -1].legend(fontsize=7)
-    fig.tight_layout()
     return _save(fig, result.out_dir, f"beta_by_bucket_{site}")
 
 
@@ -693,7 +705,6 @@ def figure_phase_map(result: FitResult, site: str) -> list[Path]:
         ax.set_ylabel("ln R_hard / ln D")
         ax.set_title(f"phase map · {bucket} · {site}")
     axes[0, -1].legend(fontsize=6, loc="upper left")
-    fig.tight_layout()
     return _save(fig, result.out_dir, f"phase_map_{site}")
 
 
@@ -710,11 +721,11 @@ def figure_loss_vs_width(result: FitResult) -> list[Path]:
         ax.errorbar(agg[WIDTH_COL], agg["mean"], yerr=agg["std"].fillna(0), fmt="o-", ms=4,
                     capsize=2, color=colors.get(label), label=label)
     ax.set_xscale("log")
+    _plain_log_ticks(ax, "x")
     ax.set_xlabel("FFN width D")
     ax.set_ylabel("final eval loss")
-    ax.grid(True, which="both", alpha=0.25)
+    ax.grid(True, alpha=0.25)
     ax.legend(fontsize=7)
-    fig.tight_layout()
     return _save(fig, result.out_dir, "loss_vs_width")
 
 
@@ -742,14 +753,15 @@ def figure_beta_over_steps(result: FitResult, site: str) -> list[Path]:
         ax.grid(True, alpha=0.3)
     axes[0, 0].set_ylabel("β")
     axes[0, -1].legend(fontsize=6)
-    fig.tight_layout()
     return _save(fig, result.out_dir, f"beta_over_steps_{site}")
 
 
-def write_figures(result: FitResult) -> list[Path]:
-    """All figures; a failing figure becomes a message, never an exception."""
+def write_figures(result: FitResult, sites: Sequence[str] | None = None) -> list[Path]:
+    """All figures for ``sites`` (default: post only, where the paper's claims live, or the one
+    site present); a failing figure becomes a message, never an exception."""
     paths: list[Path] = []
-    sites = _ordered(result.points["site"].unique(), SITE_ORDER)
+    present = _ordered(result.points["site"].unique(), SITE_ORDER)
+    sites = [s for s in (sites or present[:1]) if s in present]
     jobs = [(f, s) for s in sites for f in (figure_rank_vs_width, figure_beta_by_bucket,
                                             figure_phase_map, figure_beta_over_steps)]
     jobs.append((figure_loss_vs_width, None))

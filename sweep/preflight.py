@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
-from sweep.rundir import STATUS_DIVERGED, RunDir
-from sweep.spec import ConfigError, build_run_spec
+from sweep.rundir import STATUS_DIVERGED, RunConfigChanged, RunDir
+from sweep.spec import ConfigError, build_run_spec, identity_of
 
 log = logging.getLogger("specsweep.sweep")
 
@@ -63,7 +63,8 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
             cfg = config_loader.load_sweep_config(master_config, list(overrides))
             spec = build_run_spec(cfg)
             run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-        except ConfigError as e:
+            RunDir(run_dir).check_identity(identity_of(cfg))
+        except (ConfigError, RunConfigChanged) as e:
             errors.append(f"job [{label}]: {e}")
             continue
         except Exception as e:  # composition errors from Hydra/OmegaConf

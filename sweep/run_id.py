@@ -32,6 +32,7 @@ _SHORT = {
     "optim.lr": "lr",
     "optim.weight_decay": "wd",
     "data": "data",
+    "preset": "",      # +preset=smoke -> "smoke"
 }
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-]+")

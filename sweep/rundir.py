@@ -64,7 +64,7 @@ def json_safe(value: Any) -> Any:
 
 def config_hash(identity: Mapping[str, Any]) -> str:
     """Stable short hash of the identity-relevant part of a resolved config."""
-    blob = json.dumps(identity, sort_keys=True, default=str, separators=(",", ":"))
+    blob = json.dumps(json_safe(dict(identity)), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -123,14 +123,13 @@ class RunDir:
         return json.loads(self.done_file.read_text())
 
     # ---- identity -----------------------------------------------------------------------------
-    def claim(self, identity: Mapping[str, Any], config_yaml: str) -> str:
-        """Record this run's identity, or check it against the one already recorded.
+    def check_identity(self, identity: Mapping[str, Any]) -> str:
+        """Hash of ``identity``; raise RunConfigChanged if the directory holds another run.
 
-        Raises RunConfigChanged (listing the differing keys) when the directory holds a run that
-        was started with a different configuration: resuming it would silently mix two runs.
+        Resuming (or skipping as finished) a run that was started with a different configuration
+        would silently mix two runs, so the differing keys are listed instead.
         """
         digest = config_hash(identity)
-        self.path.mkdir(parents=True, exist_ok=True)
         if self.identity_file.exists():
             old = json.loads(self.identity_file.read_text())
             if config_hash(old) != digest:
@@ -142,7 +141,13 @@ class RunDir:
                     "Use a new sweep_name (or paths.runs_root), add the key to the grid so it "
                     "enters the run id, or delete the old run directory."
                 )
-        else:
+        return digest
+
+    def claim(self, identity: Mapping[str, Any], config_yaml: str) -> str:
+        """Check the identity (see check_identity), then record it and the resolved config."""
+        digest = self.check_identity(identity)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.identity_file.exists():
             atomic_write_text(self.identity_file, json.dumps(json_safe(dict(identity)), indent=2, sort_keys=True))
         atomic_write_text(self.config_file, config_yaml)
         return digest

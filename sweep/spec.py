@@ -197,7 +197,15 @@ def _check_data(data: dict, errors: list[str]) -> None:
 def container(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """A resolved plain-dict copy of a config (or a config section)."""
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        # Section by section, skipping `hydra`: its runtime fields are only set once a job runs,
+        # while the task keys (run_id included) resolve against the whole composed config.
+        out = {}
+        for key in cfg:
+            if key == "hydra":
+                continue
+            node = cfg[key]
+            out[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        return out
     return dict(cfg)
 
 

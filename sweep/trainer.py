@@ -124,6 +124,8 @@ def train_run(cfg: DictConfig, run_path: Path) -> RunResult:
     spec = build_run_spec(cfg)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     run_dir = RunDir(run_path)
+    identity = identity_of(cfg)
+    run_dir.check_identity(identity)
     if run_dir.is_done():
         done = run_dir.read_done()
         log.info("run %s is already done (%s); skipped", spec.run_id, run_dir.path)
@@ -136,7 +138,7 @@ def train_run(cfg: DictConfig, run_path: Path) -> RunResult:
         return RunResult(spec.run_id, STATUS_DIVERGED, int(status.get("step", 0)))
 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    digest = run_dir.claim(identity_of(cfg), config_yaml)
+    digest = run_dir.claim(identity, config_yaml)
     return _Training(spec, cfg, run_dir, digest, overrides).run()
 
 

@@ -14,13 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
-# Small, fast settings for end-to-end runs of the tiny model on the synthetic corpus.
-FAST = [
-    "data.train_tokens=200000", "data.val_tokens=16384",
-    "train.steps=30", "train.batch_size=8", "train.eval_every=10", "train.eval_batches=2",
-    "train.ckpt_every=10", "train.log_every=5", "telemetry.every=10", "telemetry.min_bucket_rows=64",
-    "logger=none", "train.progress=false",
-]
+# Small, fast settings for end-to-end runs of the tiny model on the synthetic corpus
+# (conf/preset/smoke.yaml; the run ids get the tag "smoke").
+FAST = ["+preset=smoke", "logger=none"]
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
+import os
+import subprocess
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from sweep.data.shards import HEADER_BYTES, MAGIC, ShardError, check_vocab_fits,
 from sweep.data.synthetic import SyntheticConfig, build_chain, entropy_stats, generate_tokens
 from sweep.data.tokenizer import EOT_TEXT, ByteTokenizer, train_bpe
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 needs_text = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} not available")
 
 
@@ -214,23 +217,25 @@ def test_synthetic_preparation_and_idempotent_reuse(tmp_path: Path) -> None:
         [data.root.name, prepare_dataset(DataSpec(**{**SMALL.__dict__, "seed": 1}), tmp_path).root.name])
 
 
-def _prepare_in_child(cache: str, queue) -> None:
-    queue.put(str(prepare_dataset(SMALL, cache).root))
+_CHILD = """
+import sys
+from sweep.data.prepare import DataSpec, prepare_dataset
+spec = DataSpec(kind="synthetic", vocab_size=512, zipf_exponent=1.1, train_tokens=100_000, val_tokens=8192)
+print(prepare_dataset(spec, sys.argv[1]).root)
+"""
 
 
 def test_concurrent_preparation_from_two_processes(tmp_path: Path) -> None:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_prepare_in_child, args=(str(tmp_path), queue)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    roots = {queue.get(timeout=60) for _ in procs}
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    roots = {out.strip() for out, _ in outs}
     assert len(roots) == 1
-    assert [p.name for p in tmp_path.iterdir() if p.name != ".locks"] == [Path(roots.pop()).name]
-    PreparedData.load(tmp_path / next(p.name for p in tmp_path.iterdir() if p.name != ".locks"))
+    folders = [p for p in tmp_path.iterdir() if p.name != ".locks"]
+    assert [str(p) for p in folders] == list(roots)  # one folder, no temp leftovers
+    assert PreparedData.load(folders[0]).root == prepare_dataset(SMALL, tmp_path).root
 
 
 def test_rename_race_without_a_lock_keeps_the_winner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -82,6 +82,7 @@ def test_rows_kept_only_below_dim():
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         shard = activations("relu2", 60 + 40 * rank, 16, seed=rank) + 5.0 * rank
@@ -101,7 +102,10 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
 def test_all_reduce_across_real_ranks_equals_one_shot():
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.pt")
-        mp.spawn(_ddp_worker, args=(2, os.path.join(tmp, "init"), out), nprocs=2, join=True)
+        # fork: spawn would re-import torch in each rank (~10 s here)
+        mp.start_processes(
+            _ddp_worker, args=(2, os.path.join(tmp, "init"), out), nprocs=2, join=True, start_method="fork"
+        )
         got = torch.load(out)
     shards = [activations("relu2", 60 + 40 * r, 16, seed=r) + 5.0 * r for r in range(2)]
     assert got["n"] == 160

@@ -47,6 +47,17 @@ def test_forward_shapes_and_fp32_loss():
     assert logits.shape == (3, 11, config.vocab_size) and loss is None
 
 
+def test_targets_of_minus_one_are_ignored():
+    config = tiny()
+    model = GPT(config)
+    idx = batch(config, B=2, S=8)
+    targets = idx.clone()
+    targets[:, 4:] = -1
+    logits, loss = model(idx, targets)
+    expected = torch.nn.functional.cross_entropy(logits[:, :4].reshape(8, -1), idx[:, :4].reshape(8))
+    torch.testing.assert_close(loss, expected)
+
+
 def test_sequence_longer_than_context_raises():
     config = tiny()
     with pytest.raises(ValueError, match="context_len"):

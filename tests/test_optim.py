@@ -430,15 +430,17 @@ def test_orthonormalize_rcqr_matches_qr() -> None:
 @pytest.mark.parametrize("name", ALL_OPTIMIZERS)
 def test_each_optimizer_reduces_the_loss(name: str) -> None:
     model = make_model()
-    bundle = build_optimizer(model, name, **({"rank_fraction": 0.25} if name == "dion" else {}))
+    # Lion's default lr (3e-4, for long runs) is too slow for 40 steps
+    hparams = {"dion": {"rank_fraction": 0.25}, "lion": {"lr": 3e-3}}.get(name, {})
+    bundle = build_optimizer(model, name, **hparams)
     with torch.no_grad():
         start = sum(lm_loss(model, 10_000 + i).item() for i in range(4)) / 4
-    train(model, bundle, range(60))
+    train(model, bundle, range(40))
     with torch.no_grad():
         end = sum(lm_loss(model, 10_000 + i).item() for i in range(4)) / 4
-    # start ~ln(32) = 3.47; measured end losses are printed by -s; require a 25 % drop
+    # start 3.94; measured end: adamw 1.36, muon 0.003, normuon 0.003, dion-r0.25 0.13, lion 0.92
     print(f"{name}: held-out loss {start:.3f} -> {end:.3f}")
-    assert end < 0.75 * start
+    assert end < 0.5 * start
 
 
 @pytest.mark.parametrize("name,hparams", [

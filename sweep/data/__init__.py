@@ -1,13 +1,23 @@
-"""Token data: shard files, the built-in synthetic corpus, local text, preparation and batches."""
+"""Token data: shard files, the built-in synthetic corpus, local text, preparation and batches.
 
-from sweep.data.loader import TokenBatches
-from sweep.data.prepare import DataSpec, PreparedData, prepare_dataset
-from sweep.data.shards import ShardError, open_shard, read_header, write_shard
-from sweep.data.synthetic import SyntheticConfig, generate_tokens
-from sweep.data.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, train_bpe
+Names are imported lazily so that preparation-only processes do not pay for importing torch.
+"""
 
-__all__ = [
-    "BPETokenizer", "ByteTokenizer", "DataSpec", "PreparedData", "ShardError", "SyntheticConfig",
-    "TokenBatches", "Tokenizer", "generate_tokens", "load_tokenizer", "open_shard", "prepare_dataset",
-    "read_header", "train_bpe", "write_shard",
-]
+from importlib import import_module
+from typing import Any
+
+_HOME = {
+    "TokenBatches": "loader",
+    "DataSpec": "prepare", "PreparedData": "prepare", "prepare_dataset": "prepare",
+    "ShardError": "shards", "open_shard": "shards", "read_header": "shards", "write_shard": "shards",
+    "SyntheticConfig": "synthetic", "generate_tokens": "synthetic",
+    "Tokenizer": "tokenizer", "ByteTokenizer": "tokenizer", "BPETokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer", "train_bpe": "tokenizer",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'sweep.data' has no attribute {name!r}")
+    return getattr(import_module(f"sweep.data.{_HOME[name]}"), name)

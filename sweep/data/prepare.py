@@ -37,6 +37,7 @@ KINDS = ("synthetic", "text", "shards")
 META_FILE = "meta.json"
 COUNTS_FILE = "counts.npy"
 _COUNT_CHUNK = 1 << 24  # tokens per bincount call, bounds memory on 10B-token corpora
+DEFAULT_BPE_VOCAB = 2048
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def prepare_dataset(spec: DataSpec, cache_root: str | Path) -> PreparedData:
             return PreparedData.load(src)
     key = _spec_key(spec)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    cache_root = Path(cache_root)
+    cache_root = Path(cache_root).expanduser().resolve()
     final = cache_root / f"{spec.kind}-{digest}"
     if (final / META_FILE).is_file():
         return PreparedData.load(final)
@@ -175,9 +176,10 @@ def prepare_dataset(spec: DataSpec, cache_root: str | Path) -> PreparedData:
             try:
                 # Renaming a complete folder is the commit; a non-empty target makes it fail.
                 os.rename(tmp, final)
-            except OSError:
+            except OSError as e:
                 if not (final / META_FILE).is_file():
-                    raise
+                    raise RuntimeError(f"cannot create {final} ({e}); if it is a leftover without "
+                                       f"{META_FILE}, delete it and retry") from e
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -242,7 +244,7 @@ def _spec_key(spec: DataSpec) -> dict:
         key.update(files=[[str(f.relative_to(root)) if f != root else f.name, _file_digest(f)] for f in files],
                    tokenizer=tok, **split)
         if tok == "bpe":
-            key["vocab_size"] = spec.vocab_size or 2048
+            key["vocab_size"] = spec.vocab_size or DEFAULT_BPE_VOCAB
     else:
         src = _existing_path(spec)
         train, val = _shard_files(src)
@@ -295,7 +297,7 @@ def _build_text(spec: DataSpec, folder: Path) -> dict:
         tok: Tokenizer = ByteTokenizer()
     elif name == "bpe":
         # Trained on all the text (val included): it is a vocabulary, not model weights.
-        tok = train_bpe(docs, spec.vocab_size or 2048)
+        tok = train_bpe(docs, spec.vocab_size or DEFAULT_BPE_VOCAB)
     else:
         raise ValueError(f"text tokenizer must be 'byte' or 'bpe', got {name!r}")
     tokens = encode_documents(docs, tok)

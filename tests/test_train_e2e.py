@@ -1,0 +1,150 @@
+"""End to end through the real command line: single runs, grids, skip, resume, refusals, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweep.rundir import RunDir, iter_jsonl
+from tests.conftest import FAST, ROOT, run_train
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(path: Path, key: str) -> list[dict]:
+    return [r for r in iter_jsonl(path) if key in r]
+
+
+def test_single_run_writes_a_complete_run_directory(env: dict, tmp_path: Path) -> None:
+    run_train(FAST, env)
+    run = RunDir(tmp_path / "runs" / "default" / "gpt-tiny_adamw_w4_smoke_s0")
+    assert run.is_done(), list(run.path.parent.iterdir())
+    done = run.read_done()
+    assert done["final_step"] == 30 and done["final_eval_loss"] < 6.0
+    assert run.read_status()["status"] == "done"
+    assert run.config_file.read_text().count("ffn_mult") == 1
+    train = _rows(run.metrics_file, "train_loss")
+    assert [r["step"] for r in train] == [1, 5, 10, 15, 20, 25, 30]
+    assert {"step", "train_loss", "lr", "tokens", "tokens_per_s", "grad_norm"} <= set(train[0])
+    assert train[-1]["train_loss"] < train[0]["train_loss"] - 1.0  # it learns
+    evals = _rows(run.metrics_file, "eval_loss")
+    assert [r["step"] for r in evals] == [10, 20, 30]
+    spectra = list(iter_jsonl(run.spectra_file))
+    steps = sorted({r["step"] for r in spectra})
+    assert steps == [1, 10, 20, 30]
+    keys = {(r["layer"], r["site"], r["bucket"]) for r in spectra if r["step"] == 30}
+    assert keys == {(l, s, b) for l in (0, 1) for s in ("pre", "post") for b in ("global", "head", "mid", "tail")}
+    ok = [r for r in spectra if r["status"] == "ok"]
+    assert len(ok) >= len(spectra) * 0.9
+    assert all(1 <= r["hard_rank"] <= r["soft_rank"] <= r["dim"] for r in ok)
+    assert [s for _, s in run.checkpoints()] and len(run.checkpoints()) <= 2
+
+
+def test_grid_puts_one_directory_per_run_under_sweep_dir(env: dict, tmp_path: Path) -> None:
+    out = tmp_path / "grid"
+    args = ["-m", "optim=adamw,muon", "model.ffn_mult=1,2", f"hydra.sweep.dir={out}", *FAST, "train.steps=6"]
+    run_train(args, env)
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == ["gpt-tiny_adamw_w1_smoke_steps6_s0", "gpt-tiny_adamw_w2_smoke_steps6_s0",
+                     "gpt-tiny_muon_w1_smoke_steps6_s0", "gpt-tiny_muon_w2_smoke_steps6_s0"]
+    assert all(RunDir(out / n).is_done() for n in names)
+    assert RunDir(out / names[3]).read_status()["axes"]["ffn_width"] == 128
+
+    # Relaunching the same grid trains nothing: every run is skipped before launch.
+    stamps = {n: (out / n / "DONE").stat().st_mtime_ns for n in names}
+    proc = run_train(args, env)
+    assert "4 finished and skipped" in proc.stdout + proc.stderr
+    assert "Launching 0 jobs" in proc.stdout + proc.stderr or "Launching" not in proc.stdout + proc.stderr
+    assert stamps == {n: (out / n / "DONE").stat().st_mtime_ns for n in names}
+
+
+def test_named_grid_with_command_line_axis_override(env: dict, tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    run_train(["-m", "+sweep=demo", "optim=adamw", "model.ffn_mult=1,2", f"hydra.sweep.dir={out}",
+               *FAST, "train.steps=4"], env)
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == ["gpt-tiny_adamw_w1_smoke_steps4_s0", "gpt-tiny_adamw_w2_smoke_steps4_s0"]
+
+
+def _train_losses(run: RunDir) -> list[tuple[int, float]]:
+    return [(r["step"], r["train_loss"]) for r in _rows(run.metrics_file, "train_loss")]
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(env: dict, tmp_path: Path) -> None:
+    common = [*FAST, "train.steps=40", "train.log_every=1"]
+    run_train([*common, "sweep_name=straight"], env)
+    straight = RunDir(tmp_path / "runs" / "straight" / "gpt-tiny_adamw_w4_smoke_steps40_s0")
+
+    killed = RunDir(tmp_path / "runs" / "killed" / "gpt-tiny_adamw_w4_smoke_steps40_s0")
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *common, "sweep_name=killed"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not killed.checkpoint_path(20).exists():
+        assert proc.poll() is None, "run ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint at step 20 in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not killed.is_done()
+    assert killed.read_status()["status"] == "running"
+
+    proc = run_train([*common, "sweep_name=killed"], env)
+    assert "resumed gpt-tiny_adamw_w4_smoke_steps40_s0 from step" in proc.stdout + proc.stderr
+    assert killed.is_done()
+    a, b = _train_losses(straight), _train_losses(killed)
+    assert [s for s, _ in b] == list(range(1, 41))  # the same curve, no gap, no duplicate
+    assert [s for s, _ in a] == [s for s, _ in b]
+    assert [v for _, v in b] == pytest.approx([v for _, v in a], rel=1e-6, abs=1e-7)
+    assert killed.read_done()["final_eval_loss"] == pytest.approx(straight.read_done()["final_eval_loss"], rel=1e-6)
+    sa = [(r["step"], r["layer"], r["site"], r["bucket"]) for r in iter_jsonl(straight.spectra_file)]
+    sb = [(r["step"], r["layer"], r["site"], r["bucket"]) for r in iter_jsonl(killed.spectra_file)]
+    assert sorted(sa) == sorted(sb)
+
+
+def test_changed_config_is_refused_not_mixed(env: dict, tmp_path: Path) -> None:
+    run_train([*FAST, "train.steps=10"], env)
+    # telemetry.every does not enter the run id, but it is part of the run's identity.
+    proc = run_train([*FAST, "train.steps=10", "telemetry.every=5"], env, check=False)
+    assert proc.returncode != 0
+    assert "different config" in proc.stderr and "telemetry.every: 10 -> 5" in proc.stderr
+
+
+def test_diverged_run_is_recorded_and_the_sweep_goes_on(env: dict, tmp_path: Path) -> None:
+    out = tmp_path / "div"
+    run_train(["-m", "train.diverge_loss=100,1.0", f"hydra.sweep.dir={out}", *FAST, "train.steps=12",
+               "train.ckpt_every=2"], env, check=True)
+    bad = RunDir(out / "gpt-tiny_adamw_w4_smoke_diverge-loss1.0_steps12_s0")
+    good = RunDir(out / "gpt-tiny_adamw_w4_smoke_diverge-loss100_steps12_s0")
+    assert good.is_done()
+    assert not bad.is_done() and bad.read_status()["status"] == "diverged"
+    assert "train loss" in bad.read_status()["error"]
+    # A relaunch skips the diverged run instead of retrying it.
+    proc = run_train(["-m", "train.diverge_loss=100,1.0", f"hydra.sweep.dir={out}", *FAST, "train.steps=12",
+                      "train.ckpt_every=2"], env)
+    assert "1 diverged and skipped" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["optim=sgd"], "sgd"),
+    (["model.ffn_mlt=2"], "ffn_mlt"),
+    (["model.ffn_mult=0"], "model.ffn_mult"),
+    (["model.ffn_mult=1.01"], "not an integer width"),
+    (["model.ffn_width=96.5"], "ffn_width"),
+    (["data=text", "data.path=/nonexistent/corpus.txt"], "no such file"),
+    (["-m", "model.ffn_mult=1,0"], "model.ffn_mult"),
+    (["-m", "train.log_every=5,10"], "run id collision"),
+])
+def test_bad_input_fails_before_any_training(env: dict, tmp_path: Path, args: list, needle: str) -> None:
+    proc = run_train([*args, *FAST] if args[0] == "-m" else [*FAST, *args], env, check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stdout + proc.stderr
+    runs = tmp_path / "runs"
+    trained = [p for p in runs.rglob("metrics.jsonl")] if runs.exists() else []
+    assert trained == []
