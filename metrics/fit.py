@@ -402,6 +402,7 @@ def fit_beta_table(
     if logs.empty:
         messages.append("no usable points to fit")
         return FitTable(pd.DataFrame(columns=[*series_cols, *FIT_COLUMNS]), messages)
+    notes: dict[tuple[str, str], list[str]] = {}
     for key, x, y, units in _iter_series(logs, series_cols):
         xu, yu = mean_log_by_width(x, y)
         fit = fit_log_slope(xu, yu, level=level, n_points=int(x.size))
@@ -414,8 +415,13 @@ def fit_beta_table(
         else:
             row |= {"boot_lower": float("nan"), "boot_upper": float("nan"), "boot_method": ""}
         if fit.note:
-            messages.append(f"{_group_label(series_cols, tuple(key.values()))}: {fit.note}")
+            group = _group_label(group_cols, tuple(key[c] for c in group_cols))
+            notes.setdefault((group, fit.note), []).append(f"{key['metric']}/{key['bucket']}/{key['site']}")
         rows.append(row)
+    # One message per group and reason, not one per metric × bucket × site.
+    for (group, note), series in notes.items():
+        which = ", ".join(series) if len(series) <= 3 else f"{len(series)} series"
+        messages.append(f"{group}: {note} [{which}]")
     table = pd.DataFrame(rows)
     return FitTable(table, messages)
 
@@ -622,19 +628,30 @@ def sliding_window_records(records: pd.DataFrame, k: int = 3,
 
 
 def window_mismatches(points: pd.DataFrame, group_cols: Sequence[str]) -> list[str]:
-    """Messages for groups whose runs were aggregated over different step windows."""
-    need = {"window_start", "window_end"}
-    if not need <= set(points.columns):
+    """Messages for fit groups whose runs were aggregated over different step windows."""
+    if not {"window_start", "window_end"} <= set(points.columns):
         return []
     messages = []
-    keys = [*group_cols, "bucket", "site"] if group_cols else ["bucket", "site"]
-    for key, sub in points.groupby(list(keys), dropna=False):
-        windows = sub[["window_start", "window_end"]].drop_duplicates()
+    run_key = ["run_id"] if "run_id" in points.columns else []
+    for key, sub in _groupby(points, group_cols):
+        spans = sub.groupby(run_key)[["window_start", "window_end"]].agg(["min", "max"]) if run_key else None
+        windows = (sub[["window_start", "window_end"]].drop_duplicates() if spans is None else
+                   pd.DataFrame({"a": spans[("window_start", "min")], "b": spans[("window_end", "max")]})
+                   .drop_duplicates())
         if len(windows) > 1:
-            spans = sorted(f"{int(a)}-{int(b)}" for a, b in windows.to_numpy() if np.isfinite([a, b]).all())
-            messages.append(f"{_group_label(keys, _as_tuple(key))}: runs use different aggregation "
-                            f"windows {spans}; β mixes checkpoints from different training times")
+            text = sorted(f"{a:g}-{b:g}" for a, b in windows.to_numpy(dtype=float) if np.isfinite([a, b]).all())
+            messages.append(f"{_group_label(group_cols, key)}: runs use different aggregation windows "
+                            f"(steps {', '.join(text)}); β mixes checkpoints from different training times")
     return messages
+
+
+def _groupby(frame: pd.DataFrame, cols: Sequence[str]):
+    """Iterate (key tuple, sub-frame) over ``cols``; the whole frame as one group when cols is empty."""
+    if not cols:
+        yield (), frame
+        return
+    for key, sub in frame.groupby(list(cols), dropna=False, sort=True):
+        yield _as_tuple(key), sub
 
 
 # --------------------------------------------------------------------------------------------

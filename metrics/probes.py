@@ -181,6 +181,8 @@ class FFNProbe:
             if self._table.device != idx.device:
                 self._table = self._table.to(idx.device)
             flat = idx.reshape(-1)
+            if flat.numel() and int(flat.max()) >= self._table.numel():  # a clear error, not a CUDA assert
+                raise ValueError(f"token id {int(flat.max())} outside the bucket table ({self._table.numel()})")
             labels = self._table[flat if rows is None else flat[rows]]
             order, sizes = bucket_order(labels)
             rows = order if rows is None else rows[order]

@@ -38,7 +38,7 @@ class OptimizerBundle:
         self.optimizers = list(optimizers)
         self.routed = routed
         self.role_algorithms = dict(role_algorithms)
-        self.hparams = dict(hparams or {})
+        self.hparams = {k: _plain(v) for k, v in (hparams or {}).items()}  # JSON-friendly, for logging
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -104,3 +104,14 @@ class OptimizerBundle:
             for role, g in self.summary()["groups"].items() if g["tensors"]
         )
         return f"OptimizerBundle({self.name}: {parts})"
+
+
+def _plain(value: Any) -> Any:
+    """Lists for sequences (OmegaConf ListConfig, tuples), names for dtypes."""
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value

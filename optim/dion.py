@@ -134,7 +134,7 @@ class Dion(MatrixOptimizer):
     def _generator(self, p: torch.Tensor, group: dict[str, Any], step: int) -> torch.Generator:
         gen = torch.Generator(device=p.device)
         # distinct, reproducible stream per (seed, parameter, step)
-        gen.manual_seed((group["seed"] * 1_000_003 + self._index[p]) * 1_000_033 + step)
+        gen.manual_seed(((group["seed"] * 1_000_003 + self._index[p]) * 1_000_033 + step) % 2**63)
         return gen
 
     def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def build_normuon(
     adjust_lr: str = "spectral_norm",
     ns_coefficients: Sequence[Sequence[float]] = PAPER_NS_COEFFICIENTS,
     ns_steps: int = 5,
-    ns_dtype: str = "bfloat16",
+    ns_dtype: str = "auto",
     ns_eps: float = NS_EPS,
     beta2: float = 0.95,
     normuon_eps: float = NORMUON_EPS,

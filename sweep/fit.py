@@ -36,8 +36,10 @@ NON_KEY_COLUMNS = frozenset({
 })
 # Points-file column aliases, so released tables (e.g. the paper's) can be re-fitted as they are.
 POINT_ALIASES = {"ffn_hidden_dim": WIDTH_COL}
-ARCH_AXES = ("n_head", "postln_frac", "pos_encoding", "n_layer", "d_model", "activation", "norm",
-             "ffn_type", "model")
+ARCH_AXES = ("n_head", "postln_frac", "pos_encoding", "norm_placement", "activation", "norm",
+             "ffn_type", "n_layer", "d_model", "model")
+# Axes that define an optimizer configuration (compared as one unit against the reference).
+OPTIMIZER_AXES = ("optimizer", "rank_fraction")
 BUCKET_ORDER = ("global", "head", "mid", "tail")
 SITE_ORDER = ("post", "pre")
 LOSS_COLUMNS = ("eval_loss", "train_loss")
@@ -397,7 +399,7 @@ def run_fit(
         points = read_points_file(points_file)
         provenance["points_file"] = str(points_file)
         provenance["points_sha256"] = hashlib.sha256(Path(points_file).read_bytes()).hexdigest()[:16]
-        out = Path(out_dir) if out_dir else Path(points_file).with_suffix("").parent / "analysis"
+        out = Path(out_dir) if out_dir else Path(points_file).parent / f"{Path(points_file).stem}_fit"
     else:
         contents = load_sweeps(sweep_dirs)
         excluded = contents.excluded
@@ -440,11 +442,7 @@ def run_fit(
 
     # Optimizer vs reference: pooled interaction test per metric × bucket × site.
     if "optimizer" in group_cols and points["optimizer"].nunique() > 1:
-        opts = sorted(points["optimizer"].astype(str).unique())
-        ref = reference_optimizer if reference_optimizer in opts else opts[0]
-        cmp = mfit.compare_groups(points, group_cols, "optimizer", ref, level=level)
-        result.comparisons = cmp.table
-        messages += cmp.messages
+        _compare_optimizers(result, reference_optimizer, level)
 
     if loaded and window_k >= 1:
         step_points = build_step_points(loaded, window_k, metrics)
@@ -472,6 +470,21 @@ def run_fit(
     result.report = write_report(result, provenance)
     result.files.append(result.report)
     return result
+
+
+def _compare_optimizers(result: FitResult, reference_optimizer: str, level: float) -> None:
+    """Each optimizer (with its own knobs, e.g. Dion's rank_fraction) against the reference,
+    within every combination of the remaining keys."""
+    opt_cols = [c for c in OPTIMIZER_AXES if c in result.group_cols]
+    rest = [c for c in result.group_cols if c not in opt_cols]
+    points = result.points.assign(opt=group_labels(result.points, opt_cols))
+    # Case-insensitive, so released tables spelling "AdamW" find the default reference.
+    is_ref = points["optimizer"].astype(str).str.lower() == reference_optimizer.lower()
+    labels = sorted(points["opt"].unique())
+    ref = points.loc[is_ref, "opt"].iloc[0] if is_ref.any() else labels[0]
+    cmp = mfit.compare_groups(points, [*rest, "opt"], "opt", ref, level=level)
+    result.comparisons = cmp.table.rename(columns={"opt_ref": "optimizer_ref", "opt": "optimizer"})
+    result.messages.extend(cmp.messages)
 
 
 def _runs_table(runs: Sequence[RunData], points: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
@@ -508,7 +521,8 @@ def _gain_vs_shift(result: FitResult, arch: tuple[str, Any], reference_optimizer
     table = result.beta_table
     others = [c for c in result.group_cols if c != axis]
     labelled = table.assign(opt_label=group_labels(table, others, varying_from=result.points))
-    refs = labelled.loc[labelled["optimizer"].astype(str) == reference_optimizer, "opt_label"].unique()
+    is_ref = labelled["optimizer"].astype(str).str.lower() == reference_optimizer.lower()
+    refs = labelled.loc[is_ref, "opt_label"].unique()
     if len(refs) == 0:
         result.messages.append(f"optimizer gain vs {axis} shift: no {reference_optimizer} runs; skipped")
         return
@@ -569,12 +583,16 @@ def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
     return sorted(values, key=lambda v: (order.index(v) if v in order else len(order), v))
 
 
-def _plain_log_ticks(ax: Any, axis: str = "both") -> None:
+def _plain_log_ticks(ax: Any, axis: str = "both", widths: Sequence[float] | None = None) -> None:
     """'%g' labels on log axes: mathtext tick labels dominate drawing time for small figures."""
-    from matplotlib.ticker import FuncFormatter, NullLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
 
     targets = [ax.xaxis, ax.yaxis] if axis == "both" else [getattr(ax, f"{axis}axis")]
     for target in targets:
+        if target is ax.xaxis and widths is not None:
+            target.set_major_locator(FixedLocator(sorted(set(widths))))  # ticks at the swept widths
+        else:
+            target.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         target.set_minor_locator(NullLocator())
 
@@ -630,7 +648,7 @@ def figure_rank_vs_width(result: FitResult, site: str) -> list[Path]:
                 ax.plot([], [], color=colors[label], marker="o", label=name)
             ax.set_xscale("log")
             ax.set_yscale("log")
-            _plain_log_ticks(ax)
+            _plain_log_ticks(ax, widths=pts[WIDTH_COL].astype(float).tolist())
             ax.set_xlabel("FFN width D")
             ax.set_ylabel(_METRIC_TITLES[metric])
             ax.set_title(f"{bucket} · {site} · {metric}")
@@ -721,7 +739,7 @@ def figure_loss_vs_width(result: FitResult) -> list[Path]:
         ax.errorbar(agg[WIDTH_COL], agg["mean"], yerr=agg["std"].fillna(0), fmt="o-", ms=4,
                     capsize=2, color=colors.get(label), label=label)
     ax.set_xscale("log")
-    _plain_log_ticks(ax, "x")
+    _plain_log_ticks(ax, "x", widths=runs[WIDTH_COL].astype(float).tolist())
     ax.set_xlabel("FFN width D")
     ax.set_ylabel("final eval loss")
     ax.grid(True, alpha=0.25)
@@ -892,7 +910,8 @@ def write_report(result: FitResult, provenance: dict[str, Any]) -> Path:
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sweep.fit", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep_dirs", nargs="*", help="sweep directories (or single run directories)")
-    p.add_argument("--out", help="analysis folder (default: SWEEP_DIR/analysis)")
+    p.add_argument("--out", help="analysis folder (default: SWEEP_DIR/analysis, or FILE_fit/ "
+                   "next to a --points file)")
     p.add_argument("--rule", default="paper", help="paper | mean | layer:K | window:A-B (default paper)")
     p.add_argument("--matched-loss", type=float, metavar="TOL",
                    help="pair configs whose final eval loss differs by at most TOL (nats) at a width")
@@ -928,14 +947,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for path, reason in result.excluded:
         print(f"warning: excluded {path}: {reason}", file=sys.stderr)
-    for message in result.messages:
+    for message in result.messages[:_MAX_NOTES]:
         print(f"note: {message}", file=sys.stderr)
+    if len(result.messages) > _MAX_NOTES:
+        print(f"note: ... {len(result.messages) - _MAX_NOTES} more notes in {result.report}", file=sys.stderr)
     print(format_beta_table(result))
     fig = next((p for p in result.figures if p.suffix == ".png"), None)
     print(f"\nwrote {len(result.files)} files to {result.out_dir} (report: {result.report})"
           + (f"; e.g. figure {fig}" if fig else ""))
     return 0
 
+
+_MAX_NOTES = 5  # the terminal gets the first few; report.md has them all
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,9 +23,13 @@ from metrics import fit as mfit
 # --------------------------------------------------------------------------------------------
 
 PLANTED_BETA = {"adamw": {"soft_rank": 0.66, "hard_rank": 0.29},
-                "muon": {"soft_rank": 0.95, "hard_rank": 0.82}}
+                "muon": {"soft_rank": 0.95, "hard_rank": 0.82},
+                "dion": {"soft_rank": 0.74, "hard_rank": 0.50}}
 BUCKET_SHIFT = {"global": 0.0, "head": -0.10, "mid": 0.0, "tail": 0.05}
-PREFACTOR = {"soft_rank": 0.9, "hard_rank": 0.35}
+# A in R = A·D^β, chosen so that R_hard < R_soft < D over the widths used here.
+PREFACTOR = {"adamw": {"soft_rank": 0.9, "hard_rank": 2.0},
+             "muon": {"soft_rank": 0.9, "hard_rank": 0.35},
+             "dion": {"soft_rank": 0.9, "hard_rank": 0.8}}
 SITE_FACTOR = {"post": 1.0, "pre": 0.6}
 LAYER_FACTOR = (0.8, 0.9, 1.1, 1.25)
 STEPS = tuple(range(100, 1001, 100))
@@ -70,7 +74,7 @@ def write_run(root: Path, *, optimizer: str, mult: int, seed: int, d_model: int 
                            "sampling": "well", "status": "ok", "min_eig": 0.0, "neg_mass": 0.0}
                     for m_i, metric in enumerate(mfit.RANK_METRICS):
                         beta = beta_at_step(beta_scale * planted_beta(optimizer, metric, bucket), step)
-                        value = (PREFACTOR[metric] * SITE_FACTOR[site] * lf * width ** beta
+                        value = (PREFACTOR[optimizer][metric] * SITE_FACTOR[site] * lf * width ** beta
                                  * math.exp(run_offset[s_i, b_i, m_i] + rng.normal(0, noise)))
                         rec[metric] = value
                     rec["entropy"] = math.log(rec["soft_rank"])
@@ -504,6 +508,34 @@ def test_window_mismatch_and_two_widths_messages(tmp_path):
     assert any("different aggregation windows" in m for m in result.messages)
     assert any("2 widths" in m for m in result.messages)
     assert result.beta_table["beta"].notna().all() and result.beta_table["beta_lower"].isna().all()
+
+
+def test_architecture_axis_gain_vs_shift_and_rank_fraction_labels(tmp_path):
+    from sweep.fit import run_fit
+
+    sweep = tmp_path / "heads"
+    small = dict(sites=("post",), buckets=("global", "tail"), steps=(600, 700, 800, 900, 1000))
+    for mult in (1, 2, 4):
+        for heads, scale in ((4, 1.0), (2, 1.1)):
+            for opt, rf in (("adamw", None), ("muon", None), ("dion", 0.25)):
+                write_run(sweep, optimizer=opt, mult=mult, seed=0, beta_scale=scale,
+                          extra_axes={"n_head": heads, "rank_fraction": rf}, **small)
+    result = run_fit([sweep], figures=False, window_k=0, arch_baseline=("n_head", "4"))
+    assert set(result.beta_table["label"]) == {"adamw n_head=2", "adamw n_head=4", "muon n_head=2",
+                                               "muon n_head=4", "dion rank_fraction=0.25 n_head=2",
+                                               "dion rank_fraction=0.25 n_head=4"}
+    gain = result.gain_shift
+    assert len(gain) == 2 * 2 * 3  # metrics × buckets × optimizers, one alternative head count
+    hard = gain[(gain["metric"] == "hard_rank") & (gain["bucket"] == "global")].set_index("optimizer")
+    # Planted: best baseline β_hard (muon 0.82) − adamw 0.29; shift = 0.1·β at n_head=2.
+    assert hard.loc["adamw", "optimizer_gain"] == pytest.approx(0.82 - 0.29, abs=0.08)
+    assert hard.loc["muon", "arch_shift"] == pytest.approx(0.082, abs=0.08)
+    assert (result.out_dir / "gain_vs_shift.csv").is_file()
+    # Dion (with its rank_fraction) is compared against AdamW like any optimizer, per head count.
+    cmp = result.comparisons
+    assert set(cmp["optimizer"]) == {"muon", "dion rank_fraction=0.25"}
+    assert set(cmp["optimizer_ref"]) == {"adamw"} and set(cmp["n_head"]) == {2, 4}
+    assert any("gain exceeds shift in" in m for m in result.messages)
 
 
 def test_empty_sweep_dir_is_an_error(tmp_path):

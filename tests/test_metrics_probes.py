@@ -61,7 +61,9 @@ def _capture_by_hand(model: TinyLM, batches, gated: bool):
     for i, block in enumerate(model.blocks):
         pre_mod = block.ffn.gate if gated else block.ffn.up
         handles.append(pre_mod.register_forward_hook(lambda m, a, o, i=i: acts[(i, "pre")].append(o.detach())))
-        handles.append(block.ffn.down.register_forward_pre_hook(lambda m, a, i=i: acts[(i, "post")].append(a[0].detach())))
+        handles.append(
+            block.ffn.down.register_forward_pre_hook(lambda m, a, i=i: acts[(i, "post")].append(a[0].detach()))
+        )
     with torch.no_grad():
         for idx in batches:
             model(idx)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
 from pathlib import Path
 
@@ -490,8 +491,10 @@ def test_yaml_pins_exactly_the_builder_defaults(name: str) -> None:
         if isinstance(default, torch.dtype):
             default = str(default).removeprefix("torch.")
         assert normalise(value) == normalise(default), key
-    bundle = build_optimizer(make_model(), **cfg)
+    # the lead may pass the DictConfig itself; the recorded hparams must serialise to JSON
+    bundle = build_optimizer(make_model(), **OmegaConf.load(CONF_DIR / f"{name}.yaml"))
     assert bundle.name == name
+    assert json.loads(json.dumps(bundle.hparams)) == bundle.hparams
 
 
 def test_optimizer_tags() -> None:
