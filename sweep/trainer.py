@@ -297,7 +297,8 @@ class _Training:
                 self.run_dir.update_status(step=step)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{train_loss:.3f}")
+                rate = bar.format_dict.get("rate") or 0.0  # steps/s, smoothed by tqdm
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{rate * self.tokens_per_step:,.0f}")
         if bar is not None:
             bar.close()
         summary = {"run_id": spec.run_id, "final_step": self.step, "final_train_loss": train_loss,

@@ -1,4 +1,4 @@
-"""Tokenizers behind one small interface: byte-level and a BPE trained locally.
+"""Tokenizers behind one small interface: tiktoken's GPT-2 encoding, a BPE trained locally, bytes.
 
 A prepared data folder records its tokenizer as ``{"name": ..., **details}`` in meta.json;
 ``load_tokenizer`` turns that entry back into a tokenizer. New kinds (e.g. tiktoken's GPT-2
@@ -137,9 +137,79 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     return BPETokenizer(tok)
 
 
+class TokenizerUnavailable(RuntimeError):
+    """A tokenizer whose vocabulary cannot be loaded here (e.g. no internet for tiktoken's download)."""
+
+
+class TiktokenTokenizer(Tokenizer):
+    """tiktoken's GPT-2 encoding (the paper's tokenizer): 50,257 ids, EOT = 50256.
+
+    The vocabulary is loaded on first use, not at construction, so a training job (which only needs
+    ``vocab_size`` and ``eot_id``) never downloads it. tiktoken fetches it once from the internet
+    and caches it (``TIKTOKEN_CACHE_DIR``); where that is impossible ``load()`` raises
+    TokenizerUnavailable with what to do instead.
+    """
+
+    name = "gpt2"
+    _SIZES = {"gpt2": (50257, 50256)}  # encoding -> (vocab_size, eot id), known without the vocabulary
+
+    def __init__(self, encoding: str = "gpt2") -> None:
+        if encoding not in self._SIZES:
+            raise ValueError(f"unsupported tiktoken encoding {encoding!r} (supported: {', '.join(self._SIZES)}; "
+                             f"larger vocabularies do not fit uint16 shards)")
+        self.encoding = encoding
+        self._enc = None
+
+    def load(self) -> "TiktokenTokenizer":
+        """Load the vocabulary now (downloading it if tiktoken has no cached copy)."""
+        if self._enc is None:
+            try:
+                import tiktoken
+            except ImportError as e:
+                raise TokenizerUnavailable(
+                    "the gpt2 tokenizer needs the `tiktoken` package: pip install -e '.[data]'") from e
+            try:
+                enc = tiktoken.get_encoding(self.encoding)
+            except Exception as e:  # requests/urllib errors, blocked hosts, corrupt cache, ...
+                raise TokenizerUnavailable(
+                    f"tiktoken could not load the {self.encoding!r} vocabulary ({type(e).__name__}: {e}). "
+                    f"It is downloaded once from openaipublic.blob.core.windows.net: run the prepare step "
+                    f"on a machine with internet access, or copy a tiktoken cache there and set "
+                    f"TIKTOKEN_CACHE_DIR; use tokenizer=bpe or tokenizer=byte to tokenize offline") from None
+            vocab, eot = self._SIZES[self.encoding]
+            if enc.n_vocab != vocab or enc.eot_token != eot:
+                raise TokenizerUnavailable(f"tiktoken {self.encoding!r} has {enc.n_vocab} ids / EOT "
+                                           f"{enc.eot_token}, expected {vocab} / {eot}")
+            self._enc = enc
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        return self._SIZES[self.encoding][0]
+
+    @property
+    def eot_id(self) -> int:
+        return self._SIZES[self.encoding][1]
+
+    def encode(self, text: str) -> list[int]:
+        # "ordinary": an "<|endoftext|>" inside a document is text, never a document separator.
+        return self.load()._enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        enc = self.load()._enc
+        return [enc.encode_ordinary(t) for t in texts]  # one thread: parallelism is across processes
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return self.load()._enc.decode([int(i) for i in ids])
+
+    def save(self, folder: Path) -> dict:
+        return {"name": self.name, "encoding": self.encoding}
+
+
 TOKENIZER_LOADERS: dict[str, Callable[[dict, Path], Tokenizer]] = {
     "byte": lambda info, folder: ByteTokenizer(),
     "bpe": lambda info, folder: BPETokenizer.from_file(Path(folder) / info.get("file", BPE_FILE)),
+    "gpt2": lambda info, folder: TiktokenTokenizer(info.get("encoding", "gpt2")),
 }
 
 
