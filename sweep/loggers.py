@@ -2,6 +2,20 @@
 
 The local ``metrics.jsonl`` / ``spectra.jsonl`` are the source of truth. W&B gets the same rows;
 if it cannot start or errors mid-run, the failure is logged once and the run goes on without it.
+
+W&B key scheme (x-axis ``trainer/step`` for every key; W&B makes one workspace section per
+prefix before the last ``/``):
+
+- ``train/{train_loss,lr,tokens_per_s,grad_norm}``, ``eval/{loss,ppl}``,
+  ``trainer/{step,tokens,elapsed_s}``
+- ``spectral/<site>/<bucket>/<metric>/L<layer>``: one value per telemetry record (status ok)
+- ``spectral_median/<site>/<bucket>/<metric>``: median over layers of the same event
+- ``spectrum/<site>/<bucket>/L<layer>``: histogram of log10 eigenvalues (telemetry.log_eigenvalues)
+- ``spectrum_plot/<site>/<bucket>``: log10 eigenvalue vs index for the selected layers
+- summary: ``final/eval_loss``, ``final/train_loss``, ``final/<site>/<bucket>/<rank>``
+
+Metric names never contain ``.`` in W&B (it means nesting there): ``renyi_0.5`` becomes
+``renyi_0p5``; :func:`metric_from_wandb` undoes it.
 """
 
 from __future__ import annotations
@@ -9,12 +23,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
+
+import numpy as np
 
 from sweep.spec import LoggerSpec
 
 log = logging.getLogger("specsweep.logger")
+
+REDACTED = "<redacted>"
+# Config keys and environment variables whose values are credentials: a name with one of these
+# words between separators (WANDB_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY; not train_tokens).
+_SECRET_NAME = re.compile(r"(^|[_.-])(api[_-]?key|apikey|token|secret|passw(or)?d|credentials?|"
+                          r"private[_-]?key|access[_-]?key)([_.-]|$)", re.I)
+# Config sections that only steer run ids / relaunch checks: noise in the W&B run table.
+_CONFIG_NOISE = ("run_id_exclude", "volatile_keys")
+_EIGEN_KEY = re.compile(r"^L(\d+)_([a-z]+)_([a-z]+)$")
+_MAX_PLOT_POINTS = 256
 
 
 def stable_wandb_id(sweep_name: str, run_id: str) -> str:
@@ -33,20 +60,134 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# ---- secrets ------------------------------------------------------------------------------------
+
+def env_secrets(environ: Optional[Mapping[str, str]] = None) -> list[str]:
+    """Values of environment variables that look like credentials (WANDB_API_KEY, *_TOKEN, ...)."""
+    environ = os.environ if environ is None else environ
+    return sorted({v for k, v in environ.items() if _SECRET_NAME.search(k) and v and len(v) >= 8},
+                  key=len, reverse=True)
+
+
+def redact_secrets(obj: Any, secrets: Optional[Iterable[str]] = None) -> Any:
+    """A copy of ``obj`` (nested dicts/lists) with credentials replaced by ``<redacted>``.
+
+    Values under credential-like keys go, and so does any string containing the value of a
+    credential-like environment variable (e.g. a resolved ``${oc.env:WANDB_API_KEY}``).
+    """
+    secrets = env_secrets() if secrets is None else [s for s in secrets if s]
+
+    def walk(x: Any, key: str = "") -> Any:
+        if isinstance(x, Mapping):
+            return {k: walk(v, str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, key) for v in x]
+        if key and _SECRET_NAME.search(key) and x not in (None, "", False):
+            return REDACTED
+        if isinstance(x, str):
+            for s in secrets:
+                if s in x:
+                    x = x.replace(s, REDACTED)
+        return x
+
+    return walk(obj)
+
+
+def wandb_config(config: Mapping[str, Any], axes: Mapping[str, Any], run_dir: Optional[Path] = None) -> dict:
+    """The run's W&B config: the resolved config (nested; W&B shows ``model.ffn_mult``), the swept
+    axes under ``axis`` (``axis.optimizer``, ``axis.ffn_width``, ... for group-by and filters) and
+    the run directory; run-id bookkeeping dropped, credentials redacted."""
+    cfg = {k: v for k, v in config.items() if k not in _CONFIG_NOISE}
+    cfg["axis"] = dict(axes)
+    if run_dir is not None:
+        cfg["run_dir"] = str(run_dir)
+    return redact_secrets(cfg)
+
+
+# ---- keys ---------------------------------------------------------------------------------------
+
+def metric_to_wandb(metric: str) -> str:
+    return metric.replace(".", "p")
+
+
+def metric_from_wandb(name: str) -> str:
+    """Inverse of :func:`metric_to_wandb` for the telemetry metric names (``renyi_0p5``)."""
+    m = re.fullmatch(r"renyi_(\d+)p(\d+)", name)
+    return f"renyi_{m.group(1)}.{m.group(2)}" if m else name
+
+
 def record_key(record: Mapping[str, Any], metric: str) -> str:
     """W&B key of one telemetry metric, e.g. ``spectral/post/tail/hard_rank/L03``."""
-    return f"spectral/{record['site']}/{record['bucket']}/{metric}/L{int(record['layer']):02d}"
+    return f"spectral/{record['site']}/{record['bucket']}/{metric_to_wandb(metric)}/L{int(record['layer']):02d}"
 
+
+def median_key(site: str, bucket: str, metric: str) -> str:
+    return f"spectral_median/{site}/{bucket}/{metric_to_wandb(metric)}"
+
+
+def train_key(name: str) -> str:
+    """W&B key of a metrics.jsonl column."""
+    if name in ("step", "tokens", "elapsed_s"):
+        return f"trainer/{name}"
+    if name.startswith("eval_"):
+        return f"eval/{name[5:]}"
+    return f"train/{name}"
+
+
+def spectral_rows(records: Iterable[Mapping[str, Any]], metrics: Iterable[str]) -> dict[str, float]:
+    """Per-layer values and per-event medians over layers, keyed for W&B (ok records only)."""
+    metrics = list(metrics)
+    data: dict[str, float] = {}
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        for m in metrics:
+            v = r.get(m)
+            if v is None:
+                continue
+            data[record_key(r, m)] = float(v)
+            groups.setdefault((r["site"], r["bucket"], m), []).append(float(v))
+    for (site, bucket, m), values in groups.items():
+        data[median_key(site, bucket, m)] = float(np.median(values))
+    return data
+
+
+def selected_layers(layers: Iterable[int]) -> list[int]:
+    """First, middle and last layer: the ones whose spectrum is plotted."""
+    ls = sorted(set(int(x) for x in layers))
+    if not ls:
+        return []
+    return sorted({ls[0], ls[len(ls) // 2], ls[-1]})
+
+
+def _log10_positive(values: np.ndarray) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v) & (v > 0)]
+    return np.log10(v)
+
+
+def _plot_indices(n: int) -> np.ndarray:
+    if n <= _MAX_PLOT_POINTS:
+        return np.arange(n)
+    return np.unique(np.round(np.geomspace(1, n, _MAX_PLOT_POINTS)).astype(int) - 1)
+
+
+# ---- loggers ------------------------------------------------------------------------------------
 
 class NullLogger:
     """Logs nothing; used for logger=none and after a W&B failure."""
 
     run_id: Optional[str] = None
+    mode: str = "disabled"
 
     def log(self, row: Mapping[str, Any], step: int) -> None:
         pass
 
     def log_spectra(self, records: Iterable[Mapping[str, Any]], step: int, metrics: Iterable[str]) -> None:
+        pass
+
+    def log_eigenvalues(self, step: int, eigen: Mapping[str, np.ndarray]) -> None:
         pass
 
     def summary(self, values: Mapping[str, Any]) -> None:
@@ -56,26 +197,41 @@ class NullLogger:
         pass
 
 
+def resolve_mode(configured: str, environ: Optional[Mapping[str, str]] = None) -> str:
+    """``WANDB_MODE`` in the environment wins over the config (a cluster profile can force offline)."""
+    environ = os.environ if environ is None else environ
+    env = (environ.get("WANDB_MODE") or "").strip().lower()
+    if env == "dryrun":
+        env = "offline"
+    return env if env in ("online", "offline", "disabled") else configured
+
+
 class WandbLogger(NullLogger):
     """One W&B run per training run: group = sweep, name = run id, stable id, resume allowed."""
 
     def __init__(self, spec: LoggerSpec, *, sweep_name: str, run_id: str, run_dir: Path,
-                 config: Mapping[str, Any], axes: Mapping[str, Any], wandb_id: str) -> None:
+                 config: Mapping[str, Any], axes: Mapping[str, Any], wandb_id: str,
+                 mode: Optional[str] = None) -> None:
         import wandb
 
         self._wandb = wandb
         self._broken = False
         self.run_id = wandb_id
+        self.mode = mode or spec.mode
         os.environ.setdefault("WANDB_SILENT", "true")
         tags = list(spec.tags) + [f"{k}:{v}" for k, v in sorted(axes.items()) if v is not None]
+        settings: dict[str, Any] = {"init_timeout": float(spec.init_timeout), "console": "off",
+                                    "x_disable_stats": True}
+        finish_timeout = getattr(spec, "finish_timeout", None)
+        if finish_timeout:
+            settings["finish_timeout"] = float(finish_timeout)
         self._run = wandb.init(
             project=spec.project, entity=spec.entity, group=sweep_name, name=run_id, id=wandb_id,
-            resume="allow", mode=spec.mode, dir=str(run_dir), job_type="train",
-            config={**flatten(config), **{f"axis.{k}": v for k, v in axes.items()}},
-            tags=tags[:64], reinit="finish_previous",
-            settings=wandb.Settings(init_timeout=float(spec.init_timeout), console="off",
-                                    x_disable_stats=True),
+            resume="allow", mode=self.mode, dir=str(run_dir), job_type="train",
+            config=wandb_config(config, axes, run_dir), tags=[t[:64] for t in tags][:64],
+            reinit="finish_previous", settings=wandb.Settings(**settings),
         )
+        self._run.define_metric("trainer/step")
         self._run.define_metric("*", step_metric="trainer/step")
 
     def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -88,20 +244,50 @@ class WandbLogger(NullLogger):
             log.warning("W&B %s failed (%s: %s); continuing with local files only", what, type(e).__name__, e)
 
     def log(self, row: Mapping[str, Any], step: int) -> None:
-        data = {f"train/{k}" if k not in ("step",) else "trainer/step": v for k, v in row.items()}
+        data = {train_key(k): v for k, v in row.items() if v is not None and not isinstance(v, str)}
         data["trainer/step"] = step
         self._guard("log", self._run.log, data)
 
     def log_spectra(self, records: Iterable[Mapping[str, Any]], step: int, metrics: Iterable[str]) -> None:
-        metrics = list(metrics)
-        data: dict[str, Any] = {"trainer/step": step}
-        for r in records:
-            if r.get("status") != "ok":
-                continue
-            for m in metrics:
-                if r.get(m) is not None:
-                    data[record_key(r, m)] = r[m]
+        data: dict[str, Any] = spectral_rows(records, metrics)
+        data["trainer/step"] = step
         self._guard("log", self._run.log, data)
+
+    def log_eigenvalues(self, step: int, eigen: Mapping[str, np.ndarray]) -> None:
+        """Histograms of log10 eigenvalues, and one line plot per site/bucket, of the first,
+        middle and last layer (global bucket; all buckets when there is no global one)."""
+        if self._broken:
+            return
+        parsed: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+        for name, values in eigen.items():
+            m = _EIGEN_KEY.match(name)
+            if m:
+                parsed.setdefault((m.group(2), m.group(3)), {})[int(m.group(1))] = np.asarray(values)
+        if any(b == "global" for _, b in parsed):
+            parsed = {k: v for k, v in parsed.items() if k[1] == "global"}
+
+        def _log() -> None:
+            wandb = self._wandb
+            data: dict[str, Any] = {"trainer/step": step}
+            for (site, bucket), by_layer in sorted(parsed.items()):
+                xs, ys, keys = [], [], []
+                for layer in selected_layers(by_layer):
+                    logs = _log10_positive(by_layer[layer])
+                    if logs.size == 0:
+                        continue
+                    data[f"spectrum/{site}/{bucket}/L{layer:02d}"] = wandb.Histogram(logs.tolist(), num_bins=64)
+                    idx = _plot_indices(logs.size)
+                    xs.append((idx + 1).tolist())
+                    ys.append(logs[idx].tolist())
+                    keys.append(f"L{layer:02d}")
+                if keys:
+                    data[f"spectrum_plot/{site}/{bucket}"] = wandb.plot.line_series(
+                        xs=xs, ys=ys, keys=keys, xname="eigenvalue index",
+                        title=f"log10 eigenvalues, {site} {bucket}, step {step}")
+            if len(data) > 1:
+                self._run.log(data)
+
+        self._guard("eigenvalue log", _log)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         def _set() -> None:
@@ -117,12 +303,30 @@ class WandbLogger(NullLogger):
 
 
 def make_logger(spec: LoggerSpec, **kwargs: Any) -> NullLogger:
-    """A W&B logger when configured and reachable, else a NullLogger (failure logged once)."""
-    if spec.backend == "none" or spec.mode == "disabled":
+    """A W&B logger when configured and reachable, else a NullLogger (failure logged once).
+
+    An online run that cannot start (no API key, server unreachable after ``init_timeout``) falls
+    back to an offline W&B run in the same run directory, to be uploaded later with ``wandb sync``.
+    """
+    if spec.backend == "none":
+        return NullLogger()
+    mode = resolve_mode(spec.mode)
+    if mode == "disabled":
         return NullLogger()
     try:
-        return WandbLogger(spec, **kwargs)
+        return WandbLogger(spec, mode=mode, **kwargs)
     except Exception as e:
-        log.warning("W&B could not start (%s: %s); training continues with local files only",
-                    type(e).__name__, e)
+        if mode != "online":
+            log.warning("W&B could not start (%s: %s); training continues with local files only",
+                        type(e).__name__, e)
+            return NullLogger()
+        first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    try:
+        logger = WandbLogger(spec, mode="offline", **kwargs)
+        log.warning("W&B online could not start (%s); logging offline instead (upload later with "
+                    "`wandb sync %s/wandb/offline-run-*`)", first, kwargs.get("run_dir", "RUN_DIR"))
+        return logger
+    except Exception as e:
+        log.warning("W&B could not start (%s; offline: %s: %s); training continues with local files only",
+                    first, type(e).__name__, e)
         return NullLogger()

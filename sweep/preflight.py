@@ -56,27 +56,32 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
     """Compose and validate every job; raise SweepError on any invalid job or run-id collision."""
     plan = SweepPlan()
     errors: list[str] = []
-    by_id: dict[str, list[str]] = defaultdict(list)
+    by_id: dict[str, list[tuple[str, str]]] = defaultdict(list)  # run id -> [(label, identity hash)]
     for overrides in jobs:
         label = " ".join(overrides)
         try:
             cfg = config_loader.load_sweep_config(master_config, list(overrides))
             spec = build_run_spec(cfg)
             run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-            RunDir(run_dir).check_identity(identity_of(cfg))
+            digest = RunDir(run_dir).check_identity(identity_of(cfg))
         except (ConfigError, RunConfigChanged) as e:
             errors.append(f"job [{label}]: {e}")
             continue
         except Exception as e:  # composition errors from Hydra/OmegaConf
             errors.append(f"job [{label}]: {type(e).__name__}: {e}")
             continue
-        by_id[spec.run_id].append(label)
+        if any(d == digest for _, d in by_id[spec.run_id]):
+            # Same run (e.g. adamw under an optim.rank_fraction axis it does not use): launch once.
+            log.info("  [%s] is the same run as an earlier grid point (%s); launched once", label, spec.run_id)
+            by_id[spec.run_id].append((label, digest))
+            continue
+        by_id[spec.run_id].append((label, digest))
         plan.jobs.append(PlannedJob(list(overrides), spec.run_id, run_dir, _job_state(run_dir)))
-    for run_id, labels in by_id.items():
-        if len(labels) > 1:
+    for run_id, entries in by_id.items():
+        if len({d for _, d in entries}) > 1:
             errors.append(
-                f"run id collision: {len(labels)} grid points map to '{run_id}': "
-                + "; ".join(f"[{lb}]" for lb in labels)
+                f"run id collision: {len(entries)} grid points map to '{run_id}' with different configs: "
+                + "; ".join(f"[{lb}]" for lb, _ in entries)
                 + ". The differing key is listed in run_id_exclude or is not an override; "
                 "remove it from run_id_exclude or give each point a distinct sweep_name."
             )

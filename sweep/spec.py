@@ -63,6 +63,7 @@ class LoggerSpec:
     mode: str
     tags: list = field(default_factory=list)
     init_timeout: float = 30
+    finish_timeout: float = 0   # W&B: seconds run.finish() may wait for uploads (0: no limit)
 
 
 @dataclass
@@ -194,6 +195,24 @@ def _check_data(data: dict, errors: list[str]) -> None:
         errors.append(f"data.kind: synthetic | text | shards, got {kind!r}")
 
 
+# Grid axes that only some optimizers take: for the others the key is dropped, so grid points that
+# differ only in it are the same run (the sweeper launches it once).
+OPTIONAL_OPTIM_AXES = ("rank_fraction",)
+
+
+def optimizer_hparams(name: str, raw: Mapping[str, Any]) -> dict:
+    """The builder's hyperparameters from an optim config section (``name`` and unused axes removed)."""
+    from optim import hparam_defaults, registered_optimizers
+
+    hparams = {k: v for k, v in raw.items() if k != "name"}
+    if name in registered_optimizers():
+        accepted = hparam_defaults(name)
+        for key in OPTIONAL_OPTIM_AXES:
+            if key not in accepted:
+                hparams.pop(key, None)
+    return hparams
+
+
 def container(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """A resolved plain-dict copy of a config (or a config section)."""
     if isinstance(cfg, DictConfig):
@@ -218,11 +237,12 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any]) -> RunSpec:
         errors.append(f"seed: must be an integer >= 0, got {seed!r}")
     model = dict(raw["model"])
     _check_model(model, errors)
-    optim_raw = dict(raw["optim"])
-    optim_name = optim_raw.pop("name", None)
+    optim_name = raw["optim"].get("name")
+    optim_raw: dict = {}
     if not isinstance(optim_name, str):
         errors.append("optim.name: missing")
     else:
+        optim_raw = optimizer_hparams(optim_name, raw["optim"])
         _check_optim(optim_name, optim_raw, errors)
     data = dict(raw["data"])
     _check_data(data, errors)
@@ -250,6 +270,9 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any]) -> RunSpec:
 def identity_of(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """The part of the resolved config that defines the run (volatile keys removed)."""
     raw = container(cfg)
+    optim_cfg = raw.get("optim")
+    if isinstance(optim_cfg, dict) and isinstance(optim_cfg.get("name"), str):
+        raw["optim"] = {"name": optim_cfg["name"], **optimizer_hparams(optim_cfg["name"], optim_cfg)}
     for dotted in raw.get("volatile_keys") or []:
         node: Any = raw
         parts = dotted.split(".")

@@ -23,6 +23,8 @@ from sweep.spec import TelemetrySpec
 log = logging.getLogger("specsweep.telemetry")
 
 RecordSink = Callable[[list[dict]], None]
+# (step, {"L<layer:02d>_<site>_<bucket>": eigenvalues}) of one event, when eigenvalues are kept.
+EigenSink = Callable[[int, dict], None]
 
 
 class Telemetry:
@@ -30,11 +32,13 @@ class Telemetry:
 
     def __init__(self, model: torch.nn.Module, spec: TelemetrySpec, counts: Optional[np.ndarray], *,
                  total_steps: int, spectra_file: Path, eigen_dir: Path,
-                 sink: Optional[RecordSink] = None, background: bool = True) -> None:
+                 sink: Optional[RecordSink] = None, background: bool = True,
+                 eigen_sink: Optional[EigenSink] = None) -> None:
         self.spec = spec
         self.total_steps = total_steps
         self.eigen_dir = eigen_dir
         self.sink = sink
+        self.eigen_sink = eigen_sink
         self.logged_metrics = metric_keys(spec.renyi_alphas)
         self.probe: Optional[FFNProbe] = None
         self._writer: Optional[JsonlAppender] = None
@@ -124,6 +128,8 @@ class Telemetry:
         self._last = records
         if self.sink is not None:
             self.sink(records)
+        if eigen and self.eigen_sink is not None:
+            self.eigen_sink(int(records[0]["step"]), eigen)
 
     def summary(self) -> dict[str, float]:
         """Median over layers of the last event's ranks, per site and bucket (for run summaries)."""

@@ -19,7 +19,7 @@ from models import GPT, GPTConfig
 from optim import build_optimizer, lr_factor
 from sweep.checkpoint import load_latest_checkpoint, save_checkpoint
 from sweep.data_setup import RunData, load_run_data
-from sweep.loggers import NullLogger, make_logger, stable_wandb_id
+from sweep.loggers import NullLogger, make_logger, redact_secrets, stable_wandb_id
 from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED,
                           STATUS_RUNNING, JsonlAppender, RunDir)
 from sweep.run_id import identity_overrides
@@ -137,7 +137,8 @@ def train_run(cfg: DictConfig, run_path: Path) -> RunResult:
                     spec.run_id, status.get("step"), run_dir.path)
         return RunResult(spec.run_id, STATUS_DIVERGED, int(status.get("step", 0)))
 
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    # Credentials never reach config.yaml (e.g. a resolved ${oc.env:WANDB_API_KEY}).
+    config_yaml = OmegaConf.to_yaml(OmegaConf.create(redact_secrets(OmegaConf.to_container(cfg, resolve=True))))
     digest = run_dir.claim(identity, config_yaml)
     return _Training(spec, cfg, run_dir, digest, overrides).run()
 
@@ -217,6 +218,7 @@ class _Training:
             self.model, spec.telemetry, self.data.counts, total_steps=t.steps,
             spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
             sink=lambda records: logger.log_spectra(records, int(records[0]["step"]), telemetry.logged_metrics),
+            eigen_sink=logger.log_eigenvalues,
         )
         outcome = STATUS_FAILED
         try:
@@ -303,8 +305,8 @@ class _Training:
             bar.close()
         summary = {"run_id": spec.run_id, "final_step": self.step, "final_train_loss": train_loss,
                    "final_eval_loss": eval_loss, "wall_s": self.elapsed, "axes": self.axes}
-        logger.summary({"final_eval_loss": eval_loss, "final_train_loss": train_loss,
-                        **telemetry.summary()})
+        logger.summary({"final/eval_loss": eval_loss, "final/train_loss": train_loss,
+                        "final/step": self.step, **telemetry.summary()})
         self.run_dir.update_status(status=STATUS_DONE, step=self.step)
         self.run_dir.write_done(summary)
         log.info("run %s done: eval loss %.4f, %s", spec.run_id, eval_loss or float("nan"), self.run_dir.path)

@@ -139,7 +139,7 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(env: dict, tmp_path: Pat
     (["model.ffn_width=96.5"], "ffn_width"),
     (["data=text", "data.path=/nonexistent/corpus.txt"], "no such file"),
     (["-m", "model.ffn_mult=1,0"], "model.ffn_mult"),
-    (["-m", "train.log_every=5,10"], "run id collision"),
+    (["-m", "telemetry.every=5,10"], "run id collision"),
 ])
 def test_bad_input_fails_before_any_training(env: dict, tmp_path: Path, args: list, needle: str) -> None:
     proc = run_train([*args, *FAST] if args[0] == "-m" else [*FAST, *args], env, check=False)
@@ -148,3 +148,15 @@ def test_bad_input_fails_before_any_training(env: dict, tmp_path: Path, args: li
     runs = tmp_path / "runs"
     trained = [p for p in runs.rglob("metrics.jsonl")] if runs.exists() else []
     assert trained == []
+
+
+def test_rank_fraction_axis_only_multiplies_low_rank_optimizers(env: dict, tmp_path: Path) -> None:
+    out = tmp_path / "rf"
+    proc = run_train(["-m", "optim=adamw,dion", "optim.rank_fraction=0.5,0.25", f"hydra.sweep.dir={out}",
+                      *FAST, "train.steps=3"], env)
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == ["gpt-tiny_adamw_w4_smoke_steps3_s0", "gpt-tiny_dion-r0.25_w4_smoke_steps3_s0",
+                     "gpt-tiny_dion-r0.5_w4_smoke_steps3_s0"]
+    assert "launched once" in proc.stdout + proc.stderr
+    axes = RunDir(out / names[1]).read_status()["axes"]
+    assert axes["optimizer"] == "dion" and axes["rank_fraction"] == 0.25

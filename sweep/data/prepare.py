@@ -9,6 +9,10 @@ Folder layout (``cache_root/<kind>-<hash of the spec>/``)::
 
 meta.json lists the shard files of each split, so a preparer that writes many shards
 (``train_000000.bin``, ...) or points at existing ones (absolute paths) needs no reader change.
+Every folder also holds ``frequency.json`` (HEAD/MID/TAIL thresholds and summary, sweep.data.frequency).
+
+Real corpora are prepared ahead of training by ``python -m sweep.prepare`` (sweep.data.corpus) into
+the folder ``path`` of a kind "shards" spec; the trainer then only reads that folder.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
+from sweep.data.frequency import FREQUENCY_FILE, write_frequency
 from sweep.data.shards import check_vocab_fits, open_shard, read_header, write_shard
 from sweep.data.synthetic import GENERATOR_VERSION, SyntheticConfig, build_chain, entropy_stats, generate_tokens
 from sweep.data.text import encode_documents, find_text_files, read_documents
@@ -36,6 +41,7 @@ FORMAT_VERSION = 1
 KINDS = ("synthetic", "text", "shards")
 META_FILE = "meta.json"
 COUNTS_FILE = "counts.npy"
+PROGRESS_FILE = "progress.json"  # present while `python -m sweep.prepare` has not finished a folder
 _COUNT_CHUNK = 1 << 24  # tokens per bincount call, bounds memory on 10B-token corpora
 DEFAULT_BPE_VOCAB = 2048
 
@@ -60,6 +66,15 @@ class DataSpec:
     # validation split: val_tokens wins over val_fraction (ignored for shards, which bring their own)
     val_tokens: Optional[int] = None
     val_fraction: float = 0.05
+    # Streaming preparation into the folder `path` (kind "shards", `python -m sweep.prepare`):
+    # source: "hf:<dataset>" (streamed with `datasets`), a local .txt/.jsonl/.parquet file or folder,
+    # or a folder of already-tokenized .bin shards (indexed, not re-tokenized). tokenizer: gpt2|bpe|byte.
+    source: Optional[str] = None
+    subset: Optional[str] = None        # dataset configuration, e.g. "sample-10BT"
+    text_field: str = "text"            # document text column of .jsonl/.parquet/hub rows
+    shard_tokens: int = 100_000_000     # tokens per shard file (the last train shard may be shorter)
+    max_tokens: Optional[int] = None    # stop after this many tokens in all (val + train); None: all
+    name: Optional[str] = None          # the conf/data option (for messages naming the prepare command)
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> "DataSpec":
@@ -154,7 +169,13 @@ def prepare_dataset(spec: DataSpec, cache_root: str | Path) -> PreparedData:
     if spec.kind == "shards":
         src = _existing_path(spec)
         if (src / META_FILE).is_file():  # already a prepared folder (e.g. by a shard preparer)
-            return PreparedData.load(src)
+            return _check_source(spec, PreparedData.load(src))
+        if (src / PROGRESS_FILE).is_file():
+            raise RuntimeError(f"{src}: its preparation is not finished (no {META_FILE} yet); "
+                               f"rerun the same prepare command to complete it: {prepare_command(spec)}")
+        if spec.source:
+            raise FileNotFoundError(f"{src} is not a prepared data folder (no {META_FILE}); prepare it first "
+                                    f"with: {prepare_command(spec)}")
     key = _spec_key(spec)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     cache_root = Path(cache_root).expanduser().resolve()
@@ -211,12 +232,44 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def prepare_command(data: DataSpec | Mapping[str, Any]) -> str:
+    """The ``python -m sweep.prepare`` command line that prepares the folder of a data config."""
+    get = data.get if isinstance(data, Mapping) else (lambda k: getattr(data, k, None))
+    name = get("name") or "<this data config>"
+    parts = ["python -m sweep.prepare", f"data={name}"]
+    if get("path"):
+        parts.append(f"data.path={get('path')}")
+    return " ".join(parts) + "  (plus this run's other data.* overrides)"
+
+
+def _check_source(spec: DataSpec, data: PreparedData) -> PreparedData:
+    """Refuse a prepared folder whose source or tokenizer differs from what the data config says."""
+    made = data.meta.get("source")
+    if not spec.source or not isinstance(made, dict):
+        return data
+    want = {"source": normalize_source(spec.source), "subset": spec.subset, "tokenizer": spec.tokenizer}
+    diff = [f"{k}: folder {made.get(k)!r}, config {v!r}" for k, v in want.items()
+            if v is not None and made.get(k) != v]
+    if diff:
+        raise ValueError(f"{data.root} was prepared from other data than data.* asks for ({'; '.join(diff)}); "
+                         f"point data.path at another folder or fix the data overrides")
+    return data
+
+
+def normalize_source(source: str) -> str:
+    """``hf:<dataset>`` as it is, a local path made absolute."""
+    if source.startswith("hf:"):
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
 def _existing_path(spec: DataSpec) -> Path:
     if not spec.path:
         raise ValueError(f"data kind {spec.kind!r} needs a path")
     path = Path(spec.path).expanduser().resolve()
     if not path.exists():
-        raise FileNotFoundError(f"{spec.kind} data path not found: {path}")
+        hint = f"; prepare it first with: {prepare_command(spec)}" if spec.kind == "shards" else ""
+        raise FileNotFoundError(f"{spec.kind} data path not found: {path}{hint}")
     return path
 
 
@@ -270,9 +323,11 @@ def _write_splits(folder: Path, tokens: np.ndarray, n_val: int, vocab_size: int)
     train, val = tokens[:-n_val], tokens[-n_val:]
     write_shard(folder / "train.bin", train)
     write_shard(folder / "val.bin", val)
-    np.save(folder / COUNTS_FILE, _count([train], vocab_size))
+    counts = _count([train], vocab_size)
+    np.save(folder / COUNTS_FILE, counts)
+    write_frequency(folder, counts)
     return {"train": {"files": ["train.bin"], "tokens": int(train.size)},
-            "val": {"files": ["val.bin"], "tokens": int(val.size)}}
+            "val": {"files": ["val.bin"], "tokens": int(val.size)}, "frequency": FREQUENCY_FILE}
 
 
 def _build_synthetic(spec: DataSpec, folder: Path) -> dict:
@@ -322,6 +377,7 @@ def _build_shards(spec: DataSpec, folder: Path) -> dict:
         check_vocab_fits(spec.vocab_size)
     counts = _count([open_shard(p) for p in train], spec.vocab_size)
     np.save(folder / COUNTS_FILE, counts)
+    write_frequency(folder, counts)
     info, eot = None, None
     if spec.tokenizer:
         info = {"name": spec.tokenizer}
@@ -332,7 +388,7 @@ def _build_shards(spec: DataSpec, folder: Path) -> dict:
     # Absolute paths: the shards stay where they are, only counts and meta live in the cache.
     return {"train": {"files": [str(p) for p in train], "tokens": sum(read_header(p).n_tokens for p in train)},
             "val": {"files": [str(p) for p in val], "tokens": sum(read_header(p).n_tokens for p in val)},
-            "vocab_size": int(counts.size), "eot_id": eot, "tokenizer": info}
+            "vocab_size": int(counts.size), "eot_id": eot, "tokenizer": info, "frequency": FREQUENCY_FILE}
 
 
 _BUILDERS = {"synthetic": _build_synthetic, "text": _build_text, "shards": _build_shards}
