@@ -922,6 +922,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reference", default="adamw", help="reference optimizer for comparisons")
     p.add_argument("--arch-baseline", metavar="AXIS=VALUE",
                    help="architecture axis and baseline for the gain-vs-shift rule (default: auto)")
+    from sweep import wandb_io
+
+    wandb_io.add_cli_args(p)
     return p.parse_args(argv)
 
 
@@ -939,6 +942,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         arch = tuple(args.arch_baseline.split("=", 1))
     try:
+        if args.from_wandb:  # runs rebuilt from W&B (sweep/wandb_io.py); local dirs stay the default
+            from sweep import wandb_io
+
+            args.sweep_dirs, args.out = wandb_io.materialize_sources(args.from_wandb, args.out)
         result = run_fit(args.sweep_dirs, args.out, rule=rule, matched_loss=args.matched_loss,
                          figures=not args.no_figures, points_file=args.points, window_k=args.window_k,
                          n_boot=args.n_boot, arch_baseline=arch, reference_optimizer=args.reference)
@@ -955,6 +962,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     fig = next((p for p in result.figures if p.suffix == ".png"), None)
     print(f"\nwrote {len(result.files)} files to {result.out_dir} (report: {result.report})"
           + (f"; e.g. figure {fig}" if fig else ""))
+    if args.wandb:
+        from sweep import wandb_io
+
+        folder = wandb_io.push_analysis(result, args.sweep_dirs, mode=args.wandb,
+                                        project=args.wandb_project, entity=args.wandb_entity)
+        if folder is not None:
+            print(f"W&B analysis run: {folder}" + (f" (upload: wandb sync {folder})"
+                                                   if folder.name.startswith("offline-run") else ""))
     return 0
 
 

@@ -69,6 +69,13 @@ def env_secrets(environ: Optional[Mapping[str, str]] = None) -> list[str]:
                   key=len, reverse=True)
 
 
+def secrets_in(text: str, environ: Optional[Mapping[str, str]] = None) -> list[str]:
+    """Names of the credential-like environment variables whose value occurs in ``text``."""
+    environ = os.environ if environ is None else environ
+    return sorted(k for k, v in environ.items()
+                  if _SECRET_NAME.search(k) and v and len(v) >= 8 and v in str(text))
+
+
 def redact_secrets(obj: Any, secrets: Optional[Iterable[str]] = None) -> Any:
     """A copy of ``obj`` (nested dicts/lists) with credentials replaced by ``<redacted>``.
 
@@ -302,6 +309,38 @@ class WandbLogger(NullLogger):
             log.warning("W&B finish failed (%s); local files are complete", e)
 
 
+def replay_after_resume(logger: NullLogger, metrics_file: Path, spectra_file: Path, *,
+                        after_step: int, metrics: Iterable[str]) -> int:
+    """Log again the local rows with step > ``after_step`` (kept by the resume) to W&B.
+
+    A killed process loses the W&B rows still in flight (typically the telemetry event drained
+    just before the checkpoint). Resuming replays the last checkpoint interval from the local
+    files, so W&B misses nothing; rows it did get are logged twice with the same step and values.
+    Returns the number of rows replayed.
+    """
+    from sweep.rundir import iter_jsonl
+
+    if not isinstance(logger, WandbLogger):
+        return 0
+    metrics = list(metrics)
+    by_step: dict[int, tuple[list[dict], list[dict]]] = {}
+    for path, slot in ((metrics_file, 0), (spectra_file, 1)):
+        if path.exists():
+            for row in iter_jsonl(path):
+                step = row.get("step")
+                if isinstance(step, int) and step > after_step:
+                    by_step.setdefault(step, ([], []))[slot].append(row)
+    n = 0
+    for step in sorted(by_step):
+        rows, records = by_step[step]
+        for row in rows:
+            logger.log(row, step)
+        if records:
+            logger.log_spectra(records, step, metrics)
+        n += len(rows) + bool(records)
+    return n
+
+
 def make_logger(spec: LoggerSpec, **kwargs: Any) -> NullLogger:
     """A W&B logger when configured and reachable, else a NullLogger (failure logged once).
 
@@ -321,6 +360,12 @@ def make_logger(spec: LoggerSpec, **kwargs: Any) -> NullLogger:
                         type(e).__name__, e)
             return NullLogger()
         first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    try:
+        import wandb
+
+        wandb.teardown()  # the service still holds the failed run's id ("run ID is in use")
+    except Exception:  # noqa: BLE001
+        pass
     try:
         logger = WandbLogger(spec, mode="offline", **kwargs)
         log.warning("W&B online could not start (%s); logging offline instead (upload later with "

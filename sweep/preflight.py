@@ -31,7 +31,7 @@ class PlannedJob:
     overrides: list[str]
     run_id: str
     run_dir: Path
-    state: str  # "todo" | "resume" | "done" | "diverged"
+    state: str  # "todo" | "resume" | "done" | "diverged" | "left" (not in hydra.sweeper.only)
 
 
 @dataclass
@@ -100,17 +100,40 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
     return plan
 
 
+def restrict_plan(plan: SweepPlan, only: Sequence[str]) -> None:
+    """Launch only the runs named in ``only`` (hydra.sweeper.only); the others are left alone."""
+    wanted = set(only)
+    unknown = sorted(wanted - {j.run_id for j in plan.jobs})
+    if unknown:
+        raise SweepError(f"hydra.sweeper.only names runs that are not in this grid: {', '.join(unknown)}")
+    for j in plan.jobs:
+        if j.run_id not in wanted and j.state in ("todo", "resume"):
+            j.state = "left"
+    log.info("hydra.sweeper.only: launching %d of the grid's runs", len(plan.to_launch))
+
+
 def summarize_results(plan: SweepPlan, results: Sequence[Any]) -> None:
-    """Log one line per run and raise SweepError if any launched run failed (the others finished)."""
+    """Log one line per run and raise SweepError if any launched run failed (the others finished).
+
+    Runs that a launcher only queued (SLURM with hydra.launcher.wait=false) are listed with their
+    job id; ``python -m sweep.status SWEEP_DIR`` follows them.
+    """
     failed: list[str] = []
+    queued = 0
     for job, result in zip(plan.to_launch, results):
         status = RunDir(job.run_dir).read_status().get("status", "unknown")
         error = getattr(result, "_return_value", None)
+        if getattr(result, "status", None) is not None and result.status.name == "UNKNOWN" and isinstance(error, str):
+            log.info("  %-10s %s (SLURM job %s)", "queued", job.run_dir, error)
+            queued += 1
+            continue
         if getattr(result, "status", None) is not None and result.status.name == "FAILED":
             failed.append(f"{job.run_id}: {type(error).__name__}: {error}")
             status = "failed"
         log.info("  %-10s %s", status, job.run_dir)
     sweep_dir = plan.jobs[0].run_dir.parent if plan.jobs else None
     log.info("run directories: %s", sweep_dir)
+    if queued:
+        log.info("%d runs queued; follow them with: python -m sweep.status %s", queued, sweep_dir)
     if failed:
         raise SweepError(f"{len(failed)} of {len(plan.to_launch)} runs failed:\n  " + "\n  ".join(failed))

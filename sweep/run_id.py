@@ -75,12 +75,23 @@ def width_tag(ffn_mult: float | None, ffn_width: int | None) -> str:
     return f"w{format_number(ffn_mult)}"
 
 
+def _refuse_credentials(key: str, value: str) -> None:
+    """A credential never goes into a config, a run id or a run directory: refuse it at once."""
+    from sweep.loggers import secrets_in  # local: only reads os.environ
+
+    names = secrets_in(value)
+    if names:
+        raise ValueError(f"override {key}=... carries the value of ${names[0]}: credentials stay in "
+                         "the environment (e.g. WANDB_API_KEY), never in configs or overrides")
+
+
 def identity_overrides(overrides: Sequence[str], exclude: Iterable[str]) -> dict[str, str]:
     """Overrides that identify a run beyond the id's base (key -> value), sorted by key."""
     exclude = list(exclude)
     found: dict[str, str] = {}
     for override in overrides:
         key, value = parse_override(override)
+        _refuse_credentials(key, value)
         if key in _BASE_KEYS or key.startswith("hydra.") or _excluded(key, exclude):
             continue
         found[key] = value

@@ -22,6 +22,7 @@ STATUS_DONE = "done"
 STATUS_DIVERGED = "diverged"
 STATUS_FAILED = "failed"
 STATUS_INTERRUPTED = "interrupted"
+STATUS_REQUEUED = "requeued"      # stopped by SLURM preemption/time limit, checkpointed, job requeued
 TERMINAL_STATUSES = (STATUS_DONE, STATUS_DIVERGED)
 
 _CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")

@@ -190,7 +190,10 @@ def _check_data(data: dict, errors: list[str]) -> None:
     elif kind == "shards":
         path = data.get("path")
         if not path or not Path(path).exists():
-            errors.append(f"data.path: prepared shard folder not found: {path}")
+            from sweep.data.prepare import prepare_command
+
+            errors.append(f"data.path: prepared shard folder not found: {path} (training never downloads; "
+                          f"prepare it first: {prepare_command(data)})")
     else:
         errors.append(f"data.kind: synthetic | text | shards, got {kind!r}")
 
@@ -228,10 +231,23 @@ def container(cfg: DictConfig | Mapping[str, Any]) -> dict:
     return dict(cfg)
 
 
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) of every string in a nested config."""
+    if isinstance(node, Mapping):
+        return [kv for k, v in node.items() for kv in _leaves(v, f"{prefix}{k}.")]
+    if isinstance(node, (list, tuple)):
+        return [kv for i, v in enumerate(node) for kv in _leaves(v, f"{prefix}{i}.")]
+    return [(prefix[:-1], node)] if isinstance(node, str) else []
+
+
 def build_run_spec(cfg: DictConfig | Mapping[str, Any]) -> RunSpec:
     """Validate a composed task config; raise ConfigError listing every problem found."""
     raw = container(cfg)
     errors: list[str] = []
+    from sweep.loggers import secrets_in  # credentials never go into configs or run dirs
+
+    errors += [f"{key}: holds the value of ${names[0]}; credentials stay in the environment"
+               for key, names in ((k, secrets_in(v)) for k, v in _leaves(raw)) if names]
     seed = raw.get("seed")
     if not _is_int(seed) or seed < 0:
         errors.append(f"seed: must be an integer >= 0, got {seed!r}")

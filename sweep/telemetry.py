@@ -33,7 +33,10 @@ class Telemetry:
     def __init__(self, model: torch.nn.Module, spec: TelemetrySpec, counts: Optional[np.ndarray], *,
                  total_steps: int, spectra_file: Path, eigen_dir: Path,
                  sink: Optional[RecordSink] = None, background: bool = True,
-                 eigen_sink: Optional[EigenSink] = None) -> None:
+                 eigen_sink: Optional[EigenSink] = None, write: bool = True) -> None:
+        # write=False: a DDP rank > 0, which takes part in the covariance all-reduce of every event
+        # (FFNProbe.snapshot is a collective) and leaves decomposing and writing to rank 0.
+        self.write = write
         self.spec = spec
         self.total_steps = total_steps
         self.eigen_dir = eigen_dir
@@ -57,6 +60,8 @@ class Telemetry:
             min_bucket_rows=spec.min_bucket_rows, subsample=float(spec.subsample),
             renyi_alphas=[float(a) for a in spec.renyi_alphas], keep_eigenvalues=spec.log_eigenvalues,
         )
+        if not write:
+            return
         self._writer = JsonlAppender(spectra_file)
         self._finalizer = BackgroundFinalizer("thread") if background else None
 
@@ -97,6 +102,8 @@ class Telemetry:
         """Snapshot this step's covariances and queue their decomposition."""
         assert self.probe is not None
         snapshot = self.probe.snapshot(step, device="cpu")
+        if not self.write:
+            return
         if self._finalizer is None:
             from metrics import finalize_snapshot
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import sys
@@ -17,11 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from models import GPT, GPTConfig
 from optim import build_optimizer, lr_factor
+from sweep import distributed
 from sweep.checkpoint import load_latest_checkpoint, save_checkpoint
 from sweep.data_setup import RunData, load_run_data
-from sweep.loggers import NullLogger, make_logger, redact_secrets, stable_wandb_id
+from sweep.distributed import SINGLE, DistEnv
+from sweep.loggers import NullLogger, make_logger, replay_after_resume, stable_wandb_id
+from sweep.preempt import StopRequest
 from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED,
-                          STATUS_RUNNING, JsonlAppender, RunDir)
+                          STATUS_REQUEUED, STATUS_RUNNING, JsonlAppender, RunDir)
 from sweep.run_id import identity_overrides
 from sweep.spec import RunSpec, TrainSpec, build_run_spec, identity_of
 from sweep.telemetry import Telemetry
@@ -38,12 +42,8 @@ class RunResult:
     final_eval_loss: Optional[float] = None
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available on this machine")
-    return torch.device(name)
+def pick_device(name: str, env: DistEnv = SINGLE) -> torch.device:
+    return distributed.pick_device(name, env)
 
 
 def run_axes(spec: RunSpec, model_cfg: GPTConfig, overrides: list[str], exclude: list[str]) -> dict[str, Any]:
@@ -114,6 +114,8 @@ def evaluate(model: torch.nn.Module, data: RunData, n_batches: int, device: torc
             _, loss = model(x.to(device), y.to(device))
         total += float(loss)
     model.train(was_training)
+    if distributed.active():  # every rank holds an equal share of each eval batch
+        total = float(distributed.all_reduce_sum_(torch.tensor(total, dtype=torch.float64))) / torch.distributed.get_world_size()
     return total / n_batches
 
 
@@ -137,28 +139,53 @@ def train_run(cfg: DictConfig, run_path: Path) -> RunResult:
                     spec.run_id, status.get("step"), run_dir.path)
         return RunResult(spec.run_id, STATUS_DIVERGED, int(status.get("step", 0)))
 
-    # Credentials never reach config.yaml (e.g. a resolved ${oc.env:WANDB_API_KEY}).
-    config_yaml = OmegaConf.to_yaml(OmegaConf.create(redact_secrets(OmegaConf.to_container(cfg, resolve=True))))
-    digest = run_dir.claim(identity, config_yaml)
-    return _Training(spec, cfg, run_dir, digest, overrides).run()
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    # Several tasks of one job (one per GPU) train the run together; rank 0 alone writes its files.
+    with distributed.session(spec.train.device) as dist_env:
+        digest = run_dir.claim(identity, config_yaml) if dist_env.is_main else run_dir.check_identity(identity)
+        try:
+            training = _Training(spec, cfg, run_dir, digest, overrides, dist_env)
+        except Exception as e:  # set-up failed (data, model, device): `sweep.status` shows why
+            if dist_env.is_main:
+                run_dir.update_status(run_id=spec.run_id, sweep=spec.sweep_name, status=STATUS_FAILED,
+                                      config_hash=digest, error=f"{type(e).__name__}: {e}")
+            raise
+        try:
+            return training.run()
+        finally:
+            training.release()
 
 
 class _Training:
     """State and loop of one run; split from train_run to keep each piece short."""
 
-    def __init__(self, spec: RunSpec, cfg: DictConfig, run_dir: RunDir, digest: str, overrides: list[str]) -> None:
+    def __init__(self, spec: RunSpec, cfg: DictConfig, run_dir: RunDir, digest: str, overrides: list[str],
+                 dist_env: DistEnv = SINGLE) -> None:
         self.spec, self.cfg, self.run_dir, self.digest = spec, cfg, run_dir, digest
+        self.dist, self.main = dist_env, dist_env.is_main
         t = spec.train
         if t.num_threads:
             torch.set_num_threads(int(t.num_threads))
-        self.device = pick_device(t.device)
-        self.data = load_run_data(spec, rank=0, world_size=1)
+        self.device = pick_device(t.device, dist_env)
+        # train.batch_size is the global micro-batch: each rank loads its share of the same rows, so
+        # a run means the same thing (and resumes) on any number of GPUs.
+        if t.batch_size % dist_env.world_size:
+            raise ValueError(f"train.batch_size={t.batch_size} (sequences per micro-batch, all ranks together) "
+                             f"is not divisible by the {dist_env.world_size} tasks of this job")
+        rank_spec = dataclasses.replace(spec, train=dataclasses.replace(t, batch_size=t.batch_size // dist_env.world_size))
+        self.data = load_run_data(rank_spec, rank=dist_env.rank, world_size=dist_env.world_size)
         torch.manual_seed(spec.seed)
         self.model_cfg = GPTConfig(**{**spec.model, "vocab_size": spec.model.get("vocab_size") or self.data.vocab_size})
         if self.model_cfg.vocab_size < self.data.vocab_size:
             raise ValueError(f"model.vocab_size={self.model_cfg.vocab_size} < data vocabulary {self.data.vocab_size}")
         self.model = GPT(self.model_cfg).to(self.device)
-        self.forward_model: torch.nn.Module = torch.compile(self.model) if t.compile else self.model
+        # With several ranks, forward/backward go through DDP (gradients averaged across ranks).
+        self.ddp: torch.nn.Module = self.model
+        if dist_env.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward_model: torch.nn.Module = torch.compile(self.ddp) if t.compile else self.ddp
         self.optimizer = build_optimizer(self.model, spec.optim_name, **spec.optim_hparams)
         self.axes = run_axes(spec, self.model_cfg, overrides, list(cfg.get("run_id_exclude") or []))
         self.bf16 = self.device.type == "cuda"
@@ -177,7 +204,7 @@ class _Training:
         state = load_latest_checkpoint(self.run_dir, map_location=self.device)
         if state is None:
             # A fresh start: anything logged by an attempt that never checkpointed is dropped.
-            for f in (self.run_dir.metrics_file, self.run_dir.spectra_file):
+            for f in (self.run_dir.metrics_file, self.run_dir.spectra_file) if self.main else ():
                 f.unlink(missing_ok=True)
             return
         if state.get("config_hash") != self.digest:
@@ -190,6 +217,8 @@ class _Training:
         from sweep.checkpoint import set_rng_state
 
         set_rng_state(state["rng"])
+        if not self.main:
+            return
         kept = self.run_dir.truncate_jsonl(self.run_dir.metrics_file, self.step)
         self.run_dir.truncate_jsonl(self.run_dir.spectra_file, self.step)
         log.info("resumed %s from step %d (%d metric rows kept)", self.spec.run_id, self.step, kept)
@@ -203,8 +232,24 @@ class _Training:
 
     # ---- main loop ------------------------------------------------------------------------------
     def run(self) -> RunResult:
+        """Train with the preemption signal caught (sweep/preempt.py): on USR2 the run checkpoints at
+        the next step boundary, then submitit's handler requeues the job (or, outside SLURM, exits)."""
+        with StopRequest() as self.stop:
+            outcome, result = self._run()
+            if outcome in (STATUS_REQUEUED, STATUS_INTERRUPTED):
+                try:
+                    self.stop.hand_over()  # does not return
+                except Exception as e:  # submitit refused to requeue (e.g. too many time-outs)
+                    if self.main:
+                        self.run_dir.update_status(status=STATUS_INTERRUPTED, error=f"not requeued: {type(e).__name__}: {e}")
+                    raise
+            return result
+
+    def _run(self) -> tuple[str, RunResult]:
         spec, t = self.spec, self.spec.train
         self._resume()
+        if not self.main:  # ranks > 0 compute and take part in collectives; rank 0 writes
+            return self._run_worker()
         self.run_dir.update_status(
             run_id=spec.run_id, sweep=spec.sweep_name, status=STATUS_RUNNING, config_hash=self.digest,
             axes=self.axes, step=self.step, error=None, wandb_id=self.wandb_id,
@@ -220,10 +265,13 @@ class _Training:
             sink=lambda records: logger.log_spectra(records, int(records[0]["step"]), telemetry.logged_metrics),
             eigen_sink=logger.log_eigenvalues,
         )
+        if self.step:  # resumed: W&B may have lost the rows in flight when the last attempt died
+            replay_after_resume(logger, self.run_dir.metrics_file, self.run_dir.spectra_file,
+                                after_step=self.step - t.ckpt_every, metrics=telemetry.logged_metrics)
         outcome = STATUS_FAILED
         try:
             outcome, result = self._loop(logger, metrics, telemetry)
-            return result
+            return outcome, result
         except KeyboardInterrupt:
             outcome = STATUS_INTERRUPTED
             self.run_dir.update_status(status=STATUS_INTERRUPTED, step=self.step)
@@ -239,7 +287,7 @@ class _Training:
     def _loop(self, logger: NullLogger, metrics: JsonlAppender, telemetry: Telemetry) -> tuple[str, RunResult]:
         spec, t, model = self.spec, self.spec.train, self.model
         timer = _Timer()
-        bar = _progress(t, self.step)
+        bar = _progress(t, self.step) if self.main else None
         train_loss = float("nan")
         eval_loss: Optional[float] = None
         model.train()
@@ -251,7 +299,7 @@ class _Training:
                 group["lr"] = group["base_lr"] * lr_scale
             measure = telemetry.due(step)
             on_train_tokens = measure and spec.telemetry.tokens == "train"
-            fwd = model if on_train_tokens else self.forward_model  # hooks need the eager module
+            fwd = self.ddp if on_train_tokens else self.forward_model  # hooks need the eager module
             with timer.measure(self.tokens_per_step, self.device):
                 loss_sum = torch.zeros((), device=self.device)
                 with telemetry.capturing(on_train_tokens):
@@ -260,13 +308,14 @@ class _Training:
                         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                         if on_train_tokens:
                             telemetry.set_tokens(x)
-                        with self.autocast():
-                            _, loss = fwd(x, y)
-                        (loss / t.grad_accum).backward()
+                        with self._grad_sync(micro == t.grad_accum - 1):
+                            with self.autocast():
+                                _, loss = fwd(x, y)
+                            (loss / t.grad_accum).backward()
                         loss_sum += loss.detach()
                 clip = t.grad_clip if t.grad_clip else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-                train_loss = float(loss_sum) / t.grad_accum
+                train_loss, stop_now = self._reduce_step(loss_sum)
                 if not math.isfinite(train_loss) or (t.diverge_loss is not None and train_loss > t.diverge_loss):
                     return self._diverged(step, train_loss, logger, metrics)
                 self.optimizer.step()
@@ -295,20 +344,26 @@ class _Training:
                 logger.log(row, step)
             if step % t.ckpt_every == 0 or last:
                 telemetry.drain()  # spectra up to this step are on disk before the checkpoint is
-                self._checkpoint()
-                self.run_dir.update_status(step=step)
+                if self.main:
+                    self._checkpoint()
+                    self.run_dir.update_status(step=step)
             if bar is not None:
                 bar.update(1)
                 rate = bar.format_dict.get("rate") or 0.0  # steps/s, smoothed by tqdm
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{rate * self.tokens_per_step:,.0f}")
+            if not last and (stop_now or (not self.dist.enabled and self.stop.requested)):
+                if bar is not None:
+                    bar.close()
+                return self._stopped(telemetry, saved=step % t.ckpt_every == 0)
         if bar is not None:
             bar.close()
         summary = {"run_id": spec.run_id, "final_step": self.step, "final_train_loss": train_loss,
                    "final_eval_loss": eval_loss, "wall_s": self.elapsed, "axes": self.axes}
         logger.summary({"final/eval_loss": eval_loss, "final/train_loss": train_loss,
                         "final/step": self.step, **telemetry.summary()})
-        self.run_dir.update_status(status=STATUS_DONE, step=self.step)
-        self.run_dir.write_done(summary)
+        if self.main:
+            self.run_dir.update_status(status=STATUS_DONE, step=self.step)
+            self.run_dir.write_done(summary)
         log.info("run %s done: eval loss %.4f, %s", spec.run_id, eval_loss or float("nan"), self.run_dir.path)
         return STATUS_DONE, RunResult(spec.run_id, STATUS_DONE, self.step, train_loss, eval_loss)
 
@@ -316,7 +371,74 @@ class _Training:
         """Record a divergence; the last good checkpoint stays, and the sweep goes on."""
         metrics.write({"step": step, "train_loss": loss, "diverged": True})
         logger.log({"train_loss": loss, "diverged": 1}, step)
-        self.run_dir.update_status(status=STATUS_DIVERGED, step=step,
-                                   error=f"train loss {loss} at step {step}")
+        if self.main:
+            self.run_dir.update_status(status=STATUS_DIVERGED, step=step,
+                                       error=f"train loss {loss} at step {step}")
         log.error("run %s diverged at step %d (loss %s); last checkpoint kept", self.spec.run_id, step, loss)
         return STATUS_DIVERGED, RunResult(self.spec.run_id, STATUS_DIVERGED, step, loss, None)
+
+    # ---- several ranks, preemption ----------------------------------------------------------------
+    def release(self) -> None:
+        """Drop the DDP wrapper while its process group still exists. Freed later, its reducer would
+        hold the group's last reference and destroy it, which can deadlock with gloo's worker thread
+        (the destructor joins the thread while holding the GIL the thread needs)."""
+        if self.ddp is not self.model:
+            self.forward_model = self.ddp = self.model
+            import gc
+
+            gc.collect()
+
+    def _run_worker(self) -> tuple[str, RunResult]:
+        """The loop of a rank > 0: same steps and collectives as rank 0, no files, no logger."""
+        t = self.spec.train
+        telemetry = Telemetry(self.model, self.spec.telemetry, self.data.counts, total_steps=t.steps,
+                              spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
+                              write=False)
+        try:
+            return self._loop(NullLogger(), _NullAppender(), telemetry)  # type: ignore[arg-type]
+        finally:
+            telemetry.close()
+
+    def _grad_sync(self, sync: bool) -> Any:
+        """DDP averages gradients on the last micro-batch of a step only."""
+        if sync or self.ddp is self.model:
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()  # type: ignore[operator]
+
+    def _reduce_step(self, loss_sum: torch.Tensor) -> tuple[float, bool]:
+        """Mean train loss over micro-batches and ranks, and whether any rank was asked to stop.
+
+        One all-reduce per step: every rank must see the same loss (divergence) and stop at the
+        same step, whichever rank the signal reached first.
+        """
+        n = self.spec.train.grad_accum
+        if not self.dist.enabled:
+            return float(loss_sum) / n, False
+        stats = torch.stack([loss_sum.float(), torch.tensor(float(self.stop.requested), device=loss_sum.device)])
+        distributed.all_reduce_sum_(stats)
+        return float(stats[0]) / (n * self.dist.world_size), bool(stats[1] > 0)
+
+    def _stopped(self, telemetry: Telemetry, saved: bool) -> tuple[str, RunResult]:
+        """Preemption / time limit at a step boundary: checkpoint, record, then run() hands over."""
+        status = STATUS_REQUEUED if self.stop.requeues else STATUS_INTERRUPTED
+        telemetry.drain()
+        if self.main:
+            if not saved:
+                self._checkpoint()
+            self.run_dir.update_status(status=status, step=self.step)
+        distributed.barrier()  # the checkpoint is on disk before any rank leaves
+        log.warning("run %s stopped at step %d, checkpoint written; %s", self.spec.run_id, self.step,
+                    "the job is requeued and resumes from it" if status == STATUS_REQUEUED
+                    else "relaunch the same command to resume")
+        return status, RunResult(self.spec.run_id, status, self.step)
+
+
+class _NullAppender:
+    def write(self, row: Any) -> None:
+        pass
+
+    def write_many(self, rows: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -26,7 +26,11 @@ NEEDED = ["slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch", "sa
 
 
 class ClusterUnavailable(RuntimeError):
-    """SLURM cannot be installed or started here (the tests skip with this reason)."""
+    """This machine cannot host the test cluster at all (not root, no apt-get): the tests skip."""
+
+
+class ClusterStartError(RuntimeError):
+    """Installing or starting the cluster failed on a machine that should host it: the tests fail."""
 
 
 def _free_port() -> int:
@@ -49,16 +53,17 @@ def ensure_installed(timeout: float = 600) -> None:
         raise ClusterUnavailable("SLURM is not installed and there is no apt-get to install it")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-q"],
-                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]):
+                ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", "--no-install-recommends",
+                 *PACKAGES]):
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise ClusterUnavailable(f"{' '.join(cmd)} did not finish in {timeout:.0f} s") from None
+            raise ClusterStartError(f"{' '.join(cmd)} did not finish in {timeout:.0f} s") from None
         if proc.returncode != 0:
-            raise ClusterUnavailable(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            raise ClusterStartError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     missing = [n for n in NEEDED if not _which(n)]
     if missing:
-        raise ClusterUnavailable(f"installed {PACKAGES} but still missing {missing}")
+        raise ClusterStartError(f"installed {PACKAGES} but still missing {missing}")
 
 
 def _node_line(node: str) -> str:
@@ -131,11 +136,11 @@ class Cluster:
                                             start_new_session=True)
         while not ready():
             if self.procs[name].poll() is not None:
-                raise ClusterUnavailable(f"{name} exited with {self.procs[name].returncode}:\n"
+                raise ClusterStartError(f"{name} exited with {self.procs[name].returncode}:\n"
                                          f"{(self.root / 'log' / f'{name}.out').read_text(errors='replace')[-2000:]}\n"
                                          f"{self.log(name)}")
             if time.time() > deadline:
-                raise ClusterUnavailable(f"{name} not ready in time:\n{self.log(name)}")
+                raise ClusterStartError(f"{name} not ready in time:\n{self.log(name)}")
             time.sleep(0.2)
 
     def _start_munge(self, deadline: float) -> None:
@@ -156,13 +161,13 @@ class Cluster:
                                "--skip-test-db", "--auth-root-authentication-method=normal"],
                               capture_output=True, text=True, timeout=max(10.0, deadline - time.time()))
         if proc.returncode != 0:
-            raise ClusterUnavailable(f"mariadb-install-db failed:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
+            raise ClusterStartError(f"mariadb-install-db failed:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
         self._start("mariadbd", [_which("mariadbd"), "--no-defaults", f"--datadir={data}", "--user=root",
                                  f"--socket={self.root / 'run' / 'mysqld.sock'}", f"--port={self.db_port}",
                                  "--bind-address=127.0.0.1", "--skip-grant-tables",
                                  f"--pid-file={self.root / 'run' / 'mariadbd.pid'}",
                                  f"--log-error={self.root / 'log' / 'mariadbd.log'}",
-                                 "--innodb-buffer-pool-size=16M", "--skip-log-bin"],
+                                 "--innodb-buffer-pool-size=32M", "--innodb-lock-wait-timeout=900", "--skip-log-bin"],
                     deadline, ready=lambda: self._port_open(self.db_port))
 
     def _write_confs(self) -> None:
@@ -189,7 +194,7 @@ class Cluster:
             "MailProg=/bin/true\nReturnToService=2\nKillWait=5\nMinJobAge=600\nInactiveLimit=0\n"
             "JobAcctGatherType=jobacct_gather/none\n"
             f"AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=localhost\n"
-            f"AccountingStoragePort={self.dbd_port}\n"
+            f"AccountingStoragePort={self.dbd_port}\nAccountingStoragePass={self.munge_socket}\n"
             f"{_node_line(self.node)} State=UNKNOWN\n"
             f"PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP\n")
 
@@ -199,8 +204,56 @@ class Cluster:
         return proc.returncode == 0 and proc.stdout.strip().startswith("idle")
 
     # ---- stop -------------------------------------------------------------------------------
+    def _cancel_jobs(self, timeout: float = 30) -> None:
+        """scancel every job of this cluster and wait (bounded) for the queue to empty."""
+        if "slurmctld" not in self.procs or self.procs["slurmctld"].poll() is not None:
+            return
+        env = {**os.environ, **self.env}
+
+        def queued() -> list[str]:
+            try:
+                out = subprocess.run(["squeue", "-h", "-o", "%A"], env=env, capture_output=True, text=True,
+                                     timeout=15).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                return []
+            return out.split()
+
+        jobs = queued()
+        if not jobs:
+            return
+        subprocess.run(["scancel", *jobs], env=env, capture_output=True, timeout=30)
+        deadline = time.time() + timeout
+        while queued() and time.time() < deadline:
+            time.sleep(0.5)
+
+    def _leftover_pids(self) -> list[int]:
+        """Processes of this cluster's jobs that outlived slurmd (their environment names our SLURM_CONF)."""
+        mine, pid = set(), os.getpid()
+        while pid > 1:  # this process and its ancestors are never ours to kill
+            mine.add(pid)
+            try:
+                pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                break
+        marker = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in mine:
+                continue
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
     def stop(self) -> None:
-        """Stop every daemon this object started, by PID (newest first)."""
+        """Cancel the jobs, then stop every daemon this object started, by PID (newest first), then
+        any process of a job that outlived them."""
+        try:
+            self._cancel_jobs()
+        except Exception:
+            pass
         for name in reversed(list(self.procs)):
             proc = self.procs[name]
             if proc.poll() is None:
@@ -213,14 +266,23 @@ class Cluster:
                 except ProcessLookupError:
                     pass
         self.procs.clear()
+        for pid in self._leftover_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 if __name__ == "__main__":
+    def _interrupt(signum, frame):  # SIGTERM too (background shells ignore SIGINT)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
     c = Cluster(Path(sys.argv[1]).resolve())
     t0 = time.time()
     c.start()
     print(f"cluster up in {time.time() - t0:.1f} s; export SLURM_CONF={c.conf}")
-    print("daemons:", {n: p.pid for n, p in c.procs.items()}, "- Ctrl-C stops them")
+    print("daemons:", {n: p.pid for n, p in c.procs.items()}, "- Ctrl-C or SIGTERM stops them")
     try:
         signal.pause()
     except KeyboardInterrupt:

@@ -51,7 +51,7 @@ def test_grid_puts_one_directory_per_run_under_sweep_dir(env: dict, tmp_path: Pa
     out = tmp_path / "grid"
     args = ["-m", "optim=adamw,muon", "model.ffn_mult=1,2", f"hydra.sweep.dir={out}", *FAST, "train.steps=6"]
     run_train(args, env)
-    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert names == ["gpt-tiny_adamw_w1_smoke_steps6_s0", "gpt-tiny_adamw_w2_smoke_steps6_s0",
                      "gpt-tiny_muon_w1_smoke_steps6_s0", "gpt-tiny_muon_w2_smoke_steps6_s0"]
     assert all(RunDir(out / n).is_done() for n in names)
@@ -69,7 +69,7 @@ def test_named_grid_with_command_line_axis_override(env: dict, tmp_path: Path) -
     out = tmp_path / "demo"
     run_train(["-m", "+sweep=demo", "optim=adamw", "model.ffn_mult=1,2", f"hydra.sweep.dir={out}",
                *FAST, "train.steps=4"], env)
-    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert names == ["gpt-tiny_adamw_w1_smoke_steps4_s0", "gpt-tiny_adamw_w2_smoke_steps4_s0"]
 
 
@@ -154,7 +154,7 @@ def test_rank_fraction_axis_only_multiplies_low_rank_optimizers(env: dict, tmp_p
     out = tmp_path / "rf"
     proc = run_train(["-m", "optim=adamw,dion", "optim.rank_fraction=0.5,0.25", f"hydra.sweep.dir={out}",
                       *FAST, "train.steps=3"], env)
-    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert names == ["gpt-tiny_adamw_w4_smoke_steps3_s0", "gpt-tiny_dion-r0.25_w4_smoke_steps3_s0",
                      "gpt-tiny_dion-r0.5_w4_smoke_steps3_s0"]
     assert "launched once" in proc.stdout + proc.stderr

@@ -22,11 +22,14 @@ log = logging.getLogger(__name__)
 class SpecSweeper(BasicSweeper):
     """Basic grid sweeper that checks the whole grid before launching any job."""
 
-    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict] = None) -> None:
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict] = None,
+                 only: Optional[List[str]] = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params or {})
+        self.only = list(only) if only else None  # launch only these run ids (sweep.status --resubmit)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from sweep.preflight import plan_sweep, summarize_results
+        from sweep import sweepdir
+        from sweep.preflight import plan_sweep, restrict_plan, summarize_results
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
@@ -39,12 +42,18 @@ class SpecSweeper(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        sweepdir.record_launch(sweep_dir, [(j.run_id, j.overrides) for j in plan.jobs],
+                               list(self.config.hydra.overrides.task), list(self.config.hydra.overrides.hydra))
+        if self.only is not None:
+            restrict_plan(plan, self.only)
 
         todo = plan.to_launch
         size = self.max_batch_size or len(todo) or 1
         returns: List[Sequence[JobReturn]] = []
         for start in range(0, len(todo), size):
             batch = [job.overrides for job in todo[start:start + size]]
+            if hasattr(self.launcher, "set_run_ids"):  # the SLURM launcher records job id -> run id
+                self.launcher.set_run_ids([job.run_id for job in todo[start:start + size]])
             returns.append(self.launcher.launch(batch, initial_job_idx=start))
         summarize_results(plan, [r for batch in returns for r in batch])
         return returns

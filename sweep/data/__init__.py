@@ -1,4 +1,4 @@
-"""Token data: shard files, the built-in synthetic corpus, local text, preparation and batches.
+"""Token data: shard files, the built-in synthetic corpus, local text, real corpora, preparation, batches.
 
 Names are imported lazily so that preparation-only processes do not pay for importing torch.
 """
@@ -13,6 +13,8 @@ _HOME = {
     "SyntheticConfig": "synthetic", "generate_tokens": "synthetic",
     "Tokenizer": "tokenizer", "ByteTokenizer": "tokenizer", "BPETokenizer": "tokenizer",
     "load_tokenizer": "tokenizer", "train_bpe": "tokenizer",
+    "TiktokenTokenizer": "tokenizer", "TokenizerUnavailable": "tokenizer",
+    "prepare_corpus": "corpus", "PrepareError": "corpus", "write_frequency": "frequency",
 }
 __all__ = sorted(_HOME)
 

@@ -172,7 +172,7 @@ class TiktokenTokenizer(Tokenizer):
                 enc = tiktoken.get_encoding(self.encoding)
             except Exception as e:  # requests/urllib errors, blocked hosts, corrupt cache, ...
                 raise TokenizerUnavailable(
-                    f"tiktoken could not load the {self.encoding!r} vocabulary ({type(e).__name__}: {e}). "
+                    f"tiktoken could not load the {self.encoding!r} vocabulary ({type(e).__name__}: {str(e)[:160]}). "
                     f"It is downloaded once from openaipublic.blob.core.windows.net: run the prepare step "
                     f"on a machine with internet access, or copy a tiktoken cache there and set "
                     f"TIKTOKEN_CACHE_DIR; use tokenizer=bpe or tokenizer=byte to tokenize offline") from None

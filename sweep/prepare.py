@@ -1,0 +1,54 @@
+"""Prepare token data ahead of training: ``python -m sweep.prepare data=<config> [data.* overrides]``.
+
+    python -m sweep.prepare data=fineweb_edu                       # FineWeb-Edu sample-10BT, GPT-2 tokens
+    python -m sweep.prepare data=fineweb_edu data.path=/shared/fwe workers=32
+    python -m sweep.prepare data=fineweb_edu data.source=/corpus data.tokenizer=bpe data.path=/shared/mine
+    python -m sweep.prepare data=fineweb10b data.source=/shared/fineweb10B   # existing .bin shards: index only
+    python -m sweep.prepare data=text data.path=corpus.txt         # the trainer's cached folder, built now
+
+Kind "shards" configs (fineweb_edu, fineweb10b) are streamed from ``data.source`` into the folder
+``data.path`` that training then reads (sweep.data.corpus); an interrupted preparation continues
+where it stopped when the same command is run again. Other kinds are prepared into the trainer's
+cache (``paths.data_root``) exactly as a training job would. Downloads happen here only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("specsweep.prepare")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+def main(cfg: DictConfig) -> Any:
+    from sweep.data.corpus import PrepareError, prepare_corpus
+    from sweep.data.frequency import FREQUENCY_FILE, format_frequency
+    from sweep.data.prepare import DataSpec, prepare_dataset
+    from sweep.data.shards import ShardError
+    from sweep.data.tokenizer import TokenizerUnavailable
+
+    try:
+        spec = DataSpec.from_mapping(OmegaConf.to_container(cfg.data, resolve=True))
+        if spec.kind == "shards":
+            data = prepare_corpus(spec, workers=cfg.workers, docs_per_task=int(cfg.docs_per_task))
+        else:
+            data = prepare_dataset(spec, cfg.paths.data_root)
+            freq = data.root / FREQUENCY_FILE
+            if freq.is_file():
+                log.info("prepared %s: %d train / %d val tokens\n%s", data.root, data.n_train_tokens,
+                         data.n_val_tokens, format_frequency(json.loads(freq.read_text())))
+    except (PrepareError, TokenizerUnavailable, ShardError, FileNotFoundError, ValueError) as e:
+        print(f"sweep.prepare: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(data.root)
+    return str(data.root)
+
+
+if __name__ == "__main__":
+    main()

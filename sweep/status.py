@@ -1,0 +1,218 @@
+"""State of every run of a sweep, and relaunch of the unfinished ones.
+
+    python -m sweep.status SWEEP_DIR                      # one line per run, then counts
+    python -m sweep.status SWEEP_DIR --json               # the same as JSON lines
+    python -m sweep.status SWEEP_DIR --resubmit           # relaunch failed / interrupted / never started runs
+    python -m sweep.status SWEEP_DIR --resubmit resources.timeout_min=600   # ... with changed overrides
+
+States: done, diverged, running, pending (queued, not started yet), requeued (preempted or at its
+time limit, checkpointed, waiting to resume), interrupted (stopped outside SLURM; relaunch resumes
+it), failed (with the last error line: the run's own error, or the SLURM job's end state and the
+last line of its log), not started (a grid point without a run directory).
+
+The grid comes from SWEEP_DIR/.specsweep/grid.json, written by the sweeper at every launch (see
+sweep/sweepdir.py); the SLURM job of each run from .specsweep/jobs.jsonl, and its state from squeue
+and sacct. Sweep directories written before grid.json existed show only the runs that have a
+directory. --resubmit reruns the recorded launch command restricted to the chosen runs
+(``hydra.sweeper.only``); runs that are done, diverged, running or still queued are left alone,
+and resumed runs continue from their newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from sweep import slurm, sweepdir
+from sweep.rundir import RunDir
+
+RESUBMITTABLE = ("failed", "interrupted", "not started")
+
+
+@dataclass
+class RunState:
+    run_id: str
+    state: str
+    step: Optional[int] = None
+    steps: Optional[int] = None
+    job_id: Optional[str] = None
+    job_state: Optional[str] = None
+    detail: str = ""
+    launch: Optional[int] = field(default=None, repr=False)
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "error" in ln.lower() or "exception" in ln.lower() or "killed" in ln.lower():
+            return ln
+    return lines[-1] if lines else ""
+
+
+def _job_log_tail(sweep_dir: Path, job_id: str) -> str:
+    """Last error-looking line of the SLURM job's stderr (submitit's log), if any."""
+    folder = sweep_dir / ".submitit" / job_id
+    err = folder / f"{job_id}_0_log.err"
+    if not err.exists():
+        return ""
+    try:
+        return _last_error_line(err.read_text(errors="replace")[-20000:])
+    except OSError:
+        return ""
+
+
+def _age(updated: Optional[str]) -> str:
+    if not updated:
+        return ""
+    try:
+        then = _dt.datetime.fromisoformat(updated)
+    except ValueError:
+        return ""
+    seconds = (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds()
+    return f"{seconds / 60:.0f} min ago" if seconds >= 60 else f"{seconds:.0f} s ago"
+
+
+def _run_dirs(sweep_dir: Path) -> list[str]:
+    if not sweep_dir.is_dir():
+        return []
+    return sorted(p.name for p in sweep_dir.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and
+                  ((p / "run.json").exists() or (p / "identity.json").exists()))
+
+
+def collect(sweep_dir: Path) -> list[RunState]:
+    """One RunState per run of the sweep (grid points in launch order, then other run directories)."""
+    sweep_dir = Path(sweep_dir)
+    grid = sweepdir.read_grid(sweep_dir)
+    order = list(grid["runs"]) + [r for r in _run_dirs(sweep_dir) if r not in grid["runs"]]
+    jobs = sweepdir.latest_jobs(sweep_dir)
+    states = slurm.job_states(j["job_id"] for j in jobs.values()) if jobs and slurm.available() else {}
+    out = []
+    for run_id in order:
+        rd = RunDir(sweep_dir / run_id)
+        status = rd.read_status()
+        job = jobs.get(run_id, {})
+        job_id = job.get("job_id")
+        js = states.get(job_id) if job_id else None
+        steps = (status.get("axes") or {}).get("steps")
+        rs = RunState(run_id, "not started", status.get("step"), steps, job_id, js,
+                      launch=(grid["runs"].get(run_id) or {}).get("launch"))
+        s = status.get("status")
+        if rd.is_done():
+            done = rd.read_done()
+            rs.state, rs.step = "done", done.get("final_step", rs.step)
+            loss = done.get("final_eval_loss")
+            rs.detail = f"eval loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
+        elif s == "diverged":
+            rs.state, rs.detail = "diverged", _last_error_line(status.get("error") or "")
+        elif js in slurm.LIVE_STATES:
+            if js == "RUNNING" and s != "requeued":
+                rs.state = "running"
+                rs.detail = f"updated {_age(status.get('updated'))}" if status else "starting"
+            elif s == "requeued" or js.startswith("REQUEUE"):
+                rs.state, rs.detail = "requeued", f"resumes from step {rs.step} (job {js.lower()})"
+            else:
+                rs.state = "pending"
+                rs.detail = f"queued; resumes from step {rs.step}" if rs.step else "queued"
+        elif s == "failed":
+            rs.state, rs.detail = "failed", _last_error_line(status.get("error") or "")
+        elif js is not None and s in ("running", "requeued", "interrupted", None):
+            # The job ended and the run neither finished nor recorded an error: killed by SLURM
+            # (time limit with no requeue left, out of memory, cancelled, node failure).
+            tail = _job_log_tail(sweep_dir, job_id)
+            rs.state, rs.detail = "failed", f"SLURM job {job_id} ended {js}" + (f": {tail}" if tail else "")
+        elif s == "interrupted":
+            rs.state, rs.detail = "interrupted", f"checkpoint at step {rs.step}; relaunch resumes it"
+        elif s == "requeued":
+            rs.state, rs.detail = "requeued", f"resumes from step {rs.step}"
+        elif s == "running":
+            rs.state, rs.detail = "running", f"updated {_age(status.get('updated'))}" + (
+                "" if job_id else " (no SLURM job recorded: a local run, or killed)")
+        out.append(rs)
+    return out
+
+
+def format_table(rows: Sequence[RunState]) -> str:
+    if not rows:
+        return "no runs"
+    width = max(len(r.run_id) for r in rows)
+    lines = [f"{'STATE':<12} {'STEP':>11}  {'RUN':<{width}}  {'JOB':<10} DETAIL"]
+    for r in rows:
+        step = f"{r.step if r.step is not None else '-'}/{r.steps if r.steps is not None else '?'}"
+        lines.append(f"{r.state:<12} {step:>11}  {r.run_id:<{width}}  {r.job_id or '-':<10} {r.detail}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    lines.append(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+    return "\n".join(lines)
+
+
+def resubmit(sweep_dir: Path, rows: Sequence[RunState], extra: Sequence[str], dry_run: bool = False,
+             stale_running: bool = False) -> int:
+    """Relaunch the runs that are not done (and not running or queued); returns an exit code."""
+    wanted = set(RESUBMITTABLE) | ({"running", "requeued"} if stale_running else set())
+    targets = [r for r in rows if r.state in wanted and not (r.job_state in slurm.LIVE_STATES)]
+    if not targets:
+        print("nothing to resubmit")
+        return 0
+    grid = sweepdir.read_grid(sweep_dir)
+    by_launch: dict[int, list[str]] = {}
+    orphans = []
+    for r in targets:
+        if r.launch is None or r.launch >= len(grid["launches"]):
+            orphans.append(r.run_id)
+        else:
+            by_launch.setdefault(r.launch, []).append(r.run_id)
+    if orphans:
+        print(f"cannot resubmit {len(orphans)} runs with no recorded launch ({sweepdir.grid_file(sweep_dir)}): "
+              + ", ".join(orphans), file=sys.stderr)
+    code = 0
+    for index, run_ids in by_launch.items():
+        launch = grid["launches"][index]
+        args = sweepdir.relaunch_command(launch, sweep_dir, run_ids, extra)
+        cmd = [sys.executable, "-m", "sweep.train", *args]
+        cwd = launch.get("cwd") if launch.get("cwd") and Path(launch["cwd"]).is_dir() else None
+        print(f"resubmitting {len(run_ids)} runs: {' '.join(cmd[1:])}" + (f"  (in {cwd})" if cwd else ""), flush=True)
+        if dry_run:
+            continue
+        env = {**os.environ, **launch.get("env", {})}
+        code = max(code, subprocess.run(cmd, cwd=cwd, env=env).returncode)
+    return 1 if orphans and not code else code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sweep.status", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep_dir", type=Path)
+    ap.add_argument("overrides", nargs="*", help="extra overrides for --resubmit (e.g. resources.timeout_min=600)")
+    ap.add_argument("--resubmit", action="store_true", help="relaunch failed, interrupted and never started runs")
+    ap.add_argument("--stale", action="store_true",
+                    help="with --resubmit: also relaunch runs marked running/requeued that have no live SLURM job")
+    ap.add_argument("--dry-run", action="store_true", help="print the relaunch command only")
+    ap.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    a = ap.parse_args(argv)
+    if not a.sweep_dir.is_dir():
+        print(f"no such sweep directory: {a.sweep_dir}", file=sys.stderr)
+        return 2
+    rows = collect(a.sweep_dir)
+    if a.json:
+        for r in rows:
+            print(json.dumps({k: v for k, v in asdict(r).items() if k != "launch"}))
+    else:
+        print(format_table(rows))
+    if a.overrides and not a.resubmit:
+        ap.error("overrides are only used with --resubmit")
+    if a.resubmit:
+        return resubmit(a.sweep_dir, rows, a.overrides, dry_run=a.dry_run, stale_running=a.stale)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

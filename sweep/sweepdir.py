@@ -1,0 +1,99 @@
+"""What was launched into a sweep directory, kept next to the runs for ``python -m sweep.status``.
+
+``SWEEP_DIR/.specsweep/grid.json``
+    every grid point ever launched into the directory (run id -> overrides, launch) and every
+    distinct launch command (command-line task and hydra overrides, working directory, SPECSWEEP_*
+    environment), so the status command knows the runs that never started and can relaunch them;
+``SWEEP_DIR/.specsweep/jobs.jsonl``
+    one row per submitted SLURM job (run id, overrides, job id, time); the newest row of a run wins.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from sweep.rundir import atomic_write_text, iter_jsonl
+
+META = ".specsweep"
+# Overrides that say how a launch was made, not which runs it holds: rewritten on relaunch.
+_RELAUNCH_DROP = ("hydra.mode=", "hydra.sweeper.only=", "hydra.sweep.dir=")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def grid_file(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / META / "grid.json"
+
+
+def jobs_file(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / META / "jobs.jsonl"
+
+
+def read_grid(sweep_dir: Path) -> dict[str, Any]:
+    path = grid_file(sweep_dir)
+    if not path.exists():
+        return {"launches": [], "runs": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {"launches": [], "runs": {}}
+
+
+def record_launch(sweep_dir: Path, runs: Iterable[tuple[str, Sequence[str]]], task_overrides: Sequence[str],
+                  hydra_overrides: Sequence[str]) -> int:
+    """Add a launch and its grid points to grid.json; returns the launch's index."""
+    grid = read_grid(sweep_dir)
+    launch = {
+        "task_overrides": list(task_overrides),
+        "hydra_overrides": [o for o in hydra_overrides if not o.startswith(_RELAUNCH_DROP)],
+        "cwd": os.getcwd(),
+        "env": {k: v for k, v in os.environ.items() if k.startswith("SPECSWEEP_")},
+    }
+    same = [i for i, old in enumerate(grid["launches"])
+            if {k: old.get(k) for k in launch} == launch]
+    if same:
+        index = same[0]
+    else:
+        grid["launches"].append(launch)
+        index = len(grid["launches"]) - 1
+    grid["launches"][index]["time"] = _now()
+    for run_id, overrides in runs:
+        grid["runs"][run_id] = {"overrides": list(overrides), "launch": index}
+    atomic_write_text(grid_file(sweep_dir), json.dumps(grid, indent=1, sort_keys=True))
+    return index
+
+
+def record_jobs(sweep_dir: Path, rows: Iterable[tuple[Optional[str], Sequence[str], str]]) -> None:
+    """Append (run id, overrides, SLURM job id) rows to jobs.jsonl."""
+    path = jobs_file(sweep_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    now = _now()
+    with open(path, "a") as f:
+        for run_id, overrides, job_id in rows:
+            f.write(json.dumps({"run_id": run_id, "overrides": list(overrides), "job_id": job_id,
+                                "submitted": now}) + "\n")
+
+
+def latest_jobs(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """Newest job row per run id."""
+    path = jobs_file(sweep_dir)
+    out: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for row in iter_jsonl(path):
+            if row.get("run_id"):
+                out[row["run_id"]] = row
+    return out
+
+
+def relaunch_command(launch: dict[str, Any], sweep_dir: Path, run_ids: Sequence[str],
+                     extra: Sequence[str] = ()) -> list[str]:
+    """Arguments after ``python -m sweep.train`` that relaunch ``run_ids`` of a recorded launch."""
+    only = ",".join(f"'{r}'" for r in run_ids)
+    return ["-m", *launch["task_overrides"], *launch["hydra_overrides"],
+            f"hydra.sweep.dir={Path(sweep_dir).resolve()}", f"hydra.sweeper.only=[{only}]", *extra]

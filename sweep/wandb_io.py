@@ -1,0 +1,360 @@
+"""W&B for the β analysis (``python -m sweep.fit``): push the analysis, read runs back from W&B.
+
+- :func:`push_analysis`: one W&B run of job type ``analysis`` in the sweep's group: the β tables
+  as W&B tables, the figures as images, ``beta/<label>/<site>/<bucket>/<soft|hard|delta>`` in its
+  summary, and the whole analysis folder as an artifact.
+- :func:`materialize`: rebuild run directories (run.json, metrics.jsonl, spectra.jsonl, DONE) from
+  W&B, for sweeps whose local files are gone. Sources: ``ENTITY/PROJECT/GROUP`` through the W&B
+  public API (needs network, ``WANDB_API_KEY`` or ``wandb login``, and ``WANDB_BASE_URL`` for a
+  self-hosted server), or a local folder holding W&B run folders (offline runs, read with
+  ``wandb leet inspect``). What comes back is what was logged: ok telemetry records with their
+  rank metrics (no sampling diagnostics), train/eval rows, final losses; enough for the fit.
+
+The local run directories remain the default source of ``sweep.fit``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+from sweep.loggers import metric_from_wandb, redact_secrets
+
+_SPECTRAL = re.compile(r"^spectral/([a-z]+)/([a-z]+)/([A-Za-z0-9_]+)/L(\d+)$")
+_TRAIN_KEYS = {"train/train_loss": "train_loss", "train/lr": "lr", "train/tokens_per_s": "tokens_per_s",
+               "train/grad_norm": "grad_norm", "trainer/tokens": "tokens", "trainer/elapsed_s": "elapsed_s"}
+_EVAL_KEYS = {"eval/loss": "eval_loss", "eval/ppl": "eval_ppl", "trainer/tokens": "tokens"}
+LEET_TIMEOUT_S = 120
+
+
+# ---- CLI glue -----------------------------------------------------------------------------------
+
+def add_cli_args(p: Any) -> None:
+    """The W&B options of ``python -m sweep.fit``."""
+    g = p.add_argument_group("W&B (optional; local run directories are the default source)")
+    g.add_argument("--wandb", nargs="?", const="online", choices=("online", "offline"),
+                   help="push the β tables, figures and report as a job_type=analysis run in the "
+                        "sweep's W&B group (offline: files under OUT/wandb, upload with `wandb sync`)")
+    g.add_argument("--wandb-project", help="W&B project (default: logger.project of the runs, else specsweep)")
+    g.add_argument("--wandb-entity", help="W&B entity (default: logger.entity of the runs / your default)")
+    g.add_argument("--from-wandb", metavar="ENTITY/PROJECT/GROUP|DIR", action="append",
+                   help="read the runs from W&B instead of local run directories: a W&B group through "
+                        "the API (needs WANDB_API_KEY), or a folder with W&B run folders (offline runs); "
+                        "the rebuilt run directories go to OUT/runs")
+
+
+def materialize_sources(sources: Sequence[str], out: Optional[str]) -> tuple[list[str], str]:
+    """Rebuild the run directories of every ``--from-wandb`` source; returns (sweep dirs, out dir)."""
+    first = sources[0].rstrip("/")
+    out_dir = Path(out) if out else Path(f"wandb-{Path(first).name or 'sweep'}")
+    dirs = []
+    for i, source in enumerate(sources):
+        dest = out_dir / "runs" / (str(i) if len(sources) > 1 else "")
+        try:
+            n = materialize(source, dest)
+        except Exception as e:  # noqa: BLE001 - reported like any other unusable input
+            from sweep.fit import SweepError
+
+            raise SweepError(f"--from-wandb {source}: {type(e).__name__}: {e}") from e
+        print(f"rebuilt {n} run director{'y' if n == 1 else 'ies'} from W&B ({source}) in {dest}",
+              file=sys.stderr)
+        dirs.append(str(dest))
+    return dirs, str(out_dir)
+
+
+# ---- a W&B run, from the API or from offline files ----------------------------------------------
+
+@dataclass
+class RunRecord:
+    """The parts of a W&B run that the fit needs."""
+
+    name: str
+    group: Optional[str]
+    job_type: Optional[str]
+    state: str
+    config: dict
+    summary: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def _nested(config: Mapping[str, Any]) -> dict:
+    """W&B API configs may come as {"k": {"value": v}} or with dotted keys; make them nested dicts."""
+    out: dict = {}
+    for k, v in config.items():
+        if k.startswith("_"):
+            continue
+        if isinstance(v, Mapping) and set(v) == {"value"}:
+            v = v["value"]
+        node = out
+        parts = str(k).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = v
+    return out
+
+
+def api_runs(path: str, api: Any = None) -> Iterator[RunRecord]:
+    """Training runs of ``ENTITY/PROJECT/GROUP`` (or ``PROJECT/GROUP``) through the public API."""
+    parts = path.strip("/").split("/")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"--from-wandb {path!r}: expected ENTITY/PROJECT/GROUP or PROJECT/GROUP")
+    if api is None:
+        import wandb
+
+        api = wandb.Api(timeout=60)
+    group = parts[-1]
+    project = "/".join(parts[:-1])
+    if len(parts) == 2 and getattr(api, "default_entity", None):
+        project = f"{api.default_entity}/{project}"
+    for run in api.runs(project, filters={"group": group}):
+        if getattr(run, "job_type", "train") not in (None, "", "train"):
+            continue
+        yield RunRecord(name=run.name, group=getattr(run, "group", group), job_type=run.job_type,
+                        state=str(run.state), config=_nested(dict(run.config)),
+                        summary=dict(getattr(run.summary, "_json_dict", None) or dict(run.summary)),
+                        history=list(run.scan_history(page_size=1000)))
+
+
+def _leet(path: Path, *extra: str) -> str:
+    exe = shutil.which("wandb", path=os.path.dirname(sys.executable)) or shutil.which("wandb") or "wandb"
+    proc = subprocess.run([exe, "leet", "inspect", "--json", *extra, str(path)], capture_output=True,
+                          text=True, timeout=LEET_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wandb leet inspect {path} failed: {proc.stderr.strip()[-500:]}")
+    return proc.stdout
+
+
+def read_offline_run(run_folder: Path) -> dict:
+    """One W&B run folder (``offline-run-*`` or ``run-*``): its run record, summary and history."""
+    summary = json.loads(_leet(run_folder, "--summary"))
+    run: dict = {}
+    history: list[dict] = []
+    for line in _leet(run_folder).splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec.get("type") == "run":
+            run = rec["run"]
+        elif rec.get("type") == "history":
+            history.append(rec["history"]["item"])
+    return {"run": run, "summary": summary, "history": history}
+
+
+def offline_runs(folder: Path) -> Iterator[RunRecord]:
+    """Training runs under a local folder: every W&B run folder below it, attempts of the same run
+    (a resumed run has one folder per attempt) merged in start order."""
+    by_id: dict[str, list[dict]] = {}
+    for wandb_file in sorted(folder.rglob("*.wandb")):
+        parsed = read_offline_run(wandb_file.parent)
+        rid = parsed["run"].get("run_id") or parsed["summary"].get("run_id") or wandb_file.stem
+        by_id.setdefault(rid, []).append(parsed)
+    for attempts in by_id.values():
+        attempts.sort(key=lambda a: a["summary"].get("start_time") or "")
+        last = attempts[-1]
+        if (last["run"].get("job_type") or "train") != "train":
+            continue
+        summary: dict = {}
+        history: list[dict] = []
+        for a in attempts:
+            summary.update(a["summary"].get("summary") or {})
+            history += a["history"]
+        yield RunRecord(name=last["summary"].get("name") or last["run"].get("display_name", ""),
+                        group=last["run"].get("run_group"), job_type="train",
+                        state=str(last["summary"].get("state", "unknown")),
+                        config=_nested(last["summary"].get("config") or {}), summary=summary, history=history)
+
+
+# ---- W&B run -> run directory -------------------------------------------------------------------
+
+def _num(v: Any) -> Optional[float]:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def run_files(record: RunRecord) -> dict[str, Any]:
+    """The run directory contents (run.json, metrics rows, spectra records, DONE or None)."""
+    train: dict[int, dict] = {}
+    evals: dict[int, dict] = {}
+    spectra: dict[tuple[int, int, str, str], dict] = {}
+    for row in record.history:
+        step = _num(row.get("trainer/step"))
+        if step is None:
+            continue
+        step = int(step)
+        if "train/train_loss" in row:
+            train[step] = {"step": step, **{v: row[k] for k, v in _TRAIN_KEYS.items() if k in row}}
+        if "eval/loss" in row:
+            evals[step] = {"step": step, **{v: row[k] for k, v in _EVAL_KEYS.items() if k in row}}
+        for key, value in row.items():
+            m = _SPECTRAL.match(key)
+            if m is None or _num(value) is None:
+                continue
+            site, bucket, metric, layer = m.group(1), m.group(2), metric_from_wandb(m.group(3)), int(m.group(4))
+            rec = spectra.setdefault((step, layer, site, bucket), {
+                "step": step, "layer": layer, "site": site, "bucket": bucket, "status": "ok"})
+            rec[metric] = float(value)  # a resumed run re-logs some steps: the last value wins
+    cfg = record.config
+    axes = dict(cfg.get("axis") or {})
+    run_id = str(cfg.get("run_id") or record.name)
+    summary = record.summary
+    final_eval = _num(summary.get("final/eval_loss"))
+    done = None
+    if record.state == "finished" and final_eval is not None and math.isfinite(final_eval):
+        done = {"run_id": run_id, "final_step": int(_num(summary.get("final/step")) or max(train, default=0)),
+                "final_train_loss": _num(summary.get("final/train_loss")), "final_eval_loss": final_eval,
+                "source": "wandb"}
+    status = "done" if done else {"crashed": "failed", "failed": "failed"}.get(record.state, "running")
+    info = {"run_id": run_id, "sweep": record.group or cfg.get("sweep_name"), "status": status,
+            "config_hash": None, "axes": axes, "step": max(train, default=0), "error": None,
+            "wandb_id": None, "source": "wandb"}
+    rows = sorted(train.values(), key=lambda r: r["step"]) + sorted(evals.values(), key=lambda r: r["step"])
+    return {"run.json": info, "metrics": sorted(rows, key=lambda r: r["step"]),
+            "spectra": [spectra[k] for k in sorted(spectra)], "DONE": done}
+
+
+def write_run_dir(record: RunRecord, dest: Path) -> Path:
+    files = run_files(record)
+    run_dir = dest / re.sub(r"[^A-Za-z0-9_.=-]", "_", files["run.json"]["run_id"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps(files["run.json"], indent=1))
+    for name, rows in (("metrics.jsonl", files["metrics"]), ("spectra.jsonl", files["spectra"])):
+        (run_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if files["DONE"] is not None:
+        (run_dir / "DONE").write_text(json.dumps(files["DONE"]))
+    return run_dir
+
+
+def materialize(source: str, dest: Path, api: Any = None) -> int:
+    """Write one run directory per training run of ``source`` under ``dest``; returns how many."""
+    local = Path(source)
+    runs = offline_runs(local) if local.exists() else api_runs(source, api)
+    dest.mkdir(parents=True, exist_ok=True)
+    return sum(1 for record in runs if write_run_dir(record, dest))
+
+
+# ---- pushing the analysis -----------------------------------------------------------------------
+
+def _runs_logger_config(sweep_dirs: Iterable[str | Path]) -> tuple[list[str], dict]:
+    """(W&B groups = the runs' sweep names, logger config of one run) from the run directories."""
+    import yaml
+
+    groups: list[str] = []
+    logger_cfg: dict = {}
+    for d in sweep_dirs:
+        d = Path(d)
+        for run_json in sorted([d / "run.json"] if (d / "run.json").is_file() else d.glob("*/run.json")):
+            try:
+                info = json.loads(run_json.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if info.get("sweep") and info["sweep"] not in groups:
+                groups.append(str(info["sweep"]))
+            cfg_file = run_json.parent / "config.yaml"
+            if not logger_cfg and cfg_file.is_file():
+                try:
+                    logger_cfg = dict((yaml.safe_load(cfg_file.read_text()) or {}).get("logger") or {})
+                except yaml.YAMLError:
+                    pass
+    return groups, logger_cfg
+
+
+def _key(text: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_=+-]+", "_", str(text)).strip("_") or "all"
+
+
+def beta_summary_values(summary: Any) -> dict[str, float]:
+    """``beta/<label>/<site>/<bucket>/<soft|hard|delta>[_lower|_upper]`` from the β summary table."""
+    out: dict[str, float] = {}
+    if summary is None or getattr(summary, "empty", True):
+        return out
+    cols = {"beta_soft": "soft", "soft_lower": "soft_lower", "soft_upper": "soft_upper",
+            "beta_hard": "hard", "hard_lower": "hard_lower", "hard_upper": "hard_upper",
+            "beta_delta": "delta", "delta_lower": "delta_lower", "delta_upper": "delta_upper"}
+    for _, row in summary.iterrows():
+        base = f"beta/{_key(row.get('label', 'all'))}/{row['site']}/{row['bucket']}"
+        for col, name in cols.items():
+            v = _num(row.get(col))
+            if v is not None and math.isfinite(v):
+                out[f"{base}/{name}"] = v
+    return out
+
+
+def push_analysis(result: Any, sweep_dirs: Sequence[str | Path], *, mode: str = "online",
+                  project: Optional[str] = None, entity: Optional[str] = None,
+                  init_timeout: float = 60) -> Optional[Path]:
+    """Log a fit result as a job_type=analysis W&B run in the sweep's group; returns the W&B run
+    folder (upload it with ``wandb sync`` when offline), or None when W&B failed (the local
+    analysis is complete either way)."""
+    import wandb
+
+    groups, logger_cfg = _runs_logger_config(sweep_dirs)
+    group = groups[0] if len(groups) == 1 else ("+".join(groups) if groups else Path(result.out_dir).name)
+    project = project or logger_cfg.get("project") or "specsweep"
+    entity = entity or logger_cfg.get("entity") or None
+    config = redact_secrets({"rule": result.rule, "ci_method": result.ci_method, "sweeps": groups,
+                             "sweep_dirs": [str(Path(d).resolve()) for d in sweep_dirs],
+                             "group_cols": list(result.group_cols), "n_points": int(len(result.points)),
+                             "excluded": [f"{Path(p).name}: {r}" for p, r in result.excluded]})
+    os.environ.setdefault("WANDB_SILENT", "true")
+    out_dir = Path(result.out_dir)
+    run = None
+    for attempt in ([mode, "offline"] if mode == "online" else [mode]):
+        try:
+            run = wandb.init(project=project, entity=entity, group=group, job_type="analysis",
+                             name=f"analysis-{group}", dir=str(out_dir), mode=attempt, config=config,
+                             tags=["analysis", *(f"sweep:{g}" for g in groups)][:64], reinit="finish_previous",
+                             settings=wandb.Settings(init_timeout=float(init_timeout), console="off",
+                                                     x_disable_stats=True))
+            break
+        except Exception as e:  # noqa: BLE001 - W&B never costs the local analysis
+            print(f"warning: W&B {attempt} run could not start ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0] if str(e) else ''})", file=sys.stderr)
+    if run is None:
+        return None
+    try:
+        tables = {"beta_summary": result.summary, "beta_table": result.beta_table,
+                  "points": result.points, "optimizer_comparison": result.comparisons,
+                  "beta_steps": result.beta_steps}
+        data: dict[str, Any] = {}
+        for name, frame in tables.items():
+            if frame is not None and not frame.empty:
+                data[f"tables/{name}"] = wandb.Table(dataframe=frame.astype(object).where(frame.notna(), None))
+        for fig in result.figures:
+            if Path(fig).suffix == ".png":
+                data[f"figures/{Path(fig).stem}"] = wandb.Image(str(fig))
+        if data:
+            run.log(data)
+        for k, v in beta_summary_values(result.summary).items():
+            run.summary[k] = v
+        artifact = wandb.Artifact(f"analysis-{_key(group)}", type="analysis",
+                                  description=f"sweep.fit output ({result.rule})")
+        for path in result.files:
+            path = Path(path)
+            if path.is_file():
+                artifact.add_file(str(path), name=str(path.relative_to(out_dir)) if path.is_relative_to(out_dir)
+                                  else path.name)
+        run.log_artifact(artifact)
+        folder = Path(run.dir).parent
+        run.finish()
+        return folder
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: W&B analysis push failed ({type(e).__name__}: {e}); local files are complete",
+              file=sys.stderr)
+        try:
+            run.finish(exit_code=1)
+        except Exception:  # noqa: BLE001
+            pass
+        return None
+
+
+__all__ = ["RunRecord", "add_cli_args", "api_runs", "beta_summary_values", "materialize",
+           "materialize_sources", "offline_runs", "push_analysis", "read_offline_run", "run_files"]

@@ -1,0 +1,369 @@
+"""W&B as a view of the local files: offline runs read back with `wandb leet inspect`, resume,
+an unreachable server, credentials, and the fit's W&B input/output. No server, loopback only."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sweep import wandb_io
+from sweep.loggers import (REDACTED, NullLogger, WandbLogger, make_logger, metric_from_wandb,
+                           record_key, redact_secrets, resolve_mode, secrets_in, spectral_rows,
+                           stable_wandb_id, wandb_config)
+from sweep.rundir import RunDir, iter_jsonl
+from sweep.spec import LoggerSpec
+from tests.conftest import ROOT, run_train
+
+FAKE_KEY = "0123456789abcdef" * 2 + "feedbeef"  # 40 hex characters, the shape of a W&B key
+SMOKE_TELEMETRY_STEPS = [1, 10, 20, 30]
+
+
+def _wandb_env(env: dict) -> dict:
+    return {**env, "WANDB_API_KEY": FAKE_KEY, "WANDB_ERROR_REPORTING": "false"}
+
+
+def _folders(run: RunDir) -> list[Path]:
+    return sorted((run.path / "wandb").glob("offline-run-*"), key=lambda p: p.name)
+
+
+def _assert_no_key(*roots: Path, texts: tuple[str, ...] = ()) -> None:
+    """The fake API key appears in no file under the roots (binary W&B logs included)."""
+    needle = FAKE_KEY.encode()
+    for root in roots:
+        if not root.exists():
+            continue
+        for f in root.rglob("*"):
+            if f.is_file() and not f.is_symlink():
+                assert needle not in f.read_bytes(), f"API key leaked into {f}"
+    for text in texts:
+        assert FAKE_KEY not in text
+
+
+def _wandb_dirs(tmp_path: Path) -> list[Path]:
+    return [tmp_path / n for n in ("wandb", "wandb-data", "wandb-cache", "wandb-config")]
+
+
+# ---- unit tests ---------------------------------------------------------------------------------
+
+def test_secrets_are_redacted_and_found_by_name() -> None:
+    environ = {"WANDB_API_KEY": FAKE_KEY, "HF_TOKEN": "hf_abcdefgh", "MAX_TOKENS": "1234567890",
+               "HOME": "/home/someone"}
+    assert secrets_in(f"x{FAKE_KEY}y", environ) == ["WANDB_API_KEY"]
+    assert secrets_in("/home/someone 1234567890", environ) == []
+    cfg = {"data": {"train_tokens": 1000, "url": f"https://u:{FAKE_KEY}@host"},
+           "logger": {"api_key": "whatever", "tags": [FAKE_KEY]}, "train": {"tokens_per_s": 3}}
+    out = redact_secrets(cfg, [FAKE_KEY])
+    assert out["data"] == {"train_tokens": 1000, "url": f"https://u:{REDACTED}@host"}
+    assert out["logger"] == {"api_key": REDACTED, "tags": [REDACTED]} and out["train"] == {"tokens_per_s": 3}
+    wcfg = wandb_config({"run_id_exclude": ["x"], "volatile_keys": [], "seed": 0}, {"optimizer": "muon"})
+    assert wcfg == {"seed": 0, "axis": {"optimizer": "muon"}}
+
+
+def test_config_with_a_credential_is_refused(compose, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweep.spec import ConfigError, build_run_spec
+
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    from omegaconf import open_dict
+
+    from sweep.run_id import identity_overrides
+
+    cfg = compose(["+preset=smoke"])
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.data.note = f"x{FAKE_KEY}"  # e.g. a resolved ${oc.env:WANDB_API_KEY} in a config file
+    with pytest.raises(ConfigError) as err:
+        build_run_spec(cfg)
+    assert "data.note: holds the value of $WANDB_API_KEY" in str(err.value) and FAKE_KEY not in str(err.value)
+    # An override carrying it fails while the run id (hence the run directory) is computed.
+    with pytest.raises(ValueError, match=r"\$WANDB_API_KEY") as err:
+        identity_overrides([f"+note={FAKE_KEY}"], [])
+    assert FAKE_KEY not in str(err.value)
+
+
+def test_key_scheme_medians_and_metric_names() -> None:
+    recs = [{"step": 10, "layer": l, "site": "post", "bucket": "tail", "status": "ok",
+             "hard_rank": float(l + 1), "renyi_0.5": 2.0 * (l + 1)} for l in range(3)]
+    recs.append({"step": 10, "layer": 3, "site": "post", "bucket": "tail", "status": "too few rows",
+                 "hard_rank": None, "renyi_0.5": None})
+    data = spectral_rows(recs, ["hard_rank", "renyi_0.5"])
+    assert data["spectral/post/tail/hard_rank/L02"] == 3.0
+    assert data["spectral/post/tail/renyi_0p5/L00"] == 2.0  # no "." in W&B keys
+    assert data["spectral_median/post/tail/hard_rank"] == 2.0  # over ok layers only
+    assert data["spectral_median/post/tail/renyi_0p5"] == 4.0
+    assert not any("L03" in k for k in data)
+    assert record_key(recs[0], "renyi_inf") == "spectral/post/tail/renyi_inf/L00"
+    assert metric_from_wandb("renyi_0p5") == "renyi_0.5" and metric_from_wandb("hard_rank") == "hard_rank"
+    assert stable_wandb_id("s", "r") == stable_wandb_id("s", "r") != stable_wandb_id("s2", "r")
+
+
+def test_mode_from_environment_wins() -> None:
+    assert resolve_mode("online", {"WANDB_MODE": "offline"}) == "offline"
+    assert resolve_mode("offline", {"WANDB_MODE": "disabled"}) == "disabled"
+    assert resolve_mode("online", {"WANDB_MODE": "dryrun"}) == "offline"
+    assert resolve_mode("online", {}) == "online"
+
+
+class _BrokenRun:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def log(self, data: dict) -> None:
+        self.calls += 1
+        raise ConnectionError("server went away")
+
+
+def test_mid_run_failure_is_logged_once_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    logger = WandbLogger.__new__(WandbLogger)
+    logger._broken, logger._run, logger._wandb = False, _BrokenRun(), None
+    with caplog.at_level(logging.WARNING, logger="specsweep.logger"):
+        for step in range(1, 6):
+            logger.log({"step": step, "train_loss": 1.0}, step)
+            logger.log_spectra([{"layer": 0, "site": "pre", "bucket": "global", "status": "ok",
+                                 "hard_rank": 1.0}], step, ["hard_rank"])
+    assert logger._run.calls == 1
+    assert [r.getMessage() for r in caplog.records].count(
+        "W&B log failed (ConnectionError: server went away); continuing with local files only") == 1
+
+
+def test_online_failure_falls_back_to_offline_then_to_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    tried = []
+
+    class Fake(NullLogger):
+        def __init__(self, spec, *, mode, **kwargs):
+            tried.append(mode)
+            if mode in fail:
+                raise RuntimeError(f"{mode} down")
+            self.mode = mode
+
+    monkeypatch.setattr("sweep.loggers.WandbLogger", Fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    spec = LoggerSpec(backend="wandb", project="p", entity=None, mode="online")
+    fail = {"online"}
+    with caplog.at_level(logging.WARNING, logger="specsweep.logger"):
+        assert make_logger(spec, run_dir=Path("R")).mode == "offline"
+        fail = {"online", "offline"}
+        assert type(make_logger(spec, run_dir=Path("R"))) is NullLogger
+    assert tried == ["online", "offline", "online", "offline"]
+    assert len(caplog.records) == 2 and "wandb sync R/wandb/offline-run-*" in caplog.records[0].getMessage()
+    assert type(make_logger(LoggerSpec("none", "p", None, "disabled"))) is NullLogger
+
+
+def _api_run(name: str, optimizer: str, width: int, state: str = "finished") -> SimpleNamespace:
+    history = []
+    for step in (10, 20, 20, 30):  # step 20 twice: a resumed run re-logs it; the last value wins
+        history.append({"trainer/step": step, "train/train_loss": 5.0 - step / 10, "train/lr": 1e-3,
+                        "trainer/tokens": step * 100, "_step": len(history)})
+        history.append({"trainer/step": step, "_step": len(history), **{
+            f"spectral/{site}/global/{m}/L{l:02d}": width / 8 * (l + 1) + (step == 20) * len(history)
+            for site in ("pre", "post") for m in ("soft_rank", "hard_rank", "renyi_0p5") for l in (0, 1)}})
+    history.append({"trainer/step": 30, "eval/loss": 3.5, "eval/ppl": 33.1})
+    config = {"axis": {"value": {"optimizer": optimizer, "ffn_width": width, "d_model": 64, "seed": 0}},
+              "run_id": {"value": name}, "_wandb": {"value": {}}}
+    return SimpleNamespace(name=name, group="g", job_type="train", state=state, config=config,
+                           summary={"final/eval_loss": 3.5, "final/train_loss": 2.0, "final/step": 30},
+                           scan_history=lambda page_size=1000, h=history: iter(h))
+
+
+def test_runs_rebuilt_from_the_wandb_api_are_read_by_the_fit(tmp_path: Path) -> None:
+    from sweep.fit import load_sweeps
+
+    runs = [_api_run(f"r{w}", "adamw", w) for w in (64, 128)] + [_api_run("crashed", "adamw", 256, "crashed")]
+    runs.append(SimpleNamespace(name="analysis", job_type="analysis"))
+    api = SimpleNamespace(default_entity="me", runs=lambda path, filters: (
+        [r for r in runs] if (path, filters) == ("me/proj", {"group": "g"}) else []))
+    assert wandb_io.materialize("proj/g", tmp_path / "runs", api=api) == 3
+    contents = load_sweeps([tmp_path / "runs"])
+    assert sorted(r.run_id for r in contents.runs) == ["r128", "r64"]
+    assert [Path(p).name for p, _ in contents.excluded] == ["crashed"]
+    run = next(r for r in contents.runs if r.run_id == "r64")
+    assert run.axes["ffn_width"] == 64 and run.eval_loss == 3.5
+    s = run.spectra
+    assert sorted(s["step"].unique()) == [10, 20, 30] and "renyi_0.5" in s.columns
+    assert len(s) == 3 * 2 * 2  # steps × layers × sites, no duplicate for the re-logged step
+    assert s[(s.step == 20) & (s.layer == 0) & (s.site == "pre")]["soft_rank"].item() == 8 + 5
+    metrics = list(iter_jsonl(tmp_path / "runs" / "r64" / "metrics.jsonl"))
+    assert [r["step"] for r in metrics if "train_loss" in r] == [10, 20, 30]
+    assert [r["eval_loss"] for r in metrics if "eval_loss" in r] == [3.5]
+    with pytest.raises(ValueError):
+        list(wandb_io.api_runs("just-a-name", api=api))
+
+
+# ---- end to end (offline files, no server) ------------------------------------------------------
+
+def _history(parsed: dict, key: str) -> list[dict]:
+    return [h for h in parsed["history"] if key in h]
+
+
+@pytest.mark.slow
+def test_offline_grid_is_one_wandb_run_per_job(env: dict, tmp_path: Path) -> None:
+    from sweep.fit import build_points, load_sweeps
+    from metrics import fit as mfit
+
+    out = tmp_path / "grid"
+    proc = run_train(["-m", "optim=adamw,muon", "+preset=smoke", "logger=wandb_offline",
+                      f"hydra.sweep.dir={out}", "telemetry.log_eigenvalues=true"], _wandb_env(env), timeout=240)
+    ids = set()
+    for opt in ("adamw", "muon"):
+        run = RunDir(out / f"gpt-tiny_{opt}_w4_smoke_s0")
+        assert run.is_done()
+        (folder,) = _folders(run)
+        parsed = wandb_io.read_offline_run(folder)
+        meta, summary = parsed["run"], parsed["summary"]
+        wid = stable_wandb_id("default", run.path.name)
+        assert meta["run_id"] == wid == run.read_status()["wandb_id"] and folder.name.endswith(wid)
+        assert meta["display_name"] == run.path.name and meta["run_group"] == "default"
+        assert meta["job_type"] == "train"
+        assert {f"optimizer:{opt}", "ffn_width:256", "seed:0"} <= set(meta["tags"])
+        cfg = summary["config"]
+        assert cfg["axis"]["optimizer"] == opt and cfg["axis"]["ffn_width"] == 256
+        assert cfg["optim"]["name"] == opt and cfg["run_id"] == run.path.name
+        assert "run_id_exclude" not in cfg and cfg["run_dir"] == str(run.path)
+        assert summary["state"] == "finished"
+        ids.add(meta["run_id"])
+
+        # Ranks at exactly the telemetry steps, per layer and as medians over layers.
+        rank_rows = _history(parsed, "spectral/post/tail/hard_rank/L01")
+        assert [h["trainer/step"] for h in rank_rows] == SMOKE_TELEMETRY_STEPS
+        assert all("spectral_median/post/tail/hard_rank" in h and "spectral/pre/global/renyi_0p5/L00" in h
+                   for h in rank_rows)
+        spectra = [r for r in iter_jsonl(run.spectra_file)
+                   if (r["site"], r["bucket"], r["layer"]) == ("post", "tail", 1)]
+        assert [h["spectral/post/tail/hard_rank/L01"] for h in rank_rows] == pytest.approx(
+            [r["hard_rank"] for r in sorted(spectra, key=lambda r: r["step"])])
+        hist = _history(parsed, "spectrum/post/global/L00._type")
+        assert [h["trainer/step"] for h in hist] == SMOKE_TELEMETRY_STEPS
+        assert hist[0]["spectrum/post/global/L00._type"] == "histogram"
+        assert any("spectrum_plot/pre/global_table._type" in h for h in parsed["history"])
+
+        # The same train/eval rows as metrics.jsonl, and the summary of the run.
+        local = [r for r in iter_jsonl(run.metrics_file) if "train_loss" in r]
+        train = _history(parsed, "train/train_loss")
+        assert [(h["trainer/step"], h["train/train_loss"]) for h in train] == [
+            (r["step"], pytest.approx(r["train_loss"])) for r in local]
+        assert [h["trainer/step"] for h in _history(parsed, "eval/loss")] == [10, 20, 30]
+        s = summary["summary"]
+        assert s["final/eval_loss"] == pytest.approx(run.read_done()["final_eval_loss"])
+        assert s["final/step"] == 30 and 1 <= s["final/post/global/hard_rank"] <= 256
+    assert len(ids) == 2
+    _assert_no_key(out, *_wandb_dirs(tmp_path), texts=(proc.stdout, proc.stderr))
+
+    # sweep.fit can rebuild the runs from the W&B files alone: the same points as from the run dirs.
+    assert wandb_io.materialize(str(out), tmp_path / "rebuilt") == 2
+    rule = mfit.parse_rule("paper")
+    a, _ = build_points(load_sweeps([out]).runs, rule)
+    b, _ = build_points(load_sweeps([tmp_path / "rebuilt"]).runs, rule)
+    key = ["run_id", "metric", "bucket", "site"]
+    a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+    assert len(a) == len(b) > 0 and a[key].equals(b[key])
+    assert b["value"].to_numpy() == pytest.approx(a["value"].to_numpy(), rel=1e-9)
+    assert b["eval_loss"].to_numpy() == pytest.approx(a["eval_loss"].to_numpy())
+
+
+@pytest.mark.slow
+def test_resume_after_kill_continues_the_same_wandb_run(env: dict, tmp_path: Path) -> None:
+    env = _wandb_env(env)
+    args = ["+preset=smoke", "logger=wandb_offline", "sweep_name=killed"]
+    run = RunDir(tmp_path / "runs" / "killed" / "gpt-tiny_adamw_w4_smoke_s0")
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while not run.checkpoint_path(10).exists():
+            assert proc.poll() is None, "run ended before it could be killed"
+            assert time.time() < deadline, "no checkpoint at step 10 in time"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not run.is_done()
+    first = _folders(run)
+    assert len(first) == 1
+
+    out = run_train(args, env, timeout=180)
+    assert run.is_done() and "resumed gpt-tiny_adamw_w4_smoke_s0 from step" in out.stdout + out.stderr
+    folders = _folders(run)
+    assert len(folders) == 2 and folders[0] == first[0]
+    wid = stable_wandb_id("killed", run.path.name)
+    parsed = [wandb_io.read_offline_run(f) for f in folders]
+    assert [p["run"]["run_id"] for p in parsed] == [wid, wid] and run.read_status()["wandb_id"] == wid
+    assert all(p["run"]["display_name"] == run.path.name and p["run"]["resume"] for p in parsed)
+    assert parsed[1]["summary"]["state"] == "finished"
+    # The relaunch replays the last checkpoint interval (the rows in flight when the process died
+    # never reached the first attempt's file), then goes on.
+    text = out.stdout + out.stderr
+    resumed_from = max(s for s in (10, 20) if f"resumed gpt-tiny_adamw_w4_smoke_s0 from step {s} " in text)
+    local = [r["step"] for r in iter_jsonl(run.metrics_file) if "train_loss" in r]
+    steps = [h["trainer/step"] for h in _history(parsed[1], "train/train_loss")]
+    assert steps == [s for s in local if s > resumed_from - 10]
+    assert resumed_from in [h["trainer/step"] for h in _history(parsed[1], "spectral/post/global/hard_rank/L00")]
+    # Read back as one run: every logged step of the local curve is there.
+    (record,) = list(wandb_io.offline_runs(run.path))
+    files = wandb_io.run_files(record)
+    assert [r["step"] for r in files["metrics"] if "train_loss" in r] == local
+    assert sorted({r["step"] for r in files["spectra"]}) == SMOKE_TELEMETRY_STEPS
+    assert files["DONE"]["final_eval_loss"] == pytest.approx(run.read_done()["final_eval_loss"])
+
+
+@pytest.mark.slow
+def test_unreachable_server_trains_and_keeps_local_files(env: dict, tmp_path: Path) -> None:
+    with socket.socket() as s:  # a loopback port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in _wandb_env(env).items() if k != "WANDB_MODE"}
+    env["WANDB_BASE_URL"] = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    proc = run_train(["+preset=smoke", "logger=wandb", "logger.init_timeout=2", "train.steps=10"], env,
+                     timeout=150)
+    elapsed = time.monotonic() - start
+    assert elapsed < 75, f"init_timeout=2 not honoured: the run took {elapsed:.0f} s"
+    run = RunDir(tmp_path / "runs" / "default" / "gpt-tiny_adamw_w4_smoke_steps10_s0")
+    assert run.is_done() and run.read_status()["status"] == "done"
+    assert [r["step"] for r in iter_jsonl(run.metrics_file) if "train_loss" in r] == [1, 5, 10]
+    assert sorted({r["step"] for r in iter_jsonl(run.spectra_file)}) == [1, 10]
+    log = proc.stdout + proc.stderr
+    assert log.count("W&B online could not start") == 1, log[-3000:]
+    assert "Traceback" not in log and not math.isnan(run.read_done()["final_eval_loss"])
+    # The rows were kept for a later `wandb sync`: an offline W&B run with the same stable id.
+    (folder,) = _folders(run)
+    parsed = wandb_io.read_offline_run(folder)
+    assert parsed["run"]["run_id"] == stable_wandb_id("default", run.path.name)
+    assert [h["trainer/step"] for h in _history(parsed, "train/train_loss")] == [1, 5, 10]
+    _assert_no_key(run.path, *_wandb_dirs(tmp_path), texts=(log,))
+
+
+@pytest.mark.slow
+def test_fit_pushes_the_analysis_as_an_offline_wandb_run(env: dict, tmp_path: Path) -> None:
+    try:
+        from test_fit import write_sweep
+    except ImportError:
+        from tests.test_fit import write_sweep
+    from sweep.fit import main
+
+    sweep = write_sweep(tmp_path / "demo", buckets=("global", "tail"))
+    out = tmp_path / "analysis"
+    assert main([str(sweep), "--out", str(out), "--n-boot", "50", "--wandb", "offline"]) == 0
+    (folder,) = sorted((out / "wandb").glob("offline-run-*"))
+    parsed = wandb_io.read_offline_run(folder)
+    assert parsed["run"]["job_type"] == "analysis" and parsed["run"]["run_group"] == "demo"
+    s = parsed["summary"]["summary"]
+    assert s["beta/muon/post/global/hard"] == pytest.approx(_beta(out, "muon", "hard_rank"), rel=1e-9)
+    logged = {k.split(".")[0] for h in parsed["history"] for k in h}
+    assert {"tables/beta_summary", "tables/beta_table", "figures/rank_vs_width_post"} <= logged
+
+
+def _beta(out: Path, optimizer: str, metric: str) -> float:
+    import pandas as pd
+
+    t = pd.read_csv(out / "beta_table.csv")
+    row = t[(t.optimizer == optimizer) & (t.metric == metric) & (t.bucket == "global") & (t.site == "post")]
+    return float(row["beta"].iloc[0])
