@@ -88,8 +88,12 @@ def pick_device(name: str, env: DistEnv = SINGLE) -> torch.device:
 
 @contextlib.contextmanager
 def session(device_name: str, environ: Optional[Mapping[str, str]] = None,
-            timeout_s: float = 1800) -> Iterator[DistEnv]:
-    """Join the run's process group for the duration of the block (nothing to do for one process)."""
+            timeout_s: float = 600) -> Iterator[DistEnv]:
+    """Join the run's process group for the duration of the block (nothing to do for one process).
+
+    ``timeout_s`` bounds how long ranks wait for each other (a rank that died leaves the others
+    in a collective until then).
+    """
     env = detect(environ)
     if not env.enabled:
         yield env

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -427,7 +428,8 @@ class _Training:
                 self._checkpoint()
             self.run_dir.update_status(status=status, step=self.step)
         distributed.barrier()  # the checkpoint is on disk before any rank leaves
-        log.warning("run %s stopped at step %d, checkpoint written; %s", self.spec.run_id, self.step,
+        log.warning("run %s got %s: stopped at step %d, checkpoint written; %s", self.spec.run_id,
+                    signal.Signals(self.stop.received or self.stop.signum).name, self.step,
                     "the job is requeued and resumes from it" if status == STATUS_REQUEUED
                     else "relaunch the same command to resume")
         return status, RunResult(self.spec.run_id, status, self.step)

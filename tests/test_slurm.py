@@ -27,7 +27,7 @@ from sweep.sweepdir import latest_jobs
 from tests.conftest import FAST, ROOT, run_train
 from tests.slurm_cluster import Cluster, ClusterUnavailable
 
-pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("time_limit_run")]
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("time_limit_run", "reference_started")]
 
 SLURM = ["hydra/launcher=slurm", "resources=smoke"]
 # Long enough (~0.05 s a step) for a signal or a requeue to land mid-run.
@@ -68,13 +68,24 @@ def senv(senv_base: dict[str, str], env: dict[str, str]) -> dict[str, str]:
     return {**env, "SLURM_CONF": senv_base["SLURM_CONF"]}
 
 
-@pytest.fixture(scope="session")
-def reference(senv_base: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    """RUN trained locally, uninterrupted: what every interrupted SLURM run must reproduce."""
+@pytest.fixture(scope="module")
+def reference_started(senv_base: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+    """RUN trained locally, uninterrupted (started with the module, in the background)."""
     out = tmp_path_factory.mktemp("reference")
-    run_train(["-m", f"hydra.sweep.dir={out}", *RUN], senv_base, timeout=180)
-    run = RunDir(out / RUN_ID)
-    assert run.is_done()
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", "-m", f"hydra.sweep.dir={out}", *RUN], cwd=ROOT,
+                            env=senv_base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield proc, RunDir(out / RUN_ID)
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.fixture
+def reference(reference_started) -> RunDir:
+    """What every interrupted SLURM run must reproduce."""
+    proc, run = reference_started
+    output = proc.communicate(timeout=240)[0] if proc.poll() is None else ""
+    assert proc.returncode == 0 and run.is_done(), (output or "")[-3000:]
     return run
 
 
@@ -183,8 +194,9 @@ def test_grid_is_one_job_array_and_finishes(senv: dict, tmp_path: Path) -> None:
     array = arrays.pop()
     script = (out / ".submitit" / array / f"{array}_submission.sh").read_text()
     assert "#SBATCH --array=0-3%" in script and "#SBATCH --signal=USR2@120" in script
-    sacct = slurm_cmd(senv, "sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", array)
-    assert sorted(sacct.split()) == [f"{array}_{i}|COMPLETED" for i in range(4)], sacct
+    # The results are on disk a moment before SLURM records the tasks as completed.
+    wait_for(lambda: sorted(slurm_cmd(senv, "sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", array).split())
+             == [f"{array}_{i}|COMPLETED" for i in range(4)], 60, "4 completed array tasks in sacct", senv, out)
     assert "submitted 4 runs as SLURM job array" in proc.stdout + proc.stderr
 
     table = status(senv, out)
@@ -217,6 +229,14 @@ def test_failing_run_is_reported_while_the_others_finish(senv: dict, tmp_path: P
     assert "3 runs: 2 done, 1 failed" in table.stdout
     dry = status(senv, out, "--resubmit", "--dry-run")
     assert "resubmitting 1 runs" in dry.stdout and f"hydra.sweeper.only=['{bad}']" in dry.stdout, dry.stdout
+    # A real resubmission relaunches the recorded command (here: wait=true) for the failed run alone.
+    before = latest_jobs(out)
+    again = status(senv, out, "--resubmit")
+    text = again.stdout + again.stderr
+    assert "launching 1 of the grid's runs" in text and "2 finished and skipped" in text, text[-3000:]
+    assert again.returncode != 0 and "1 of 1 runs failed" in text  # the same bad vocabulary, failed again
+    after = latest_jobs(out)
+    assert after[bad]["job_id"] != before[bad]["job_id"] and all(after[g] == before[g] for g in good)
 
 
 @pytest.mark.timeout(300)

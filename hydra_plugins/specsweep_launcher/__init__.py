@@ -154,7 +154,9 @@ class SpecsweepSlurmLauncher(BaseSubmititLauncher):
             jobs += submitted
             sweepdir.record_jobs(sweep_dir, [(run_ids[i], list(job_overrides[i]), j.job_id)
                                              for i, j in zip(chunk, submitted)])
-            log.info("submitted %d runs as SLURM job array %s", len(submitted), submitted[0].job_id.split("_")[0])
+            first = submitted[0].job_id
+            log.info("submitted %d runs as SLURM %s %s", len(submitted), "job array" if "_" in first else "job",
+                     first.split("_")[0])
         if not self.params.get("wait", False):
             return [_submitted(o, j.job_id) for o, j in zip(job_overrides, jobs)]
         return [_result(o, j) for o, j in zip(job_overrides, jobs)]
