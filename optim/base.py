@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 import torch
+
+
+def run_closure(closure: Callable[[], Any] | None) -> Any:
+    """Evaluate an optimizer closure with gradients enabled (torch's ``step(closure)`` convention)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 class StatefulOptimizer(torch.optim.Optimizer):

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from optim.base import run_closure
 from optim.routing import ROLES, RoutedParams
 
 STATE_FORMAT = 1
@@ -49,10 +50,7 @@ class OptimizerBundle:
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step of every optimizer; a closure is evaluated once, before the steps."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for opt in self.optimizers:
             opt.step()
         return loss

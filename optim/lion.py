@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from optim import hparams as hp
-from optim.base import StatefulOptimizer
+from optim.base import StatefulOptimizer, run_closure
 from optim.bundle import OptimizerBundle
 from optim.registry import register
 from optim.routing import ROLES, route_parameters
@@ -34,10 +34,7 @@ class Lion(StatefulOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             beta1, beta2 = group["betas"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from optim import hparams as hp
-from optim.base import MatrixOptimizer
+from optim.base import MatrixOptimizer, run_closure
 from optim.bundle import OptimizerBundle
 from optim.matrix_bundle import build_matrix_bundle
 from optim.newton_schulz import NS_EPS, PAPER_NS_COEFFICIENTS, coefficient_schedule, newton_schulz
@@ -85,10 +85,7 @@ class Muon(MatrixOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             mu = group["momentum"]
             params, updates = [], []
