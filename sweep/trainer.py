@@ -23,6 +23,7 @@ from sweep import distributed
 from sweep.checkpoint import load_latest_checkpoint, save_checkpoint
 from sweep.data_setup import RunData, load_run_data
 from sweep.distributed import SINGLE, DistEnv
+from sweep.hold import Hold
 from sweep.loggers import NullLogger, make_logger, replay_after_resume, stable_wandb_id
 from sweep.preempt import StopRequest
 from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED,
@@ -194,6 +195,7 @@ class _Training:
         self.step = 0
         self.elapsed = 0.0
         self.wandb_id = stable_wandb_id(spec.sweep_name, spec.run_id)
+        self.hold = Hold.from_env(rank=dist_env.rank)  # SPECSWEEP_HOLD: tests stop a run at a known step
 
     def autocast(self) -> Any:
         if self.bf16:
@@ -352,6 +354,8 @@ class _Training:
                 bar.update(1)
                 rate = bar.format_dict.get("rate") or 0.0  # steps/s, smoothed by tqdm
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{rate * self.tokens_per_step:,.0f}")
+            if self.hold is not None:
+                self.hold.at(step, lambda: self.stop.requested)
             if not last and (stop_now or (not self.dist.enabled and self.stop.requested)):
                 if bar is not None:
                     bar.close()

@@ -1,0 +1,53 @@
+"""SPECSWEEP_HOLD stops a run at a known step until released (the tests' synchronisation point)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweep.hold import Hold
+from sweep.rundir import RunDir, iter_jsonl
+from tests.conftest import FAST, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait until ``path`` exists; the bound only guards against a hung run, the run is held there."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before reaching {path.name}:\n{proc.stdout.read()[-3000:]}")
+        assert time.time() < deadline, f"no {path} after {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def test_parse() -> None:
+    hold = Hold.from_env(environ={"SPECSWEEP_HOLD": "3,7:/tmp/x"}, rank=1)
+    assert hold is not None and hold.steps == {3, 7} and hold.marker(3) == Path("/tmp/x/held_3_rank1")
+    assert Hold.from_env(environ={}) is None
+    with pytest.raises(ValueError, match="STEP"):
+        Hold.from_env(environ={"SPECSWEEP_HOLD": "x:/tmp"})
+
+
+def test_run_waits_at_the_step_until_released(env: dict, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *FAST, "train.log_every=1"], cwd=ROOT,
+                            env={**env, "SPECSWEEP_HOLD": f"5:{gate}"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_file(gate / "held_5_rank0", proc)
+        run = RunDir(tmp_path / "runs" / "default" / "gpt-tiny_adamw_w4_smoke_s0")
+        # Held: step 5 is written and nothing after it, however long we look.
+        assert max(r["step"] for r in iter_jsonl(run.metrics_file)) == 5 and proc.poll() is None
+        (gate / "release_5").touch()
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert run.is_done()
