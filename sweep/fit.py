@@ -922,7 +922,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reference", default="adamw", help="reference optimizer for comparisons")
     p.add_argument("--arch-baseline", metavar="AXIS=VALUE",
                    help="architecture axis and baseline for the gain-vs-shift rule (default: auto)")
-    from sweep import wandb_io
+    from sweep.analysis import wandb_io
 
     wandb_io.add_cli_args(p)
     return p.parse_args(argv)
@@ -943,7 +943,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         arch = tuple(args.arch_baseline.split("=", 1))
     try:
         if args.from_wandb:  # runs rebuilt from W&B (sweep/wandb_io.py); local dirs stay the default
-            from sweep import wandb_io
+            from sweep.analysis import wandb_io
 
             args.sweep_dirs, args.out = wandb_io.materialize_sources(args.from_wandb, args.out)
         result = run_fit(args.sweep_dirs, args.out, rule=rule, matched_loss=args.matched_loss,
@@ -963,7 +963,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nwrote {len(result.files)} files to {result.out_dir} (report: {result.report})"
           + (f"; e.g. figure {fig}" if fig else ""))
     if args.wandb:
-        from sweep import wandb_io
+        from sweep.analysis import wandb_io
 
         folder = wandb_io.push_analysis(result, args.sweep_dirs, mode=args.wandb,
                                         project=args.wandb_project, entity=args.wandb_entity)

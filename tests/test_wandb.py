@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sweep import wandb_io
+from sweep.analysis import wandb_io
 from sweep.loggers import (REDACTED, NullLogger, WandbLogger, make_logger, metric_from_wandb,
                            record_key, redact_secrets, resolve_mode, secrets_in, spectral_rows,
                            stable_wandb_id, wandb_config)
