@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
-from sweep.loggers import metric_from_wandb, redact_secrets
+from sweep.secrets import redact_secrets
+from sweep.wandb_keys import metric_from_wandb
 
 _SPECTRAL = re.compile(r"^spectral/([a-z]+)/([a-z]+)/([A-Za-z0-9_]+)/L(\d+)$")
 _TRAIN_KEYS = {"train/train_loss": "train_loss", "train/lr": "lr", "train/tokens_per_s": "tokens_per_s",
