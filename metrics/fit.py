@@ -1,7 +1,7 @@
 """Spectral scaling-law fits: rank ∝ width^β, comparisons, and the per-run aggregation rules.
 
 Everything here is plain NumPy/SciPy/pandas on in-memory arrays and DataFrames; reading run
-directories and drawing figures lives in ``sweep/fit.py``.
+directories, the command line's rule syntax, tables and figures live in ``sweep/analysis/``.
 
 Conventions (see docs/paper-notes.md §1, §2, §5 and optimizers-and-metrics.md §3):
 
@@ -510,25 +510,6 @@ class AggregationRule:
                     "err = 1 SD over those checkpoints")
         return (f"window {self.step_min}-{self.step_max}: per layer median over the steps in the "
                 "window, median over layers, err = 1 SD of layer medians")
-
-
-def parse_rule(spec: str, *, last_k: int = 5) -> AggregationRule:
-    """Parse ``paper``, ``mean``, ``layer:K`` or ``window:A-B`` into an :class:`AggregationRule`."""
-    spec = spec.strip()
-    try:
-        if spec in ("paper", "mean"):
-            return AggregationRule(spec, last_k=last_k)
-        if spec.startswith("layer:"):
-            return AggregationRule("layer", last_k=last_k, layer=int(spec.split(":", 1)[1]))
-        if spec.startswith("window:"):
-            lo, hi = spec.split(":", 1)[1].split("-")
-            a, b = int(lo), int(hi)
-            if a > b:
-                raise ValueError
-            return AggregationRule("window", last_k=last_k, step_min=a, step_max=b)
-    except ValueError as err:
-        raise ValueError(f"bad aggregation rule {spec!r}: {err}".rstrip(": ")) from None
-    raise ValueError(f"bad aggregation rule {spec!r}; use paper, mean, layer:K or window:A-B")
 
 
 def melt_records(records: pd.DataFrame, metrics: Sequence[str] = RANK_METRICS) -> pd.DataFrame:

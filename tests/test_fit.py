@@ -17,6 +17,7 @@ import pytest
 from scipy import stats
 
 from metrics import fit as mfit
+from sweep.analysis.rules import parse_rule
 
 # --------------------------------------------------------------------------------------------
 # Synthetic run-directory generator
@@ -293,7 +294,7 @@ def _telemetry() -> pd.DataFrame:
 
 
 def test_paper_rule_recovers_planted_medians():
-    agg = mfit.aggregate_records(_telemetry(), mfit.parse_rule("paper")).set_index("metric")
+    agg = mfit.aggregate_records(_telemetry(), parse_rule("paper")).set_index("metric")
     # Layer medians of the last 5 checkpoints: 30, 9, 20 -> median 20, SD(ddof=1) of (30, 9, 20).
     assert agg.loc["soft_rank", "value"] == pytest.approx(20.0)
     assert agg.loc["soft_rank", "err"] == pytest.approx(np.std([30, 9, 20], ddof=1))
@@ -317,17 +318,17 @@ def test_paper_rule_uses_last_five_valid_checkpoints():
 
 def test_other_rules_mean_layer_window():
     records = _telemetry()
-    mean = mfit.aggregate_records(records, mfit.parse_rule("mean")).set_index("metric")
+    mean = mfit.aggregate_records(records, parse_rule("mean")).set_index("metric")
     assert mean.loc["soft_rank", "value"] == pytest.approx(np.mean([30, 9, 20]))
-    layer = mfit.aggregate_records(records, mfit.parse_rule("layer:1")).set_index("metric")
+    layer = mfit.aggregate_records(records, parse_rule("layer:1")).set_index("metric")
     assert layer.loc["soft_rank", "value"] == pytest.approx(9.0)
     assert layer.loc["soft_rank", "err"] == pytest.approx(np.std([5, 7, 9, 11, 13], ddof=1))
-    window = mfit.aggregate_records(records, mfit.parse_rule("window:300-500")).set_index("metric")
+    window = mfit.aggregate_records(records, parse_rule("window:300-500")).set_index("metric")
     assert window.loc["soft_rank", "value"] == pytest.approx(np.median([20, 7, 18]))
     assert window.loc["soft_rank", "n_steps"] == 3
     for bad in ("median", "layer:x", "window:5-1", "window:7"):
         with pytest.raises(ValueError, match="aggregation rule"):
-            mfit.parse_rule(bad)
+            parse_rule(bad)
 
 
 def test_sliding_window_beta_follows_planted_ramp(tmp_path):
