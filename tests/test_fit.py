@@ -234,6 +234,27 @@ def test_delta_beta_regresses_the_log_ratio():
     assert delta.beta == pytest.approx(mfit.fit_power_law(d, soft).beta - mfit.fit_power_law(d, hard).beta)
 
 
+def test_fit_delta_beta_is_the_beta_tables_delta_row():
+    # Δβ is computed one way: fit_delta_beta on arrays gives, bit for bit, the delta_beta row that
+    # fit_beta_table (the sweep.fit path) reports for the same runs, seeds and a bad pair included.
+    rng = np.random.default_rng(11)
+    d = np.repeat([64.0, 128.0, 192.0, 256.0, 384.0], 2)
+    soft = 0.9 * d ** 0.95 * np.exp(rng.normal(0, 0.05, d.size))
+    hard = 0.3 * d ** 0.60 * np.exp(rng.normal(0, 0.05, d.size))
+    hard[3] = 0.0  # one run with a non-positive rank: its pair is left out on both paths
+    seed = np.tile([0, 1], 5)
+    points = pd.DataFrame({"optimizer": "adamw", "ffn_width": np.concatenate([d, d]),
+                           "seed": np.concatenate([seed, seed]),
+                           "metric": ["soft_rank"] * d.size + ["hard_rank"] * d.size,
+                           "value": np.concatenate([soft, hard])})
+    row = mfit.fit_beta_table(points, ["optimizer"], bootstrap=False).table.set_index("metric").loc["delta_beta"]
+    delta = mfit.fit_delta_beta(d, soft, hard)
+    for name in ("beta", "beta_lower", "beta_upper", "intercept", "r_squared", "std_err", "n_widths",
+                 "n_points"):
+        assert getattr(delta, name) == row[name], name
+    assert delta.n_points == d.size - 1 and "1 pair(s)" in delta.note
+
+
 def test_compare_slopes_pooled_interaction():
     rng = np.random.default_rng(4)
     d = np.array([64, 128, 256, 512, 1024], float)
