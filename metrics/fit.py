@@ -1,7 +1,7 @@
 """Spectral scaling-law fits: rank ∝ width^β, comparisons, and the per-run aggregation rules.
 
 Everything here is plain NumPy/SciPy/pandas on in-memory arrays and DataFrames; reading run
-directories and drawing figures lives in ``sweep/fit.py``.
+directories, the command line's rule syntax, tables and figures live in ``sweep/analysis/``.
 
 Conventions (see docs/paper-notes.md §1, §2, §5 and optimizers-and-metrics.md §3):
 
@@ -159,19 +159,31 @@ def fit_power_law(widths: Sequence[float], ranks: Sequence[float], *, level: flo
 def fit_delta_beta(
     widths: Sequence[float], soft: Sequence[float], hard: Sequence[float], *, level: float = 0.95
 ) -> PowerLawFit:
-    """Δβ = β_soft − β_hard as the slope of ln(R_soft/R_hard) on ln D (pairs taken run by run)."""
+    """Δβ = β_soft − β_hard as the slope of ln(R_soft/R_hard) on ln D (pairs taken run by run).
+
+    The same computation as the ``delta_beta`` rows of :func:`fit_beta_table` (the pairing in
+    :func:`log_points`), for one series given as arrays: public API for callers holding arrays.
+    """
+    w = np.asarray(widths, dtype=float)
     s = np.asarray(soft, dtype=float)
     h = np.asarray(hard, dtype=float)
     if s.shape != h.shape:
         raise ValueError("soft and hard ranks must be paired run by run (same length)")
-    ok = np.isfinite(s) & np.isfinite(h) & (s > 0) & (h > 0)
-    ratio = np.where(ok, s / np.where(ok, h, 1.0), np.nan)
-    if (~ok).any():
-        # Report the real reason (a non-positive rank) rather than the NaN placeholder.
-        x, y, _ = _valid_log_pairs(widths, ratio)
-        note = f"excluded {int((~ok).sum())} pair(s) with a missing or non-positive rank"
-    else:
-        x, y, note = _valid_log_pairs(widths, ratio)
+    if w.shape != s.shape:
+        raise ValueError(f"widths and values differ in length: {w.shape} vs {s.shape}")
+    run = np.arange(s.size).astype(str)  # each position is one run: its soft and hard rank pair up
+    points = pd.DataFrame({"ffn_width": np.concatenate([w, w]), "run_id": np.concatenate([run, run]),
+                           "metric": ["soft_rank"] * s.size + ["hard_rank"] * s.size,
+                           "value": np.concatenate([s, h])})
+    logs, _ = log_points(points, [], pair_cols=("run_id",))
+    delta = logs[logs["metric"] == DELTA_METRIC]
+    x, y = delta["ln_width"].to_numpy(float), delta["ln_value"].to_numpy(float)
+    bad_pair = ~(np.isfinite(s) & np.isfinite(h) & (s > 0) & (h > 0))
+    bad_width = ~np.isfinite(w) | (w <= 0)
+    # Report the real reason (a non-positive rank) before a bad width, as one note.
+    note = (f"excluded {int(bad_pair.sum())} pair(s) with a missing or non-positive rank" if bad_pair.any()
+            else f"excluded {int(bad_width.sum())} point(s) with a non-positive width" if bad_width.any()
+            else "")
     xu, yu = mean_log_by_width(x, y)
     return fit_log_slope(xu, yu, level=level, n_points=int(x.size), note=note)
 
@@ -357,14 +369,22 @@ def log_points(
     keep = [*series_cols, "width", "unit", "ln_width", "ln_value"]
     out = frame[keep]
     if with_delta and {"soft_rank", "hard_rank"} <= set(out["metric"].unique()):
-        idx = [*group_cols, "bucket", "site", "width", "unit", "ln_width"]
-        # Merge (not pivot) so that missing group keys such as rank_fraction=NaN still pair up.
-        soft = out[out["metric"] == "soft_rank"].groupby(idx, dropna=False)["ln_value"].mean()
-        hard = out[out["metric"] == "hard_rank"].groupby(idx, dropna=False)["ln_value"].mean()
-        both = pd.merge(soft.rename("soft").reset_index(), hard.rename("hard").reset_index(), on=idx)
-        delta = both.assign(metric=DELTA_METRIC, ln_value=both["soft"] - both["hard"])
-        out = pd.concat([out, delta[keep]], ignore_index=True)
+        out = pd.concat([out, _delta_rows(out, group_cols)[keep]], ignore_index=True)
     return out.reset_index(drop=True), messages
+
+
+def _delta_rows(logs: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFrame:
+    """Δβ rows of a log frame: ln R_soft − ln R_hard of the same run (unit) at the same width.
+
+    The one place Δβ's pairing is defined: every Δβ of this module (β tables, comparisons,
+    matched loss, :func:`fit_delta_beta`) is fitted on these rows.
+    """
+    idx = [*group_cols, "bucket", "site", "width", "unit", "ln_width"]
+    # Merge (not pivot) so that missing group keys such as rank_fraction=NaN still pair up.
+    soft = logs[logs["metric"] == "soft_rank"].groupby(idx, dropna=False)["ln_value"].mean()
+    hard = logs[logs["metric"] == "hard_rank"].groupby(idx, dropna=False)["ln_value"].mean()
+    both = pd.merge(soft.rename("soft").reset_index(), hard.rename("hard").reset_index(), on=idx)
+    return both.assign(metric=DELTA_METRIC, ln_value=both["soft"] - both["hard"])
 
 
 def _iter_series(logs: pd.DataFrame, series_cols: Sequence[str]):
@@ -510,25 +530,6 @@ class AggregationRule:
                     "err = 1 SD over those checkpoints")
         return (f"window {self.step_min}-{self.step_max}: per layer median over the steps in the "
                 "window, median over layers, err = 1 SD of layer medians")
-
-
-def parse_rule(spec: str, *, last_k: int = 5) -> AggregationRule:
-    """Parse ``paper``, ``mean``, ``layer:K`` or ``window:A-B`` into an :class:`AggregationRule`."""
-    spec = spec.strip()
-    try:
-        if spec in ("paper", "mean"):
-            return AggregationRule(spec, last_k=last_k)
-        if spec.startswith("layer:"):
-            return AggregationRule("layer", last_k=last_k, layer=int(spec.split(":", 1)[1]))
-        if spec.startswith("window:"):
-            lo, hi = spec.split(":", 1)[1].split("-")
-            a, b = int(lo), int(hi)
-            if a > b:
-                raise ValueError
-            return AggregationRule("window", last_k=last_k, step_min=a, step_max=b)
-    except ValueError as err:
-        raise ValueError(f"bad aggregation rule {spec!r}: {err}".rstrip(": ")) from None
-    raise ValueError(f"bad aggregation rule {spec!r}; use paper, mean, layer:K or window:A-B")
 
 
 def melt_records(records: pd.DataFrame, metrics: Sequence[str] = RANK_METRICS) -> pd.DataFrame:

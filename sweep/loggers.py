@@ -15,12 +15,12 @@ prefix before the last ``/``):
 - summary: ``final/eval_loss``, ``final/train_loss``, ``final/<site>/<bucket>/<rank>``
 
 Metric names never contain ``.`` in W&B (it means nesting there): ``renyi_0.5`` becomes
-``renyi_0p5``; :func:`metric_from_wandb` undoes it.
+``renyi_0p5``; :func:`sweep.wandb_keys.metric_from_wandb` undoes it. Key names and run ids live in
+``sweep.wandb_keys``, credential redaction in ``sweep.secrets``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -29,75 +29,19 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
+# Moved to floor-0 modules (issue 13) and re-exported here for the modules and tests that still
+# import them from sweep.loggers; new code imports them from sweep.secrets / sweep.wandb_keys.
+from sweep.secrets import REDACTED, env_secrets, redact_secrets, secrets_in  # noqa: F401
 from sweep.spec import LoggerSpec
+from sweep.wandb_keys import (flatten, median_key, metric_from_wandb, metric_to_wandb,  # noqa: F401
+                              record_key, stable_wandb_id, train_key)
 
 log = logging.getLogger("specsweep.logger")
 
-REDACTED = "<redacted>"
-# Config keys and environment variables whose values are credentials: a name with one of these
-# words between separators (WANDB_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY; not train_tokens).
-_SECRET_NAME = re.compile(r"(^|[_.-])(api[_-]?key|apikey|token|secret|passw(or)?d|credentials?|"
-                          r"private[_-]?key|access[_-]?key)([_.-]|$)", re.I)
 # Config sections that only steer run ids / relaunch checks: noise in the W&B run table.
 _CONFIG_NOISE = ("run_id_exclude", "volatile_keys")
 _EIGEN_KEY = re.compile(r"^L(\d+)_([a-z]+)_([a-z]+)$")
 _MAX_PLOT_POINTS = 256
-
-
-def stable_wandb_id(sweep_name: str, run_id: str) -> str:
-    """A W&B run id that is the same for every attempt of the same run (requeues, relaunches)."""
-    return hashlib.sha1(f"{sweep_name}/{run_id}".encode()).hexdigest()[:16]
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-# ---- secrets ------------------------------------------------------------------------------------
-
-def env_secrets(environ: Optional[Mapping[str, str]] = None) -> list[str]:
-    """Values of environment variables that look like credentials (WANDB_API_KEY, *_TOKEN, ...)."""
-    environ = os.environ if environ is None else environ
-    return sorted({v for k, v in environ.items() if _SECRET_NAME.search(k) and v and len(v) >= 8},
-                  key=len, reverse=True)
-
-
-def secrets_in(text: str, environ: Optional[Mapping[str, str]] = None) -> list[str]:
-    """Names of the credential-like environment variables whose value occurs in ``text``."""
-    environ = os.environ if environ is None else environ
-    return sorted(k for k, v in environ.items()
-                  if _SECRET_NAME.search(k) and v and len(v) >= 8 and v in str(text))
-
-
-def redact_secrets(obj: Any, secrets: Optional[Iterable[str]] = None) -> Any:
-    """A copy of ``obj`` (nested dicts/lists) with credentials replaced by ``<redacted>``.
-
-    Values under credential-like keys go, and so does any string containing the value of a
-    credential-like environment variable (e.g. a resolved ``${oc.env:WANDB_API_KEY}``).
-    """
-    secrets = env_secrets() if secrets is None else [s for s in secrets if s]
-
-    def walk(x: Any, key: str = "") -> Any:
-        if isinstance(x, Mapping):
-            return {k: walk(v, str(k)) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [walk(v, key) for v in x]
-        if key and _SECRET_NAME.search(key) and x not in (None, "", False):
-            return REDACTED
-        if isinstance(x, str):
-            for s in secrets:
-                if s in x:
-                    x = x.replace(s, REDACTED)
-        return x
-
-    return walk(obj)
 
 
 def wandb_config(config: Mapping[str, Any], axes: Mapping[str, Any], run_dir: Optional[Path] = None) -> dict:
@@ -112,34 +56,6 @@ def wandb_config(config: Mapping[str, Any], axes: Mapping[str, Any], run_dir: Op
 
 
 # ---- keys ---------------------------------------------------------------------------------------
-
-def metric_to_wandb(metric: str) -> str:
-    return metric.replace(".", "p")
-
-
-def metric_from_wandb(name: str) -> str:
-    """Inverse of :func:`metric_to_wandb` for the telemetry metric names (``renyi_0p5``)."""
-    m = re.fullmatch(r"renyi_(\d+)p(\d+)", name)
-    return f"renyi_{m.group(1)}.{m.group(2)}" if m else name
-
-
-def record_key(record: Mapping[str, Any], metric: str) -> str:
-    """W&B key of one telemetry metric, e.g. ``spectral/post/tail/hard_rank/L03``."""
-    return f"spectral/{record['site']}/{record['bucket']}/{metric_to_wandb(metric)}/L{int(record['layer']):02d}"
-
-
-def median_key(site: str, bucket: str, metric: str) -> str:
-    return f"spectral_median/{site}/{bucket}/{metric_to_wandb(metric)}"
-
-
-def train_key(name: str) -> str:
-    """W&B key of a metrics.jsonl column."""
-    if name in ("step", "tokens", "elapsed_s"):
-        return f"trainer/{name}"
-    if name.startswith("eval_"):
-        return f"eval/{name[5:]}"
-    return f"train/{name}"
-
 
 def spectral_rows(records: Iterable[Mapping[str, Any]], metrics: Iterable[str]) -> dict[str, float]:
     """Per-layer values and per-event medians over layers, keyed for W&B (ok records only)."""

@@ -209,3 +209,77 @@ class JsonlAppender:
 
     def close(self) -> None:
         self._f.close()
+
+
+# ---- finding, reading and rebuilding run directories for the analysis ---------------------------
+# (sweep.analysis reads runs only through these, so it spells no file name or status value.)
+
+EXCLUDED_STATUSES = (STATUS_DIVERGED, STATUS_FAILED)
+"""Statuses of runs that ended without a result: the analysis leaves them out."""
+
+RUN_MARKER = RunDir(".").status_file.name
+"""Name of the file that makes a folder a run directory (its status file)."""
+
+
+def find_run_dirs(sweep_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Run directories of a sweep (children holding a status file; ``sweep_dir`` itself if it is a
+    run) and ``(folder, reason)`` for children that hold run files but no status file."""
+    if RunDir(sweep_dir).status_file.is_file():
+        return [sweep_dir], []
+    runs, orphans = [], []
+    for child in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        run = RunDir(child)
+        if run.status_file.is_file():
+            runs.append(child)
+        elif any(p.exists() for p in (run.spectra_file, run.metrics_file, run.done_file)):
+            orphans.append((str(child), f"has run files but no {run.status_file.name}"))
+    return runs, orphans
+
+
+def read_jsonl_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Rows of a JSON-lines file and the number of unreadable lines (a torn last line, a line that
+    is not a JSON object); unlike :func:`iter_jsonl` it counts what it skips."""
+    rows, bad = [], 0
+    with path.open() as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad += 1
+    return rows, bad
+
+
+def load_status(run: RunDir) -> Any:
+    """The status file as written; raises OSError or json.JSONDecodeError (which
+    :meth:`RunDir.read_status` turns into ``{}``) so that a reader can say why a run is unusable."""
+    return json.loads(run.status_file.read_text())
+
+
+def load_done(run: RunDir) -> Any:
+    """The DONE marker's summary: ``{}`` for an empty marker, None when it is not valid JSON."""
+    try:
+        return json.loads(run.done_file.read_text() or "{}")
+    except json.JSONDecodeError:
+        return None
+
+
+def write_run_files(path: Path, status: dict[str, Any], metrics: Iterable[dict[str, Any]],
+                    spectra: Iterable[dict[str, Any]], done: dict[str, Any] | None) -> Path:
+    """Write a run directory from its contents: status file, metrics and spectra rows, and the DONE
+    marker when ``done`` is given (used to rebuild runs whose local files are gone, e.g. from W&B)."""
+    run = RunDir(path)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.status_file.write_text(json.dumps(status, indent=1))
+    for target, rows in ((run.metrics_file, metrics), (run.spectra_file, spectra)):
+        target.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if done is not None:
+        run.done_file.write_text(json.dumps(done))
+    return run.path

@@ -17,6 +17,7 @@ import pytest
 from scipy import stats
 
 from metrics import fit as mfit
+from sweep.analysis.rules import parse_rule
 
 # --------------------------------------------------------------------------------------------
 # Synthetic run-directory generator
@@ -233,6 +234,27 @@ def test_delta_beta_regresses_the_log_ratio():
     assert delta.beta == pytest.approx(mfit.fit_power_law(d, soft).beta - mfit.fit_power_law(d, hard).beta)
 
 
+def test_fit_delta_beta_is_the_beta_tables_delta_row():
+    # Δβ is computed one way: fit_delta_beta on arrays gives, bit for bit, the delta_beta row that
+    # fit_beta_table (the sweep.fit path) reports for the same runs, seeds and a bad pair included.
+    rng = np.random.default_rng(11)
+    d = np.repeat([64.0, 128.0, 192.0, 256.0, 384.0], 2)
+    soft = 0.9 * d ** 0.95 * np.exp(rng.normal(0, 0.05, d.size))
+    hard = 0.3 * d ** 0.60 * np.exp(rng.normal(0, 0.05, d.size))
+    hard[3] = 0.0  # one run with a non-positive rank: its pair is left out on both paths
+    seed = np.tile([0, 1], 5)
+    points = pd.DataFrame({"optimizer": "adamw", "ffn_width": np.concatenate([d, d]),
+                           "seed": np.concatenate([seed, seed]),
+                           "metric": ["soft_rank"] * d.size + ["hard_rank"] * d.size,
+                           "value": np.concatenate([soft, hard])})
+    row = mfit.fit_beta_table(points, ["optimizer"], bootstrap=False).table.set_index("metric").loc["delta_beta"]
+    delta = mfit.fit_delta_beta(d, soft, hard)
+    for name in ("beta", "beta_lower", "beta_upper", "intercept", "r_squared", "std_err", "n_widths",
+                 "n_points"):
+        assert getattr(delta, name) == row[name], name
+    assert delta.n_points == d.size - 1 and "1 pair(s)" in delta.note
+
+
 def test_compare_slopes_pooled_interaction():
     rng = np.random.default_rng(4)
     d = np.array([64, 128, 256, 512, 1024], float)
@@ -293,7 +315,7 @@ def _telemetry() -> pd.DataFrame:
 
 
 def test_paper_rule_recovers_planted_medians():
-    agg = mfit.aggregate_records(_telemetry(), mfit.parse_rule("paper")).set_index("metric")
+    agg = mfit.aggregate_records(_telemetry(), parse_rule("paper")).set_index("metric")
     # Layer medians of the last 5 checkpoints: 30, 9, 20 -> median 20, SD(ddof=1) of (30, 9, 20).
     assert agg.loc["soft_rank", "value"] == pytest.approx(20.0)
     assert agg.loc["soft_rank", "err"] == pytest.approx(np.std([30, 9, 20], ddof=1))
@@ -317,17 +339,17 @@ def test_paper_rule_uses_last_five_valid_checkpoints():
 
 def test_other_rules_mean_layer_window():
     records = _telemetry()
-    mean = mfit.aggregate_records(records, mfit.parse_rule("mean")).set_index("metric")
+    mean = mfit.aggregate_records(records, parse_rule("mean")).set_index("metric")
     assert mean.loc["soft_rank", "value"] == pytest.approx(np.mean([30, 9, 20]))
-    layer = mfit.aggregate_records(records, mfit.parse_rule("layer:1")).set_index("metric")
+    layer = mfit.aggregate_records(records, parse_rule("layer:1")).set_index("metric")
     assert layer.loc["soft_rank", "value"] == pytest.approx(9.0)
     assert layer.loc["soft_rank", "err"] == pytest.approx(np.std([5, 7, 9, 11, 13], ddof=1))
-    window = mfit.aggregate_records(records, mfit.parse_rule("window:300-500")).set_index("metric")
+    window = mfit.aggregate_records(records, parse_rule("window:300-500")).set_index("metric")
     assert window.loc["soft_rank", "value"] == pytest.approx(np.median([20, 7, 18]))
     assert window.loc["soft_rank", "n_steps"] == 3
     for bad in ("median", "layer:x", "window:5-1", "window:7"):
         with pytest.raises(ValueError, match="aggregation rule"):
-            mfit.parse_rule(bad)
+            parse_rule(bad)
 
 
 def test_sliding_window_beta_follows_planted_ramp(tmp_path):

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sweep import wandb_io
+from sweep.analysis import wandb_io
 from sweep.loggers import (REDACTED, NullLogger, WandbLogger, make_logger, metric_from_wandb,
                            record_key, redact_secrets, resolve_mode, secrets_in, spectral_rows,
                            stable_wandb_id, wandb_config)
@@ -175,7 +175,7 @@ def _api_run(name: str, optimizer: str, width: int, state: str = "finished") -> 
 
 
 def test_runs_rebuilt_from_the_wandb_api_are_read_by_the_fit(tmp_path: Path) -> None:
-    from sweep.fit import load_sweeps
+    from sweep.analysis.read import load_sweeps
 
     runs = [_api_run(f"r{w}", "adamw", w) for w in (64, 128)] + [_api_run("crashed", "adamw", 256, "crashed")]
     runs.append(SimpleNamespace(name="analysis", job_type="analysis"))
@@ -206,8 +206,9 @@ def _history(parsed: dict, key: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_offline_grid_is_one_wandb_run_per_job(env: dict, tmp_path: Path) -> None:
-    from sweep.fit import build_points, load_sweeps
-    from metrics import fit as mfit
+    from sweep.analysis.points import build_points
+    from sweep.analysis.read import load_sweeps
+    from sweep.analysis.rules import parse_rule
 
     out = tmp_path / "grid"
     proc = run_train(["-m", "optim=adamw,muon", "+preset=smoke", "logger=wandb_offline",
@@ -259,7 +260,7 @@ def test_offline_grid_is_one_wandb_run_per_job(env: dict, tmp_path: Path) -> Non
 
     # sweep.fit can rebuild the runs from the W&B files alone: the same points as from the run dirs.
     assert wandb_io.materialize(str(out), tmp_path / "rebuilt") == 2
-    rule = mfit.parse_rule("paper")
+    rule = parse_rule("paper")
     a, _ = build_points(load_sweeps([out]).runs, rule)
     b, _ = build_points(load_sweeps([tmp_path / "rebuilt"]).runs, rule)
     key = ["run_id", "metric", "bucket", "site"]
@@ -309,9 +310,9 @@ def test_resume_after_kill_continues_the_same_wandb_run(env: dict, tmp_path: Pat
     # Read back as one run: every logged step of the local curve is there.
     (record,) = list(wandb_io.offline_runs(run.path))
     files = wandb_io.run_files(record)
-    assert [r["step"] for r in files["metrics"] if "train_loss" in r] == local
-    assert sorted({r["step"] for r in files["spectra"]}) == SMOKE_TELEMETRY_STEPS
-    assert files["DONE"]["final_eval_loss"] == pytest.approx(run.read_done()["final_eval_loss"])
+    assert [r["step"] for r in files.metrics if "train_loss" in r] == local
+    assert sorted({r["step"] for r in files.spectra}) == SMOKE_TELEMETRY_STEPS
+    assert files.done["final_eval_loss"] == pytest.approx(run.read_done()["final_eval_loss"])
 
 
 @pytest.mark.slow

@@ -3,11 +3,11 @@
 - :func:`push_analysis`: one W&B run of job type ``analysis`` in the sweep's group: the β tables
   as W&B tables, the figures as images, ``beta/<label>/<site>/<bucket>/<soft|hard|delta>`` in its
   summary, and the whole analysis folder as an artifact.
-- :func:`materialize`: rebuild run directories (run.json, metrics.jsonl, spectra.jsonl, DONE) from
-  W&B, for sweeps whose local files are gone. Sources: ``ENTITY/PROJECT/GROUP`` through the W&B
-  public API (needs network, ``WANDB_API_KEY`` or ``wandb login``, and ``WANDB_BASE_URL`` for a
-  self-hosted server), or a local folder holding W&B run folders (offline runs, read with
-  ``wandb leet inspect``). What comes back is what was logged: ok telemetry records with their
+- :func:`materialize`: rebuild run directories (status, metrics and spectra rows, completion
+  marker; written by ``sweep.rundir.write_run_files``) from W&B, for sweeps whose local files are
+  gone. Sources: ``ENTITY/PROJECT/GROUP`` through the W&B public API (needs network,
+  ``WANDB_API_KEY`` or ``wandb login``, and ``WANDB_BASE_URL`` for a self-hosted server), or a
+  local folder holding W&B run folders (offline runs, read with ``wandb leet inspect``). What comes back is what was logged: ok telemetry records with their
   rank metrics (no sampling diagnostics), train/eval rows, final losses; enough for the fit.
 
 The local run directories remain the default source of ``sweep.fit``.
@@ -26,30 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
-from sweep.loggers import metric_from_wandb, redact_secrets
+from sweep import rundir
+from sweep.analysis.read import SweepError
+from sweep.secrets import redact_secrets
+from sweep.wandb_keys import metric_from_wandb
 
 _SPECTRAL = re.compile(r"^spectral/([a-z]+)/([a-z]+)/([A-Za-z0-9_]+)/L(\d+)$")
 _TRAIN_KEYS = {"train/train_loss": "train_loss", "train/lr": "lr", "train/tokens_per_s": "tokens_per_s",
                "train/grad_norm": "grad_norm", "trainer/tokens": "tokens", "trainer/elapsed_s": "elapsed_s"}
 _EVAL_KEYS = {"eval/loss": "eval_loss", "eval/ppl": "eval_ppl", "trainer/tokens": "tokens"}
 LEET_TIMEOUT_S = 120
+_WANDB_ERROR_STATES = ("crashed", "failed")  # W&B run states (its vocabulary) of a run that errored
 
 
-# ---- CLI glue -----------------------------------------------------------------------------------
-
-def add_cli_args(p: Any) -> None:
-    """The W&B options of ``python -m sweep.fit``."""
-    g = p.add_argument_group("W&B (optional; local run directories are the default source)")
-    g.add_argument("--wandb", nargs="?", const="online", choices=("online", "offline"),
-                   help="push the β tables, figures and report as a job_type=analysis run in the "
-                        "sweep's W&B group (offline: files under OUT/wandb, upload with `wandb sync`)")
-    g.add_argument("--wandb-project", help="W&B project (default: logger.project of the runs, else specsweep)")
-    g.add_argument("--wandb-entity", help="W&B entity (default: logger.entity of the runs / your default)")
-    g.add_argument("--from-wandb", metavar="ENTITY/PROJECT/GROUP|DIR", action="append",
-                   help="read the runs from W&B instead of local run directories: a W&B group through "
-                        "the API (needs WANDB_API_KEY), or a folder with W&B run folders (offline runs); "
-                        "the rebuilt run directories go to OUT/runs")
-
+# ---- reading W&B sources for ``python -m sweep.fit --from-wandb`` ----------------------------
 
 def materialize_sources(sources: Sequence[str], out: Optional[str]) -> tuple[list[str], str]:
     """Rebuild the run directories of every ``--from-wandb`` source; returns (sweep dirs, out dir)."""
@@ -61,8 +51,6 @@ def materialize_sources(sources: Sequence[str], out: Optional[str]) -> tuple[lis
         try:
             n = materialize(source, dest)
         except Exception as e:  # noqa: BLE001 - reported like any other unusable input
-            from sweep.fit import SweepError
-
             raise SweepError(f"--from-wandb {source}: {type(e).__name__}: {e}") from e
         print(f"rebuilt {n} run director{'y' if n == 1 else 'ies'} from W&B ({source}) in {dest}",
               file=sys.stderr)
@@ -180,8 +168,18 @@ def _num(v: Any) -> Optional[float]:
     return float(v)
 
 
-def run_files(record: RunRecord) -> dict[str, Any]:
-    """The run directory contents (run.json, metrics rows, spectra records, DONE or None)."""
+@dataclass
+class RebuiltRun:
+    """A run directory's contents rebuilt from a W&B run (see ``sweep.rundir.write_run_files``)."""
+
+    status: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    spectra: list[dict[str, Any]]
+    done: Optional[dict[str, Any]]  # None: the run did not finish
+
+
+def run_files(record: RunRecord) -> RebuiltRun:
+    """The run directory contents: status, metrics rows, spectra records, completion summary."""
     train: dict[int, dict] = {}
     evals: dict[int, dict] = {}
     spectra: dict[tuple[int, int, str, str], dict] = {}
@@ -212,25 +210,20 @@ def run_files(record: RunRecord) -> dict[str, Any]:
         done = {"run_id": run_id, "final_step": int(_num(summary.get("final/step")) or max(train, default=0)),
                 "final_train_loss": _num(summary.get("final/train_loss")), "final_eval_loss": final_eval,
                 "source": "wandb"}
-    status = "done" if done else {"crashed": "failed", "failed": "failed"}.get(record.state, "running")
+    status = (rundir.STATUS_DONE if done else
+              rundir.STATUS_FAILED if record.state in _WANDB_ERROR_STATES else rundir.STATUS_RUNNING)
     info = {"run_id": run_id, "sweep": record.group or cfg.get("sweep_name"), "status": status,
             "config_hash": None, "axes": axes, "step": max(train, default=0), "error": None,
             "wandb_id": None, "source": "wandb"}
     rows = sorted(train.values(), key=lambda r: r["step"]) + sorted(evals.values(), key=lambda r: r["step"])
-    return {"run.json": info, "metrics": sorted(rows, key=lambda r: r["step"]),
-            "spectra": [spectra[k] for k in sorted(spectra)], "DONE": done}
+    return RebuiltRun(info, sorted(rows, key=lambda r: r["step"]), [spectra[k] for k in sorted(spectra)], done)
 
 
 def write_run_dir(record: RunRecord, dest: Path) -> Path:
+    """Write the run directory of one W&B run under ``dest`` (named after its run id)."""
     files = run_files(record)
-    run_dir = dest / re.sub(r"[^A-Za-z0-9_.=-]", "_", files["run.json"]["run_id"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps(files["run.json"], indent=1))
-    for name, rows in (("metrics.jsonl", files["metrics"]), ("spectra.jsonl", files["spectra"])):
-        (run_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if files["DONE"] is not None:
-        (run_dir / "DONE").write_text(json.dumps(files["DONE"]))
-    return run_dir
+    run_dir = dest / re.sub(r"[^A-Za-z0-9_.=-]", "_", files.status["run_id"])
+    return rundir.write_run_files(run_dir, files.status, files.metrics, files.spectra, files.done)
 
 
 def materialize(source: str, dest: Path, api: Any = None) -> int:
@@ -251,14 +244,15 @@ def _runs_logger_config(sweep_dirs: Iterable[str | Path]) -> tuple[list[str], di
     logger_cfg: dict = {}
     for d in sweep_dirs:
         d = Path(d)
-        for run_json in sorted([d / "run.json"] if (d / "run.json").is_file() else d.glob("*/run.json")):
+        run_dirs = rundir.find_run_dirs(d)[0] if d.is_dir() else []
+        for run in map(rundir.RunDir, run_dirs):
             try:
-                info = json.loads(run_json.read_text())
+                info = rundir.load_status(run)
             except (OSError, json.JSONDecodeError):
                 continue
             if info.get("sweep") and info["sweep"] not in groups:
                 groups.append(str(info["sweep"]))
-            cfg_file = run_json.parent / "config.yaml"
+            cfg_file = run.config_file
             if not logger_cfg and cfg_file.is_file():
                 try:
                     logger_cfg = dict((yaml.safe_load(cfg_file.read_text()) or {}).get("logger") or {})
@@ -356,5 +350,5 @@ def push_analysis(result: Any, sweep_dirs: Sequence[str | Path], *, mode: str = 
         return None
 
 
-__all__ = ["RunRecord", "add_cli_args", "api_runs", "beta_summary_values", "materialize",
+__all__ = ["RebuiltRun", "RunRecord", "api_runs", "beta_summary_values", "materialize",
            "materialize_sources", "offline_runs", "push_analysis", "read_offline_run", "run_files"]

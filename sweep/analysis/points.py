@@ -1,0 +1,147 @@
+"""Points tables: one value per run × metric × bucket × site, with the run's axes as columns.
+
+``build_points`` reduces each finished run's telemetry under an aggregation rule
+(``metrics.fit.aggregate_records``); ``read_points_file`` reads a released table instead (e.g.
+the paper's). ``group_columns`` and ``group_labels`` say which columns define a fit group and
+how a group is named in tables and figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from metrics import fit as mfit
+from metrics.buckets import BUCKETS
+from metrics.snapshot import GLOBAL, SITES
+from sweep.analysis.read import WIDTH_COL, FinishedRun, SweepError
+
+REQUIRED_POINT_COLUMNS = ("optimizer", WIDTH_COL, "metric", "bucket", "site", "value")
+# Columns of a points table that are values, provenance or width-like, never grouping keys.
+# ffn_mult co-varies with ffn_width, so grouping by it would leave one width per group.
+NON_KEY_COLUMNS = frozenset({
+    "run_id", "sweep", "value", "err", "err_low", "err_high", "seed", WIDTH_COL, "ffn_hidden_dim",
+    "ffn_mult", "width_multiplier", "metric", "bucket", "site", "n_layers", "n_layers_used",
+    "n_steps", "window_start", "window_end", "final_samples", "final_steps", "eval_loss",
+    "train_loss", "config_hash", "rule", "aggregation", "status", "label", "config",
+})
+# Points-file column aliases, so released tables (e.g. the paper's) can be re-fitted as they are.
+POINT_ALIASES = {"ffn_hidden_dim": WIDTH_COL}
+# Order of buckets and sites in tables and figures: global first, then the frequency buckets;
+# post (the FFN output, where the paper's claims live) before pre (SITES is in forward order).
+BUCKET_ORDER: tuple[str, ...] = (GLOBAL, *BUCKETS)
+SITE_ORDER: tuple[str, ...] = tuple(reversed(SITES))
+
+
+def run_columns(run: FinishedRun) -> dict[str, Any]:
+    """The run's identity and axes as table columns (a non-scalar axis as JSON text)."""
+    cols: dict[str, Any] = {"run_id": run.run_id, "sweep": run.sweep_dir.name}
+    for key, value in run.axes.items():
+        cols[key] = value if (value is None or np.isscalar(value)) else json.dumps(value)
+    return cols
+
+
+def build_points(runs: Sequence[FinishedRun], rule: mfit.AggregationRule,
+                 metrics: Sequence[str] = mfit.RANK_METRICS) -> tuple[pd.DataFrame, list[str]]:
+    """points.csv rows: one per run × metric × bucket × site, axes as columns, value and err."""
+    frames, messages = [], []
+    for run in runs:
+        try:
+            agg = mfit.aggregate_records(run.spectra, rule, metrics)
+        except Exception as err:  # noqa: BLE001
+            messages.append(f"{run.run_id}: aggregation failed ({type(err).__name__}: {err}); run left out")
+            continue
+        if agg.empty:
+            messages.append(f"{run.run_id}: no valid {'/'.join(metrics)} values under rule "
+                            f"'{rule.describe()}'; run left out")
+            continue
+        extra = {"eval_loss": run.eval_loss, "train_loss": run.train_loss,
+                 "config_hash": run.config_hash}
+        frames.append(agg.assign(**run_columns(run), **extra))
+    if not frames:
+        return pd.DataFrame(), messages
+    points = pd.concat(frames, ignore_index=True)
+    # Column order: identity, then the run's axes, then the series and its value columns.
+    tail = ["metric", "bucket", "site", "value", "err", "n_layers", "n_steps", "window_start",
+            "window_end", "eval_loss", "train_loss", "config_hash"]
+    first = ["run_id", "sweep"]
+    axes = [c for c in points.columns if c not in first and c not in tail]
+    return points[first + axes + tail], messages
+
+
+def build_step_points(runs: Sequence[FinishedRun], k: int,
+                      metrics: Sequence[str] = mfit.RANK_METRICS) -> pd.DataFrame:
+    """Per-run paper-rule values over sliding windows of ``k`` checkpoints (for β over steps)."""
+    frames = []
+    for run in runs:
+        try:
+            sw = mfit.sliding_window_records(run.spectra, k, metrics)
+        except Exception:  # noqa: BLE001 - dynamics are optional; the terminal fit still stands
+            continue
+        if not sw.empty:
+            frames.append(sw.assign(**run_columns(run)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_points_file(path: str | Path) -> pd.DataFrame:
+    """A user-supplied points table; aliases (ffn_hidden_dim) are renamed, labels lower-cased."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"points file not found: {path}")
+    try:
+        points = pd.read_csv(path)
+    except Exception as err:  # noqa: BLE001
+        raise SweepError(f"cannot read points file {path}: {err}") from None
+    for alias, name in POINT_ALIASES.items():
+        if alias in points.columns and name not in points.columns:
+            points = points.rename(columns={alias: name})
+    missing = [c for c in REQUIRED_POINT_COLUMNS if c not in points.columns]
+    if missing:
+        raise SweepError(f"points file {path} lacks column(s) {missing}; needs at least "
+                         f"{list(REQUIRED_POINT_COLUMNS)}")
+    if points.empty:
+        raise SweepError(f"points file {path} has no rows")
+    for col in ("metric", "bucket", "site"):
+        points[col] = points[col].astype(str).str.strip().str.lower()
+    if "err" not in points.columns and {"err_low", "err_high"} <= set(points.columns):
+        points["err"] = (points["err_high"] - points["err_low"]) / 2.0
+    return points
+
+
+def group_columns(points: pd.DataFrame) -> list[str]:
+    """Grouping keys: every column that is not a value, provenance or width/seed column."""
+    return [c for c in points.columns if c not in NON_KEY_COLUMNS]
+
+
+def group_labels(frame: pd.DataFrame, keys: Sequence[str], varying_from: pd.DataFrame | None = None) -> pd.Series:
+    """Short labels from the keys that vary ('adamw', 'dion rank_fraction=0.0625')."""
+    ref = frame if varying_from is None else varying_from
+    varying = [k for k in keys if k in ref.columns and ref[k].astype(str).nunique(dropna=False) > 1]
+    if not varying:
+        varying = [k for k in keys if k == "optimizer"]
+
+    def label(row: pd.Series) -> str:
+        parts = []
+        for k in varying:
+            v = row[k]
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            v = fmt_key(v)
+            parts.append(v if k == "optimizer" else f"{k}={v}")
+        return " ".join(parts) if parts else "(all)"
+
+    if frame.empty:
+        return pd.Series([], dtype=str)
+    return frame.apply(label, axis=1).astype(str)
+
+
+def fmt_key(value: Any) -> str:
+    """A key value as shown in labels (1.0 -> '1')."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,65 @@
+"""W&B run ids and key names, shared by the training-time logger and the analysis.
+
+Key scheme (x-axis ``trainer/step`` for every key; W&B makes one workspace section per prefix
+before the last ``/``):
+
+- ``train/{train_loss,lr,tokens_per_s,grad_norm}``, ``eval/{loss,ppl}``,
+  ``trainer/{step,tokens,elapsed_s}``
+- ``spectral/<site>/<bucket>/<metric>/L<layer>``: one value per telemetry record (status ok)
+- ``spectral_median/<site>/<bucket>/<metric>``: median over layers of the same event
+
+Metric names never contain ``.`` in W&B (it means nesting there): ``renyi_0.5`` becomes
+``renyi_0p5``; :func:`metric_from_wandb` undoes it.
+
+Floor 0 of ``sweep``: imports only the standard library; anything in ``sweep`` may import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Mapping
+
+
+def stable_wandb_id(sweep_name: str, run_id: str) -> str:
+    """A W&B run id that is the same for every attempt of the same run (requeues, relaunches)."""
+    return hashlib.sha1(f"{sweep_name}/{run_id}".encode()).hexdigest()[:16]
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def metric_to_wandb(metric: str) -> str:
+    return metric.replace(".", "p")
+
+
+def metric_from_wandb(name: str) -> str:
+    """Inverse of :func:`metric_to_wandb` for the telemetry metric names (``renyi_0p5``)."""
+    m = re.fullmatch(r"renyi_(\d+)p(\d+)", name)
+    return f"renyi_{m.group(1)}.{m.group(2)}" if m else name
+
+
+def record_key(record: Mapping[str, Any], metric: str) -> str:
+    """W&B key of one telemetry metric, e.g. ``spectral/post/tail/hard_rank/L03``."""
+    return f"spectral/{record['site']}/{record['bucket']}/{metric_to_wandb(metric)}/L{int(record['layer']):02d}"
+
+
+def median_key(site: str, bucket: str, metric: str) -> str:
+    return f"spectral_median/{site}/{bucket}/{metric_to_wandb(metric)}"
+
+
+def train_key(name: str) -> str:
+    """W&B key of a metrics.jsonl column."""
+    if name in ("step", "tokens", "elapsed_s"):
+        return f"trainer/{name}"
+    if name.startswith("eval_"):
+        return f"eval/{name[5:]}"
+    return f"train/{name}"
