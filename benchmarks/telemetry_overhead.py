@@ -331,7 +331,7 @@ def print_table(preset: Preset, prof: cm.DeviceProfile, measured: dict[int, Widt
         head += f"  {'@' + str(c) + ': all / sparse  k on':>24}"
     print(head)
     for d in preset.widths:
-        ev = cm.event_cost(cm.EventShape(preset.layers, d, preset.rows, chunk_rows=preset.micro_batch_rows),
+        ev = cm.event_estimate(cm.EventShape(preset.layers, d, preset.rows, chunk_rows=preset.micro_batch_rows),
                            prof, workers=workers)
         step_s = step_seconds or cm.estimate_step_seconds(
             cm.ModelShape(preset.layers, preset.d_model, d), preset.rows, prof.flops_per_s)
@@ -397,6 +397,7 @@ def paper_main(args: argparse.Namespace) -> None:
                 f"per event on this {device.type} (seconds per event at {preset.rows:,} rows; step_s {default_step}; "
                 f"sparse = last 5 events + every k-th, run of {preset.steps} steps):")
     print(LEGEND)
+    print("\n".join(prof.describe()))
     if not cuda:
         print("note: timings are wall clock on one thread; a process CPU / wall ratio well below 1 above means "
               "other processes shared the cores, and the measured seconds are that much inflated")
@@ -408,7 +409,7 @@ def paper_main(args: argparse.Namespace) -> None:
                 "N rows through GEMMs; step_s from FLOPs at 400 TFLOP/s; 16 host cores, 128 GiB):")
     print(f"wall time of this benchmark: {time.perf_counter() - t_start:.0f} s")
     last = measured[widths[-1]]
-    ev = cm.event_cost(cm.EventShape(preset.layers, last.width, preset.rows, chunk_rows=preset.micro_batch_rows),
+    ev = cm.event_estimate(cm.EventShape(preset.layers, last.width, preset.rows, chunk_rows=preset.micro_batch_rows),
                        prof, workers=workers)
     step_s = args.step_seconds or cm.estimate_step_seconds(
         cm.ModelShape(preset.layers, preset.d_model, last.width), preset.rows, prof.flops_per_s)

@@ -224,8 +224,8 @@ class EventShape:
 
 
 @dataclass(frozen=True)
-class EventCost:
-    """Per-rank cost of one event. `on` = where spectra are decomposed: "cpu" (a pool of `workers`
+class EventEstimate:
+    """Predicted per-rank cost of one event. `on` = where spectra are decomposed: "cpu" (a pool of `workers`
     processes, fp64) or "gpu" (the accelerator, fp64, inline)."""
 
     shape: EventShape
@@ -271,13 +271,13 @@ def _check_on(on: str, accelerator: bool) -> None:
         raise ValueError("decompose_on=gpu needs an accelerator (this profile has none)")
 
 
-def event_cost(
+def event_estimate(
     shape: EventShape,
     device: DeviceProfile | str = "h100",
     *,
     workers: int | None = None,
     max_in_flight: int = 1,
-) -> EventCost:
+) -> EventEstimate:
     """Time and memory of one event on one rank, with a CPU pool of `workers` (default: the
     profile's cores minus one for the trainer)."""
     prof = profile(device)
@@ -313,7 +313,7 @@ def event_cost(
 
     device_bytes, host_bytes = _event_memory(shape, prof.accelerator, workers, max_in_flight)
     basis["memory"] = "model: fp32 scatters, one fp64 copy + workspace per decomposition in flight"
-    return EventCost(
+    return EventEstimate(
         shape=shape, profile=prof.name, accelerator=prof.accelerator, workers=workers,
         max_in_flight=max_in_flight, capture_s=capture_s, snapshot_s=snapshot_s, copy_s=copy_s,
         decompose_cpu_s=decompose_cpu_s, decompose_gpu_s=decompose_gpu_s, gemm_floor_s=gemm_floor_s,
@@ -491,7 +491,7 @@ class RunTelemetryCost:
     decomposition_s: float  # one event's decomposition, where it runs
     peak_host_mib: float
     peak_device_mib: float
-    event: EventCost
+    event: EventEstimate
     basis: Mapping[str, str]
 
     @property
@@ -556,7 +556,7 @@ def estimate_run(
         buckets=shape.buckets, ranks=ranks, gemm_passes=gemm_passes,
         chunk_rows=max(1, min(micro_batch_rows, math.ceil(tokens_per_step / ranks))),
     )
-    ev = event_cost(ev_shape, prof, workers=workers, max_in_flight=max_in_flight)
+    ev = event_estimate(ev_shape, prof, workers=workers, max_in_flight=max_in_flight)
     interval = every * step_seconds
     decision = decide_decompose_on(
         decompose_on, accelerator=prof.accelerator, cpu_decompose_s=ev.decompose_cpu_s, interval_s=interval,

@@ -25,18 +25,18 @@ def test_anchors_measured_interpolated_extrapolated():
 
 
 def test_capture_is_linear_in_rows_and_decomposition_cubic_beyond_the_anchors():
-    ev1 = cm.event_cost(cm.EventShape(12, 3072, 65_536), "h100", workers=16)
-    ev2 = cm.event_cost(cm.EventShape(12, 3072, 4 * 65_536), "h100", workers=16)
+    ev1 = cm.event_estimate(cm.EventShape(12, 3072, 65_536), "h100", workers=16)
+    ev2 = cm.event_estimate(cm.EventShape(12, 3072, 4 * 65_536), "h100", workers=16)
     assert ev2.capture_s == pytest.approx(4 * ev1.capture_s)
     assert ev1.basis["capture_s"] == cm.MEASURED  # 65,536 rows per GEMM: exactly the anchor
     assert "linear in N" in ev2.basis["capture_s"]
-    big = cm.event_cost(cm.EventShape(12, 24_576, 65_536), "h100", workers=16)
-    top = cm.event_cost(cm.EventShape(12, 12_288, 65_536), "h100", workers=16)
+    big = cm.event_estimate(cm.EventShape(12, 24_576, 65_536), "h100", workers=16)
+    top = cm.event_estimate(cm.EventShape(12, 12_288, 65_536), "h100", workers=16)
     assert big.decompose_gpu_s == pytest.approx(8 * top.decompose_gpu_s)
     assert big.capture_s == pytest.approx(4 * top.capture_s)
     assert big.basis["decompose_gpu_s"].startswith("extrapolated")
     # ranks split rows and matrices
-    two = cm.event_cost(cm.EventShape(12, 3072, 4 * 65_536, ranks=2), "h100", workers=16)
+    two = cm.event_estimate(cm.EventShape(12, 3072, 4 * 65_536, ranks=2), "h100", workers=16)
     assert two.capture_s == pytest.approx(ev2.capture_s / 2)
     assert two.decompose_gpu_s == pytest.approx(ev2.decompose_gpu_s / 2)
 
@@ -48,7 +48,7 @@ def test_capture_is_linear_in_rows_and_decomposition_cubic_beyond_the_anchors():
     (6144, 2.4, 29.0, 7 * 60.0, 280.0, 0.11),
 ])
 def test_h100_anchors_reproduce_the_telemetry_cost_table(d, capture, eig_gpu, eig_cpu16, between, share):
-    ev = cm.event_cost(cm.EventShape(12, d, 524_288, gemm_passes=2), "h100", workers=16)
+    ev = cm.event_estimate(cm.EventShape(12, d, 524_288, gemm_passes=2), "h100", workers=16)
     assert ev.capture_s == pytest.approx(capture, rel=0.05)
     assert ev.decompose_gpu_s == pytest.approx(eig_gpu, rel=0.03)
     assert ev.decompose_cpu_s == pytest.approx(eig_cpu16, rel=0.06)
@@ -64,7 +64,7 @@ def test_h100_anchors_reproduce_the_telemetry_cost_table(d, capture, eig_gpu, ei
 
 
 def test_h100_memory_and_step_time_estimates():
-    ev = cm.event_cost(cm.EventShape(12, 6144, 524_288), "h100", workers=15)
+    ev = cm.event_estimate(cm.EventShape(12, 6144, 524_288), "h100", workers=15)
     # "an fp32 copy of all 96 covariances is 14.5 GB at D=6144"
     assert ev.host_bytes["cpu"] >= 96 * 6144**2 * 4 == pytest.approx(14.5e9, rel=0.01)
     assert ev.device_bytes["gpu"] >= 96 * 6144**2 * 4
@@ -76,8 +76,8 @@ def test_h100_memory_and_step_time_estimates():
 
 
 def test_collector_design_halves_the_capture_floor():
-    one = cm.event_cost(cm.EventShape(12, 6144, 524_288), "h100")
-    two = cm.event_cost(cm.EventShape(12, 6144, 524_288, gemm_passes=2), "h100")
+    one = cm.event_estimate(cm.EventShape(12, 6144, 524_288), "h100")
+    two = cm.event_estimate(cm.EventShape(12, 6144, 524_288, gemm_passes=2), "h100")
     assert one.capture_s == pytest.approx(two.capture_s / 2)
     assert one.capture_s / one.gemm_floor_s == pytest.approx(1.0)
 
@@ -192,7 +192,7 @@ def test_host_resources_and_calibrate_here():
     assert prof.capture_row_s.at(64)[1] == cm.MEASURED
     assert prof.eig_core_s.at(128)[1] == cm.extrapolated(3.0)
     assert prof.cores == res.cores and prof.basis["cores"].startswith("measured")
-    ev = cm.event_cost(cm.EventShape(2, 128, 4096), prof)
+    ev = cm.event_estimate(cm.EventShape(2, 128, 4096), prof)
     assert ev.decompose_gpu_s is None and ev.decompose_cpu_s > 0 and math.isfinite(ev.capture_s)
     with pytest.raises(ValueError, match="accelerator"):
         ev.decomposition_s("gpu")
