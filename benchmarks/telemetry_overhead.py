@@ -1,10 +1,24 @@
-"""Telemetry on vs off, same model and data, measured side by side in one run.
+"""Telemetry cost: paper-shaped accumulators per FFN width (--preset), or telemetry on vs off in training.
 
-Blocks of `--every` training steps alternate between telemetry off and on (the order flips each
-round to cancel drift); an "on" block ends with one telemetry event: capture over every
-micro-batch of the step, then snapshot + finalize (inline, or in a background thread). Both modes
-replay the same batches. Prints the overhead ratio, the added milliseconds per event and their
-breakdown; on CUDA also peak extra GPU memory.
+Paper mode (`--preset paper160m | paper350m`): builds the accumulators of one event at the paper's
+shape (layers × {pre, post} × {HEAD, MID, TAIL} accumulated, GLOBAL merged at snapshot, as
+metrics.collector does) for every FFN width, on the available device, and times the real code
+paths: capture (SpectrumCollector.add), snapshot (merge, checks, hard ranks), decomposition
+(finalize_snapshot: fp64 eigvalsh + metrics) on the accelerator and on one CPU thread (a pool
+worker). Figures it cannot measure here it extrapolates with metrics.costmodel: capture linearly
+in rows, decomposition as D³ above --max-width; every figure says which (legend under the table).
+It prints per width the critical path, decomposition, peak extra memory and the projected share of
+wall time at cadence 100 and 200, with a spectrum at every event and with sparse spectra (the last
+5 events + every k-th), then the same projected from the H100 anchors of telemetry-cost.md. The
+last line is `critical_path_s=.. decomposition_s=.. peak_host_mib=.. peak_device_mib=..` for the
+largest measured width.
+
+    python benchmarks/telemetry_overhead.py --preset paper160m --max-width 1536   # CPU: ~1-3 min
+    python benchmarks/telemetry_overhead.py --preset paper350m --device cuda      # all widths, 524,288 rows
+
+Training mode (no --preset): blocks of `--every` training steps alternate between telemetry off and
+on (the order flips each round to cancel drift); an "on" block ends with one telemetry event. Both
+modes replay the same batches. Prints the overhead ratio and the added milliseconds per event.
 
     python benchmarks/telemetry_overhead.py                       # CPU, tiny GPT, every 10 steps
     python benchmarks/telemetry_overhead.py --device cuda         # GPT-2 160M shape, D = 3072,
@@ -15,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import gc
 import os
 import statistics
 import sys
@@ -28,9 +44,399 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from metrics import BackgroundFinalizer, attach_probes, frequency_buckets  # noqa: E402
+from metrics import BackgroundFinalizer, attach_probes, finalize_snapshot, frequency_buckets  # noqa: E402
+from metrics import costmodel as cm  # noqa: E402
+from metrics.collector import SpectrumCollector  # noqa: E402
+from metrics.covariance import _bf16_scatter  # noqa: E402
+from metrics.snapshot import SITES, TelemetryOptions, TelemetrySnapshot  # noqa: E402
 
 
+# =============================================================================== paper mode
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    layers: int
+    d_model: int
+    widths: tuple[int, ...]
+    rows: int  # rows (tokens) of one event: the global batch
+    steps: int  # the paper's run length (for the sparse-spectra schedule)
+    micro_batch_rows: int  # rows per capture call: one micro-batch on one device
+
+
+PRESETS = {
+    # paper-notes.md §4: 6000 steps, 1024 x 512 tokens per step, micro-batch 64 sequences per device
+    "paper160m": Preset("paper160m", 12, 768, tuple(768 * k for k in range(1, 9)), 524_288, 6000, 64 * 512),
+    "paper350m": Preset("paper350m", 24, 1024, tuple(1024 * k for k in range(1, 5)), 524_288, 8000, 16 * 512),
+    "tiny": Preset("tiny", 2, 32, (32, 64, 128), 8192, 200, 1024),  # smoke tests
+}
+LEGEND = """\
+columns: seconds per event on one rank: capture (critical path) and its ratio to the bare covariance GEMMs
+  of the same rows (floor_x); snapshot = GLOBAL merges, checks, hard ranks; critical_s = capture + snapshot;
+  +copy_s = device->host copy, added to the critical path when spectra are decomposed on the CPU of a GPU
+  machine; eig_gpu_s = 96 fp64 eigvalsh on the accelerator (inline: all of it is added to wall time);
+  eig_cpu_s = the same on the CPU pool (off the critical path while it keeps up); memory: peak extra host /
+  device MiB (measured: RSS / CUDA allocation over one event's capture, snapshot and decomposition sample;
+  projected: in-flight snapshot + pool workers, where the largest cadence decomposes); share of wall time
+  over a run with a spectrum at every event (all) and with sparse spectra (last 5 events + every k-th,
+  k from the cost model), decomposed where `on` says (decompose_on rule).
+tags: m measured; n measured on fewer rows, linear in rows; i interpolated between measured widths;
+  x extrapolated in D (capture per row and snapshot as D^2, decomposition as D^3); a assumed; p projected"""
+OPTIONS = TelemetryOptions(min_bucket_rows=1)  # measured rows are few: decompose every bucket anyway
+
+
+@dataclass
+class WidthMeasurement:
+    width: int
+    rows: int  # rows captured per (layer, site)
+    capture_s: float
+    floor_s: float  # the bare covariance GEMMs of the same rows
+    snapshot_s: float
+    copy_s: float | None  # device → host copy of the snapshot (CUDA only)
+    copy_bytes: int
+    eig_gpu_s: float | None  # per matrix
+    eig_cpu_s: float | None  # per matrix, one thread
+    host_mib: float
+    device_mib: float
+
+
+class _HostPeak:
+    """Peak resident memory of this process above a baseline (VmHWM reset via clear_refs)."""
+
+    def __init__(self) -> None:
+        self.resettable = True
+        self.samples: list[int] = []
+        _release_freed_memory()
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            self.resettable = False
+        self.base = self._read("VmRSS")
+
+    @staticmethod
+    def _read(key: str) -> int:
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def sample(self) -> None:
+        self.samples.append(self._read("VmRSS"))
+
+    def mib(self) -> float:
+        peak = self._read("VmHWM") if self.resettable else max(self.samples or [self.base])
+        return max(0, peak - self.base) / cm.MIB
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc), so that the next baseline RSS is honest."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _sizes(n: int) -> list[int]:
+    """Rows per HEAD/MID/TAIL: occurrence-mass tertiles, about a third each."""
+    third = n // 3
+    return [third, third, n - 2 * third]
+
+
+def measure_width(preset: Preset, d: int, device: torch.device, rows: int, eig_sample: int, cpu_eig: bool,
+                  repeats: int, gen: torch.Generator) -> WidthMeasurement:
+    """Time one event at width d with the real code paths; rows = rows per (layer, site)."""
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    host = _HostPeak()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        dev_base = torch.cuda.memory_allocated(device)
+    keys = [(layer, site) for layer in range(preset.layers) for site in SITES]
+    collector = SpectrumCollector(keys, dims={k: d for k in keys}, buckets=True, bf16_matmul=None,
+                                  keep_rows=False, device=device)
+    chunk = min(rows, preset.micro_batch_rows)
+    n_chunks = max(1, rows // chunk)
+    act_dtype = torch.bfloat16 if cuda else torch.float32  # what a training forward hands the hooks
+    x = torch.randn(chunk, d, generator=gen).to(device, act_dtype)  # [chunk, D], grouped by bucket
+    sizes = _sizes(chunk)
+
+    def capture() -> None:
+        for layer, site in keys:
+            for _ in range(n_chunks):
+                collector.add(layer, site, x, sizes)
+
+    collector.add(0, "pre", x, sizes)  # warm-up: allocator, kernels, BLAS first call
+    times = []
+    for _ in range(repeats):
+        collector.reset()
+        sync()
+        t0 = time.perf_counter()
+        capture()
+        sync()
+        times.append(time.perf_counter() - t0)
+    capture_s = min(times)
+    host.sample()
+
+    # the floor: the bare GEMMs of the same bucket chunks, on two (layer, site) pairs, scaled
+    parts = [p.to(torch.bfloat16) if cuda else p.float() for p in torch.split(x, sizes)]
+
+    def gemms() -> None:
+        for _ in range(2 * n_chunks):
+            for p in parts:
+                _bf16_scatter(p) if cuda else p.t() @ p
+
+    gemms()
+    sync()
+    t0 = time.perf_counter()
+    gemms()
+    sync()
+    floor_s = (time.perf_counter() - t0) / 2 * len(keys)
+    del parts
+
+    sync()
+    t0 = time.perf_counter()
+    snap = collector.snapshot(0, OPTIONS, device=None if cuda else "cpu", reset=True)
+    sync()
+    snapshot_s = time.perf_counter() - t0
+    host.sample()
+    copy_s, copy_bytes = None, sum(e.m2.numel() * e.m2.element_size() for e in snap.entries if e.m2 is not None)
+    if cuda:
+        t0 = time.perf_counter()
+        host_copies = [e.m2.to("cpu") for e in snap.entries if e.m2 is not None]
+        copy_s = time.perf_counter() - t0
+        host.sample()
+        del host_copies
+    del snap, x
+    collector.reset()
+
+    # decomposition on `eig_sample` full-rank matrices (2·D rows of pre / ReLU² post activations)
+    layers = max(1, eig_sample // 2)
+    sample_keys = [(layer, site) for layer in range(layers) for site in SITES]
+    sample = SpectrumCollector(sample_keys, dims={k: d for k in sample_keys}, buckets=False, bf16_matmul=None,
+                               keep_rows=False, device=device)
+    for layer in range(layers):
+        pre = torch.randn(2 * d, d, generator=gen) * torch.rand(d, generator=gen).add(0.2)  # [2D, D]
+        sample.add(layer, "pre", pre.to(device, act_dtype))
+        sample.add(layer, "post", F.relu(pre).square().to(device, act_dtype))
+    snap = sample.snapshot(0, OPTIONS, device=None, reset=True)
+    n_mat = len(snap.entries)
+    eig_gpu_s = eig_cpu_s = None
+    if cuda:
+        finalize_snapshot(TelemetrySnapshot(0, OPTIONS, snap.entries[:1]))  # warm-up: cuSOLVER handles
+        sync()
+        t0 = time.perf_counter()
+        finalize_snapshot(snap)
+        sync()
+        eig_gpu_s = (time.perf_counter() - t0) / n_mat
+    if cpu_eig:
+        for e in snap.entries:
+            e.m2, e.mean = e.m2.cpu(), e.mean.cpu()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one pool worker = one thread
+        try:
+            t0 = time.perf_counter()
+            finalize_snapshot(snap)
+            eig_cpu_s = (time.perf_counter() - t0) / n_mat
+        finally:
+            torch.set_num_threads(threads)
+    host.sample()
+    device_mib = 0.0
+    if cuda:
+        device_mib = (torch.cuda.max_memory_allocated(device) - dev_base) / cm.MIB
+    host_mib = host.mib()
+    del snap, sample, collector
+    return WidthMeasurement(d, n_chunks * chunk, capture_s, floor_s, snapshot_s, copy_s, copy_bytes,
+                            eig_gpu_s, eig_cpu_s, host_mib, device_mib)
+
+
+def profile_from(measured: list[WidthMeasurement], preset: Preset, device: torch.device,
+                 resources: cm.HostResources) -> cm.DeviceProfile:
+    """A cost-model profile whose anchors are this run's measurements."""
+    cuda = device.type == "cuda"
+    pairs = preset.layers * len(SITES)
+    matrices = pairs * 4
+    rows = measured[0].rows
+    stamp = f"this benchmark on {device.type}, torch {torch.__version__}"
+    cpu_pts = tuple((m.width, m.eig_cpu_s) for m in measured if m.eig_cpu_s)
+    gpu_pts = tuple((m.width, m.eig_gpu_s) for m in measured if m.eig_gpu_s)
+    floor_rate = max(2.0 * m.width**2 * m.rows * pairs / m.floor_s for m in measured)  # FLOP/s
+    copies = [m.copy_bytes / m.copy_s for m in measured if m.copy_s]
+    return cm.DeviceProfile(
+        name=f"{device.type} here ({stamp})",
+        accelerator=cuda,
+        capture_row_s=cm.Anchors(tuple((m.width, m.capture_s / (pairs * m.rows)) for m in measured), 2.0,
+                                 f"SpectrumCollector.add of {rows} rows per (layer, site), {stamp}"),
+        capture_rows=rows,
+        gemm_row_s=cm.Anchors(tuple((m.width, m.floor_s / (pairs * m.rows)) for m in measured), 2.0,
+                              f"bare covariance GEMMs, {stamp}"),
+        snapshot_matrix_s=cm.Anchors(tuple((m.width, m.snapshot_s / matrices) for m in measured), 2.0,
+                                     f"SpectrumCollector.snapshot, {stamp}"),
+        eig_core_s=cm.Anchors(cpu_pts, 3.0, f"finalize_snapshot (fp64 eigvalsh) on one thread, {stamp}"),
+        eig_device_s=cm.Anchors(gpu_pts, 3.0, f"finalize_snapshot on {device}, {stamp}") if gpu_pts else None,
+        copy_bytes_per_s=statistics.median(copies) if copies else 1e12,
+        flops_per_s=0.5 * floor_rate,
+        cores=resources.cores,
+        host_mem_bytes=resources.mem_available_bytes,
+        basis={
+            "copy_bytes_per_s": "measured: snapshot device→host" if copies else "not used (no accelerator)",
+            "flops_per_s": "assumed: half the measured covariance GEMM rate",
+            "cores": resources.source, "host_mem_bytes": resources.source,
+        },
+    )
+
+
+def _tag(basis: str) -> str:
+    """One-letter basis of a figure: m measured, n measured on fewer rows (linear in N),
+    i interpolated between measured widths, x extrapolated in D, a assumed."""
+    if basis.startswith("extrapolated"):
+        return "x"
+    if basis.startswith("interpolated"):
+        return "i"
+    if basis.startswith("measured"):
+        return "n" if "linear in N" in basis else "m"
+    return "a"
+
+
+def _fmt(value: float | None, tag: str = "", width: int = 9) -> str:
+    if value is None:
+        return "—".rjust(width + 2)
+    text = f"{value:.3g}" if value < 1000 else f"{value:.0f}"
+    return f"{text:>{width}}{tag:1s} "
+
+
+def _shares(preset: Preset, d: int, cadence: int, step_s: float, prof: cm.DeviceProfile,
+            resources: cm.HostResources, decompose_on: str) -> tuple[cm.RunTelemetryCost, cm.RunTelemetryCost]:
+    shape = cm.ModelShape(preset.layers, preset.d_model, d)
+    common = dict(steps=preset.steps, every=cadence, tokens_per_step=preset.rows, step_seconds=step_s,
+                  device=prof, decompose_on=decompose_on, resources=resources,
+                  micro_batch_rows=preset.micro_batch_rows)
+    return cm.estimate_run(shape, spectrum_every=1, **common), cm.estimate_run(shape, spectrum_every="auto", **common)
+
+
+def print_table(preset: Preset, prof: cm.DeviceProfile, measured: dict[int, WidthMeasurement], workers: int,
+                resources: cm.HostResources, cadences: list[int], step_seconds: float | None,
+                decompose_on: str, title: str) -> None:
+    print(title)
+    head = (f"{'D':>6} {'capture_s':>11} {'floor_x':>8} {'snapshot_s':>11} {'critical_s':>11} {'+copy_s':>11} "
+            f"{'eig_gpu_s':>11} {'eig_cpu_s':>11} {'host_MiB':>11} {'dev_MiB':>11} {'step_s':>8}")
+    for c in cadences:
+        head += f"  {'@' + str(c) + ': all / sparse  k on':>24}"
+    print(head)
+    for d in preset.widths:
+        ev = cm.event_estimate(cm.EventShape(preset.layers, d, preset.rows, chunk_rows=preset.micro_batch_rows),
+                           prof, workers=workers)
+        step_s = step_seconds or cm.estimate_step_seconds(
+            cm.ModelShape(preset.layers, preset.d_model, d), preset.rows, prof.flops_per_s)
+        runs = [_shares(preset, d, c, step_s, prof, resources, decompose_on) for c in cadences]
+        on = runs[-1][0].decompose_on  # memory columns: where the largest cadence decomposes
+        m = measured.get(d)
+        cap_tag = _tag(ev.basis["capture_s"])
+        ratio = f"{ev.capture_s / ev.gemm_floor_s:7.2f}{'m' if m else 'p'}" if ev.gemm_floor_s else f"{'—':>8}"
+        host_mib = m.host_mib if m else ev.peak_host_mib(on)
+        dev_mib = m.device_mib if m else ev.peak_device_mib(on)
+        copy = _fmt(ev.copy_s, _tag(ev.basis["copy_s"])) if ev.accelerator else _fmt(None)
+        gpu = _fmt(ev.decompose_gpu_s, _tag(ev.basis["decompose_gpu_s"])) if ev.accelerator else _fmt(None)
+        line = (f"{d:>6} {_fmt(ev.capture_s, cap_tag)}{ratio} {_fmt(ev.snapshot_s, _tag(ev.basis['snapshot_s']))}"
+                f"{_fmt(ev.critical_path_s('cpu', spectra=False), cap_tag)}{copy}{gpu}"
+                f"{_fmt(ev.decompose_cpu_s, _tag(ev.basis['decompose_cpu_s']))}"
+                f"{_fmt(host_mib, 'm' if m else 'p')}{_fmt(dev_mib, 'm' if m else 'p')}{step_s:8.3g}")
+        for dense, sparse in runs:
+            line += f"  {dense.share:6.2%} / {sparse.share:6.2%} {sparse.spectrum_every:>2} {sparse.decompose_on}"
+        print(line)
+
+
+def paper_main(args: argparse.Namespace) -> None:
+    t_start = time.perf_counter()
+    preset = PRESETS[args.preset]
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    if not cuda:
+        torch.set_num_threads(args.threads or 1)
+    max_width = args.max_width or (max(preset.widths) if cuda else 1536)
+    widths = [d for d in preset.widths if d <= max_width]
+    if not widths:
+        raise SystemExit(f"--max-width {max_width} is below the smallest width {min(preset.widths)} of {preset.name}")
+    rows = args.rows or (preset.rows if cuda else 2048)
+    repeats = args.repeats or (2 if cuda else 1)
+    cpu_eig_max = args.cpu_eig_max_width or (3072 if cuda else max_width)
+    resources = cm.host_resources()
+    workers = args.workers or cm.pool_workers(resources.cores)
+    cadences = [int(c) for c in args.cadences.split(",")]
+    gen = torch.Generator().manual_seed(args.seed)
+    print(f"preset {preset.name}: {preset.layers} layers x {len(SITES)} sites x 4 buckets = "
+          f"{preset.layers * len(SITES) * 4} matrices per event, {preset.rows:,} rows per event, widths "
+          f"{','.join(map(str, preset.widths))}; device {device}, torch {torch.__version__}, "
+          f"{resources.cores} cores ({workers} pool workers), {resources.mem_available_bytes / cm.GIB:.1f} GiB available")
+    print(f"measuring D <= {max_width} with {rows:,} rows per (layer, site) in chunks of "
+          f"{min(rows, preset.micro_batch_rows):,}, {repeats} repetition(s); decomposition on "
+          f"{args.eig_sample} full-rank matrices per width (CPU: one thread, D <= {cpu_eig_max})")
+    measured: dict[int, WidthMeasurement] = {}
+    for d in widths:
+        t0, c0 = time.perf_counter(), time.process_time()
+        m = measure_width(preset, d, device, rows, args.eig_sample, d <= cpu_eig_max, repeats, gen)
+        measured[d] = m
+        print(f"  D={d}: capture {m.capture_s:.3g} s for {m.rows:,} rows/pair (GEMM floor {m.floor_s:.3g} s), "
+              f"snapshot {m.snapshot_s:.3g} s" + (f", copy to host {m.copy_s:.3g} s" if m.copy_s else "")
+              + (f", eig/matrix GPU {m.eig_gpu_s * 1e3:.1f} ms" if m.eig_gpu_s else "")
+              + (f", eig/matrix 1 CPU thread {m.eig_cpu_s * 1e3:.0f} ms" if m.eig_cpu_s else "")
+              + f"; peak +{m.host_mib:.0f} MiB host, +{m.device_mib:.0f} MiB device  "
+              f"[{time.perf_counter() - t0:.1f} s wall, process CPU / wall {(time.process_time() - c0) / (time.perf_counter() - t0):.2f}]")
+    prof = profile_from(list(measured.values()), preset, device, resources)
+    default_step = "given" if args.step_seconds else (
+        f"estimated per width from FLOPs at {prof.flops_per_s / 1e12:.3g} TFLOP/s (half the measured GEMM rate)")
+    print()
+    print_table(preset, prof, measured, workers, resources, cadences, args.step_seconds, args.decompose_on,
+                f"per event on this {device.type} (seconds per event at {preset.rows:,} rows; step_s {default_step}; "
+                f"sparse = last 5 events + every k-th, run of {preset.steps} steps):")
+    print(LEGEND)
+    print("\n".join(prof.describe()))
+    if not cuda:
+        print("note: timings are wall clock on one thread; a process CPU / wall ratio well below 1 above means "
+              "other processes shared the cores, and the measured seconds are that much inflated")
+    h100_workers = cm.pool_workers(cm.H100.cores)
+    h100_res = cm.HostResources(cm.H100.cores, cm.H100.host_mem_bytes, "profile")
+    print()
+    print_table(preset, cm.H100, {}, h100_workers, h100_res, cadences, None, args.decompose_on,
+                "projection for one H100 from the anchors of telemetry-cost.md (torch 2.11; capture = bare bf16 GEMM, "
+                "N rows through GEMMs; step_s from FLOPs at 400 TFLOP/s; 16 host cores, 128 GiB):")
+    print(f"wall time of this benchmark: {time.perf_counter() - t_start:.0f} s")
+    last = measured[widths[-1]]
+    ev = cm.event_estimate(cm.EventShape(preset.layers, last.width, preset.rows, chunk_rows=preset.micro_batch_rows),
+                       prof, workers=workers)
+    step_s = args.step_seconds or cm.estimate_step_seconds(
+        cm.ModelShape(preset.layers, preset.d_model, last.width), preset.rows, prof.flops_per_s)
+    on = cm.estimate_run(cm.ModelShape(preset.layers, preset.d_model, last.width), preset.steps, cadences[-1],
+                         preset.rows, step_s, prof, decompose_on=args.decompose_on, resources=resources).decompose_on
+    print(f"critical_path_s={ev.critical_path_s(on):.4f} decomposition_s={ev.decomposition_s(on):.4f} "
+          f"peak_host_mib={last.host_mib:.1f} peak_device_mib={last.device_mib:.1f}")
+
+
+def _paper_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--preset", default=None, choices=tuple(PRESETS),
+                    help="paper-shaped accumulators per width (omit for the training on/off mode)")
+    ap.add_argument("--max-width", type=int, default=None, help="largest width measured (default: all on cuda, 1536 on cpu)")
+    ap.add_argument("--rows", type=int, default=None,
+                    help="rows captured per (layer, site) (default: the full 524,288 on cuda, 2048 on cpu)")
+    ap.add_argument("--step-seconds", type=float, default=None,
+                    help="seconds per training step (default: FLOP estimate at half the measured GEMM rate)")
+    ap.add_argument("--cadences", default="100,200", help="telemetry cadences for the share columns")
+    ap.add_argument("--workers", type=int, default=None, help="CPU pool workers (default: available cores - 1)")
+    ap.add_argument("--eig-sample", type=int, default=2, help="matrices decomposed per width (pre/post pairs)")
+    ap.add_argument("--cpu-eig-max-width", type=int, default=None,
+                    help="largest width timed on one CPU thread (default: --max-width on cpu, 3072 on cuda)")
+    ap.add_argument("--repeats", type=int, default=None, help="capture repetitions, best kept (default 1 cpu, 2 cuda)")
+    ap.add_argument("--decompose-on", default="auto", choices=cm.DECOMPOSE_ON)
+
+
+# =============================================================================== training mode
 @dataclass
 class Shape:
     n_layer: int
@@ -108,20 +514,19 @@ def zipf_probs(vocab: int, exponent: float = 1.1) -> torch.Tensor:
     return torch.from_numpy(p / p.sum())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+def _training_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--shape", default=None, choices=tuple(SHAPES), help="default: tiny on cpu, gpt2_160m on cuda")
     ap.add_argument("--every", type=int, default=None, help="steps per telemetry event (default 10 cpu, 100 cuda)")
     ap.add_argument("--rounds", type=int, default=None, help="off/on block pairs measured (default 4 cpu, 1 cuda)")
     ap.add_argument("--finalize", default="inline", choices=("inline", "thread"))
     ap.add_argument("--min-bucket-rows", type=int, default=None, help="default 100 on cpu (tiny batch), 1000 on cuda")
     ap.add_argument("--accum-dtype", default="float32", choices=("float32", "float64"))
-    ap.add_argument("--bf16-matmul", action="store_true", help="CUDA: bf16 GEMM inputs, fp32 output")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default 1 on cpu: OpenMP spin-waits ruin timings on a busy host)")
-    args = ap.parse_args()
+    ap.add_argument("--capture", default="auto", choices=("auto", "bf16", "fp32"),
+                    help="capture GEMM precision: auto = bf16 inputs/fp32 output on CUDA, exact fp32 on CPU")
+
+
+def training_main(args: argparse.Namespace) -> None:
+    args.device = args.device or "cpu"
 
     cuda = args.device == "cuda"
     shape = SHAPES[args.shape or ("gpt2_160m" if cuda else "tiny")]
@@ -146,7 +551,8 @@ def main() -> None:
     table = frequency_buckets(np.bincount(corpus.numpy(), minlength=shape.vocab))
     probe = attach_probes(
         model, bucket_of_token=table, min_bucket_rows=min_rows,
-        accum_dtype=getattr(torch, args.accum_dtype), bf16_matmul=args.bf16_matmul,
+        accum_dtype=getattr(torch, args.accum_dtype),
+        bf16_matmul={"auto": None, "bf16": True, "fp32": False}[args.capture],
     )
     finalizer = BackgroundFinalizer("thread") if args.finalize == "thread" else None
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
@@ -212,7 +618,7 @@ def main() -> None:
         return time.perf_counter() - t_block
 
     print(f"model={model_kind} shape={shape} device={device} every={every} rounds={rounds} "
-          f"finalize={args.finalize} accum={args.accum_dtype} threads={torch.get_num_threads()}")
+          f"finalize={args.finalize} accum={args.accum_dtype} capture={args.capture} threads={torch.get_num_threads()}")
     # warm-up: one plain block and one event (allocator, LAPACK and autograd first-call costs)
     warm = make_step_batches(2)
     run_block(warm, False, 0)
@@ -273,6 +679,23 @@ def main() -> None:
         print(f"peak GPU memory of a telemetry step above a plain step: {extra / 2**20:.0f} MiB")
     sample = next(r for r in records if r["status"] == "ok")
     print("sample record:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in sample.items()})
+
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                    help="default: cuda when available in paper mode, cpu in training mode")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default 1 on cpu: OpenMP spin-waits ruin timings on a busy host)")
+    _paper_args(ap)
+    _training_args(ap)
+    args = ap.parse_args(argv)
+    if args.preset:
+        paper_main(args)
+    else:
+        training_main(args)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 State per accumulator: row count n, mean (float64, [D]) and the centred scatter
 M2 = Σ (x − mean)(x − mean)ᵀ ([D, D], fp32 by default). Memory is O(D²), independent of the
-number of rows. Every chunk is centred on its own mean before the GEMM, so the fp32 scatter never
-suffers the cancellation of an uncentred second moment (optimizers-and-metrics.md §2).
+number of rows. Every chunk is centred (on its mean, or a close estimate with the residual folded
+back exactly) before the GEMM, so the fp32 scatter never suffers the cancellation of an uncentred
+second moment (optimizers-and-metrics.md §2).
+
+On CUDA the GEMM takes bf16 inputs and accumulates in fp32 by default (~15x faster than IEEE fp32
+at D = 6144 on an H100); on a CPU, which has no such kernel, capture stays exact fp32.
 """
 
 from __future__ import annotations
@@ -34,6 +38,41 @@ def _ieee_fp32_matmul(enabled: bool) -> Iterator[None]:
             matmul.allow_tf32 = previous
 
 
+def default_bf16_matmul(device: torch.device | str) -> bool:
+    """The capture precision used when a caller does not choose: bf16 GEMM inputs on CUDA only.
+
+    CUDA has a bf16-in/fp32-out GEMM (~15x faster than IEEE fp32 at D = 6144 on an H100); a CPU
+    has none, so CPU capture stays exact fp32.
+    """
+    return torch.device(device).type == "cuda"
+
+
+_SHIFT_ROWS = 1024  # rows sampled for the bf16 path's centring shift
+_MM_OUT_DTYPE: dict[str, bool] = {}  # device type -> torch.mm(..., out_dtype=) works there
+
+
+def _bf16_scatter(xb: torch.Tensor) -> torch.Tensor:
+    """xbᵀ xb ([D, D], float32) of a bf16 [N, D] chunk: bf16 products, fp32 accumulation.
+
+    On CUDA one GEMM with fp32 output (never a bf16 output: 7e-2 error at D = 4096). Where no such
+    kernel exists (CPU, older torch) the chunk is upcast and multiplied in IEEE fp32, which gives
+    the same numbers (a product of two bf16 values is exact in fp32) at fp32 speed.
+    """
+    kind = xb.device.type
+    if _MM_OUT_DTYPE.get(kind, True):
+        try:
+            out = torch.mm(xb.t(), xb, out_dtype=torch.float32)
+            _MM_OUT_DTYPE[kind] = True
+            return out
+        except torch.OutOfMemoryError:
+            raise
+        except (TypeError, RuntimeError):  # no such kernel here (CPU), or a torch without out_dtype
+            _MM_OUT_DTYPE[kind] = False
+    xf = xb.float()  # [N, D]
+    with _ieee_fp32_matmul(xf.is_cuda):
+        return xf.t() @ xf
+
+
 class CovarianceAccumulator:
     """Centred covariance of rows in R^D, updated from [N, D] chunks and merged exactly.
 
@@ -43,8 +82,15 @@ class CovarianceAccumulator:
             `all_reduce_` on a rank that saw no rows).
         dtype: accumulation dtype of the scatter, torch.float32 (default) or torch.float64. Inputs
             of any float dtype (bf16 included) are cast to it; outputs are never bf16.
-        bf16_matmul: on CUDA, feed the centred chunk to the GEMM as bf16 with fp32 output
-            (~4x faster, error ≈ the bf16 rounding of the activations). Off by default.
+        bf16_matmul: feed the centred chunk to the GEMM as bf16 with fp32 accumulation and output.
+            None (default) = on for CUDA state, off for CPU state (`default_bf16_matmul`); False =
+            IEEE fp32 everywhere (TF32 kept off); True on a CPU = the same numbers, emulated at
+            fp32 speed (for accuracy checks). Accuracy against fp64 of the same bf16 activations,
+            measured by that emulation (65,536 rows, D = 256–1024; random, ReLU², low-rank and
+            rank-D/4 data): covariance 0.3–4e-4 relative (Frobenius), soft rank ≤ 4e-5, hard rank
+            ≤ 2e-5. That is the size of what rounding fp32 activations to bf16 (autocast) changes
+            in the first place (covariance 0.3–3e-4, soft rank ≤ 4e-5, hard rank ≤ 6e-6); on an
+            H100, telemetry-cost.md reports 2–3e-4 on soft rank and ~5e-5 on hard rank.
         keep_rows: also keep the raw rows while n < D, so the spectrum can come from the n×n Gram
             matrix (same nonzero eigenvalues, much cheaper). Costs at most D² extra numbers.
     """
@@ -55,7 +101,7 @@ class CovarianceAccumulator:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-        bf16_matmul: bool = False,
+        bf16_matmul: bool | None = None,
         keep_rows: bool = False,
     ) -> None:
         if dtype not in (torch.float32, torch.float64):
@@ -89,27 +135,63 @@ class CovarianceAccumulator:
             self.device = x.device
         # no autocast: under bf16 autocast (as in training forwards) the GEMM would run in bf16
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-            xa = x.to(self.device, self.dtype)
-            shift = xa.mean(dim=0)  # [D], in the accumulation dtype
-            xc = xa - shift  # [N, D]
-            with _ieee_fp32_matmul(xc.is_cuda):
-                scatter = None
-                if self.bf16_matmul and xc.is_cuda:
-                    xb = xc.to(torch.bfloat16)
-                    try:  # bf16 inputs, fp32 accumulation and output; never a bf16 output
-                        scatter = torch.mm(xb.t(), xb, out_dtype=torch.float32).to(self.dtype)
-                    except (TypeError, RuntimeError):  # a torch without mm(out_dtype=)
-                        self.bf16_matmul = False
-                if scatter is None:
-                    scatter = xc.t() @ xc  # [D, D]
-            # `shift` is the chunk mean only up to round-off; fold the residual back in exactly:
-            # Σ(x − m)(x − m)ᵀ = Σ(x − s)(x − s)ᵀ − r rᵀ / N with r = Σ(x − s), m = s + r / N.
-            resid = xc.sum(dim=0, dtype=torch.float64)  # [D]
-            mean = shift.to(torch.float64) + resid / nb
-            scatter.addr_(resid.to(self.dtype), resid.to(self.dtype), alpha=-1.0 / nb)
-            # rows are copied: the caller may reuse its activation buffer
-            rows = [xa.clone()] if self._rows is not None else None
+            x = x.to(self.device)  # dtype kept: the bf16 path reads bf16 activations as they are
+            if self.bf16_gemm:
+                mean, scatter = self._centred_scatter_bf16(x)
+            else:
+                mean, scatter = self._centred_scatter_exact(x)
+            # rows are copied (the caller may reuse its activation buffer), and only while the
+            # Gram path can still use them
+            keep = self._rows is not None and self.n + nb < self.dim
+            rows = [x.to(self.dtype, copy=True)] if keep else None
             self._merge_stats(nb, mean, scatter, rows, owned=True)
+
+    @property
+    def bf16_gemm(self) -> bool:
+        """Whether updates feed the GEMM bf16 inputs (bf16_matmul, or its default for the device)."""
+        if self.bf16_matmul is not None:
+            return bool(self.bf16_matmul)
+        return default_bf16_matmul(self.device if self.device is not None else "cpu")
+
+    def _centred_scatter_exact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chunk mean [D] float64, centred scatter [D, D]) with the GEMM in the accumulation dtype."""
+        nb = x.shape[0]
+        xa = x.to(self.dtype)  # [N, D]
+        shift = xa.mean(dim=0)  # [D], in the accumulation dtype
+        xc = xa - shift  # [N, D]
+        with _ieee_fp32_matmul(xc.is_cuda):
+            scatter = xc.t() @ xc  # [D, D]
+        # `shift` is the chunk mean only up to round-off; fold the residual back in exactly:
+        # Σ(x − m)(x − m)ᵀ = Σ(x − s)(x − s)ᵀ − r rᵀ / N with r = Σ(x − s), m = s + r / N.
+        resid = xc.sum(dim=0, dtype=torch.float64)  # [D]
+        mean = shift.to(torch.float64) + resid / nb
+        scatter.addr_(resid.to(self.dtype), resid.to(self.dtype), alpha=-1.0 / nb)
+        return mean, scatter
+
+    def _centred_scatter_bf16(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chunk mean [D] float64, centred scatter [D, D]) from bf16 GEMM inputs, fp32 output.
+
+        One pass over the [N, D] chunk besides the GEMM: x − s (fp32 arithmetic) is written
+        straight to bf16 into a buffer with a column of ones and zero padding, [N, D + pad]. The
+        GEMM of that buffer yields Σ(x − s)(x − s)ᵀ and r = Σ(x − s) together, so the exact mean
+        m = s + r / N and M2 = Σ(x − s)(x − s)ᵀ − r rᵀ / N need no second pass. The shift s is the
+        mean of ≤ 1024 evenly strided rows: close enough to m that the fp32 subtraction of r rᵀ / N
+        loses nothing, and bf16 rounds the small centred values, not the raw activations.
+        """
+        nb, d = x.shape
+        stride = max(1, nb // _SHIFT_ROWS)
+        shift = x[::stride].mean(dim=0, dtype=torch.float64).to(torch.float32)  # [D]
+        width = d + (8 - d % 8)  # ones column at index d; a multiple of 8 keeps the GEMM aligned
+        buf = torch.empty(nb, width, dtype=torch.bfloat16, device=x.device)  # [N, D + pad]
+        torch.sub(x, shift, out=buf[:, :d])
+        buf[:, d] = 1.0
+        buf[:, d + 1:] = 0.0
+        full = _bf16_scatter(buf)  # [D + pad, D + pad] float32
+        resid = full[:d, d].to(torch.float64)  # r = Σ (x − s) over the bf16 values, [D]
+        mean = shift.to(torch.float64) + resid / nb
+        scatter = full[:d, :d].to(self.dtype, copy=True)  # a compact [D, D], not a view of `full`
+        scatter.addr_(resid.to(self.dtype), resid.to(self.dtype), alpha=-1.0 / nb)
+        return mean, scatter
 
     def _merge_stats(
         self,

@@ -1,0 +1,709 @@
+"""Cost model of spectral telemetry: time, memory and share of wall time, known before a grid runs.
+
+Plain arithmetic on a `DeviceProfile`: per-width anchors (measured costs) and a few scalars.
+Laws used away from the anchors:
+
+- capture (the covariance GEMMs) is linear in the rows N of an event; per row it follows the
+  anchors in D (power law between the two neighbouring anchors) and grows as D² beyond them;
+- an fp64 eigendecomposition grows as D³ beyond its anchors;
+- snapshot work per matrix (GLOBAL merge, finiteness check, hard rank by trace/Frobenius) as D².
+
+Every estimate says, per figure, whether it is measured, interpolated, extrapolated or assumed.
+Profiles: `H100` (anchors measured on one H100 with torch 2.11, from telemetry-cost.md) and
+`calibrate()`, which measures the machine it runs on. `estimate_run` prices a whole run (what
+`sweep.plan` shows per grid point); `decide_decompose_on` is the `telemetry.decompose_on=auto` rule.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+MEASURED = "measured"
+INTERPOLATED = "interpolated"
+ASSUMED = "assumed"
+MIB = 2**20
+GIB = 2**30
+DECOMPOSE_ON = ("auto", "cpu", "gpu")
+
+
+def extrapolated(power: float) -> str:
+    """Basis label of a figure extrapolated from an anchor as D^power."""
+    return f"extrapolated ∝D^{power:g}"
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """Measured values of one per-width cost; `at(D)` interpolates and extrapolates them.
+
+    points: (D, value) pairs, measured. power: the growth law in D outside the measured range.
+    source: where and how the points were measured (one line).
+    """
+
+    points: tuple[tuple[int, float], ...]
+    power: float
+    source: str
+
+    def __post_init__(self) -> None:
+        if not self.points:
+            raise ValueError("Anchors need at least one (D, value) point")
+        if any(d <= 0 or not v > 0 for d, v in self.points):
+            raise ValueError(f"anchor widths and values must be positive, got {self.points}")
+        object.__setattr__(self, "points", tuple(sorted((int(d), float(v)) for d, v in self.points)))
+
+    def at(self, d: int) -> tuple[float, str]:
+        """(value at width d, basis): measured at an anchor, power-law interpolated between the two
+        neighbouring anchors, or extrapolated from the nearest one as D^power."""
+        pts = self.points
+        for dk, vk in pts:
+            if dk == d:
+                return vk, MEASURED
+        if d < pts[0][0] or d > pts[-1][0]:
+            dk, vk = pts[0] if d < pts[0][0] else pts[-1]
+            return vk * (d / dk) ** self.power, extrapolated(self.power)
+        for (da, va), (db, vb) in zip(pts, pts[1:]):
+            if da < d < db:
+                slope = math.log(vb / va) / math.log(db / da)
+                return va * (d / da) ** slope, INTERPOLATED
+        raise AssertionError("unreachable")
+
+    @property
+    def max_width(self) -> int:
+        return self.points[-1][0]
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Measured costs of one machine (per rank: one accelerator and its share of the host).
+
+    capture_row_s: seconds per row per (layer, site) of the capture path, timed on `capture_rows`
+        rows (capture of N rows is extrapolated linearly from there).
+    snapshot_matrix_s: seconds per matrix of the snapshot (merge, finiteness, hard rank).
+    eig_core_s: fp64 eigvalsh of one D×D matrix by one CPU pool worker (core-seconds).
+    eig_device_s: fp64 eigvalsh of one matrix on the accelerator (None: no accelerator).
+    gemm_row_s: the bare covariance GEMM per row (the capture floor), when known.
+    copy_bytes_per_s: device → host copy rate of a snapshot (only paid to decompose on the CPU).
+    flops_per_s: effective training FLOP rate, for step-time estimates.
+    cores / host_mem_bytes: what a CPU pool may use when the caller gives no HostResources.
+    basis: provenance of the scalar fields (measured / assumed, and how).
+    """
+
+    name: str
+    accelerator: bool
+    capture_row_s: Anchors
+    capture_rows: int
+    snapshot_matrix_s: Anchors
+    eig_core_s: Anchors
+    eig_device_s: Anchors | None
+    copy_bytes_per_s: float
+    flops_per_s: float
+    cores: int
+    host_mem_bytes: int
+    basis: Mapping[str, str] = field(default_factory=dict)
+    gemm_row_s: Anchors | None = None
+
+    def describe(self) -> list[str]:
+        """One line per figure source, for printing next to an estimate."""
+        lines = [f"profile {self.name}"]
+        for label, anchors in (("capture per row", self.capture_row_s), ("GEMM floor per row", self.gemm_row_s),
+                               ("snapshot per matrix", self.snapshot_matrix_s),
+                               ("eig fp64 per matrix, one CPU worker", self.eig_core_s),
+                               ("eig fp64 per matrix, accelerator", self.eig_device_s)):
+            if anchors is not None:
+                widths = ",".join(str(d) for d, _ in anchors.points)
+                lines.append(f"  {label}: measured at D={widths} ({anchors.source}); beyond: ∝D^{anchors.power:g}")
+        for key in ("copy_bytes_per_s", "flops_per_s", "cores", "host_mem_bytes"):
+            lines.append(f"  {key}={getattr(self, key):.4g}: {self.basis.get(key, ASSUMED)}")
+        return lines
+
+
+# --------------------------------------------------------------------------- built-in anchors
+_H100_SRC = "one H100, torch 2.11, CUDA 13 (telemetry-cost.md)"
+_ROWS_H100 = 65_536
+# Per matrix of 65,536 centred rows: XᵀX with bf16 inputs and fp32 output (the GEMM floor).
+_H100_COV_BF16_S = {768: 0.155e-3, 1536: 0.41e-3, 3072: 1.56e-3, 6144: 6.4e-3, 12288: 27e-3}
+_H100_EIG_FP64_S = {768: 7.7e-3, 1536: 18e-3, 3072: 62e-3, 6144: 303e-3, 12288: 1604e-3}
+
+H100 = DeviceProfile(
+    name="h100 (anchors measured on one H100, torch 2.11: telemetry-cost.md)",
+    accelerator=True,
+    capture_row_s=Anchors(
+        tuple((d, s / _ROWS_H100) for d, s in _H100_COV_BF16_S.items()), 2.0,
+        f"bare bf16→fp32 covariance GEMM of 65,536 rows, {_H100_SRC}; passes around it not included",
+    ),
+    capture_rows=_ROWS_H100,
+    gemm_row_s=Anchors(
+        tuple((d, s / _ROWS_H100) for d, s in _H100_COV_BF16_S.items()), 2.0,
+        f"bf16→fp32 covariance GEMM of 65,536 rows, {_H100_SRC}",
+    ),
+    # hard rank of 96 matrices of 3072: 9.4 ms; the merge and checks are D² passes of the same order
+    snapshot_matrix_s=Anchors(((3072, 9.4e-3 / 96),), 2.0, f"hard rank by trace/Frobenius, {_H100_SRC}"),
+    # one matrix on 16 threads of the host: 43 ms at 768 (an fp32 figure), 554 ms at 3072 (fp64);
+    # as core-seconds (× 16) a pool worker is assumed no faster per core than one threaded call
+    eig_core_s=Anchors(
+        ((768, 16 * 0.043), (3072, 16 * 0.554)), 3.0,
+        "16-thread eigvalsh on the H100 host × 16 cores (D=768 figure is fp32), telemetry-cost.md",
+    ),
+    eig_device_s=Anchors(tuple(_H100_EIG_FP64_S.items()), 3.0, f"torch.linalg.eigvalsh fp64, {_H100_SRC}"),
+    copy_bytes_per_s=10e9,
+    flops_per_s=400e12,
+    cores=16,
+    host_mem_bytes=128 * GIB,
+    basis={
+        "copy_bytes_per_s": "assumed (not measured): ~10 GB/s pageable device→host",
+        "flops_per_s": "assumed: ~400 TFLOP/s effective, the estimate of telemetry-cost.md",
+        "cores": "assumed: 12–16 spare host cores per GPU (telemetry-cost.md)",
+        "host_mem_bytes": "assumed: 128 GiB of host RAM per GPU",
+    },
+)
+
+PROFILES: dict[str, DeviceProfile] = {"h100": H100}
+
+
+def profile(device: DeviceProfile | str) -> DeviceProfile:
+    """A DeviceProfile, or a built-in one by name ("h100")."""
+    if isinstance(device, DeviceProfile):
+        return device
+    try:
+        return PROFILES[device.lower()]
+    except KeyError:
+        raise ValueError(f"unknown device profile {device!r}; built in: {sorted(PROFILES)} "
+                         "(or pass metrics.costmodel.calibrate())") from None
+
+
+# --------------------------------------------------------------------------- one event
+@dataclass(frozen=True)
+class EventShape:
+    """What one telemetry event captures and decomposes.
+
+    rows: rows (tokens) of the event over all ranks; each rank captures rows / ranks of them and
+    owns matrices / ranks of the decompositions (the rank-sharded design).
+    gemm_passes: GEMM rows per captured row. 1 = metrics.collector: HEAD/MID/TAIL accumulated and
+    GLOBAL merged at snapshot; 2 = GLOBAL accumulated separately (what telemetry-cost.md priced).
+    chunk_rows: rows per capture call on one rank (a micro-batch), for the transient memory.
+    """
+
+    layers: int
+    width: int
+    rows: int
+    sites: int = 2
+    buckets: bool = True
+    ranks: int = 1
+    gemm_passes: int = 1
+    chunk_rows: int = 32_768
+    accum_bytes: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "width", "rows", "sites", "ranks", "gemm_passes", "chunk_rows"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"EventShape.{name} must be ≥ 1, got {getattr(self, name)}")
+
+    @property
+    def pairs(self) -> int:
+        return self.layers * self.sites
+
+    @property
+    def matrices(self) -> int:
+        """Records (and eigendecompositions) per event: GLOBAL + HEAD/MID/TAIL per (layer, site)."""
+        return self.pairs * (4 if self.buckets else 1)
+
+    @property
+    def accumulators(self) -> int:
+        return self.pairs * (3 if self.buckets else 1)
+
+    @property
+    def rows_per_rank(self) -> int:
+        return math.ceil(self.rows / self.ranks)
+
+    @property
+    def matrices_per_rank(self) -> int:
+        return math.ceil(self.matrices / self.ranks)
+
+
+@dataclass(frozen=True)
+class EventEstimate:
+    """Predicted per-rank cost of one event. `on` = where spectra are decomposed: "cpu" (a pool of `workers`
+    processes, fp64) or "gpu" (the accelerator, fp64, inline)."""
+
+    shape: EventShape
+    profile: str
+    accelerator: bool
+    workers: int
+    max_in_flight: int
+    capture_s: float
+    snapshot_s: float
+    copy_s: float
+    decompose_cpu_s: float
+    decompose_gpu_s: float | None
+    gemm_floor_s: float | None
+    device_bytes: Mapping[str, int]
+    host_bytes: Mapping[str, int]
+    basis: Mapping[str, str]
+
+    def critical_path_s(self, on: str, spectra: bool = True) -> float:
+        """Seconds added to the training step: capture, snapshot, and the host copy of the
+        covariances when spectra are decomposed on the CPU of an accelerator machine."""
+        _check_on(on, self.accelerator)
+        copy = self.copy_s if (on == "cpu" and spectra) else 0.0
+        return self.capture_s + self.snapshot_s + copy
+
+    def decomposition_s(self, on: str) -> float:
+        """Seconds to decompose one event's matrices (owned by this rank) where `on` says."""
+        _check_on(on, self.accelerator)
+        return self.decompose_cpu_s if on == "cpu" else float(self.decompose_gpu_s)
+
+    def peak_host_mib(self, on: str) -> float:
+        _check_on(on, self.accelerator)
+        return self.host_bytes[on] / MIB
+
+    def peak_device_mib(self, on: str) -> float:
+        _check_on(on, self.accelerator)
+        return self.device_bytes[on] / MIB
+
+
+def _check_on(on: str, accelerator: bool) -> None:
+    if on not in ("cpu", "gpu"):
+        raise ValueError(f"decomposition place must be 'cpu' or 'gpu', got {on!r}")
+    if on == "gpu" and not accelerator:
+        raise ValueError("decompose_on=gpu needs an accelerator (this profile has none)")
+
+
+def event_estimate(
+    shape: EventShape,
+    device: DeviceProfile | str = "h100",
+    *,
+    workers: int | None = None,
+    max_in_flight: int = 1,
+) -> EventEstimate:
+    """Time and memory of one event on one rank, with a CPU pool of `workers` (default: the
+    profile's cores minus one for the trainer)."""
+    prof = profile(device)
+    if workers is None:
+        workers = pool_workers(prof.cores)
+    if workers < 1 or max_in_flight < 1:
+        raise ValueError("workers and max_in_flight must be ≥ 1")
+    d, m = shape.width, shape.matrices_per_rank
+    basis: dict[str, str] = {}
+
+    row_s, b = prof.capture_row_s.at(d)
+    gemm_rows = shape.rows_per_rank * shape.gemm_passes
+    capture_s = shape.pairs * gemm_rows * row_s
+    basis["capture_s"] = b if gemm_rows == prof.capture_rows else f"{b} at {prof.capture_rows} rows; linear in N"
+    gemm_floor_s = None
+    if prof.gemm_row_s is not None:
+        gemm_floor_s = shape.pairs * gemm_rows * prof.gemm_row_s.at(d)[0]
+
+    snap_s, basis["snapshot_s"] = prof.snapshot_matrix_s.at(d)
+    snapshot_s = m * snap_s
+    snapshot_bytes = m * d * d * shape.accum_bytes
+    copy_s = snapshot_bytes / prof.copy_bytes_per_s if prof.accelerator else 0.0
+    basis["copy_s"] = prof.basis.get("copy_bytes_per_s", ASSUMED) if prof.accelerator else "no copy (host state)"
+
+    core_s, b = prof.eig_core_s.at(d)
+    decompose_cpu_s = math.ceil(m / workers) * core_s  # whole matrices per worker
+    basis["decompose_cpu_s"] = f"{b}; {m} matrices on {workers} workers"
+    decompose_gpu_s = None
+    if prof.eig_device_s is not None:
+        dev_s, b = prof.eig_device_s.at(d)
+        decompose_gpu_s = m * dev_s
+        basis["decompose_gpu_s"] = b
+
+    device_bytes, host_bytes = _event_memory(shape, prof.accelerator, workers, max_in_flight)
+    basis["memory"] = "model: fp32 scatters, one fp64 copy + workspace per decomposition in flight"
+    return EventEstimate(
+        shape=shape, profile=prof.name, accelerator=prof.accelerator, workers=workers,
+        max_in_flight=max_in_flight, capture_s=capture_s, snapshot_s=snapshot_s, copy_s=copy_s,
+        decompose_cpu_s=decompose_cpu_s, decompose_gpu_s=decompose_gpu_s, gemm_floor_s=gemm_floor_s,
+        device_bytes=device_bytes, host_bytes=host_bytes, basis=basis,
+    )
+
+
+def _event_memory(shape: EventShape, accelerator: bool, workers: int, in_flight: int) -> tuple[dict, dict]:
+    """Peak extra bytes held by telemetry on the accelerator and the host, per decomposition place."""
+    d, s = shape.width, shape.accum_bytes
+    mat = d * d * s
+    acc = shape.accumulators * (mat + 8 * d)  # scatter + fp64 mean
+    snapshot = shape.matrices_per_rank * mat  # bucket scatters moved out + GLOBAL merged
+    eig_work = 2 * d * d * 8  # fp64 copy + eigvalsh workspace
+    worker = mat + eig_work  # a pool worker: its fp32 matrix and the fp64 work
+    rows = min(shape.chunk_rows, shape.rows_per_rank)
+    if accelerator:
+        # bf16 centred copy of one chunk [rows, D + pad], the padded fp32 GEMM output, its [D, D] copy
+        chunk = rows * (d + 8) * 2 + (d + 8) ** 2 * 4 + mat
+        device = {"cpu": acc + max(chunk, mat), "gpu": max(acc + chunk, snapshot + eig_work)}
+        host = {"cpu": in_flight * snapshot + workers * worker, "gpu": shape.matrices_per_rank * d * 8}
+        return device, host
+    chunk = 2 * rows * d * s + mat  # fp32 copy and centred copy of the chunk, the GEMM output
+    return {"cpu": 0}, {"cpu": acc + chunk + in_flight * snapshot + workers * worker}
+
+
+# --------------------------------------------------------------------------- where to decompose
+@dataclass(frozen=True)
+class HostResources:
+    """CPU cores and host memory available to this process (per rank)."""
+
+    cores: int
+    mem_available_bytes: int
+    source: str = "given"
+
+
+def host_resources() -> HostResources:
+    """Cores this process may run on (sched_getaffinity) and MemAvailable (psutil if installed,
+    else /proc/meminfo)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    mem = None
+    try:
+        import psutil  # optional
+
+        mem = int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - not installed, or no /proc access: fall through
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        mem = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    if mem is None:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return HostResources(cores=cores, mem_available_bytes=mem, source="measured (affinity, MemAvailable)")
+
+
+def pool_workers(cores: int, reserve: int = 1) -> int:
+    """Pool size: the cores left after `reserve` for the trainer process (at least one)."""
+    return max(1, int(cores) - reserve)
+
+
+@dataclass(frozen=True)
+class DecomposeDecision:
+    on: str  # "cpu" or "gpu"
+    reason: str
+
+
+def decide_decompose_on(
+    requested: str,
+    *,
+    accelerator: bool,
+    cpu_decompose_s: float,
+    interval_s: float,
+    host_bytes_needed: int,
+    host_bytes_available: int,
+    mem_headroom: float = 0.8,
+) -> DecomposeDecision:
+    """The `telemetry.decompose_on` rule. Pure function.
+
+    auto: the CPU pool when it decomposes an event within the time between events and its host
+    memory (in-flight snapshots + workers) fits in `mem_headroom` of what is available; otherwise
+    the accelerator. Without an accelerator everything runs on the CPU; asking for "gpu" then is
+    an error.
+    """
+    if requested not in DECOMPOSE_ON:
+        raise ValueError(f"decompose_on must be one of {DECOMPOSE_ON}, got {requested!r}")
+    if requested == "gpu" and not accelerator:
+        raise ValueError("decompose_on=gpu needs a CUDA device; use cpu or auto")
+    if requested != "auto":
+        return DecomposeDecision(requested, f"decompose_on={requested} requested")
+    if not accelerator:
+        return DecomposeDecision("cpu", "no accelerator")
+    budget = mem_headroom * host_bytes_available
+    if host_bytes_needed > budget:
+        return DecomposeDecision(
+            "gpu", f"a CPU pool needs {host_bytes_needed / GIB:.1f} GiB of host RAM, "
+                   f"{mem_headroom:.0%} of available is {budget / GIB:.1f} GiB")
+    if cpu_decompose_s > interval_s:
+        return DecomposeDecision(
+            "gpu", f"the CPU pool needs {cpu_decompose_s:.1f} s per event, {interval_s:.1f} s between events")
+    return DecomposeDecision(
+        "cpu", f"the CPU pool keeps up ({cpu_decompose_s:.1f} s per event, {interval_s:.1f} s between events)")
+
+
+# --------------------------------------------------------------------------- schedule of a run
+def event_steps(steps: int, every: int) -> list[int]:
+    """Steps with a telemetry event: step 1, every `every` steps, and the last step."""
+    if steps < 1 or every < 1:
+        raise ValueError("steps and every must be ≥ 1")
+    return sorted({1, steps, *range(every, steps + 1, every)})
+
+
+def spectrum_flags(n_events: int, spectrum_every: int, window: int = 5) -> list[bool]:
+    """Which events carry a full spectrum: the last `window` events (the fit's aggregation window,
+    the final one included) and every `spectrum_every`-th event before them, the first included."""
+    if spectrum_every < 1 or window < 0:
+        raise ValueError("spectrum_every must be ≥ 1 and window ≥ 0")
+    return [i >= n_events - window or i % spectrum_every == 0 for i in range(n_events)]
+
+
+def choose_spectrum_every(decompose_s: float, interval_s: float, on: str, gpu_budget: float = 0.01) -> int:
+    """Smallest k for which decomposition keeps up outside the window: on the CPU pool one event's
+    decomposition fits in k intervals; on the GPU it costs at most `gpu_budget` of training time."""
+    if interval_s <= 0:
+        raise ValueError("interval_s must be positive")
+    limit = interval_s if on == "cpu" else gpu_budget * interval_s
+    return max(1, math.ceil(decompose_s / limit - 1e-9))
+
+
+# --------------------------------------------------------------------------- one run
+@dataclass(frozen=True)
+class ModelShape:
+    """The model's telemetry-relevant shape. gated: a gated FFN (three D×d_model matrices)."""
+
+    n_layer: int
+    d_model: int
+    ffn_width: int
+    vocab: int = 50_304
+    sites: int = 2
+    buckets: bool = True
+    gated: bool = False
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 × (block matrices + LM head); attention scores ignored."""
+        ffn = (3 if self.gated else 2) * self.d_model * self.ffn_width
+        return 6.0 * (self.n_layer * (4 * self.d_model**2 + ffn) + self.vocab * self.d_model)
+
+
+def estimate_step_seconds(shape: ModelShape, tokens_per_step: int, flops_per_s: float) -> float:
+    """Seconds per optimizer step at an effective FLOP rate (e.g. ~130/180/280 s per 200 steps at
+    D = 768/3072/6144 for GPT-2 160M on one H100 at 400 TFLOP/s, as telemetry-cost.md estimates)."""
+    return shape.flops_per_token() * tokens_per_step / flops_per_s
+
+
+@dataclass(frozen=True)
+class RunTelemetryCost:
+    """Telemetry cost of one training run (per-event figures are per rank)."""
+
+    decompose_on: str
+    reason: str
+    spectrum_every: int
+    n_events: int
+    n_spectrum_events: int
+    step_s: float
+    train_s: float
+    telemetry_s: float  # wall time added over the run: critical paths, GPU decompositions, waits
+    wait_s: float  # of which: the trainer waiting for the CPU pool (in-flight bound, checkpoints, end)
+    critical_path_s: float  # one event with spectra
+    decomposition_s: float  # one event's decomposition, where it runs
+    peak_host_mib: float
+    peak_device_mib: float
+    event: EventEstimate
+    basis: Mapping[str, str]
+
+    @property
+    def share(self) -> float:
+        """Telemetry's share of the run's wall time."""
+        return self.telemetry_s / (self.train_s + self.telemetry_s)
+
+    @property
+    def overhead(self) -> float:
+        """Telemetry time relative to training time (what telemetry-cost.md calls the share)."""
+        return self.telemetry_s / self.train_s
+
+    def summary(self) -> str:
+        return (f"telemetry {self.share:.1%} of wall time ({self.telemetry_s:.0f} s over {self.n_events} events, "
+                f"{self.n_spectrum_events} with spectra, every {self.spectrum_every}), decomposed on "
+                f"{self.decompose_on}: {self.reason}")
+
+
+def estimate_run(
+    shape: ModelShape,
+    steps: int,
+    every: int,
+    tokens_per_step: int,
+    step_seconds: float | None = None,
+    device: DeviceProfile | str = "h100",
+    *,
+    ranks: int = 1,
+    decompose_on: str = "auto",
+    spectrum_every: int | str = "auto",
+    window: int = 5,
+    resources: HostResources | None = None,
+    max_in_flight: int = 1,
+    ckpt_every: int | None = None,
+    gemm_passes: int = 1,
+    gpu_budget: float = 0.01,
+    micro_batch_rows: int = 32_768,
+) -> RunTelemetryCost:
+    """Telemetry cost of a run of `steps` steps with an event every `every` steps.
+
+    step_seconds: wall seconds per optimizer step (None: from FLOPs at the profile's rate × ranks).
+    spectrum_every: "auto" (choose_spectrum_every), or k (1 = a spectrum at every event).
+    resources: cores/memory per rank for the CPU pool (None: the profile's).
+    Events without a spectrum cost their critical path only (capture, snapshot, hard ranks). With
+    decomposition on the GPU a spectrum costs its full time inline; on the CPU pool the trainer
+    waits when `max_in_flight` events are still being decomposed, before a checkpoint and at the end.
+    """
+    prof = profile(device)
+    if steps < 1 or every < 1 or tokens_per_step < 1 or ranks < 1:
+        raise ValueError("steps, every, tokens_per_step and ranks must be ≥ 1")
+    basis: dict[str, str] = {}
+    if step_seconds is None:
+        step_seconds = estimate_step_seconds(shape, tokens_per_step, prof.flops_per_s * ranks)
+        basis["step_s"] = f"estimated from FLOPs at {prof.flops_per_s * ranks / 1e12:.0f} TFLOP/s ({prof.basis.get('flops_per_s', ASSUMED)})"
+    else:
+        basis["step_s"] = "given"
+    if not step_seconds > 0:
+        raise ValueError(f"step_seconds must be positive, got {step_seconds}")
+    res = resources or HostResources(prof.cores, prof.host_mem_bytes, source="profile")
+    workers = pool_workers(res.cores)
+    ev_shape = EventShape(
+        layers=shape.n_layer, width=shape.ffn_width, rows=tokens_per_step, sites=shape.sites,
+        buckets=shape.buckets, ranks=ranks, gemm_passes=gemm_passes,
+        chunk_rows=max(1, min(micro_batch_rows, math.ceil(tokens_per_step / ranks))),
+    )
+    ev = event_estimate(ev_shape, prof, workers=workers, max_in_flight=max_in_flight)
+    interval = every * step_seconds
+    decision = decide_decompose_on(
+        decompose_on, accelerator=prof.accelerator, cpu_decompose_s=ev.decompose_cpu_s, interval_s=interval,
+        host_bytes_needed=ev.host_bytes["cpu"], host_bytes_available=res.mem_available_bytes,
+    )
+    on = decision.on
+    decomp = ev.decomposition_s(on)
+    if spectrum_every == "auto":
+        k = choose_spectrum_every(decomp, interval, on, gpu_budget)
+    elif isinstance(spectrum_every, int) and spectrum_every >= 1:
+        k = spectrum_every
+    else:
+        raise ValueError(f"spectrum_every must be 'auto' or a positive int, got {spectrum_every!r}")
+
+    ev_steps = event_steps(steps, every)
+    flags = spectrum_flags(len(ev_steps), k, window)
+    spectra_at = dict(zip(ev_steps, flags))
+    ckpts = set(range(ckpt_every, steps + 1, ckpt_every)) if ckpt_every else set()
+    clock, prev, added, wait = 0.0, 0, 0.0, 0.0
+    finishes: list[float] = []  # CPU pool: when each submitted event's decomposition ends
+    for s in sorted(set(ev_steps) | ckpts):
+        clock += (s - prev) * step_seconds
+        prev = s
+        if s in spectra_at:
+            spectra = spectra_at[s]
+            cost = ev.critical_path_s(on, spectra)
+            if spectra and on == "gpu":
+                cost += decomp
+            elif spectra:  # at most max_in_flight decompositions running: wait for the oldest
+                if len(finishes) >= max_in_flight:
+                    w = max(0.0, finishes[-max_in_flight] - clock)
+                    wait, cost = wait + w, cost + w
+                start = max(clock + cost, finishes[-1] if finishes else 0.0)
+                finishes.append(start + decomp)
+            clock += cost
+            added += cost
+        if s in ckpts or s == steps:  # records are written before a checkpoint and before DONE
+            w = max(0.0, (finishes[-1] if finishes else 0.0) - clock)
+            clock, added, wait = clock + w, added + w, wait + w
+    basis.update({f"event.{k_}": v for k_, v in ev.basis.items()})
+    return RunTelemetryCost(
+        decompose_on=on, reason=decision.reason, spectrum_every=k, n_events=len(ev_steps),
+        n_spectrum_events=sum(flags), step_s=step_seconds, train_s=steps * step_seconds, telemetry_s=added,
+        wait_s=wait, critical_path_s=ev.critical_path_s(on, True), decomposition_s=decomp,
+        peak_host_mib=ev.peak_host_mib(on), peak_device_mib=ev.peak_device_mib(on), event=ev, basis=basis,
+    )
+
+
+# --------------------------------------------------------------------------- measuring a machine
+def calibrate(
+    device: str | None = None,
+    *,
+    widths: Sequence[int] = (256, 512, 1024),
+    rows: int = 4096,
+    eig_widths: Sequence[int] = (256, 512, 1024),
+    repeats: int = 2,
+    seed: int = 0,
+) -> DeviceProfile:
+    """Measure this machine: capture per row (the real CovarianceAccumulator path, in its default
+    precision for the device), the bare GEMM, snapshot work per matrix, fp64 eigvalsh per matrix
+    on one CPU thread (a pool worker) and on the accelerator, and the copy rate to host memory.
+
+    Takes a few seconds at the default sizes. Widths beyond the measured ones are extrapolated by
+    the Anchors laws; the FLOP rate for step-time estimates is assumed to be half the GEMM rate.
+    """
+    import torch
+
+    from metrics.covariance import CovarianceAccumulator, _bf16_scatter
+    from metrics.spectral import hard_rank_of_matrix
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = dev.type == "cuda"
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    threads = torch.get_num_threads()
+    stamp = f"calibrate() on {dev.type}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    def best(fn, n: int = repeats) -> float:
+        fn()  # warm-up: allocator, kernels, LAPACK first call
+        sync()
+        times = []
+        for _ in range(max(1, n)):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    capture, gemm, snap, eig_core, eig_dev = [], [], [], [], []
+    act_dtype = torch.bfloat16 if cuda else torch.float32  # what the training forward hands the hook
+    for d in widths:
+        x = torch.randn(rows, d, generator=gen).to(dev, act_dtype)
+        acc = CovarianceAccumulator(d, device=dev)
+        capture.append((d, best(lambda: acc.update(x)) / rows))
+        if acc.bf16_gemm:
+            xb = x.to(torch.bfloat16)
+            gemm.append((d, best(lambda: _bf16_scatter(xb)) / rows))
+        else:
+            xf = x.float()
+            gemm.append((d, best(lambda: xf.t() @ xf) / rows))
+        other = acc.copy()
+
+        def snapshot_work() -> None:
+            merged = acc.copy().merge(other)  # the GLOBAL merge of the bucket accumulators
+            bool(torch.isfinite(merged.m2).all())
+            hard_rank_of_matrix(merged.m2)
+
+        snap.append((d, best(snapshot_work)))
+        del x, acc, other
+    torch.set_num_threads(1)  # a pool worker runs one thread
+    try:
+        for d in eig_widths:
+            a = torch.randn(d, d, generator=gen, dtype=torch.float64)
+            sym = a + a.t()
+            eig_core.append((d, best(lambda: torch.linalg.eigvalsh(sym), 1)))
+    finally:
+        torch.set_num_threads(threads)
+    if cuda:
+        for d in eig_widths:
+            a = torch.randn(d, d, generator=gen, dtype=torch.float64).to(dev)
+            sym = a + a.t()
+            eig_dev.append((d, best(lambda: torch.linalg.eigvalsh(sym), 1)))
+    blob = torch.empty(16 * MIB, dtype=torch.float32, device=dev)  # 64 MiB
+    copy_s = best(lambda: blob.to("cpu", copy=True))
+    gemm_flops = max(2.0 * d * d / s for d, s in gemm)  # per row: 2·D² FLOPs
+    res = host_resources()
+    name = f"{dev.type} here ({stamp})"
+    return DeviceProfile(
+        name=name,
+        accelerator=cuda,
+        capture_row_s=Anchors(tuple(capture), 2.0, f"CovarianceAccumulator.update of {rows} rows, {stamp}"),
+        capture_rows=rows,
+        gemm_row_s=Anchors(tuple(gemm), 2.0, f"bare covariance GEMM of {rows} rows, {stamp}"),
+        snapshot_matrix_s=Anchors(tuple(snap), 2.0, f"merge + finiteness + hard rank, {stamp}"),
+        eig_core_s=Anchors(tuple(eig_core), 3.0, f"eigvalsh fp64 on one CPU thread, {stamp}"),
+        eig_device_s=Anchors(tuple(eig_dev), 3.0, f"eigvalsh fp64 on {dev}, {stamp}") if cuda else None,
+        copy_bytes_per_s=blob.numel() * 4 / copy_s,
+        flops_per_s=0.5 * gemm_flops,
+        cores=res.cores,
+        host_mem_bytes=res.mem_available_bytes,
+        basis={
+            "copy_bytes_per_s": f"measured: 64 MiB {'device→host (pageable)' if cuda else 'host copy'}",
+            "flops_per_s": "assumed: half the measured covariance GEMM rate",
+            "cores": "measured: sched_getaffinity",
+            "host_mem_bytes": "measured: MemAvailable",
+        },
+    )
