@@ -43,7 +43,8 @@ def metric_keys(renyi_alphas: Iterable[float]) -> list[str]:
     return ["soft_rank", "hard_rank", "entropy", "eee", "js"] + [renyi_key(a) for a in renyi_alphas]
 
 
-def _status(entry: CovarianceSnapshot, min_bucket_rows: int) -> str:
+def entry_status(entry: CovarianceSnapshot, min_bucket_rows: int) -> str:
+    """"ok", or why the entry gets a flagged record (then it is never decomposed)."""
     if entry.n == 0:
         return "empty"
     if entry.n < 2 or (entry.bucket != GLOBAL and entry.n < min_bucket_rows):
@@ -120,7 +121,7 @@ def finalize_snapshot(snapshot: TelemetrySnapshot) -> list[dict]:
     spectra: dict[tuple[int, str, str], np.ndarray] = {}
     for entry in snapshot.entries:
         rec = _empty_record(snapshot.step, entry, keys, snapshot.spectrum)
-        status = _status(entry, opts.min_bucket_rows)
+        status = entry_status(entry, opts.min_bucket_rows)
         rec["status"] = status
         if status == "ok" and not snapshot.spectrum:
             rec.update({k: entry.hard_rank for k in TRACE_METRICS if k in rec})
@@ -208,4 +209,4 @@ def record_order_key(rec: Mapping) -> tuple:
     return (rec["step"], rec["layer"], bucket_rank, SITES.index(rec["site"]))
 
 
-__all__ = ["TRACE_METRICS", "finalize_snapshot", "spectral_records", "sampling_label", "metric_keys", "record_order_key"]
+__all__ = ["TRACE_METRICS", "entry_status", "finalize_snapshot", "spectral_records", "sampling_label", "metric_keys", "record_order_key"]
