@@ -24,7 +24,14 @@ from metrics.collector import CaptureTimer, SpectrumCollector
 from metrics.covariance import CovarianceAccumulator
 from metrics.pipeline import DECOMPOSE_ON, EventCost, EventPipeline, FinishedEvent, split_snapshot
 from metrics.probes import DEFAULT_POST_PATTERNS, DEFAULT_PRE_PATTERNS, FFNProbe, attach_probes
-from metrics.records import TRACE_METRICS, finalize_snapshot, metric_keys, record_order_key, sampling_label, spectral_records
+from metrics.records import (
+    TRACE_METRICS,
+    finalize_snapshot,
+    metric_keys,
+    record_order_key,
+    sampling_label,
+    spectral_records,
+)
 from metrics.schedule import (
     AGGREGATION_EVENTS,
     SpectrumCadence,

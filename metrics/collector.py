@@ -29,7 +29,7 @@ def bucket_order(labels: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
 
 
 class CaptureTimer:
-    """Time spent capturing rows (the covariance updates in the hooks), per event.
+    """Time spent capturing rows (FFNProbe's hooks: bucket grouping and covariance updates), per event.
 
     CUDA: event pairs around each capture on the current stream, read after a synchronisation
     (the stream is serial, so a pair brackets exactly the capture kernels); CPU: wall clock.

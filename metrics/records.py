@@ -61,10 +61,10 @@ def _spectrum(entry: CovarianceSnapshot, paper_eps: bool, eig_dtype: torch.dtype
               ) -> tuple[np.ndarray, float, float]:
     """(eigenvalues descending, float64, length D; min raw eigenvalue; negative mass).
 
-    eigvalsh in `eig_dtype` (float64 by default) on the snapshot's device; the n×n Gram matrix when rows were kept (n < D),
-    zero-padded to D (the covariance has D − n + 1 zero eigenvalues there). min_eig and the
-    negative mass Σ|λ<0| / Σ|λ| describe the raw eigenvalues; the returned spectrum has the
-    round-off band around zero set to 0 (exact mode only).
+    eigvalsh in `eig_dtype` (float64 by default) on the snapshot's device; the n×n Gram matrix
+    when rows were kept (n < D), zero-padded to D (the covariance has D − n + 1 zero eigenvalues
+    there). min_eig and the negative mass Σ|λ<0| / Σ|λ| describe the raw eigenvalues; the returned
+    spectrum has the round-off band around zero set to 0 (exact mode only).
     """
     denom = entry.n - 1 + (1e-12 if paper_eps else 0.0)
     if entry.rows is not None and entry.n < entry.dim:
@@ -209,4 +209,7 @@ def record_order_key(rec: Mapping) -> tuple:
     return (rec["step"], rec["layer"], bucket_rank, SITES.index(rec["site"]))
 
 
-__all__ = ["TRACE_METRICS", "entry_status", "finalize_snapshot", "spectral_records", "sampling_label", "metric_keys", "record_order_key"]
+__all__ = [
+    "TRACE_METRICS", "entry_status", "finalize_snapshot", "spectral_records", "sampling_label", "metric_keys",
+    "record_order_key",
+]

@@ -51,8 +51,9 @@ def _shard(rank: int):
 
 
 def _collector(shards) -> SpectrumCollector:
-    collector = SpectrumCollector([(l, s) for l in LAYERS for s in SITES], dims={(l, s): D for l in LAYERS for s in SITES},
-                                  buckets=True, accum_dtype=torch.float64, keep_rows=False)
+    keys = [(l, s) for l in LAYERS for s in SITES]
+    collector = SpectrumCollector(keys, dims={k: D for k in keys}, buckets=True, accum_dtype=torch.float64,
+                                  keep_rows=False)
     for labels, rows in shards:  # each shard = one micro-batch, rows grouped by bucket
         order = np.argsort(labels, kind="stable")
         sizes = np.bincount(labels, minlength=3).tolist()
@@ -148,7 +149,8 @@ def test_bucket_scope_rank0_uses_only_rank0_rows(two_ranks):
     rank0 = two_ranks[0]
     got = {(r["layer"], r["site"], r["bucket"]): r for r in rank0["rank0"]}
     pooled = {(r["layer"], r["site"], r["bucket"]): r for r in rank0["sharded"]}
-    local = {(r["layer"], r["site"], r["bucket"]): r for r in _event(_collector([_shard(0)]), decompose_on="device").records}
+    alone = _event(_collector([_shard(0)]), decompose_on="device").records  # rank 0's rows, one process
+    local = {(r["layer"], r["site"], r["bucket"]): r for r in alone}
     labels = _shard(0)[0]
     for key, rec in got.items():
         if key[2] == "global":  # the global matrix still pools both ranks
