@@ -271,6 +271,8 @@ class EventPipeline:
         are decomposing, then pools, snapshots and starts or does the decomposition. The collector
         is reset. Under DDP a collective, with the same step and spectrum flag on every rank.
         """
+        if self.world > 1:
+            self._check_same_event(int(step), bool(spectrum))
         t_start = time.perf_counter()
         cost = EventCost(step=int(step), spectrum=bool(spectrum))
         cost.interval_s = t_start - self._last_end if self._last_end is not None else None
@@ -451,6 +453,19 @@ class EventPipeline:
         elif event.error is not None:
             raise event.error
         return FinishedEvent(cost.step, cost.spectrum, records, cost)
+
+    def _check_same_event(self, step: int, spectrum: bool) -> None:
+        """Every rank must close the same event the same way, or the collectives that follow pair
+        up wrongly (a hang or wrong numbers); one tiny all-reduce turns that into an error everywhere."""
+        values = torch.tensor([step, float(spectrum), -step, -float(spectrum)], dtype=torch.float64,
+                              device=self._comm_device())
+        dist.all_reduce(values, op=dist.ReduceOp.MAX, group=self.group)
+        hi_step, hi_spec, lo_step, lo_spec = values.tolist()
+        if hi_step != -lo_step or hi_spec != -lo_spec:
+            raise ValueError(
+                f"ranks disagree on the telemetry event: steps {-lo_step:g}..{hi_step:g}, spectrum "
+                f"{bool(-lo_spec)}..{bool(hi_spec)}; decide it from values agreed over ranks (EventCost)"
+            )
 
     def _comm_device(self) -> torch.device:
         if dist.get_backend(self.group) == "nccl":

@@ -91,6 +91,11 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         out["device"] = _event(_collector(mine), decompose_on="device").records
         out["hard"] = _event(_collector(mine), spectrum=False, decompose_on="cpu", pool="thread").records
         out["rank0"] = _event(_collector(mine), decompose_on="device", bucket_scope="rank0").records
+        try:  # a rank that decides differently: an error on every rank, not a hang
+            _event(_collector(mine), spectrum=rank == 0, decompose_on="device")
+            out["mismatch"] = None
+        except ValueError as exc:
+            out["mismatch"] = str(exc)
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -129,6 +134,10 @@ def test_sharded_equals_all_reduce_on_two_gloo_ranks(two_ranks):
     assert sorted(rank0["seen"] + rank1["seen"]) == sorted((r["layer"], r["site"], r["bucket"]) for r in want)
     # costs agree over ranks (maximum): the same on both
     assert rank0["cost"] == rank1["cost"] and rank0["cost"].matrices == max(len(rank0["seen"]), len(rank1["seen"]))
+
+
+def test_ranks_that_disagree_on_an_event_fail_clearly(two_ranks):
+    assert all("ranks disagree" in (r["mismatch"] or "") for r in two_ranks)
 
 
 def test_two_ranks_equal_one_rank_with_all_rows(two_ranks):
