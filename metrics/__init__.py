@@ -5,7 +5,10 @@
 - buckets:    HEAD/MID/TAIL token-frequency regimes by occurrence-mass tertiles
 - probes:     hooks on any nn.Module by module-name pattern (pre/post sites, buckets)
 - records:    telemetry records (docs/contracts.md keys), one-shot and from snapshots
-- background: finalize snapshots in a worker thread/process
+- background: finalize snapshots in a worker thread/process (unbounded; kept for one-off use)
+- schedule:   which steps are events, which events carry full spectra (window, cadence)
+- sharding:   owner rank of every matrix, exact reduce-to-owner under torch.distributed
+- pipeline:   EventPipeline: pool, snapshot, hard ranks, bounded decomposition, cost per event
 """
 
 from metrics.background import BackgroundFinalizer
@@ -17,9 +20,28 @@ from metrics.buckets import (
     occurrence_tertiles,
     token_counts,
 )
+from metrics.collector import CaptureTimer, SpectrumCollector
 from metrics.covariance import CovarianceAccumulator
+from metrics.pipeline import DECOMPOSE_ON, EventCost, EventPipeline, FinishedEvent, split_snapshot
 from metrics.probes import DEFAULT_POST_PATTERNS, DEFAULT_PRE_PATTERNS, FFNProbe, attach_probes
-from metrics.records import finalize_snapshot, metric_keys, record_order_key, sampling_label, spectral_records
+from metrics.records import (
+    TRACE_METRICS,
+    finalize_snapshot,
+    metric_keys,
+    record_order_key,
+    sampling_label,
+    spectral_records,
+)
+from metrics.schedule import (
+    AGGREGATION_EVENTS,
+    SpectrumCadence,
+    aggregation_window,
+    event_steps,
+    is_event,
+    keep_up_every,
+    spectrum_steps,
+)
+from metrics.sharding import BUCKET_SCOPES, matrix_owners, reduce_to_owners
 from metrics.snapshot import TelemetryOptions, TelemetrySnapshot
 from metrics.spectral import (
     DEFAULT_RENYI_ALPHAS,
@@ -35,7 +57,25 @@ from metrics.spectral import (
 )
 
 __all__ = [
+    "AGGREGATION_EVENTS",
     "BUCKETS",
+    "BUCKET_SCOPES",
+    "DECOMPOSE_ON",
+    "TRACE_METRICS",
+    "CaptureTimer",
+    "EventCost",
+    "EventPipeline",
+    "FinishedEvent",
+    "SpectrumCadence",
+    "SpectrumCollector",
+    "aggregation_window",
+    "event_steps",
+    "is_event",
+    "keep_up_every",
+    "matrix_owners",
+    "reduce_to_owners",
+    "spectrum_steps",
+    "split_snapshot",
     "DEFAULT_POST_PATTERNS",
     "DEFAULT_PRE_PATTERNS",
     "DEFAULT_RENYI_ALPHAS",

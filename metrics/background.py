@@ -7,6 +7,8 @@
 
 Threads suffice when the decomposition is LAPACK/cuSOLVER (they release the GIL); processes
 isolate the CPU work completely (snapshots must then live on the CPU: the default).
+The queue is unbounded: a training loop should use metrics.pipeline.EventPipeline (bounded by
+max_in_flight, rank-sharded, hard-rank-only events, a cost per event).
 """
 
 from __future__ import annotations

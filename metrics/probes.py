@@ -11,6 +11,9 @@ Usage in a training loop (gradient accumulation included)::
         records = probe.compute(step)                             # or snapshot() + finalize
     probe.detach()
 
+At scale, hand the probe's collector to `metrics.pipeline.EventPipeline` instead of compute():
+rank-sharded pooling, hard ranks at every event, bounded asynchronous decomposition, costs.
+
 Hooks exist only inside `capturing()`, so ordinary steps pay nothing.
 """
 
@@ -212,6 +215,8 @@ class FFNProbe:
             self.ignored_forwards += 1
             return
         self._seen[(layer, site)] = self._generation
+        timer = self.collector.capture_timer
+        token = timer.start(x.device) if timer.enabled else None
         x2d = x.detach().reshape(-1, x.shape[-1])  # [B·S, D]
         sizes = None
         if batch is not None:
@@ -223,6 +228,7 @@ class FFNProbe:
                 x2d = x2d.index_select(0, batch.rows)  # [kept rows, D], grouped by bucket
             sizes = batch.sizes
         self.collector.add(layer, site, x2d, sizes)
+        timer.stop(token)
 
     # ------------------------------------------------------------------ results
     def reset(self) -> None:

@@ -2,7 +2,9 @@
 
 A record is one dict per (step, layer, site, bucket) with exactly the keys of docs/contracts.md.
 Degenerate inputs give a flagged record (status != "ok", metric values None), never an exception
-and never a silent number.
+and never a silent number. `spectrum` says what an event carries: True = every metric (the
+covariance was decomposed); False = hard rank and Rényi-2 only (trace formula), every other
+metric None.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from metrics.buckets import BUCKETS
 from metrics.collector import SpectrumCollector, bucket_order
 from metrics.snapshot import GLOBAL, SITES, CovarianceSnapshot, TelemetryOptions, TelemetrySnapshot
 from metrics.spectral import DEFAULT_RENYI_ALPHAS, js_divergence, renyi_key, spectrum_metrics
+
+# Carried by every event: (tr C)² / ‖C‖²_F needs no decomposition, and Rényi-2 is the same number.
+TRACE_METRICS: tuple[str, ...] = ("hard_rank", renyi_key(2.0))
 
 # Round-off floor for "zero variance": tr C below (ZERO_VAR_ULPS · eps)² · ‖mean‖² is what centring
 # constant rows leaves behind in the accumulation dtype, not signal.
@@ -38,7 +43,8 @@ def metric_keys(renyi_alphas: Iterable[float]) -> list[str]:
     return ["soft_rank", "hard_rank", "entropy", "eee", "js"] + [renyi_key(a) for a in renyi_alphas]
 
 
-def _status(entry: CovarianceSnapshot, min_bucket_rows: int) -> str:
+def entry_status(entry: CovarianceSnapshot, min_bucket_rows: int) -> str:
+    """"ok", or why the entry gets a flagged record (then it is never decomposed)."""
     if entry.n == 0:
         return "empty"
     if entry.n < 2 or (entry.bucket != GLOBAL and entry.n < min_bucket_rows):
@@ -51,22 +57,23 @@ def _status(entry: CovarianceSnapshot, min_bucket_rows: int) -> str:
     return "ok"
 
 
-def _spectrum(entry: CovarianceSnapshot, paper_eps: bool) -> tuple[np.ndarray, float, float]:
+def _spectrum(entry: CovarianceSnapshot, paper_eps: bool, eig_dtype: torch.dtype = torch.float64
+              ) -> tuple[np.ndarray, float, float]:
     """(eigenvalues descending, float64, length D; min raw eigenvalue; negative mass).
 
-    eigvalsh in float64 on the snapshot's device; the n×n Gram matrix when rows were kept (n < D),
-    zero-padded to D (the covariance has D − n + 1 zero eigenvalues there). min_eig and the
-    negative mass Σ|λ<0| / Σ|λ| describe the raw eigenvalues; the returned spectrum has the
-    round-off band around zero set to 0 (exact mode only).
+    eigvalsh in `eig_dtype` (float64 by default) on the snapshot's device; the n×n Gram matrix
+    when rows were kept (n < D), zero-padded to D (the covariance has D − n + 1 zero eigenvalues
+    there). min_eig and the negative mass Σ|λ<0| / Σ|λ| describe the raw eigenvalues; the returned
+    spectrum has the round-off band around zero set to 0 (exact mode only).
     """
     denom = entry.n - 1 + (1e-12 if paper_eps else 0.0)
     if entry.rows is not None and entry.n < entry.dim:
         x = entry.rows.to(torch.float64)
         x = x - x.mean(dim=0)  # [n, D]
-        mat = (x @ x.t()) / denom  # [n, n] Gram: same nonzero eigenvalues as xᵀx / denom
+        mat = ((x @ x.t()) / denom).to(eig_dtype)  # [n, n] Gram: same nonzero eigenvalues as xᵀx / denom
     else:
-        mat = entry.m2.to(torch.float64) / denom  # [D, D]
-    raw = torch.linalg.eigvalsh(mat).cpu().numpy()
+        mat = entry.m2.to(eig_dtype) / denom  # [D, D]
+    raw = torch.linalg.eigvalsh(mat).cpu().numpy().astype(np.float64)
     min_eig = float(raw.min())
     total_abs = np.abs(raw).sum()
     neg_mass = float(np.abs(raw[raw < 0]).sum() / total_abs) if total_abs > 0 else 0.0
@@ -82,7 +89,7 @@ def _spectrum(entry: CovarianceSnapshot, paper_eps: bool) -> tuple[np.ndarray, f
     return lam, min_eig, neg_mass
 
 
-def _empty_record(step: int, entry: CovarianceSnapshot, keys: Sequence[str]) -> dict:
+def _empty_record(step: int, entry: CovarianceSnapshot, keys: Sequence[str], spectrum: bool) -> dict:
     rec: dict = {"step": step, "layer": entry.layer, "site": entry.site, "bucket": entry.bucket}
     rec.update({k: None for k in keys})
     n_over_d = entry.n / entry.dim if entry.dim else None
@@ -92,6 +99,7 @@ def _empty_record(step: int, entry: CovarianceSnapshot, keys: Sequence[str]) -> 
         "n_over_d": n_over_d,
         "sampling": sampling_label(n_over_d) if n_over_d is not None else "under",
         "status": "ok",
+        "spectrum": spectrum,
         "min_eig": None,
         "neg_mass": None,
     })
@@ -101,25 +109,30 @@ def _empty_record(step: int, entry: CovarianceSnapshot, keys: Sequence[str]) -> 
 def finalize_snapshot(snapshot: TelemetrySnapshot) -> list[dict]:
     """Records of one telemetry event: eigendecompositions and metrics for every entry.
 
-    Pure function of the snapshot, safe to run in a worker thread or process. Records come in
-    snapshot order (layer, then bucket global/head/mid/tail, then site); JS(pre ‖ post) is filled
-    on both rows of a (layer, bucket) when both sites are ok.
+    Pure function of the snapshot, safe to run in a worker thread or process. Records are sorted
+    by `record_order_key` (layer, then bucket global/head/mid/tail, then site); JS(pre ‖ post) is
+    filled on both rows of a (layer, bucket) when both sites are ok and in the snapshot.
+    A snapshot with spectrum=False decomposes nothing: its records carry the inline hard rank
+    (and Rényi-2, the same number) and None for the other metrics.
     """
     opts = snapshot.options
     keys = metric_keys(opts.renyi_alphas)
     records: list[dict] = []
     spectra: dict[tuple[int, str, str], np.ndarray] = {}
     for entry in snapshot.entries:
-        rec = _empty_record(snapshot.step, entry, keys)
-        status = _status(entry, opts.min_bucket_rows)
+        rec = _empty_record(snapshot.step, entry, keys, snapshot.spectrum)
+        status = entry_status(entry, opts.min_bucket_rows)
         rec["status"] = status
-        if status == "ok":
-            lam, min_eig, neg_mass = _spectrum(entry, opts.paper_eps)
+        if status == "ok" and not snapshot.spectrum:
+            rec.update({k: entry.hard_rank for k in TRACE_METRICS if k in rec})
+        elif status == "ok":
+            lam, min_eig, neg_mass = _spectrum(entry, opts.paper_eps, opts.eig_dtype)
             values = spectrum_metrics(lam, opts.renyi_alphas, opts.paper_eps)
             if not opts.paper_eps and entry.hard_rank is not None:
                 # (tr C)² / ‖C‖²_F from the inline fp64 reduction: equal to the eigenvalue PR up to
-                # round-off, and available without the decomposition
-                values["hard_rank"] = entry.hard_rank
+                # round-off, and available without the decomposition; the same number in every
+                # event, decomposed or not
+                values.update({k: entry.hard_rank for k in TRACE_METRICS if k in values})
             rec.update(values)
             rec["min_eig"], rec["neg_mass"] = min_eig, neg_mass
             if opts.keep_eigenvalues:
@@ -196,4 +209,7 @@ def record_order_key(rec: Mapping) -> tuple:
     return (rec["step"], rec["layer"], bucket_rank, SITES.index(rec["site"]))
 
 
-__all__ = ["finalize_snapshot", "spectral_records", "sampling_label", "metric_keys", "record_order_key"]
+__all__ = [
+    "TRACE_METRICS", "entry_status", "finalize_snapshot", "spectral_records", "sampling_label", "metric_keys",
+    "record_order_key",
+]

@@ -152,5 +152,6 @@ def test_record_keys_are_the_contract():
     assert list(rec) == [
         "step", "layer", "site", "bucket", "soft_rank", "hard_rank", "entropy", "eee", "js",
         "renyi_0.5", "renyi_3", "renyi_inf", "n_rows", "dim", "n_over_d", "sampling", "status",
-        "min_eig", "neg_mass",
+        "spectrum", "min_eig", "neg_mass",
     ]
+    assert rec["spectrum"] is True
