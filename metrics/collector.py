@@ -87,7 +87,7 @@ class SpectrumCollector:
         dims: dict[tuple[int, str], int | None] | None = None,
         buckets: bool = False,
         accum_dtype: torch.dtype = torch.float32,
-        bf16_matmul: bool = False,
+        bf16_matmul: bool | None = None,
         keep_rows: bool = True,
         device: torch.device | str | None = None,
     ) -> None:

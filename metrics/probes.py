@@ -76,7 +76,8 @@ class FFNProbe:
         seed: seed of the subsampling generator.
         renyi_alphas, keep_eigenvalues, paper_eps: see metrics.snapshot.TelemetryOptions.
         accum_dtype: float32 (default policy) or float64.
-        bf16_matmul: CUDA only, bf16 GEMM inputs with fp32 output (see CovarianceAccumulator).
+        bf16_matmul: None (default) = bf16 GEMM inputs with fp32 output on CUDA, exact fp32 on CPU;
+            False forces IEEE fp32 (see CovarianceAccumulator).
         gram_below_dim: keep rows while n < D and decompose the n×n Gram matrix then.
     Activations must be laid out [B, S, D] (or [B·S, D]) in the same order as the ids passed to
     `set_tokens`; rows are labelled by the INPUT token id's bucket.
@@ -97,7 +98,7 @@ class FFNProbe:
         keep_eigenvalues: bool = False,
         paper_eps: bool = False,
         accum_dtype: torch.dtype = torch.float32,
-        bf16_matmul: bool = False,
+        bf16_matmul: bool | None = None,
         gram_below_dim: bool = True,
     ) -> None:
         bad = [s for s in sites if s not in SITES]
