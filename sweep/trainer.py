@@ -143,8 +143,11 @@ def train_run(cfg: DictConfig, run_path: Path) -> RunResult:
 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     # Several tasks of one job (one per GPU) train the run together; rank 0 alone writes its files.
-    with distributed.session(spec.train.device) as dist_env:
+    with distributed.session(spec.train.device) as dist_env, contextlib.ExitStack() as beating:
         digest = run_dir.claim(identity, config_yaml) if dist_env.is_main else run_dir.check_identity(identity)
+        if dist_env.is_main:  # heartbeat.json: lets sweep.status tell this live run from a killed one
+            # (the step reads as None until `training` below exists)
+            beating.enter_context(run_dir.heartbeat(dist_env.world_size, step=lambda: training.step))
         try:
             training = _Training(spec, cfg, run_dir, digest, overrides, dist_env)
         except Exception as e:  # set-up failed (data, model, device): `sweep.status` shows why
