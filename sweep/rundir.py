@@ -109,6 +109,8 @@ class RunDir:
         self.ckpt_dir = self.path / "checkpoints"
         self.done_file = self.path / "DONE"
         self.heartbeat_file = self.path / "heartbeat.json"
+        self._status_lock = threading.Lock()
+        self._status_final = False
 
     # ---- status -------------------------------------------------------------------------------
     def is_done(self) -> bool:
@@ -122,12 +124,18 @@ class RunDir:
         except json.JSONDecodeError:
             return {}
 
-    def update_status(self, **fields: Any) -> dict[str, Any]:
-        status = self.read_status()
-        status.update(fields)
-        status["updated"] = _now()
-        atomic_write_text(self.status_file, json.dumps(json_safe(status), indent=2, sort_keys=True))
-        return status
+    def update_status(self, final: bool = False, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into run.json. ``final``: the last word of this process; later updates
+        (e.g. from a main thread still unwinding while a watchdog thread ends the process) are dropped."""
+        with self._status_lock:
+            if self._status_final:
+                return self.read_status()
+            status = self.read_status()
+            status.update(fields)
+            status["updated"] = _now()
+            atomic_write_text(self.status_file, json.dumps(json_safe(status), indent=2, sort_keys=True))
+            self._status_final = final
+            return status
 
     def write_done(self, summary: Mapping[str, Any]) -> None:
         """The completion marker: written last, atomically."""
