@@ -223,10 +223,13 @@ class Watchdog:
             try:
                 self.beat()
                 reason = self.verdict()
-            except Exception as e:  # the store is unreachable: rank 0, which serves it, is gone
+            except (RuntimeError, OSError) as e:  # the store is unreachable: rank 0, which serves it, is gone
                 if self._stop.is_set() or 0 in self._left:
                     return
                 reason = self._lost_store(e)
+            except Exception:  # a fault of the watchdog itself must not end a healthy run
+                log.warning("rank %d: watchdog check failed", self.env.rank, exc_info=True)
+                continue
             if reason and not self._stop.is_set():
                 self.fail(reason)
                 return

@@ -96,6 +96,22 @@ def test_a_dead_process_on_this_host_is_lost_at_once_and_recorded_before_the_exi
     assert "stopped: rank 1" in r1.failure()  # the others learn why rank 0 stops
 
 
+def test_a_store_that_stops_answering_means_rank_0_is_gone(caplog) -> None:
+    (_, r1), _ = _pair()
+
+    class Gone:  # every request fails as on a closed connection
+        def __getattr__(self, name):
+            def refuse(*args, **kwargs):
+                raise RuntimeError("Failed to recv, got 0 bytes. Connection was likely closed.")
+            return refuse
+
+    exits: list[int] = []
+    r1.store, r1.poll_s, r1._exit = Gone(), 0.01, exits.append
+    r1._monitor()  # returns once it has given up (here: exit only records)
+    assert exits == [1]
+    assert "lost contact with rank 0" in caplog.text and "Connection was likely closed" in caplog.text
+
+
 def test_the_peer_timeout_comes_from_the_environment() -> None:
     assert peer_timeout({}) == 60.0 and peer_timeout({"SPECSWEEP_PEER_TIMEOUT_S": "7.5"}) == 7.5
     for bad in ("0", "-3", "soon"):
