@@ -1,4 +1,4 @@
-"""A run directory: resolved config, status, metrics, spectra, checkpoints and the DONE marker.
+"""A run directory: resolved config, status, heartbeat, metrics, spectra, checkpoints and the DONE marker.
 
 Every file that a reader might see half-written is written to a temporary name in the same folder
 and renamed (``os.replace`` is atomic on POSIX), so a kill at any moment leaves either the old or
@@ -11,11 +11,18 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import math
 import os
 import re
+import threading
+import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+
+from sweep import liveness
+
+log = logging.getLogger("specsweep.rundir")
 
 STATUS_RUNNING = "running"
 STATUS_DONE = "done"
@@ -24,6 +31,7 @@ STATUS_FAILED = "failed"
 STATUS_INTERRUPTED = "interrupted"
 STATUS_REQUEUED = "requeued"      # stopped by SLURM preemption/time limit, checkpointed, job requeued
 TERMINAL_STATUSES = (STATUS_DONE, STATUS_DIVERGED)
+HEARTBEAT_EVERY_S = 30.0  # period of heartbeat.json (sweep.status calls a run stale after --stale-after)
 
 _CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
 
@@ -32,19 +40,23 @@ class RunConfigChanged(RuntimeError):
     """The run directory belongs to a run with a different configuration."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a partial one."""
+def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never a partial one.
+
+    ``sync=False`` skips the fsync (still atomic for other processes; a power cut may lose it).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, sync: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), sync)
 
 
 def json_safe(value: Any) -> Any:
@@ -96,6 +108,9 @@ class RunDir:
         self.eigen_dir = self.path / "eigenvalues"
         self.ckpt_dir = self.path / "checkpoints"
         self.done_file = self.path / "DONE"
+        self.heartbeat_file = self.path / "heartbeat.json"
+        self._status_lock = threading.Lock()
+        self._status_final = False
 
     # ---- status -------------------------------------------------------------------------------
     def is_done(self) -> bool:
@@ -109,12 +124,18 @@ class RunDir:
         except json.JSONDecodeError:
             return {}
 
-    def update_status(self, **fields: Any) -> dict[str, Any]:
-        status = self.read_status()
-        status.update(fields)
-        status["updated"] = _now()
-        atomic_write_text(self.status_file, json.dumps(json_safe(status), indent=2, sort_keys=True))
-        return status
+    def update_status(self, final: bool = False, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into run.json. ``final``: the last word of this process; later updates
+        (e.g. from a main thread still unwinding while a watchdog thread ends the process) are dropped."""
+        with self._status_lock:
+            if self._status_final:
+                return self.read_status()
+            status = self.read_status()
+            status.update(fields)
+            status["updated"] = _now()
+            atomic_write_text(self.status_file, json.dumps(json_safe(status), indent=2, sort_keys=True))
+            self._status_final = final
+            return status
 
     def write_done(self, summary: Mapping[str, Any]) -> None:
         """The completion marker: written last, atomically."""
@@ -122,6 +143,19 @@ class RunDir:
 
     def read_done(self) -> dict[str, Any]:
         return json.loads(self.done_file.read_text())
+
+    # ---- heartbeat ----------------------------------------------------------------------------
+    def read_heartbeat(self) -> dict[str, Any]:
+        """The last heartbeat of the run's process (see Heartbeat), or {} if there is none."""
+        try:
+            beat = json.loads(self.heartbeat_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return beat if isinstance(beat, dict) else {}
+
+    def heartbeat(self, world_size: int = 1, every_s: float = HEARTBEAT_EVERY_S,
+                  step: Optional[Callable[[], Any]] = None) -> "Heartbeat":
+        return Heartbeat(self, world_size=world_size, every_s=every_s, step=step)
 
     # ---- identity -----------------------------------------------------------------------------
     def check_identity(self, identity: Mapping[str, Any]) -> str:
@@ -176,6 +210,72 @@ class RunDir:
         kept = [row for row in iter_jsonl(path) if int(row.get("step", 0)) <= max_step]
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         return len(kept)
+
+
+def slurm_job_id(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """This process's SLURM job as jobs.jsonl names it (``123`` or array task ``123_4``), or None."""
+    e = os.environ if environ is None else environ
+    if e.get("SLURM_ARRAY_JOB_ID") and e.get("SLURM_ARRAY_TASK_ID"):
+        return f"{e['SLURM_ARRAY_JOB_ID']}_{e['SLURM_ARRAY_TASK_ID']}"
+    return e.get("SLURM_JOB_ID") or None
+
+
+class Heartbeat:
+    """``heartbeat.json`` of a live run, rewritten every ``every_s`` seconds by a daemon thread.
+
+    It holds the time (ISO and unix seconds), host, pid and its start time, the SLURM job, the
+    number of ranks and the current step, so ``sweep.status`` can tell a live run from a dead one
+    whose run.json still says running (SIGKILL, out of memory, node lost). The thread costs one small
+    un-fsynced atomic write per period and never touches the training loop; ``step`` is a callable
+    the thread reads. A failed write (disk full, read-only) is logged once and retried next period.
+    """
+
+    def __init__(self, run_dir: RunDir, world_size: int = 1, every_s: float = HEARTBEAT_EVERY_S,
+                 step: Optional[Callable[[], Any]] = None) -> None:
+        self.run_dir, self.every_s, self.step = run_dir, float(every_s), step
+        self._fixed = {**liveness.this_process(), "slurm_job": slurm_job_id(), "world_size": int(world_size),
+                       "every_s": self.every_s}
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._warned = False
+
+    def beat(self) -> None:
+        try:
+            step = self.step() if self.step is not None else None
+        except Exception:  # the step source is not ready yet
+            step = None
+        now = time.time()
+        stamp = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="seconds")
+        fields = {**self._fixed, "time": stamp, "unix": round(now, 3), "step": step}
+        try:
+            atomic_write_text(self.run_dir.heartbeat_file, json.dumps(json_safe(fields), sort_keys=True), sync=False)
+        except OSError as e:
+            if not self._warned:
+                log.warning("cannot write %s (%s); sweep.status may report the run stale",
+                            self.run_dir.heartbeat_file, e)
+                self._warned = True
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.beat()
+
+    def start(self) -> "Heartbeat":
+        self.beat()
+        self._thread = threading.Thread(target=self._loop, name="specsweep-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> "Heartbeat":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
 
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:

@@ -2,20 +2,28 @@
 
     python -m sweep.status SWEEP_DIR                      # one line per run, then counts
     python -m sweep.status SWEEP_DIR --json               # the same as JSON lines
-    python -m sweep.status SWEEP_DIR --resubmit           # relaunch failed / interrupted / never started runs
+    python -m sweep.status SWEEP_DIR --resubmit           # relaunch failed / stale / interrupted / never started runs
     python -m sweep.status SWEEP_DIR --resubmit resources.timeout_min=600   # ... with changed overrides
 
 States: done, diverged, running, pending (queued, not started yet), requeued (preempted or at its
 time limit, checkpointed, waiting to resume), interrupted (stopped outside SLURM; relaunch resumes
 it), failed (with the last error line: the run's own error, or the SLURM job's end state and the
-last line of its log), not started (a grid point without a run directory).
+last line of its log), stale (run.json says running or requeued but the run is dead: killed with
+SIGKILL, out of memory, its machine lost), not started (a grid point without a run directory).
+
+A run is stale when no live SLURM job is recorded for it and its heartbeat (heartbeat.json, rewritten
+every 30 s by the training process) shows it dead: its process is gone (checked when this command
+runs on the run's host), or the heartbeat is older than --stale-after (default 600 s) on another
+host. A run whose SLURM job is still live, whose job state cannot be read, or whose process is
+still alive on this host is never stale.
 
 The grid comes from SWEEP_DIR/.specsweep/grid.json, written by the sweeper at every launch (see
 sweep/sweepdir.py); the SLURM job of each run from .specsweep/jobs.jsonl, and its state from squeue
 and sacct. Sweep directories written before grid.json existed show only the runs that have a
 directory. --resubmit reruns the recorded launch command restricted to the chosen runs
-(``hydra.sweeper.only``); runs that are done, diverged, running or still queued are left alone,
-and resumed runs continue from their newest checkpoint.
+(``hydra.sweeper.only``): failed, stale, interrupted and not started ones; runs that are done,
+diverged, running or still queued are left alone, and resumed runs continue from their newest
+checkpoint.
 """
 
 from __future__ import annotations
@@ -26,14 +34,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-from sweep import slurm, sweepdir
+from sweep import liveness, slurm, sweepdir
 from sweep.rundir import RunDir
 
-RESUBMITTABLE = ("failed", "interrupted", "not started")
+RESUBMITTABLE = ("failed", "stale", "interrupted", "not started")
+STALE_AFTER_S = 600.0  # a heartbeat this old (seconds) from another host means the run is dead
 
 
 @dataclass
@@ -79,6 +89,38 @@ def _age(updated: Optional[str]) -> str:
     return f"{seconds / 60:.0f} min ago" if seconds >= 60 else f"{seconds:.0f} s ago"
 
 
+def _seconds(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def why_stale(beat: Mapping[str, Any], job_id: Optional[str], job_state: Optional[str], stale_after: float,
+              now: float) -> Optional[str]:
+    """Why a run whose run.json says running/requeued is dead, or None if it may be alive.
+
+    ``beat`` is its heartbeat.json ({} if none), ``job_id``/``job_state`` its SLURM job (if any) and
+    the job's state (None if unknown), ``now`` unix seconds.
+    """
+    if job_state in slurm.LIVE_STATES or (job_id and job_state is None):
+        return None  # a live job, or one whose state cannot be read: never taken for dead
+    if not beat:
+        return None  # no heartbeat (written before heartbeats existed): see --stale
+    where = f"pid {beat.get('pid')} on {beat.get('host')}"
+    gone = liveness.process_gone(beat)
+    if gone:
+        return f"its process ({where}) is gone"
+    if gone is False:
+        return None
+    age = now - float(beat.get("unix") or 0.0)
+    return f"no heartbeat for {_seconds(age)} ({where})" if age > stale_after else None
+
+
+def _heartbeat_note(beat: Mapping[str, Any], now: float) -> str:
+    if not beat:
+        return "no heartbeat"
+    age = max(0.0, now - float(beat.get("unix") or 0.0))
+    return f"heartbeat {_seconds(age)} ago ({beat.get('host')} pid {beat.get('pid')})"
+
+
 def _run_dirs(sweep_dir: Path) -> list[str]:
     if not sweep_dir.is_dir():
         return []
@@ -87,19 +129,27 @@ def _run_dirs(sweep_dir: Path) -> list[str]:
                   ((p / "run.json").exists() or (p / "identity.json").exists()))
 
 
-def collect(sweep_dir: Path) -> list[RunState]:
-    """One RunState per run of the sweep (grid points in launch order, then other run directories)."""
+def collect(sweep_dir: Path, stale_after: float = STALE_AFTER_S, now: Optional[float] = None) -> list[RunState]:
+    """One RunState per run of the sweep (grid points in launch order, then other run directories).
+
+    ``stale_after``: seconds without a heartbeat after which a run on another host counts as dead.
+    """
     sweep_dir = Path(sweep_dir)
+    now = time.time() if now is None else now
     grid = sweepdir.read_grid(sweep_dir)
     order = list(grid["runs"]) + [r for r in _run_dirs(sweep_dir) if r not in grid["runs"]]
     jobs = sweepdir.latest_jobs(sweep_dir)
-    states = slurm.job_states(j["job_id"] for j in jobs.values()) if jobs and slurm.available() else {}
+    beats = {r: RunDir(sweep_dir / r).read_heartbeat() for r in order}
+    # The job a run's heartbeat names counts when jobs.jsonl has none (a job submitted by hand).
+    job_ids = {r: (jobs.get(r) or {}).get("job_id") or beats[r].get("slurm_job") for r in order}
+    wanted = [j for j in job_ids.values() if j]
+    states = slurm.job_states(wanted) if wanted and slurm.available() else {}
     out = []
     for run_id in order:
         rd = RunDir(sweep_dir / run_id)
         status = rd.read_status()
-        job = jobs.get(run_id, {})
-        job_id = job.get("job_id")
+        beat = beats[run_id]
+        job_id = job_ids[run_id]
         js = states.get(job_id) if job_id else None
         steps = (status.get("axes") or {}).get("steps")
         rs = RunState(run_id, "not started", status.get("step"), steps, job_id, js,
@@ -128,13 +178,16 @@ def collect(sweep_dir: Path) -> list[RunState]:
             # (time limit with no requeue left, out of memory, cancelled, node failure).
             tail = _job_log_tail(sweep_dir, job_id)
             rs.state, rs.detail = "failed", f"SLURM job {job_id} ended {js}" + (f": {tail}" if tail else "")
+        elif s in ("running", "requeued") and (why := why_stale(beat, job_id, js, stale_after, now)):
+            rs.state, rs.detail = "stale", f"{why}; relaunch resumes from its newest checkpoint"
         elif s == "interrupted":
             rs.state, rs.detail = "interrupted", f"checkpoint at step {rs.step}; relaunch resumes it"
         elif s == "requeued":
             rs.state, rs.detail = "requeued", f"resumes from step {rs.step}"
         elif s == "running":
-            rs.state, rs.detail = "running", f"updated {_age(status.get('updated'))}" + (
-                "" if job_id else " (no SLURM job recorded: a local run, or killed)")
+            rs.state = "running"
+            rs.detail = f"updated {_age(status.get('updated'))}, {_heartbeat_note(beat, now)}" + (
+                f" (SLURM job {job_id}: state unknown)" if job_id and js is None else "")
         out.append(rs)
     return out
 
@@ -192,16 +245,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep_dir", type=Path)
     ap.add_argument("overrides", nargs="*", help="extra overrides for --resubmit (e.g. resources.timeout_min=600)")
-    ap.add_argument("--resubmit", action="store_true", help="relaunch failed, interrupted and never started runs")
+    ap.add_argument("--resubmit", action="store_true",
+                    help="relaunch failed, stale, interrupted and never started runs")
+    ap.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="SECONDS",
+                    help="a run on another host whose heartbeat is older than this is stale, i.e. dead "
+                         f"(default {STALE_AFTER_S:.0f}; on the run's own host a gone process counts at once)")
     ap.add_argument("--stale", action="store_true",
-                    help="with --resubmit: also relaunch runs marked running/requeued that have no live SLURM job")
+                    help="with --resubmit: also relaunch runs still shown running/requeued without a live SLURM "
+                         "job (no heartbeat, SLURM state unknown, or a recent heartbeat), for runs you know are dead")
     ap.add_argument("--dry-run", action="store_true", help="print the relaunch command only")
     ap.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     a = ap.parse_args(argv)
     if not a.sweep_dir.is_dir():
         print(f"no such sweep directory: {a.sweep_dir}", file=sys.stderr)
         return 2
-    rows = collect(a.sweep_dir)
+    if a.stale_after < 0:
+        ap.error("--stale-after must be >= 0 seconds")
+    rows = collect(a.sweep_dir, stale_after=a.stale_after)
     if a.json:
         for r in rows:
             print(json.dumps({k: v for k, v in asdict(r).items() if k != "launch"}))

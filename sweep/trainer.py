@@ -142,9 +142,20 @@ def train_run(cfg: DictConfig, run_path: Path) -> RunResult:
         return RunResult(spec.run_id, STATUS_DIVERGED, int(status.get("step", 0)))
 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    claimed = False
+
+    def peer_failed(env: DistEnv, reason: str) -> None:  # another rank crashed, died or hung
+        if claimed:
+            run_dir.update_status(status=STATUS_FAILED, error=reason, final=True)
+
     # Several tasks of one job (one per GPU) train the run together; rank 0 alone writes its files.
-    with distributed.session(spec.train.device) as dist_env:
+    with distributed.session(spec.train.device, on_peer_failure=peer_failed) as dist_env, \
+            contextlib.ExitStack() as beating:
         digest = run_dir.claim(identity, config_yaml) if dist_env.is_main else run_dir.check_identity(identity)
+        claimed = dist_env.is_main
+        if claimed:  # heartbeat.json: lets sweep.status tell this live run from a killed one
+            # (the step reads as None until `training` below exists)
+            beating.enter_context(run_dir.heartbeat(dist_env.world_size, step=lambda: training.step))
         try:
             training = _Training(spec, cfg, run_dir, digest, overrides, dist_env)
         except Exception as e:  # set-up failed (data, model, device): `sweep.status` shows why
