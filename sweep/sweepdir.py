@@ -21,6 +21,8 @@ from sweep.rundir import atomic_write_text, iter_jsonl
 META = ".specsweep"
 # Overrides that say how a launch was made, not which runs it holds: rewritten on relaunch.
 _RELAUNCH_DROP = ("hydra.mode=", "hydra.sweeper.only=", "hydra.sweep.dir=")
+# Environment of a launch that a relaunch must not inherit: a test's hold point is not the grid's.
+_NOT_RECORDED = ("SPECSWEEP_HOLD",)
 
 
 def _now() -> str:
@@ -53,7 +55,7 @@ def record_launch(sweep_dir: Path, runs: Iterable[tuple[str, Sequence[str]]], ta
         "task_overrides": list(task_overrides),
         "hydra_overrides": [o for o in hydra_overrides if not o.startswith(_RELAUNCH_DROP)],
         "cwd": os.getcwd(),
-        "env": {k: v for k, v in os.environ.items() if k.startswith("SPECSWEEP_")},
+        "env": {k: v for k, v in os.environ.items() if k.startswith("SPECSWEEP_") and k not in _NOT_RECORDED},
     }
     same = [i for i, old in enumerate(grid["launches"])
             if {k: old.get(k) for k in launch} == launch]
