@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -72,6 +73,12 @@ VIEW: tuple[PanelSpec, ...] = (
 )
 
 
+def _view_name(groups: Sequence[str]) -> str:
+    # W&B refuses symbols (unicode categories S*, e.g. "+", "=", "·") in view names.
+    text = f"{', '.join(groups)} width scaling"
+    return "".join("_" if unicodedata.category(c).startswith("S") else c for c in text)
+
+
 def build_spec(groups: Sequence[str], project: str, entity: Optional[str]) -> dict[str, Any]:
     """The view for the runs of W&B ``groups`` (sweep names) as a JSON-able dict."""
     sections: dict[str, list[dict[str, Any]]] = {}
@@ -82,7 +89,7 @@ def build_spec(groups: Sequence[str], project: str, entity: Optional[str]) -> di
             entry |= {"groupby": GROUP_KEY, "agg": "mean", "range": "stddev"}
         sections.setdefault(panel.section, []).append(entry)
     return {"format": SPEC_FORMAT, "entity": entity, "project": project,
-            "name": f"{'+'.join(groups)} · width scaling",
+            "name": _view_name(groups),
             "runset": {"groups": list(groups), "job_types": list(JOB_TYPES), "groupby": [GROUP_KEY]},
             "x_axis": _STEP,
             "sections": [{"name": name, "panels": panels} for name, panels in sections.items()]}
@@ -117,8 +124,8 @@ def to_workspace(spec: Mapping[str, Any], entity: Optional[str] = None) -> Any:
         entity=entity or spec["entity"] or "", project=spec["project"], name=spec["name"], sections=sections,
         settings=ws.WorkspaceSettings(x_axis=spec["x_axis"]),
         runset_settings=ws.RunsetSettings(
-            filters=[expr.Metric("Group").isin(list(runset["groups"])),
-                     expr.Metric("JobType").isin(list(runset["job_types"]))],
+            filters=expr.And(expr.Metric("Group").isin(list(runset["groups"])),
+                             expr.Metric("JobType").isin(list(runset["job_types"]))),
             groupby=[expr.Config(k) for k in runset["groupby"]]))
 
 
@@ -167,8 +174,8 @@ def python_snippet(spec: Mapping[str, Any]) -> str:
               f"    project={spec['project']!r}, name={spec['name']!r}, sections=sections,",
               f"    settings=ws.WorkspaceSettings(x_axis={spec['x_axis']!r}),",
               "    runset_settings=ws.RunsetSettings(",
-              f"        filters=[expr.Metric('Group').isin({list(rs['groups'])!r}),",
-              f"                 expr.Metric('JobType').isin({list(rs['job_types'])!r})],",
+              f"        filters=expr.And(expr.Metric('Group').isin({list(rs['groups'])!r}),",
+              f"                         expr.Metric('JobType').isin({list(rs['job_types'])!r})),",
               f"        groupby=[expr.Config(k) for k in {list(rs['groupby'])!r}]))",
               "", "if __name__ == '__main__':", "    print(workspace.save().url)", ""]
     return "\n".join(lines)
