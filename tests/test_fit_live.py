@@ -27,6 +27,7 @@ from metrics.fit import RANK_METRICS
 from sweep import rundir, sweepdir
 from sweep.analysis import outdir
 from sweep.analysis.live import NothingToFit
+from sweep.analysis.style import caption
 from sweep.analysis.watch import watch
 from sweep.fit import main, run_fit
 
@@ -232,6 +233,7 @@ def test_the_analysis_folder_is_replaced_whole(sweep, monkeypatch):
     assert {"report.md", "status.json", "points.csv", "beta_table.csv"} <= set(seen["staged"])
     assert _status(out)["label"] == seen["new"] and (out / "wandb" / "offline-run-x").read_text() == "kept"
     assert all(p.is_relative_to(out) and p.exists() for p in result.files) and _siblings(out) == []
+    assert caption(result).endswith(" · as of step 600, 5 of 7 runs")  # every figure's title
 
 
 def test_refuses_to_replace_a_folder_that_is_not_an_analysis(sweep, tmp_path, capsys):
