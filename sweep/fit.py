@@ -1,100 +1,37 @@
-"""Post-hoc scaling-law analysis of a finished sweep: ``python -m sweep.fit SWEEP_DIR [...]``.
+"""Scaling-law analysis of a sweep: ``python -m sweep.fit SWEEP_DIR [...]``.
 
 Reads the run directories (docs/contracts.md), reduces each run's telemetry to one value per
 metric × bucket × site (paper rule by default), fits β with ``metrics.fit`` and writes, into the
-analysis folder: points.csv, runs.csv, beta_table.csv (long, with delta_beta rows),
-beta_summary.csv (wide), beta_steps.csv, optimizer_comparison.csv, optional matched-loss and
-architecture tables, figures (PNG + PDF) and report.md. One bad run never stops the analysis:
-it is listed with its reason and left out.
+analysis folder (replaced whole, never half-written): points.csv, runs.csv, beta_table.csv (long,
+with delta_beta rows), beta_summary.csv (wide), beta_steps.csv, optimizer_comparison.csv,
+optional matched-loss and architecture tables, figures (PNG + PDF, and all in one PDF),
+report.md and status.json. One bad run never stops the analysis: it is listed with its reason
+and left out. Without --watch only finished runs are fitted; --watch refits while the sweep runs.
 
-The steps live in ``sweep/analysis/`` (read → points → fitting → report and figures → wandb_io);
-this module runs them in turn and prints what the user needs to see.
+The steps live in ``sweep/analysis/`` (pipeline: read → points → fitting → report and figures;
+watch, wandb_io, workspace); this module parses the command line and prints what the user needs.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import pandas as pd
-
-from metrics.fit import RANK_METRICS, AggregationRule
-from sweep.analysis import wandb_io
-from sweep.analysis.figures import write_figures
-from sweep.analysis.fitting import fit_points
-from sweep.analysis.points import build_points, build_step_points, read_points_file
-from sweep.analysis.read import FinishedRun, SweepError, load_sweeps
-from sweep.analysis.report import format_beta_table, write_report, write_tables
+from sweep import sweepdir
+from sweep.analysis import wandb_io, workspace
+from sweep.analysis.pipeline import default_out, run_fit
+from sweep.analysis.read import SweepError
+from sweep.analysis.report import format_beta_table
 from sweep.analysis.result import FitResult
 from sweep.analysis.rules import parse_rule
+from sweep.analysis.watch import watch
 
+__all__ = ["SweepError", "main", "run_fit"]
 _MAX_NOTES = 5  # the terminal gets the first few; report.md has them all
-
-
-def run_fit(
-    sweep_dirs: Sequence[str | Path] = (), out_dir: str | Path | None = None, *,
-    rule: str | AggregationRule = "paper", matched_loss: float | None = None,
-    figures: bool = True, points_file: str | Path | None = None, window_k: int = 3,
-    n_boot: int = 1000, level: float = 0.95, arch_baseline: tuple[str, str] | None = None,
-    reference_optimizer: str = "adamw", metrics: Sequence[str] = RANK_METRICS,
-    figure_sites: Sequence[str] | None = None,
-) -> FitResult:
-    """The whole analysis of finished sweeps (or of a points CSV): read, aggregate, fit, then
-    write the tables, figures and report.md into ``out_dir``.
-
-    Raises SweepError when there is nothing to analyse; problems with single runs or groups
-    become entries of ``FitResult.messages``.
-    """
-    rule_obj = rule if isinstance(rule, AggregationRule) else parse_rule(rule)
-    messages: list[str] = []
-    excluded: list[tuple[str, str]] = []
-    if points_file is not None and sweep_dirs:
-        raise SweepError("give either sweep directories or --points, not both")
-    if points_file is None and not sweep_dirs:
-        raise SweepError("no sweep directory given")
-
-    loaded: list[FinishedRun] = []
-    provenance: dict[str, Any] = {"rule": rule_obj.describe() if points_file is None else
-                                  "as given in the points file"}
-    if points_file is not None:
-        points = read_points_file(points_file)
-        provenance["points_file"] = str(points_file)
-        provenance["points_sha256"] = hashlib.sha256(Path(points_file).read_bytes()).hexdigest()[:16]
-        out = Path(out_dir) if out_dir else Path(points_file).parent / f"{Path(points_file).stem}_fit"
-    else:
-        contents = load_sweeps(sweep_dirs)
-        excluded = contents.excluded
-        messages += contents.warnings
-        loaded = contents.runs
-        if not loaded:
-            reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in excluded[:10])
-            raise SweepError(f"no finished runs to analyse ({len(excluded)} excluded: {reasons})")
-        points, msgs = build_points(loaded, rule_obj, metrics)
-        messages += msgs
-        if points.empty:
-            raise SweepError("no run produced a usable value under rule " + rule_obj.describe())
-        provenance["sweep_dirs"] = [str(Path(d).resolve()) for d in sweep_dirs]
-        out = Path(out_dir) if out_dir else Path(sweep_dirs[0]) / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
-
-    step_points = (build_step_points(loaded, window_k, metrics) if loaded and window_k >= 1
-                   else pd.DataFrame())
-    result = fit_points(points, out, runs=loaded, step_points=step_points, rule=provenance["rule"],
-                        level=level, n_boot=n_boot, matched_loss=matched_loss,
-                        arch_baseline=arch_baseline, reference_optimizer=reference_optimizer)
-    result.messages[:0] = messages  # what reading found comes first, as it happened first
-    result.excluded = excluded
-
-    write_tables(result)
-    if figures:
-        result.figures = write_figures(result, figure_sites)
-        result.files += result.figures
-    result.report = write_report(result, provenance)
-    result.files.append(result.report)
-    return result
+_MAX_EXCLUDED = 10
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -112,12 +49,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reference", default="adamw", help="reference optimizer for comparisons")
     p.add_argument("--arch-baseline", metavar="AXIS=VALUE",
                    help="architecture axis and baseline for the gain-vs-shift rule (default: auto)")
+    live = p.add_argument_group("live β while the sweep runs")
+    live.add_argument("--watch", action="store_true",
+                      help="refit every --every seconds, unfinished runs included, all cut at their latest "
+                           "common telemetry step ('as of step S, N of M runs'); stops when every run of "
+                           "the grid has ended, or on Ctrl-C")
+    live.add_argument("--every", type=float, default=300, metavar="SECONDS", help="seconds between refits (300)")
+    live.add_argument("--once", action="store_true", help="with --watch: one refit, then exit (cron, tests)")
     g = p.add_argument_group("W&B (optional; local run directories are the default source)")
     g.add_argument("--wandb", nargs="?", const="online", choices=("online", "offline"),
                    help="push the β tables, figures and report as a job_type=analysis run in the "
-                        "sweep's W&B group (offline: files under OUT/wandb, upload with `wandb sync`)")
+                        "sweep's W&B group (offline: files under OUT/wandb, upload with `wandb sync`); "
+                        "with --watch every refit goes to one run")
     g.add_argument("--wandb-project", help="W&B project (default: logger.project of the runs, else specsweep)")
     g.add_argument("--wandb-entity", help="W&B entity (default: logger.entity of the runs / your default)")
+    g.add_argument("--wandb-workspace", action="store_true",
+                   help="create the sweep's comparison view (README) on the W&B server; offline, write "
+                        f"its spec to OUT/{workspace.SPEC_FILE} (and {workspace.SNIPPET_FILE})")
+    g.add_argument("--apply-spec", metavar="FILE", help=f"with --wandb-workspace: save a {workspace.SPEC_FILE} "
+                   "written offline on the server (no fit)")
     g.add_argument("--from-wandb", metavar="ENTITY/PROJECT/GROUP|DIR", action="append",
                    help="read the runs from W&B instead of local run directories: a W&B group through "
                         "the API (needs WANDB_API_KEY), or a folder with W&B run folders (offline runs); "
@@ -125,30 +75,37 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    try:
-        rule = parse_rule(args.rule)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    arch = None
-    if args.arch_baseline:
-        if "=" not in args.arch_baseline:
-            print("error: --arch-baseline must look like AXIS=VALUE (e.g. n_head=12)", file=sys.stderr)
-            return 2
-        arch = tuple(args.arch_baseline.split("=", 1))
-    try:
-        if args.from_wandb:  # runs rebuilt from W&B (sweep/analysis/wandb_io.py); local dirs stay the default
-            args.sweep_dirs, args.out = wandb_io.materialize_sources(args.from_wandb, args.out)
-        result = run_fit(args.sweep_dirs, args.out, rule=rule, matched_loss=args.matched_loss,
-                         figures=not args.no_figures, points_file=args.points, window_k=args.window_k,
-                         n_boot=args.n_boot, arch_baseline=arch, reference_optimizer=args.reference)
-    except SweepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for path, reason in result.excluded:
+def _usage_error(args: argparse.Namespace) -> str | None:
+    if args.once and not args.watch:
+        return "--once goes with --watch"
+    if args.watch and (args.points or args.from_wandb):
+        return "--watch needs sweep directories (not --points or --from-wandb)"
+    if args.apply_spec and not args.wandb_workspace:
+        return "--apply-spec goes with --wandb-workspace"
+    if args.watch and args.every <= 0:
+        return "--every must be > 0 seconds"
+    if args.arch_baseline and "=" not in args.arch_baseline:
+        return "--arch-baseline must look like AXIS=VALUE (e.g. n_head=12)"
+    return None
+
+
+def _planned(sweep_dirs: Sequence[str]) -> dict[str, list[str]]:
+    """Run ids of each sweep's grid record (runs launched, started or not)."""
+    return {str(Path(d)): sorted(sweepdir.read_grid(Path(d)).get("runs", {})) for d in sweep_dirs}
+
+
+def _show(result: FitResult, header: str = "") -> None:
+    if header:
+        print(header, file=sys.stderr)
+    for path, reason in result.excluded[:_MAX_EXCLUDED]:
         print(f"warning: excluded {path}: {reason}", file=sys.stderr)
+    if len(result.excluded) > _MAX_EXCLUDED:
+        print(f"warning: ... {len(result.excluded) - _MAX_EXCLUDED} more excluded runs in {result.report}",
+              file=sys.stderr)
+    summary = result.status.get("left_out_summary")
+    if summary:
+        hint = "" if result.status.get("live") else " (only finished runs are fitted; --watch fits running runs)"
+        print(f"note: {summary}{hint}", file=sys.stderr)
     for message in result.messages[:_MAX_NOTES]:
         print(f"note: {message}", file=sys.stderr)
     if len(result.messages) > _MAX_NOTES:
@@ -156,13 +113,93 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_beta_table(result))
     fig = next((p for p in result.figures if p.suffix == ".png"), None)
     print(f"\nwrote {len(result.files)} files to {result.out_dir} (report: {result.report})"
-          + (f"; e.g. figure {fig}" if fig else ""))
+          + (f"; e.g. figure {fig}" if fig else ""), flush=True)
+
+
+def _push(result: FitResult, args: argparse.Namespace, live: bool) -> None:
+    folder = wandb_io.push_analysis(result, args.sweep_dirs, mode=args.wandb, project=args.wandb_project,
+                                    entity=args.wandb_entity, live=live)
+    if folder is not None:
+        print(f"W&B analysis run: {folder}" + (f" (upload: wandb sync {folder})"
+                                               if folder.name.startswith("offline-run") else ""))
+
+
+def _workspace(spec: dict[str, Any], out: Path) -> None:
+    """Save the view online, else say where its spec is and how to apply it."""
+    reason = workspace.offline_reason()
+    if reason is None:
+        try:
+            print(f"W&B workspace: {workspace.apply_spec(spec)}")
+            return
+        except Exception as err:  # noqa: BLE001 - no key, no server: the spec is on disk either way
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    spec_file = out / workspace.SPEC_FILE
+    print(f"W&B workspace not created ({reason}); its spec is in {spec_file} (and "
+          f"{out / workspace.SNIPPET_FILE}). Once online: python -m sweep.fit --wandb-workspace "
+          f"--apply-spec {spec_file}", file=sys.stderr)
+
+
+def _apply(path: str) -> int:
+    try:
+        spec = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"error: cannot read workspace spec {path}: {err}", file=sys.stderr)
+        return 2
+    reason = workspace.offline_reason()
+    try:
+        if reason:
+            raise RuntimeError(reason)
+        print(f"W&B workspace: {workspace.apply_spec(spec)}")
+        return 0
+    except Exception as err:  # noqa: BLE001
+        print(f"error: workspace not saved ({type(err).__name__}: {err})", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    problem = _usage_error(args)
+    try:
+        rule = parse_rule(args.rule)
+    except ValueError as err:
+        problem = problem or str(err)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if args.apply_spec:
+        return _apply(args.apply_spec)
+    arch = tuple(args.arch_baseline.split("=", 1)) if args.arch_baseline else None
+    try:
+        if args.from_wandb:  # runs rebuilt from W&B (sweep/analysis/wandb_io.py); local dirs stay the default
+            args.sweep_dirs, args.out = wandb_io.materialize_sources(args.from_wandb, args.out)
+        spec = None
+        if args.wandb_workspace:
+            groups, group, project, entity = wandb_io.wandb_target(args.sweep_dirs, args.wandb_project,
+                                                                   args.wandb_entity)
+            spec = workspace.build_spec(groups or [group], project, entity)
+        options = dict(rule=rule, matched_loss=args.matched_loss, figures=not args.no_figures,
+                       points_file=args.points, window_k=args.window_k, n_boot=args.n_boot,
+                       arch_baseline=arch, reference_optimizer=args.reference,
+                       extra_files=workspace.spec_files(spec) if spec else None)
+        out = Path(args.out) if args.out else default_out(args.sweep_dirs, args.points)
+        if args.watch:
+            if spec:
+                _workspace(spec, out)
+            return watch(lambda: run_fit(args.sweep_dirs, out, live=True, planned=_planned(args.sweep_dirs),
+                                         **options),
+                         every=args.every, once=args.once,
+                         show=lambda r: _show(r, f"\n=== refit: {r.status.get('label')} ==="),
+                         push=(lambda r: _push(r, args, live=True)) if args.wandb else None)
+        result = run_fit(args.sweep_dirs, out, planned=None if args.points else _planned(args.sweep_dirs),
+                         **options)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _show(result)
     if args.wandb:
-        folder = wandb_io.push_analysis(result, args.sweep_dirs, mode=args.wandb,
-                                        project=args.wandb_project, entity=args.wandb_entity)
-        if folder is not None:
-            print(f"W&B analysis run: {folder}" + (f" (upload: wandb sync {folder})"
-                                                   if folder.name.startswith("offline-run") else ""))
+        _push(result, args, live=False)
+    if spec:
+        _workspace(spec, result.out_dir)
     return 0
 
 

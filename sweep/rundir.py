@@ -383,3 +383,18 @@ def write_run_files(path: Path, status: dict[str, Any], metrics: Iterable[dict[s
     if done is not None:
         run.done_file.write_text(json.dumps(done))
     return run.path
+
+
+ENDED_STATUSES = (STATUS_DONE, STATUS_DIVERGED, STATUS_FAILED)
+"""Statuses of runs that will not log anything more (unless relaunched): the live analysis stops
+waiting for them."""
+
+
+def run_has_ended(path: Path) -> bool:
+    """True when the run in ``path`` is finished, diverged or failed, or its status file is missing
+    or unreadable (the trainer writes it atomically, so nothing will complete it)."""
+    run = RunDir(path)
+    if run.is_done():
+        return True
+    status = run.read_status()
+    return not status or status.get("status") in ENDED_STATUSES

@@ -156,7 +156,7 @@ def test_the_import_walk_sees_the_known_edges():
     # Guards the checks below against a walker that silently finds nothing.
     graph = _graph()
     assert "sweep.rundir" in graph["sweep.analysis.read"]  # from sweep import rundir
-    assert "sweep.analysis.fitting" in graph["sweep.fit"]
+    assert "sweep.analysis.pipeline" in graph["sweep.fit"]
     assert "optim.adamw" in graph["optim.registry"]  # function-local import
     assert "metrics.fit" in graph["sweep.analysis.points"]  # from metrics import fit as mfit
     assert any(_is_optimizer_registry(c) for c in _circles())

@@ -1,12 +1,18 @@
-"""The analysis of finished sweeps: run directories -> points -> β -> tables, figures, report, W&B.
+"""The analysis of sweeps: run directories -> points -> β -> tables, figures, report, W&B.
 
-- read:      finished runs of a sweep (through sweep.rundir, the owner of the run-directory format)
+- pipeline:  one analysis start to end (run_fit): read, choose runs, fit, write, publish
+- read:      the runs of a sweep (through sweep.rundir, the owner of the run-directory format)
+- live:      which runs a fit uses while the sweep runs (latest common step), the run census
 - points:    one value per run × metric × bucket × site (the points table), grouping keys, labels
 - result:    FitResult, everything one analysis computed and wrote
 - fitting:   β tables, optimizer comparisons, matched loss, gain vs shift (no files, no figures)
 - report:    the CSV tables, the printed β table and report.md
-- figures:   the PNG/PDF figures (matplotlib, imported only when drawing)
+- figures:   the PNG/PDF figures (matplotlib, imported only when drawing); style: their colours,
+             titles and offsets
+- outdir:    the analysis folder, written to a staging folder and swapped in whole; status.json
+- watch:     ``sweep.fit --watch``: refit until every run has ended
 - wandb_io:  push an analysis to W&B; rebuild run directories from W&B runs
+- workspace: the W&B comparison view as a spec (wandb-workspaces, online only)
 - rules:     the command line's aggregation-rule parser
 
 May import: the standard library, numpy/pandas/scipy/matplotlib/wandb, ``metrics`` (the

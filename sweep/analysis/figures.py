@@ -1,14 +1,17 @@
-"""Figures of a fit (matplotlib Agg; each figure as PNG and PDF under ``<out>/figures/``).
+"""Figures of a fit (matplotlib Agg): each as PNG and PDF under ``<out>/figures/``, and all of
+them, one per page, in ``figures/all_figures.pdf``.
 
 rank vs width with the fitted power laws, β per bucket with intervals, the soft/hard phase map,
-final loss vs width and β over training. ``write_figures`` draws them all; a figure that fails
-becomes a message of the result, never an exception.
+final loss vs width and β over training. Every figure carries the caption of ``style.caption``
+(sweep, steps, seeds, rule) as its title, one legend below the panels, and the colours of
+``style.palette``. The ``figure_*`` functions build a figure (None when there is nothing to
+draw); ``write_figures`` saves them; a figure that fails becomes a message, never an exception.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,9 +19,12 @@ import pandas as pd
 from metrics import fit as mfit
 from sweep.analysis.points import BUCKET_ORDER, SITE_ORDER, WIDTH_COL
 from sweep.analysis.result import FitResult
+from sweep.analysis.style import caption, optimizer_of_labels, ordered_labels, palette, width_offsets
 
+COMBINED_PDF = "all_figures.pdf"
 _METRIC_TITLES = {"soft_rank": "soft rank R_soft", "hard_rank": "hard rank R_hard",
                   mfit.DELTA_METRIC: "Δβ = β_soft − β_hard"}
+_DPI = 110
 
 
 def _pyplot():
@@ -31,10 +37,9 @@ def _pyplot():
     return plt
 
 
-def _colors(labels: Sequence[str]) -> dict[str, Any]:
-    plt = _pyplot()
-    cycle = plt.get_cmap("tab10")
-    return {lab: cycle(i % 10) for i, lab in enumerate(sorted(set(labels)))}
+def colours_of(result: FitResult) -> dict[str, str]:
+    """The colour of every group label of the result (the same in all its figures)."""
+    return palette(optimizer_of_labels(result.points))
 
 
 def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
@@ -56,18 +61,35 @@ def _plain_log_ticks(ax: Any, axis: str = "both", widths: Sequence[float] | None
         target.set_minor_locator(NullLocator())
 
 
-def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
-    plt = _pyplot()
-    fig_dir = out_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    fig.tight_layout()  # once, instead of bbox_inches="tight" re-laying out every format
-    paths = []
-    for ext in ("png", "pdf"):
-        path = fig_dir / f"{stem}.{ext}"
-        fig.savefig(path, dpi=110)
-        paths.append(path)
-    plt.close(fig)
-    return paths
+def _finish(fig: Any, result: FitResult, handles: list, labels: list[str]) -> Any:
+    """Title on top, one legend centred below the panels (the same place in every figure)."""
+    width, height = fig.get_size_inches()
+    fig.suptitle(caption(result), fontsize=8.5)
+    ncol = max(1, min(len(labels), int(width // 2.4)))
+    rows = -(-len(labels) // ncol) if labels else 0
+    bottom = (0.25 + 0.2 * rows) / height
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7.5, frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, bottom, 1, 1 - 0.32 / height))
+    return fig
+
+
+def _group_handles(colours: dict[str, str], labels: Sequence[str], marker: str = "o") -> tuple[list, list[str]]:
+    from matplotlib.lines import Line2D
+
+    labels = ordered_labels(colours, labels)
+    return [Line2D([], [], color=colours[lab], marker=marker, lw=1.4) for lab in labels], list(labels)
+
+
+def _errorbar_handle(text: str) -> tuple[Any, str]:
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+
+    line = Line2D([], [], color="0.4", marker="o", ls="none", ms=4)
+    bars = LineCollection([[(0, -1), (0, 1)]], colors="0.4")
+    return ErrorbarContainer((line, (), [bars]), has_xerr=False, has_yerr=True), f"error bar: {text}"
 
 
 def _geo_mean_by_width(sub: pd.DataFrame) -> pd.DataFrame:
@@ -78,54 +100,77 @@ def _geo_mean_by_width(sub: pd.DataFrame) -> pd.DataFrame:
             .assign(value=lambda f: np.exp(f["ln"])))
 
 
-def figure_rank_vs_width(result: FitResult, site: str) -> list[Path]:
-    """Rank vs width (log-log) per bucket, soft and hard, with the fitted power law per group."""
+def figure_rank_vs_width(result: FitResult, site: str) -> Any:
+    """Rank vs width (log-log) per bucket, soft and hard, with the fitted power law per group;
+    groups offset along x so their points and bars stay apart."""
     plt = _pyplot()
-    pts = result.points[result.points["site"] == site]
+    pts = result.points[(result.points["site"] == site) & result.points["metric"].isin(mfit.RANK_METRICS)]
     buckets = _ordered(pts["bucket"].unique(), BUCKET_ORDER)
-    colors = _colors(result.points["label"])
-    fig, axes = plt.subplots(len(buckets), 2, figsize=(10, 3.2 * len(buckets)), squeeze=False,
+    if not buckets:
+        return None
+    colours = colours_of(result)
+    labels = ordered_labels(colours, pts["label"].unique())
+    widths = pts[WIDTH_COL].astype(float).tolist()
+    offsets = width_offsets(labels, widths)
+    fig, axes = plt.subplots(len(buckets), 2, figsize=(9.5, 2.9 * len(buckets) + 0.9), squeeze=False,
                              sharex=True)
     fits = result.beta_table
     for i, bucket in enumerate(buckets):
         for j, metric in enumerate(mfit.RANK_METRICS):
             ax = axes[i, j]
-            for label, sub in pts[(pts["bucket"] == bucket) & (pts["metric"] == metric)].groupby("label"):
+            notes = []
+            for label in labels:
+                sub = pts[(pts["bucket"] == bucket) & (pts["metric"] == metric) & (pts["label"] == label)]
                 agg = _geo_mean_by_width(sub)
                 if agg.empty:
                     continue
-                ax.errorbar(agg[WIDTH_COL], agg["value"], yerr=agg["err"].fillna(0).clip(upper=agg["value"] * 0.999),
-                            fmt="o", ms=4, capsize=2, color=colors[label], alpha=0.85)
+                ax.errorbar(agg[WIDTH_COL] * offsets[label], agg["value"],
+                            yerr=agg["err"].fillna(0).clip(upper=agg["value"] * 0.999),
+                            fmt="o", ms=4, capsize=2, color=colours[label], alpha=0.9)
                 row = fits[(fits["label"] == label) & (fits["metric"] == metric)
                            & (fits["bucket"] == bucket) & (fits["site"] == site)]
-                name = label
                 if not row.empty and np.isfinite(row["beta"].iloc[0]):
-                    d = np.geomspace(agg[WIDTH_COL].min(), agg[WIDTH_COL].max(), 50)
-                    ax.plot(d, np.exp(row["intercept"].iloc[0]) * d ** row["beta"].iloc[0],
-                            color=colors[label], lw=1.4)
-                    name = f"{label}: β={row['beta'].iloc[0]:.2f}"
-                ax.plot([], [], color=colors[label], marker="o", label=name)
+                    d = np.geomspace(agg[WIDTH_COL].min(), agg[WIDTH_COL].max(), 20)
+                    # drawn with the group's offset too, so the line goes through its points
+                    ax.plot(d * offsets[label], np.exp(row["intercept"].iloc[0]) * d ** row["beta"].iloc[0],
+                            color=colours[label], lw=1.3)
+                    notes.append((label, f"β={row['beta'].iloc[0]:.2f}"))
+            for k, (label, text) in enumerate(notes):  # β of each group, in its colour, top left
+                ax.text(0.03, 0.95 - 0.085 * k, text, transform=ax.transAxes, fontsize=7,
+                        color=colours[label], va="top")
             ax.set_xscale("log")
             ax.set_yscale("log")
-            _plain_log_ticks(ax, widths=pts[WIDTH_COL].astype(float).tolist())
-            ax.set_xlabel("FFN width D")
+            _plain_log_ticks(ax, widths=widths)
             ax.set_ylabel(_METRIC_TITLES[metric])
-            ax.set_title(f"{bucket} · {site} · {metric}")
+            ax.set_title(f"{bucket} · {site} · {metric}", fontsize=9)
             ax.grid(True, alpha=0.25)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-    return _save(fig, result.out_dir, f"rank_vs_width_{site}")
+        for ax in axes[-1]:
+            ax.set_xlabel("FFN width D (groups offset for legibility)")
+    handles, names = _group_handles(colours, labels)
+    bar, bar_text = _errorbar_handle(f"{result.err_meaning or 'err of the points table'}"
+                                     + (", mean over seeds" if _has_seeds(result) else ""))
+    from matplotlib.lines import Line2D
+
+    handles += [Line2D([], [], color="0.4", lw=1.3), bar]
+    names += ["fit: R = A·D^β (OLS of ln R on ln D)", bar_text]
+    return _finish(fig, result, handles, names)
 
 
-def figure_beta_by_bucket(result: FitResult, site: str) -> list[Path]:
+def _has_seeds(result: FitResult) -> bool:
+    return "seed" in result.runs.columns and result.runs["seed"].nunique() > 1
+
+
+def figure_beta_by_bucket(result: FitResult, site: str) -> Any:
     """β per group × bucket with 95 % intervals: soft, hard and Δβ panels."""
     plt = _pyplot()
     table = result.beta_table[result.beta_table["site"] == site]
-    buckets = _ordered(table["bucket"].unique(), BUCKET_ORDER)
-    labels = sorted(table["label"].unique())
-    colors = _colors(result.points["label"])
     metrics = [m for m in (*mfit.RANK_METRICS, mfit.DELTA_METRIC) if m in set(table["metric"])]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    if table.empty or not metrics:
+        return None
+    buckets = _ordered(table["bucket"].unique(), BUCKET_ORDER)
+    colours = colours_of(result)
+    labels = ordered_labels(colours, table["label"].unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.9 * len(metrics), 3.9), squeeze=False)
     width = 0.8 / max(len(labels), 1)
     for ax, metric in zip(axes[0], metrics):
         for k, label in enumerate(labels):
@@ -139,113 +184,188 @@ def figure_beta_by_bucket(result: FitResult, site: str) -> list[Path]:
                 ys.append(r["beta"])
                 lo.append(r["beta"] - r["beta_lower"] if np.isfinite(r["beta_lower"]) else 0.0)
                 hi.append(r["beta_upper"] - r["beta"] if np.isfinite(r["beta_upper"]) else 0.0)
-            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, color=colors[label], label=label)
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, color=colours[label])
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(range(len(buckets)), buckets)
-        ax.set_title(("β of " if metric != mfit.DELTA_METRIC else "") + _METRIC_TITLES[metric] + f" ({site})")
+        ax.set_title(("β of " if metric != mfit.DELTA_METRIC else "") + _METRIC_TITLES[metric]
+                     + f" ({site})", fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
-    axes[0, 0].set_ylabel("β  (95% t-interval)")
-    axes[0, -1].legend(fontsize=7)
-    return _save(fig, result.out_dir, f"beta_by_bucket_{site}")
+    axes[0, 0].set_ylabel("β")
+    handles, names = _group_handles(colours, labels)
+    bar, _ = _errorbar_handle("")
+    return _finish(fig, result, [*handles, bar], [*names, f"error bar: {result.ci_method or '95% interval'}"])
 
 
-def figure_phase_map(result: FitResult, site: str) -> list[Path]:
+def figure_phase_map(result: FitResult, site: str) -> Any:
     """Soft/hard phase map: x = ln R_soft / ln D, y = ln R_hard / ln D (log D is the normalizer).
 
     R_hard ≤ R_soft always, so the region above the diagonal is forbidden; the diagonal is the
-    frontier R_hard = R_soft (no asymmetry). One trajectory per group across widths.
+    frontier R_hard = R_soft (no asymmetry). One trajectory per group across widths, marker size
+    growing with the width (smallest to largest D, as in the legend). Buckets without both ranks
+    get no panel.
     """
     plt = _pyplot()
     pts = result.points[(result.points["site"] == site) & result.points["metric"].isin(mfit.RANK_METRICS)]
     pts = pts[pd.to_numeric(pts["value"], errors="coerce") > 0]
-    buckets = _ordered(pts["bucket"].unique(), BUCKET_ORDER)
-    colors = _colors(result.points["label"])
-    fig, axes = plt.subplots(1, len(buckets), figsize=(3.8 * len(buckets), 3.9), squeeze=False)
-    for ax, bucket in zip(axes[0], buckets):
-        ax.fill_between([0, 1], [0, 1], [1, 1], color="0.85", label="forbidden: R_hard > R_soft")
-        ax.plot([0, 1], [0, 1], "k--", lw=1, label="frontier R_hard = R_soft")
+    colours = colours_of(result)
+    all_widths = sorted(pts[WIDTH_COL].astype(float).unique())
+    size = {w: 10 + 40 * i / max(len(all_widths) - 1, 1) for i, w in enumerate(all_widths)}
+    panels = []
+    for bucket in _ordered(pts["bucket"].unique(), BUCKET_ORDER):
         sub = pts[pts["bucket"] == bucket].assign(ln=lambda f: np.log(f["value"].astype(float)))
         wide = sub.pivot_table(index=["label", WIDTH_COL], columns="metric", values="ln", aggfunc="mean")
         if {"soft_rank", "hard_rank"} <= set(wide.columns):
             wide = wide.dropna().reset_index()
-            for label, g in wide.groupby("label"):
-                g = g.sort_values(WIDTH_COL)
-                ln_d = np.log(g[WIDTH_COL].astype(float))
-                x, y = g["soft_rank"] / ln_d, g["hard_rank"] / ln_d
-                ax.plot(x, y, "-", color=colors[label], lw=0.8, alpha=0.6)
-                ax.scatter(x, y, s=12 + 30 * np.arange(len(g)) / max(len(g) - 1, 1),
-                           color=colors[label], label=label, zorder=3)
+            if not wide.empty:
+                panels.append((bucket, wide))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 4.4), squeeze=False)
+    for ax, (bucket, wide) in zip(axes[0], panels):
+        ax.fill_between([0, 1], [0, 1], [1, 1], color="0.88")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        for label in ordered_labels(colours, wide["label"].unique()):
+            g = wide[wide["label"] == label].sort_values(WIDTH_COL)
+            ln_d = np.log(g[WIDTH_COL].astype(float))
+            x, y = g["soft_rank"] / ln_d, g["hard_rank"] / ln_d
+            ax.plot(x, y, "-", color=colours[label], lw=0.8, alpha=0.6)
+            ax.scatter(x, y, s=[size[float(w)] for w in g[WIDTH_COL]], color=colours[label], zorder=3)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_aspect("equal")
         ax.set_xlabel("ln R_soft / ln D")
-        ax.set_ylabel("ln R_hard / ln D")
-        ax.set_title(f"phase map · {bucket} · {site}")
-    axes[0, -1].legend(fontsize=6, loc="upper left")
-    return _save(fig, result.out_dir, f"phase_map_{site}")
+        ax.set_title(f"phase map · {bucket} · {site}", fontsize=9)
+    axes[0, 0].set_ylabel("ln R_hard / ln D")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    labels = ordered_labels(colours, pd.concat([w["label"] for _, w in panels]).unique())
+    handles, names = _group_handles(colours, labels)
+    handles += [Patch(color="0.88"), Line2D([], [], color="k", ls="--", lw=1)]
+    names += ["forbidden: R_hard > R_soft", "frontier R_hard = R_soft"]
+    for w in (all_widths[0], all_widths[-1]) if len(all_widths) > 1 else all_widths[:1]:
+        handles.append(Line2D([], [], color="0.5", marker="o", ls="none", ms=np.sqrt(size[w])))
+        names.append(f"marker size: D = {w:g}")
+    return _finish(fig, result, handles, names)
 
 
-def figure_loss_vs_width(result: FitResult) -> list[Path]:
-    """Final eval loss vs width per group (mean ± SD over seeds)."""
+def figure_loss_vs_width(result: FitResult) -> Any:
+    """Final eval loss vs width per group (mean over seeds; bars ±1 SD over seeds)."""
     runs = result.runs
     if "eval_loss" not in runs.columns or not np.isfinite(pd.to_numeric(runs["eval_loss"], errors="coerce")).any():
-        return []
+        return None
     plt = _pyplot()
-    colors = _colors(result.points["label"])
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    for label, sub in runs.groupby("label"):
+    colours = colours_of(result)
+    labels = ordered_labels(colours, [lab for lab in runs["label"].unique() if lab in colours])
+    widths = runs[WIDTH_COL].astype(float).tolist()
+    offsets = width_offsets(labels, widths)
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    for label in labels:
+        sub = runs[runs["label"] == label]
         agg = sub.groupby(WIDTH_COL)["eval_loss"].agg(["mean", "std"]).reset_index().dropna(subset=["mean"])
-        ax.errorbar(agg[WIDTH_COL], agg["mean"], yerr=agg["std"].fillna(0), fmt="o-", ms=4,
-                    capsize=2, color=colors.get(label), label=label)
+        ax.errorbar(agg[WIDTH_COL] * offsets[label], agg["mean"], yerr=agg["std"].fillna(0), fmt="o-",
+                    ms=4, capsize=2, color=colours[label])
     ax.set_xscale("log")
-    _plain_log_ticks(ax, "x", widths=runs[WIDTH_COL].astype(float).tolist())
-    ax.set_xlabel("FFN width D")
+    _plain_log_ticks(ax, "x", widths=widths)
+    ax.set_xlabel("FFN width D (groups offset for legibility)")
     ax.set_ylabel("final eval loss")
+    ax.set_title("final eval loss vs width", fontsize=9)
     ax.grid(True, alpha=0.25)
-    ax.legend(fontsize=7)
-    return _save(fig, result.out_dir, "loss_vs_width")
+    handles, names = _group_handles(colours, labels)
+    if _has_seeds(result):
+        bar, text = _errorbar_handle("±1 SD over seeds")
+        handles, names = [*handles, bar], [*names, text]
+    return _finish(fig, result, handles, names)
 
 
-def figure_beta_over_steps(result: FitResult, site: str) -> list[Path]:
-    """β_soft (solid) and β_hard (dashed) over training, from sliding windows of checkpoints."""
+def figure_beta_over_steps(result: FitResult, site: str) -> Any:
+    """β over training from sliding windows of checkpoints: one row of panels per group, one
+    column per bucket (small multiples, shared axes), β_soft solid and β_hard dashed with their
+    95 % bands."""
     bs = result.beta_steps
     if bs.empty:
-        return []
+        return None
     bs = bs[(bs["site"] == site) & bs["metric"].isin(mfit.RANK_METRICS)]
     if bs.empty or not np.isfinite(bs["beta"]).any():
-        return []
+        return None
     plt = _pyplot()
+    colours = colours_of(result)
     buckets = _ordered(bs["bucket"].unique(), BUCKET_ORDER)
-    colors = _colors(result.points["label"])
-    fig, axes = plt.subplots(1, len(buckets), figsize=(4 * len(buckets), 3.4), squeeze=False, sharey=True)
-    for ax, bucket in zip(axes[0], buckets):
-        for (label, metric), g in bs[bs["bucket"] == bucket].groupby(["label", "metric"]):
-            g = g.sort_values("end_step")
-            style = "-" if metric == "soft_rank" else "--"
-            ax.plot(g["end_step"], g["beta"], style, color=colors.get(label),
-                    label=f"{label} {'soft' if metric == 'soft_rank' else 'hard'}")
-            ax.fill_between(g["end_step"], g["beta_lower"], g["beta_upper"], color=colors.get(label), alpha=0.12)
-        ax.set_title(f"β over training · {bucket} · {site}")
-        ax.set_xlabel("step (window end)")
-        ax.grid(True, alpha=0.3)
-    axes[0, 0].set_ylabel("β")
-    axes[0, -1].legend(fontsize=6)
-    return _save(fig, result.out_dir, f"beta_over_steps_{site}")
+    labels = ordered_labels(colours, [lab for lab in bs["label"].unique() if lab in colours])
+    fig, axes = plt.subplots(len(labels), len(buckets), figsize=(2.7 * len(buckets) + 0.6, 2.1 * len(labels) + 1.1),
+                             squeeze=False, sharex=True, sharey=True)
+    for i, label in enumerate(labels):
+        for j, bucket in enumerate(buckets):
+            ax = axes[i, j]
+            for metric, style in (("soft_rank", "-"), ("hard_rank", "--")):
+                g = bs[(bs["label"] == label) & (bs["bucket"] == bucket) & (bs["metric"] == metric)]
+                g = g.sort_values("end_step")
+                if g.empty:
+                    continue
+                ax.plot(g["end_step"], g["beta"], style, color=colours[label], lw=1.3)
+                ax.fill_between(g["end_step"], g["beta_lower"], g["beta_upper"], color=colours[label],
+                                alpha=0.15 if metric == "soft_rank" else 0.08, lw=0)
+            ax.grid(True, alpha=0.3)
+            if i == 0:
+                ax.set_title(f"{bucket} · {site}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{label}\nβ", fontsize=8, color=colours[label])
+            if i == len(labels) - 1:
+                ax.set_xlabel("step (window end)")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles, names = _group_handles(colours, labels, marker="")
+    handles += [Line2D([], [], color="0.3", ls="-"), Line2D([], [], color="0.3", ls="--"),
+                Patch(color="0.3", alpha=0.15)]
+    names += ["β_soft", "β_hard", f"band: {result.ci_method or '95% interval'}"]
+    return _finish(fig, result, handles, names)
+
+
+def build_figures(result: FitResult, sites: Sequence[str] | None = None) -> list[tuple[str, Any]]:
+    """(file stem, matplotlib figure) of every figure that has something to draw, for ``sites``
+    (default: post only, where the paper's claims live, or the one site present). A figure that
+    fails becomes a message of the result."""
+    present = _ordered(result.points["site"].unique(), SITE_ORDER)
+    sites = [s for s in (sites or present[:1]) if s in present]
+    jobs: list[tuple[str, Callable[[], Any]]] = []
+    for s in sites:
+        jobs += [(f"rank_vs_width_{s}", lambda s=s: figure_rank_vs_width(result, s)),
+                 (f"beta_by_bucket_{s}", lambda s=s: figure_beta_by_bucket(result, s)),
+                 (f"phase_map_{s}", lambda s=s: figure_phase_map(result, s)),
+                 (f"beta_over_steps_{s}", lambda s=s: figure_beta_over_steps(result, s))]
+    jobs.append(("loss_vs_width", lambda: figure_loss_vs_width(result)))
+    built = []
+    for stem, make in jobs:
+        try:
+            fig = make()
+        except Exception as err:  # noqa: BLE001
+            result.messages.append(f"figure {stem} failed: {type(err).__name__}: {err}")
+            _pyplot().close("all")
+            continue
+        if fig is not None:
+            built.append((stem, fig))
+    return built
 
 
 def write_figures(result: FitResult, sites: Sequence[str] | None = None) -> list[Path]:
-    """All figures for ``sites`` (default: post only, where the paper's claims live, or the one
-    site present); a failing figure becomes a message, never an exception."""
+    """Save every figure as ``figures/<stem>.png`` and ``.pdf``, and all of them, one per page,
+    as ``figures/all_figures.pdf``; returns the paths."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    plt = _pyplot()
+    fig_dir = Path(result.out_dir) / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    present = _ordered(result.points["site"].unique(), SITE_ORDER)
-    sites = [s for s in (sites or present[:1]) if s in present]
-    jobs = [(f, s) for s in sites for f in (figure_rank_vs_width, figure_beta_by_bucket,
-                                            figure_phase_map, figure_beta_over_steps)]
-    jobs.append((figure_loss_vs_width, None))
-    for func, site in jobs:
-        try:
-            paths += func(result, site) if site is not None else func(result)
-        except Exception as err:  # noqa: BLE001
-            result.messages.append(f"figure {func.__name__}({site or ''}) failed: {type(err).__name__}: {err}")
-            _pyplot().close("all")
+    built = build_figures(result, sites)
+    if not built:
+        return paths
+    with PdfPages(fig_dir / COMBINED_PDF) as pdf:
+        for stem, fig in built:
+            for ext in ("png", "pdf"):
+                fig.savefig(fig_dir / f"{stem}.{ext}", dpi=_DPI)
+                paths.append(fig_dir / f"{stem}.{ext}")
+            pdf.savefig(fig)
+            plt.close(fig)
+    paths.append(fig_dir / COMBINED_PDF)
     return paths

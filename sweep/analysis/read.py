@@ -2,13 +2,15 @@
 
 A run that cannot be used (diverged, failed, unfinished, unreadable, without telemetry) is not an
 error: it is listed with its reason and left out, and the analysis goes on with the others.
+With ``live=True`` (``sweep.fit --watch``) unfinished runs are read too, with what they have
+logged so far.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +26,10 @@ class SweepError(Exception):
     """Input that leaves nothing to analyse (the CLI exits with status 2)."""
 
 
+class NoRunDirectories(SweepError):
+    """The sweep directories hold no run directory (yet)."""
+
+
 @dataclass
 class FinishedRun:
     """One finished run as the analysis sees it: its axes, telemetry records and final losses."""
@@ -36,6 +42,8 @@ class FinishedRun:
     spectra: pd.DataFrame
     eval_loss: float
     train_loss: float
+    ended: bool = True  # False: a run still going (read with live=True)
+    eval_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, eval loss), by step
 
 
 @dataclass
@@ -44,6 +52,8 @@ class SweepContents:
     excluded: list[tuple[str, str]]  # (run path, reason)
     warnings: list[str]
     n_run_dirs: int
+    run_names: dict[str, list[str]] = field(default_factory=dict)  # sweep dir -> its run folders' names
+    ended: set[str] = field(default_factory=set)  # paths of run dirs whose run has ended
 
 
 class _Skip(Exception):
@@ -54,11 +64,15 @@ class _Skip(Exception):
 _RECORD_KEYS = {"step", "layer", "site", "bucket"}
 
 
+def _eval_curve(metric_rows: list[dict]) -> list[tuple[int, float]]:
+    curve = {int(r.get("step", -1)): _as_float(r["eval_loss"]) for r in metric_rows
+             if r.get("eval_loss") is not None}
+    return sorted(curve.items())
+
+
 def _last_eval_loss(metric_rows: list[dict]) -> float:
-    evals = [r for r in metric_rows if r.get("eval_loss") is not None]
-    if not evals:
-        return float("nan")
-    return float(max(evals, key=lambda r: r.get("step", -1))["eval_loss"])
+    curve = _eval_curve(metric_rows)
+    return curve[-1][1] if curve else float("nan")
 
 
 def _as_float(value: Any) -> float:
@@ -68,8 +82,9 @@ def _as_float(value: Any) -> float:
         return float("nan")
 
 
-def load_run(run_dir: Path, sweep_dir: Path, warnings: list[str]) -> FinishedRun:
-    """Load one run directory; raises _Skip with the reason when it cannot be used."""
+def load_run(run_dir: Path, sweep_dir: Path, warnings: list[str], live: bool = False) -> FinishedRun:
+    """Load one run directory; raises _Skip with the reason when it cannot be used. ``live``:
+    a run without its completion marker is read as it is so far instead of being left out."""
     run = rundir.RunDir(run_dir)
     status_name, done_name = run.status_file.name, run.done_file.name
     spectra_name, metrics_name = run.spectra_file.name, run.metrics_file.name
@@ -82,13 +97,14 @@ def load_run(run_dir: Path, sweep_dir: Path, warnings: list[str]) -> FinishedRun
     if status in rundir.EXCLUDED_STATUSES:
         detail = f": {info['error']}" if info.get("error") else ""
         raise _Skip(f"{status}{detail}")
-    if not run.done_file.is_file():
+    ended = run.done_file.is_file()
+    if not ended and not live:
         raise _Skip(f"unfinished (status={status}, step={info.get('step')})")
-    done = rundir.load_done(run)
+    done = rundir.load_done(run) if ended else {}
     if done is None:
         done = {}
         warnings.append(f"{run_id}: {done_name} is not valid JSON; final losses read from {metrics_name}")
-    if status != rundir.STATUS_DONE:
+    if ended and status != rundir.STATUS_DONE:
         # The completion marker is written last and atomically: it outranks a stale status field.
         warnings.append(f"{run_id}: {status_name} says status={status} but {done_name} exists; "
                         "treated as done")
@@ -114,12 +130,16 @@ def load_run(run_dir: Path, sweep_dir: Path, warnings: list[str]) -> FinishedRun
     if not math.isfinite(eval_loss):
         eval_loss = _last_eval_loss(metric_rows)
     train_loss = _as_float(done.get("final_train_loss"))
-    return FinishedRun(run_id, run_dir, sweep_dir, axes, info.get("config_hash"), spectra, eval_loss, train_loss)
+    return FinishedRun(run_id, run_dir, sweep_dir, axes, info.get("config_hash"), spectra, eval_loss,
+                       train_loss, ended=ended, eval_curve=_eval_curve(metric_rows))
 
 
-def load_sweeps(sweep_dirs: Sequence[str | Path]) -> SweepContents:
-    """All finished runs of the given sweep dirs; others are listed in ``excluded``."""
+def load_sweeps(sweep_dirs: Sequence[str | Path], live: bool = False) -> SweepContents:
+    """All finished runs of the given sweep dirs (``live``: and the unfinished ones, as they are
+    so far); others are listed in ``excluded``."""
     runs, excluded, warnings, n_dirs = [], [], [], 0
+    run_names: dict[str, list[str]] = {}
+    ended: set[str] = set()
     for raw in sweep_dirs:
         sweep_dir = Path(raw)
         if not sweep_dir.is_dir():
@@ -127,15 +147,18 @@ def load_sweeps(sweep_dirs: Sequence[str | Path]) -> SweepContents:
         run_dirs, orphans = rundir.find_run_dirs(sweep_dir)
         excluded.extend(orphans)
         n_dirs += len(run_dirs) + len(orphans)
+        run_names[str(sweep_dir)] = [Path(p).name for p in [*run_dirs, *(o for o, _ in orphans)]]
+        ended.update(str(o) for o, _ in orphans)  # run files without a status: nothing will finish them
+        ended.update(str(p) for p in run_dirs if rundir.run_has_ended(p))
         for run_dir in run_dirs:
             try:
-                runs.append(load_run(run_dir, sweep_dir, warnings))
+                runs.append(load_run(run_dir, sweep_dir, warnings, live=live))
             except _Skip as skip:
                 excluded.append((str(run_dir), str(skip)))
             except Exception as err:  # noqa: BLE001 - one bad run must not stop the sweep
                 excluded.append((str(run_dir), f"unreadable ({type(err).__name__}: {err})"))
     if n_dirs == 0:
-        raise SweepError(f"no run directories (folders with {rundir.RUN_MARKER}) found in "
+        raise NoRunDirectories(f"no run directories (folders with {rundir.RUN_MARKER}) found in "
                          + ", ".join(str(d) for d in sweep_dirs))
     seen: dict[str, Path] = {}
     for run in runs:
@@ -143,4 +166,4 @@ def load_sweeps(sweep_dirs: Sequence[str | Path]) -> SweepContents:
             warnings.append(f"run_id {run.run_id} appears in {seen[run.run_id]} and {run.run_dir}; "
                             "both are kept")
         seen.setdefault(run.run_id, run.run_dir)
-    return SweepContents(runs, excluded, warnings, n_dirs)
+    return SweepContents(runs, excluded, warnings, n_dirs, run_names, ended)

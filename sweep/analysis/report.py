@@ -13,9 +13,26 @@ from sweep.analysis.points import WIDTH_COL
 from sweep.analysis.result import FitResult
 
 
+def _is_empty(column: pd.Series) -> bool:
+    return bool(column.isna().all() or column.astype(str).str.strip().isin(["", "nan", "None"]).all())
+
+
+def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table as written to CSV: columns empty in every row dropped (``note`` when every group
+    was fitted, ``boot_*`` without seeds, an axis no run set), and ``label`` where it only
+    repeats ``optimizer``. A table without rows keeps its header."""
+    if frame.empty:
+        return frame
+    drop = [c for c in frame.columns if _is_empty(frame[c])]
+    if {"label", "optimizer"} <= set(frame.columns) and (
+            frame["label"].astype(str) == frame["optimizer"].astype(str)).all():
+        drop.append("label")
+    return frame.drop(columns=drop)
+
+
 def write_tables(result: FitResult) -> None:
     """The result's tables as CSV files in ``result.out_dir`` (added to ``result.files``); empty
-    optional tables are not written."""
+    optional tables are not written; empty or duplicate columns are dropped (``csv_frame``)."""
     out = result.out_dir
     tables = {
         "points.csv": result.points.drop(columns=["label"], errors="ignore"),
@@ -31,7 +48,7 @@ def write_tables(result: FitResult) -> None:
     for name, frame in tables.items():
         if frame is None or (frame.empty and name not in ("points.csv", "beta_table.csv")):
             continue
-        frame.to_csv(out / name, index=False)
+        csv_frame(frame).to_csv(out / name, index=False)
         result.files.append(out / name)
 
 
@@ -70,6 +87,8 @@ def format_beta_table(result: FitResult) -> str:
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     title = (f"β table — rank ∝ D^β, OLS of ln R on ln D; CI: {result.ci_method}; "
              f"Δβ = β_soft − β_hard\naggregation: {result.rule}")
+    if result.status.get("label"):
+        title += f"\nruns: {result.status['label']}"
     return "\n".join([title, line(BETA_HEADER), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -100,6 +119,14 @@ def write_report(result: FitResult, provenance: dict[str, Any]) -> Path:
     if "points_file" in provenance:
         lines += [f"- Points file: `{provenance['points_file']}` (sha256 {provenance['points_sha256']}…)"]
     n_runs = result.points["run_id"].nunique() if "run_id" in result.points.columns else len(result.runs)
+    status = provenance.get("status") or {}
+    if status.get("n_total") is not None:
+        lines += [f"- **Runs: {status['label']}** (used {n_runs} of {status['n_total']}; "
+                  f"{status.get('n_ended', 0)} of {status['n_total']} have ended)"]
+        if status.get("live"):
+            lines += [f"- Live fit: every run is cut at step {status['as_of_step']}, the latest telemetry "
+                      "step that all runs used have reached; runs without a full aggregation window "
+                      "by then are left out (listed below)."]
     lines += [f"- Runs used: {n_runs}; excluded: {len(result.excluded)}",
               f"- Aggregation rule: {result.rule}",
               f"- Confidence intervals: {result.ci_method} (OLS, exact Student-t quantile); "
@@ -112,6 +139,10 @@ def write_report(result: FitResult, provenance: dict[str, Any]) -> Path:
     if "seed" in result.runs.columns:
         seeds = sorted(map(str, result.runs["seed"].dropna().unique()))
         lines.append(f"- Seeds present: {', '.join(seeds)}")
+    lines += [f"- `err` (points.csv, error bars of rank_vs_width): {result.err_meaning or 'see the rule'}, "
+              "in rank units, computed per run from its per-layer values under the aggregation rule "
+              "(0 for a single layer); figures average it over seeds. The fit does not use it: β is "
+              "an unweighted OLS of ln R on ln D."]
     if result.excluded:
         lines += ["", "Excluded runs:", ""]
         lines += [f"- `{Path(p).name}`: {reason}" for p, reason in result.excluded]

@@ -31,3 +31,8 @@ class FitResult:
     excluded: list[tuple[str, str]] = field(default_factory=list)
     rule: str = ""
     ci_method: str = ""
+    rule_short: str = ""       # the rule in a few words, for figure titles
+    err_meaning: str = ""      # what a point's ``err`` is under the rule (error bars, report)
+    sweep_name: str = ""       # the sweep(s) analysed, for titles
+    as_of: str = ""            # live fits: "as of step S, N of M runs"; empty for a final fit
+    status: dict = field(default_factory=dict)  # status.json: label, step, runs used of all, left out

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 from sweep import rundir
 from sweep.analysis.read import SweepError
 from sweep.secrets import redact_secrets
-from sweep.wandb_keys import metric_from_wandb
+from sweep.wandb_keys import metric_from_wandb, stable_wandb_id
 
 _SPECTRAL = re.compile(r"^spectral/([a-z]+)/([a-z]+)/([A-Za-z0-9_]+)/L(\d+)$")
 _TRAIN_KEYS = {"train/train_loss": "train_loss", "train/lr": "lr", "train/tokens_per_s": "tokens_per_s",
@@ -37,6 +37,7 @@ _TRAIN_KEYS = {"train/train_loss": "train_loss", "train/lr": "lr", "train/tokens
 _EVAL_KEYS = {"eval/loss": "eval_loss", "eval/ppl": "eval_ppl", "trainer/tokens": "tokens"}
 LEET_TIMEOUT_S = 120
 _WANDB_ERROR_STATES = ("crashed", "failed")  # W&B run states (its vocabulary) of a run that errored
+LIVE_ANALYSIS = "live-analysis"  # name prefix and id seed of the one W&B run that --watch updates
 
 
 # ---- reading W&B sources for ``python -m sweep.fit --from-wandb`` ----------------------------
@@ -261,6 +262,17 @@ def _runs_logger_config(sweep_dirs: Iterable[str | Path]) -> tuple[list[str], di
     return groups, logger_cfg
 
 
+def wandb_target(sweep_dirs: Iterable[str | Path], project: Optional[str] = None,
+                 entity: Optional[str] = None, fallback: str = "analysis"
+                 ) -> tuple[list[str], str, str, Optional[str]]:
+    """(W&B groups of the runs, the analysis run's group, project, entity): the runs' sweep names
+    and ``logger.project`` / ``logger.entity`` unless given."""
+    groups, logger_cfg = _runs_logger_config(sweep_dirs)
+    group = groups[0] if len(groups) == 1 else ("+".join(groups) if groups else fallback)
+    return (groups, group, project or logger_cfg.get("project") or "specsweep",
+            entity or logger_cfg.get("entity") or None)
+
+
 def _key(text: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_=+-]+", "_", str(text)).strip("_") or "all"
 
@@ -282,18 +294,28 @@ def beta_summary_values(summary: Any) -> dict[str, float]:
     return out
 
 
+def live_step(result: Any) -> Optional[int]:
+    """The step an analysis describes: the live fit's common step, else the latest window end."""
+    step = (getattr(result, "status", {}) or {}).get("as_of_step")
+    if step is None and "window_end" in getattr(result.points, "columns", ()):
+        ends = result.points["window_end"].dropna()
+        step = int(ends.max()) if len(ends) else None
+    return None if step is None else int(step)
+
+
 def push_analysis(result: Any, sweep_dirs: Sequence[str | Path], *, mode: str = "online",
                   project: Optional[str] = None, entity: Optional[str] = None,
-                  init_timeout: float = 60) -> Optional[Path]:
+                  init_timeout: float = 60, live: bool = False) -> Optional[Path]:
     """Log a fit result as a job_type=analysis W&B run in the sweep's group; returns the W&B run
     folder (upload it with ``wandb sync`` when offline), or None when W&B failed (the local
-    analysis is complete either way)."""
+    analysis is complete either way).
+
+    ``live`` (``sweep.fit --watch``): every refit goes to ONE run (a W&B id derived from the
+    group, resumed), with ``live/{step,n_runs,n_total}`` and the β values as history against
+    ``live/step``, so a line plot of ``beta/<label>/post/global/soft`` shows β(t) emerging."""
     import wandb
 
-    groups, logger_cfg = _runs_logger_config(sweep_dirs)
-    group = groups[0] if len(groups) == 1 else ("+".join(groups) if groups else Path(result.out_dir).name)
-    project = project or logger_cfg.get("project") or "specsweep"
-    entity = entity or logger_cfg.get("entity") or None
+    groups, group, project, entity = wandb_target(sweep_dirs, project, entity, Path(result.out_dir).name)
     config = redact_secrets({"rule": result.rule, "ci_method": result.ci_method, "sweeps": groups,
                              "sweep_dirs": [str(Path(d).resolve()) for d in sweep_dirs],
                              "group_cols": list(result.group_cols), "n_points": int(len(result.points)),
@@ -303,8 +325,10 @@ def push_analysis(result: Any, sweep_dirs: Sequence[str | Path], *, mode: str = 
     run = None
     for attempt in ([mode, "offline"] if mode == "online" else [mode]):
         try:
+            ident = {"id": stable_wandb_id(group, LIVE_ANALYSIS), "resume": "allow"} if live else {}
             run = wandb.init(project=project, entity=entity, group=group, job_type="analysis",
-                             name=f"analysis-{group}", dir=str(out_dir), mode=attempt, config=config,
+                             name=f"{LIVE_ANALYSIS if live else 'analysis'}-{group}", dir=str(out_dir),
+                             mode=attempt, config=config, **ident,
                              tags=["analysis", *(f"sweep:{g}" for g in groups)][:64], reinit="finish_previous",
                              settings=wandb.Settings(init_timeout=float(init_timeout), console="off",
                                                      x_disable_stats=True))
@@ -325,9 +349,17 @@ def push_analysis(result: Any, sweep_dirs: Sequence[str | Path], *, mode: str = 
         for fig in result.figures:
             if Path(fig).suffix == ".png":
                 data[f"figures/{Path(fig).stem}"] = wandb.Image(str(fig))
+        betas = beta_summary_values(result.summary)
+        if live:
+            run.define_metric("live/step")
+            for prefix in ("beta/*", "live/*"):
+                run.define_metric(prefix, step_metric="live/step")
+            status = getattr(result, "status", {}) or {}
+            data |= {"live/step": live_step(result), "live/n_runs": status.get("n_runs"),
+                     "live/n_total": status.get("n_total"), **betas}
         if data:
             run.log(data)
-        for k, v in beta_summary_values(result.summary).items():
+        for k, v in betas.items():
             run.summary[k] = v
         artifact = wandb.Artifact(f"analysis-{_key(group)}", type="analysis",
                                   description=f"sweep.fit output ({result.rule})")
@@ -350,5 +382,6 @@ def push_analysis(result: Any, sweep_dirs: Sequence[str | Path], *, mode: str = 
         return None
 
 
-__all__ = ["RebuiltRun", "RunRecord", "api_runs", "beta_summary_values", "materialize",
-           "materialize_sources", "offline_runs", "push_analysis", "read_offline_run", "run_files"]
+__all__ = ["RebuiltRun", "RunRecord", "api_runs", "beta_summary_values", "live_step", "materialize",
+           "materialize_sources", "offline_runs", "push_analysis", "read_offline_run", "run_files",
+           "wandb_target"]

@@ -1,0 +1,100 @@
+"""The analysis folder, replaced whole: a fit writes into a staging folder beside it and then
+swaps the two, so that a reader (a person, a notebook, ``--watch``'s next refit) sees the previous
+analysis or the new one, never a half-written one.
+
+On Linux the swap is one ``renameat2(RENAME_EXCHANGE)`` call (the path always holds a complete
+analysis); elsewhere it is two renames (for an instant the path is absent, never partial). What
+the analysis does not write itself but keeps in its folder (W&B run folders, run directories
+rebuilt from W&B, the workspace spec) is carried over into the new folder before the swap.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as _dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from sweep.analysis.read import SweepError
+from sweep.rundir import atomic_write_text, json_safe
+
+STATUS_FILE = "status.json"
+REPORT_FILE = "report.md"
+WANDB_DIR = "wandb"
+# Entries of an analysis folder that a refit does not rewrite and must not lose.
+CARRIED = (WANDB_DIR, "runs", "wandb_workspace.json", "wandb_workspace.py")
+_STAGING = ".{name}.staging-{pid}"
+_OLD = ".{name}.old-{pid}"
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse (SweepError) to replace a folder that is not an analysis folder: an existing,
+    non-empty folder without status.json or report.md (e.g. ``--out .``)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SweepError(f"--out {out} is a file, not a folder")
+    if any(out.iterdir()) and not ((out / STATUS_FILE).is_file() or (out / REPORT_FILE).is_file()):
+        raise SweepError(f"{out} holds files but no {STATUS_FILE} or {REPORT_FILE}, so it is not an "
+                         "analysis folder; the analysis replaces its folder whole, so choose another --out")
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh, empty folder beside ``out`` to write the next analysis into."""
+    staging = out.parent / _STAGING.format(name=out.name, pid=os.getpid())
+    if staging.exists():
+        shutil.rmtree(staging)  # left over by a killed fit of this process id
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Make ``staging`` the analysis folder ``out``: carry over CARRIED entries, swap, drop the old."""
+    if out.exists():
+        for name in CARRIED:
+            if (out / name).exists() and not (staging / name).exists():
+                os.replace(out / name, staging / name)
+        if _exchange(staging, out):
+            shutil.rmtree(staging, ignore_errors=True)  # now the old analysis
+            return
+        old = out.parent / _OLD.format(name=out.name, pid=os.getpid())
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def discard(staging: Path) -> None:
+    """Remove a staging folder after a failed fit (the published analysis is untouched)."""
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_status(folder: Path, status: Mapping[str, Any]) -> Path:
+    """status.json: what the analysis is of (label, step, runs used of all), with a timestamp."""
+    data = {**status, "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    path = folder / STATUS_FILE
+    atomic_write_text(path, json.dumps(json_safe(data), indent=1, sort_keys=True))
+    return path
+
+
+def read_status(folder: Path) -> dict[str, Any]:
+    """The status.json of an analysis folder ({} when there is none)."""
+    try:
+        return json.loads((folder / STATUS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
