@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from metrics import fit as mfit
+from sweep.errors import SweepError  # input that leaves nothing to analyse: the CLI exits with status 2
 
 WIDTH_COL = "ffn_width"
 REQUIRED_POINT_COLUMNS = ("optimizer", WIDTH_COL, "metric", "bucket", "site", "value")
@@ -43,10 +44,6 @@ OPTIMIZER_AXES = ("optimizer", "rank_fraction")
 BUCKET_ORDER = ("global", "head", "mid", "tail")
 SITE_ORDER = ("post", "pre")
 LOSS_COLUMNS = ("eval_loss", "train_loss")
-
-
-class SweepError(Exception):
-    """Input that leaves nothing to analyse (the CLI exits with status 2)."""
 
 
 # --------------------------------------------------------------------------------------------

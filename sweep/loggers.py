@@ -29,15 +29,11 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
+from sweep.credentials import REDACTED, env_secrets, redact_secrets, secrets_in  # noqa: F401 (re-exported)
 from sweep.spec import LoggerSpec
 
 log = logging.getLogger("specsweep.logger")
 
-REDACTED = "<redacted>"
-# Config keys and environment variables whose values are credentials: a name with one of these
-# words between separators (WANDB_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY; not train_tokens).
-_SECRET_NAME = re.compile(r"(^|[_.-])(api[_-]?key|apikey|token|secret|passw(or)?d|credentials?|"
-                          r"private[_-]?key|access[_-]?key)([_.-]|$)", re.I)
 # Config sections that only steer run ids / relaunch checks: noise in the W&B run table.
 _CONFIG_NOISE = ("run_id_exclude", "volatile_keys")
 _EIGEN_KEY = re.compile(r"^L(\d+)_([a-z]+)_([a-z]+)$")
@@ -58,46 +54,6 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-# ---- secrets ------------------------------------------------------------------------------------
-
-def env_secrets(environ: Optional[Mapping[str, str]] = None) -> list[str]:
-    """Values of environment variables that look like credentials (WANDB_API_KEY, *_TOKEN, ...)."""
-    environ = os.environ if environ is None else environ
-    return sorted({v for k, v in environ.items() if _SECRET_NAME.search(k) and v and len(v) >= 8},
-                  key=len, reverse=True)
-
-
-def secrets_in(text: str, environ: Optional[Mapping[str, str]] = None) -> list[str]:
-    """Names of the credential-like environment variables whose value occurs in ``text``."""
-    environ = os.environ if environ is None else environ
-    return sorted(k for k, v in environ.items()
-                  if _SECRET_NAME.search(k) and v and len(v) >= 8 and v in str(text))
-
-
-def redact_secrets(obj: Any, secrets: Optional[Iterable[str]] = None) -> Any:
-    """A copy of ``obj`` (nested dicts/lists) with credentials replaced by ``<redacted>``.
-
-    Values under credential-like keys go, and so does any string containing the value of a
-    credential-like environment variable (e.g. a resolved ``${oc.env:WANDB_API_KEY}``).
-    """
-    secrets = env_secrets() if secrets is None else [s for s in secrets if s]
-
-    def walk(x: Any, key: str = "") -> Any:
-        if isinstance(x, Mapping):
-            return {k: walk(v, str(k)) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [walk(v, key) for v in x]
-        if key and _SECRET_NAME.search(key) and x not in (None, "", False):
-            return REDACTED
-        if isinstance(x, str):
-            for s in secrets:
-                if s in x:
-                    x = x.replace(s, REDACTED)
-        return x
-
-    return walk(obj)
 
 
 def wandb_config(config: Mapping[str, Any], axes: Mapping[str, Any], run_dir: Optional[Path] = None) -> dict:

@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from sweep.errors import UserError
+
 STATUS_RUNNING = "running"
 STATUS_DONE = "done"
 STATUS_DIVERGED = "diverged"
@@ -28,7 +30,7 @@ TERMINAL_STATUSES = (STATUS_DONE, STATUS_DIVERGED)
 _CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
 
 
-class RunConfigChanged(RuntimeError):
+class RunConfigChanged(UserError):
     """The run directory belongs to a run with a different configuration."""
 
 

@@ -15,9 +15,7 @@ from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A run config that cannot be trained, with every problem found listed."""
+from sweep.errors import ConfigError  # noqa: F401 (raised here; importers find it here too)
 
 
 @dataclass
@@ -244,7 +242,7 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any]) -> RunSpec:
     """Validate a composed task config; raise ConfigError listing every problem found."""
     raw = container(cfg)
     errors: list[str] = []
-    from sweep.loggers import secrets_in  # credentials never go into configs or run dirs
+    from sweep.credentials import secrets_in  # credentials never go into configs or run dirs
 
     errors += [f"{key}: holds the value of ${names[0]}; credentials stay in the environment"
                for key, names in ((k, secrets_in(v)) for k, v in _leaves(raw)) if names]

@@ -61,7 +61,7 @@ def materialize_sources(sources: Sequence[str], out: Optional[str]) -> tuple[lis
         try:
             n = materialize(source, dest)
         except Exception as e:  # noqa: BLE001 - reported like any other unusable input
-            from sweep.fit import SweepError
+            from sweep.errors import SweepError
 
             raise SweepError(f"--from-wandb {source}: {type(e).__name__}: {e}") from e
         print(f"rebuilt {n} run director{'y' if n == 1 else 'ies'} from W&B ({source}) in {dest}",

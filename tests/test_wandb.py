@@ -89,6 +89,83 @@ def test_config_with_a_credential_is_refused(compose, monkeypatch: pytest.Monkey
     assert FAKE_KEY not in str(err.value)
 
 
+def test_errors_log_records_and_sweep_records_never_show_a_credential(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    """Issue 12 item 2: every text that could echo a secret shows *** instead."""
+    import io
+
+    from omegaconf import OmegaConf
+
+    from sweep import sweepdir
+    from sweep.credentials import RedactingFilter
+    from sweep.errors import ConfigError, SweepError
+    from sweep.preflight import plan_sweep
+
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("SPECSWEEP_API_TOKEN", FAKE_KEY[::-1])
+    assert REDACTED == "***"
+    for error in (ConfigError(f"bad value {FAKE_KEY}"), SweepError(f"job [+note={FAKE_KEY}]")):
+        assert FAKE_KEY not in str(error) and REDACTED in str(error)
+
+    # The preflight's refusal of a job whose overrides carry a credential (e.g. from a sweep file's
+    # params, which never pass the command-line check) labels the job redacted.
+    class Loader:
+        def load_sweep_config(self, master, overrides):
+            raise ValueError(f"cannot compose {overrides}")
+
+    with pytest.raises(SweepError) as err:
+        plan_sweep(Loader(), OmegaConf.create({}), [["+preset=smoke", f"+note={FAKE_KEY}"]])
+    assert "job [+preset=smoke +note=***]" in str(err.value) and FAKE_KEY not in str(err.value)
+
+    # Log records (console and train.log), tracebacks included.
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("test.redact")
+    logger.addHandler(handler)
+    try:
+        logger.warning("launching %s", f"+note={FAKE_KEY}")
+        try:
+            raise RuntimeError(f"server said {FAKE_KEY}")
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    assert FAKE_KEY not in stream.getvalue() and "launching +note=***" in stream.getvalue()
+    assert "RuntimeError: server said ***" in stream.getvalue()
+
+    # grid.json (what `sweep.status --resubmit` relaunches) keeps no credential, and a relaunch
+    # with an extra argument carrying one is refused without echoing it.
+    sweepdir.record_launch(tmp_path, [("r", ["+preset=smoke"])], ["+preset=smoke"], [])
+    assert FAKE_KEY[::-1] not in sweepdir.grid_file(tmp_path).read_text()
+    launch = sweepdir.read_grid(tmp_path)["launches"][0]
+    with pytest.raises(SweepError) as err:
+        sweepdir.relaunch_command(launch, tmp_path, ["r"], [f"+note={FAKE_KEY}"])
+    assert "'+note=***'" in str(err.value) and FAKE_KEY not in str(err.value)
+
+
+@pytest.mark.parametrize("args", [
+    ["-m", f"+note={FAKE_KEY}"],
+    [f"+note={FAKE_KEY}"],
+    ["-m", f"optim={FAKE_KEY}"],
+    [f"optim={FAKE_KEY}"],
+    ["-m", "+note=${oc.env:WANDB_API_KEY}"],
+    ["+note=${oc.env:WANDB_API_KEY}"],
+])
+def test_a_credential_on_the_command_line_is_refused_and_never_echoed(env: dict, tmp_path: Path,
+                                                                      args: list) -> None:
+    # Issue 12 item 2: with -m the refusal printed the job's overrides, the key included.
+    env = {k: v for k, v in _wandb_env(env).items() if k != "HYDRA_FULL_ERROR"}
+    argv = [*args[:1], "+preset=smoke", "logger=wandb_offline", *args[1:]] if args[0] == "-m" else \
+        ["+preset=smoke", "logger=wandb_offline", *args]
+    proc = run_train(argv, env, check=False, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "$WANDB_API_KEY" in out and "credentials stay in the environment" in out, out
+    assert "Traceback" not in out
+    _assert_no_key(tmp_path, texts=(out,))
+    assert not (tmp_path / "runs").exists()  # refused before any run or sweep directory
+
+
 def test_key_scheme_medians_and_metric_names() -> None:
     recs = [{"step": 10, "layer": l, "site": "post", "bucket": "tail", "status": "ok",
              "hard_rank": float(l + 1), "renyi_0.5": 2.0 * (l + 1)} for l in range(3)]
