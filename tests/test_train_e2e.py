@@ -158,6 +158,35 @@ def test_bad_input_fails_before_any_training(env: dict, tmp_path: Path, args: li
     assert trained == []
 
 
+@pytest.mark.parametrize("content,needle", [(b"", "is empty"), (b"\x89PNG\r\n\x1a\n\0\0" * 64, "is not a text file")])
+def test_bad_input_data_file_is_named_before_any_run_directory(env: dict, tmp_path: Path, content: bytes,
+                                                               needle: str) -> None:
+    # Issue 12 item 13: an empty file failed at set-up ("validation split of 16384 tokens does not fit
+    # a corpus of 1 tokens") without naming it; a binary one failed after set-up.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(content)
+    proc = run_train(["-m", *FAST, "data=text", f"data.path={corpus}", "model.ffn_mult=2,4"], env, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"{corpus} {needle}" in out, out[-3000:]
+    assert out.count(f"{corpus} {needle}") == 2  # both grid points refused, nothing launched
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_input_full_error_env_still_shows_the_traceback(env: dict, tmp_path: Path) -> None:
+    proc = run_train([*FAST, "model.ffn_mult=0"], {**env, "HYDRA_FULL_ERROR": "1"}, check=False)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "model.ffn_mult" in proc.stderr
+
+
+def test_bad_input_changed_config_is_a_short_error(env: dict, tmp_path: Path) -> None:
+    run_train([*FAST, "train.steps=2"], env)
+    short = _short_error_env(env)
+    for argv in ([*FAST, "train.steps=2", "telemetry.every=5"], ["-m", *FAST, "train.steps=2", "telemetry.every=5"]):
+        proc = run_train(argv, short, check=False)
+        assert proc.returncode != 0, proc.stdout[-2000:]
+        assert "different config" in proc.stderr and "telemetry.every: 10 -> 5" in proc.stderr
+        assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+
+
 def test_rank_fraction_axis_only_multiplies_low_rank_optimizers(env: dict, tmp_path: Path) -> None:
     out = tmp_path / "rf"
     proc = run_train(["-m", "optim=adamw,dion", "optim.rank_fraction=0.5,0.25", f"hydra.sweep.dir={out}",
