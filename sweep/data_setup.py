@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from sweep.data import DataSpec, PreparedData, TokenBatches, prepare_dataset
+from sweep.errors import DataError
 from sweep.spec import RunSpec
 
 log = logging.getLogger("specsweep.data")
@@ -36,12 +37,19 @@ class RunData:
 
 
 def load_run_data(spec: RunSpec, rank: int = 0, world_size: int = 1) -> RunData:
-    """Prepare (or reuse) the data of ``spec`` and build this rank's batch sources."""
-    prepared = prepare_dataset(DataSpec.from_mapping(spec.data), spec.data_root)
+    """Prepare (or reuse) the data of ``spec`` and build this rank's batch sources.
+
+    Data that is missing or unusable here (deleted since the preflight, not mounted on this node,
+    damaged) raises DataError, a short message naming the file.
+    """
     t = spec.train
-    train = TokenBatches(prepared.train_paths, t.batch_size, t.seq_len, seed=spec.seed,
-                         rank=rank, world_size=world_size)
-    val = TokenBatches(prepared.val_paths, t.batch_size, t.seq_len, seed=0, rank=rank, world_size=world_size)
+    try:
+        prepared = prepare_dataset(DataSpec.from_mapping(spec.data), spec.data_root)
+        train = TokenBatches(prepared.train_paths, t.batch_size, t.seq_len, seed=spec.seed,
+                             rank=rank, world_size=world_size)
+        val = TokenBatches(prepared.val_paths, t.batch_size, t.seq_len, seed=0, rank=rank, world_size=world_size)
+    except (FileNotFoundError, PermissionError, ValueError) as e:  # ShardError is a ValueError
+        raise DataError(f"data ({spec.data.get('path') or spec.data.get('kind')}): {e}") from e
     counts = prepared.counts() if prepared.counts_path.exists() else None
     log.info("data: %s (%d train / %d val tokens, vocab %d)", prepared.root, prepared.n_train_tokens,
              prepared.n_val_tokens, prepared.vocab_size)

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from sweep import sweepdir
 from sweep.analysis import wandb_io, workspace
 from sweep.analysis.pipeline import default_out, run_fit
-from sweep.analysis.read import SweepError
+from sweep.errors import SweepError
 from sweep.analysis.report import format_beta_table
 from sweep.analysis.result import FitResult
 from sweep.analysis.rules import parse_rule

@@ -16,7 +16,7 @@ prefix before the last ``/``):
 
 Metric names never contain ``.`` in W&B (it means nesting there): ``renyi_0.5`` becomes
 ``renyi_0p5``; :func:`sweep.wandb_keys.metric_from_wandb` undoes it. Key names and run ids live in
-``sweep.wandb_keys``, credential redaction in ``sweep.secrets``.
+``sweep.wandb_keys``, credential redaction in ``sweep.credentials``.
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
 # Moved to floor-0 modules (issue 13) and re-exported here for the modules and tests that still
-# import them from sweep.loggers; new code imports them from sweep.secrets / sweep.wandb_keys.
-from sweep.secrets import REDACTED, env_secrets, redact_secrets, secrets_in  # noqa: F401
+# import them from sweep.loggers; new code imports them from sweep.credentials / sweep.wandb_keys.
+from sweep.credentials import REDACTED, env_secrets, redact_secrets, secrets_in  # noqa: F401
 from sweep.spec import LoggerSpec
 from sweep.wandb_keys import (flatten, median_key, metric_from_wandb, metric_to_wandb,  # noqa: F401
                               record_key, stable_wandb_id, train_key)
@@ -257,17 +258,47 @@ def replay_after_resume(logger: NullLogger, metrics_file: Path, spectra_file: Pa
     return n
 
 
+# Why W&B online could not start earlier in this process (None: it never failed). A grid run by the
+# local launcher trains all its runs in one process: once the server is unreachable, the later runs
+# go offline at once instead of each waiting `logger.init_timeout` again.
+_online_failure: Optional[str] = None
+
+
+def reset_online_failure() -> None:
+    """Forget an earlier failed online start (the next online run tries the server again)."""
+    global _online_failure
+    _online_failure = None
+
+
+def _remove_failed_attempt(run_dir: Optional[Path], wandb_id: Optional[str], before: set[Path]) -> None:
+    """Delete the ``wandb/run-*`` folder that a failed online start left (its offline twin holds the rows)."""
+    if run_dir is None or not wandb_id:
+        return
+    for folder in Path(run_dir, "wandb").glob(f"run-*-{wandb_id}"):
+        if folder not in before and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def make_logger(spec: LoggerSpec, **kwargs: Any) -> NullLogger:
     """A W&B logger when configured and reachable, else a NullLogger (failure logged once).
 
     An online run that cannot start (no API key, server unreachable after ``init_timeout``) falls
-    back to an offline W&B run in the same run directory, to be uploaded later with ``wandb sync``.
+    back to an offline W&B run in the same run directory, to be uploaded later with ``wandb sync``;
+    the later runs of the same process then start offline at once (one warning in all).
     """
+    global _online_failure
     if spec.backend == "none":
         return NullLogger()
     mode = resolve_mode(spec.mode)
     if mode == "disabled":
         return NullLogger()
+    run_dir = kwargs.get("run_dir")
+    sync_hint = f"`wandb sync {run_dir or 'RUN_DIR'}/wandb/offline-run-*`"
+    if mode == "online" and _online_failure is not None:
+        log.info("W&B online failed earlier in this process (%s); this run logs offline (upload later "
+                 "with %s)", _online_failure, sync_hint)
+        mode = "offline"
+    before = set(Path(run_dir, "wandb").glob("run-*")) if run_dir is not None else set()
     try:
         return WandbLogger(spec, mode=mode, **kwargs)
     except Exception as e:
@@ -276,16 +307,18 @@ def make_logger(spec: LoggerSpec, **kwargs: Any) -> NullLogger:
                         type(e).__name__, e)
             return NullLogger()
         first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    _online_failure = first
     try:
         import wandb
 
         wandb.teardown()  # the service still holds the failed run's id ("run ID is in use")
     except Exception:  # noqa: BLE001
         pass
+    _remove_failed_attempt(run_dir, kwargs.get("wandb_id"), before)
     try:
         logger = WandbLogger(spec, mode="offline", **kwargs)
-        log.warning("W&B online could not start (%s); logging offline instead (upload later with "
-                    "`wandb sync %s/wandb/offline-run-*`)", first, kwargs.get("run_dir", "RUN_DIR"))
+        log.warning("W&B online could not start (%s); logging offline instead, and so will the later runs "
+                    "of this process (upload later with %s)", first, sync_hint)
         return logger
     except Exception as e:
         log.warning("W&B could not start (%s; offline: %s: %s); training continues with local files only",

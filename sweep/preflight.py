@@ -16,14 +16,12 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
-from sweep.rundir import STATUS_DIVERGED, RunConfigChanged, RunDir
-from sweep.spec import ConfigError, build_run_spec, identity_of
+from sweep.credentials import redact_text
+from sweep.errors import SweepError, UserError
+from sweep.rundir import STATUS_DIVERGED, RunDir
+from sweep.spec import build_run_spec, identity_of
 
 log = logging.getLogger("specsweep.sweep")
-
-
-class SweepError(RuntimeError):
-    """The grid is invalid or some of its runs failed."""
 
 
 @dataclass
@@ -58,13 +56,13 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
     errors: list[str] = []
     by_id: dict[str, list[tuple[str, str]]] = defaultdict(list)  # run id -> [(label, identity hash)]
     for overrides in jobs:
-        label = " ".join(overrides)
+        label = redact_text(" ".join(overrides))  # a refused override may carry a credential
         try:
             cfg = config_loader.load_sweep_config(master_config, list(overrides))
             spec = build_run_spec(cfg)
             run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
             digest = RunDir(run_dir).check_identity(identity_of(cfg))
-        except (ConfigError, RunConfigChanged) as e:
+        except UserError as e:  # ConfigError, RunConfigChanged
             errors.append(f"job [{label}]: {e}")
             continue
         except Exception as e:  # composition errors from Hydra/OmegaConf

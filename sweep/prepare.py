@@ -22,6 +22,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from sweep.credentials import exit_if_credentials_in
+
 log = logging.getLogger("specsweep.prepare")
 
 
@@ -51,4 +53,5 @@ def main(cfg: DictConfig) -> Any:
 
 
 if __name__ == "__main__":
+    exit_if_credentials_in(sys.argv[1:])  # before Hydra echoes the arguments
     main()

@@ -77,7 +77,7 @@ def width_tag(ffn_mult: float | None, ffn_width: int | None) -> str:
 
 def _refuse_credentials(key: str, value: str) -> None:
     """A credential never goes into a config, a run id or a run directory: refuse it at once."""
-    from sweep.loggers import secrets_in  # local: only reads os.environ
+    from sweep.credentials import secrets_in  # local: only reads os.environ
 
     names = secrets_in(value)
     if names:

@@ -24,6 +24,8 @@ from sweep import liveness
 
 log = logging.getLogger("specsweep.rundir")
 
+from sweep.errors import UserError
+
 STATUS_RUNNING = "running"
 STATUS_DONE = "done"
 STATUS_DIVERGED = "diverged"
@@ -36,7 +38,7 @@ HEARTBEAT_EVERY_S = 30.0  # period of heartbeat.json (sweep.status calls a run s
 _CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
 
 
-class RunConfigChanged(RuntimeError):
+class RunConfigChanged(UserError):
     """The run directory belongs to a run with a different configuration."""
 
 

@@ -15,9 +15,7 @@ from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A run config that cannot be trained, with every problem found listed."""
+from sweep.errors import ConfigError  # noqa: F401 (raised here; importers find it here too)
 
 
 @dataclass
@@ -174,28 +172,20 @@ def _check_optim(name: str, hparams: dict, errors: list[str]) -> None:
         errors.append(f"optim: {e}")
 
 
-def _check_data(data: dict, errors: list[str]) -> None:
-    kind = data.get("kind")
-    if kind == "synthetic":
-        for k in ("vocab_size", "train_tokens", "val_tokens"):
-            v = data.get(k)
-            if not _is_int(v) or v <= 0:
-                errors.append(f"data.{k}: must be a positive integer, got {v!r}")
-    elif kind == "text":
-        path = data.get("path")
-        if path in (None, "", "???"):
-            errors.append("data.path: required for data=text (a .txt file or a folder of .txt files)")
-        elif not Path(path).exists():
-            errors.append(f"data.path: no such file or directory: {path}")
-    elif kind == "shards":
-        path = data.get("path")
-        if not path or not Path(path).exists():
-            from sweep.data.prepare import prepare_command
+def _check_data(data: dict, errors: list[str], train: Optional[TrainSpec] = None,
+                telemetry: Optional[TelemetrySpec] = None) -> None:
+    """Data files there, readable, text, and big enough for the batches of ``train`` (when valid)."""
+    from sweep.data.checks import TokenNeeds, check_data
 
-            errors.append(f"data.path: prepared shard folder not found: {path} (training never downloads; "
-                          f"prepare it first: {prepare_command(data)})")
-    else:
-        errors.append(f"data.kind: synthetic | text | shards, got {kind!r}")
+    needs = None
+    if train is not None:
+        val_batches = train.eval_batches
+        if (telemetry is not None and telemetry.enabled and telemetry.tokens == "probe"
+                and _is_int(telemetry.probe_batches)):
+            val_batches = max(val_batches, telemetry.probe_batches)
+        needs = TokenNeeds(seq_len=train.seq_len, train_rows=train.batch_size,
+                           val_rows=val_batches * train.batch_size)
+    errors += check_data(data, needs)
 
 
 # Grid axes that only some optimizers take: for the others the key is dropped, so grid points that
@@ -244,7 +234,7 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any]) -> RunSpec:
     """Validate a composed task config; raise ConfigError listing every problem found."""
     raw = container(cfg)
     errors: list[str] = []
-    from sweep.loggers import secrets_in  # credentials never go into configs or run dirs
+    from sweep.credentials import secrets_in  # credentials never go into configs or run dirs
 
     errors += [f"{key}: holds the value of ${names[0]}; credentials stay in the environment"
                for key, names in ((k, secrets_in(v)) for k, v in _leaves(raw)) if names]
@@ -260,14 +250,19 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any]) -> RunSpec:
     else:
         optim_raw = optimizer_hparams(optim_name, raw["optim"])
         _check_optim(optim_name, optim_raw, errors)
-    data = dict(raw["data"])
-    _check_data(data, errors)
     train = _section(TrainSpec, raw["train"], "train", errors)
+    n_errors = len(errors)
     if train is not None:
         _check_train(train, errors)
+    train_ok = train is not None and len(errors) == n_errors
     telemetry = _section(TelemetrySpec, raw["telemetry"], "telemetry", errors)
+    n_errors = len(errors)
     if telemetry is not None:
         _check_telemetry(telemetry, errors)
+    telemetry_ok = telemetry is not None and len(errors) == n_errors
+    data = dict(raw["data"])
+    # The data's size is only checked against valid batch settings (else the data is not the problem).
+    _check_data(data, errors, train if train_ok else None, telemetry if telemetry_ok else None)
     logger = _section(LoggerSpec, raw["logger"], "logger", errors)
     if logger is not None and logger.backend not in ("none", "wandb"):
         errors.append(f"logger.backend: none | wandb, got {logger.backend!r}")

@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from sweep.credentials import is_secret_name, refuse_secret_arguments
+from sweep.errors import SweepError
 from sweep.rundir import atomic_write_text, iter_jsonl
 
 META = ".specsweep"
@@ -55,7 +57,10 @@ def record_launch(sweep_dir: Path, runs: Iterable[tuple[str, Sequence[str]]], ta
         "task_overrides": list(task_overrides),
         "hydra_overrides": [o for o in hydra_overrides if not o.startswith(_RELAUNCH_DROP)],
         "cwd": os.getcwd(),
-        "env": {k: v for k, v in os.environ.items() if k.startswith("SPECSWEEP_") and k not in _NOT_RECORDED},
+        # Credentials (a SPECSWEEP_*_TOKEN) stay in the environment, never in the sweep directory;
+        # a test's hold point is not part of the grid.
+        "env": {k: v for k, v in os.environ.items()
+                if k.startswith("SPECSWEEP_") and not is_secret_name(k) and k not in _NOT_RECORDED},
     }
     same = [i for i, old in enumerate(grid["launches"])
             if {k: old.get(k) for k in launch} == launch]
@@ -95,7 +100,13 @@ def latest_jobs(sweep_dir: Path) -> dict[str, dict[str, Any]]:
 
 def relaunch_command(launch: dict[str, Any], sweep_dir: Path, run_ids: Sequence[str],
                      extra: Sequence[str] = ()) -> list[str]:
-    """Arguments after ``python -m sweep.train`` that relaunch ``run_ids`` of a recorded launch."""
+    """Arguments after ``python -m sweep.train`` that relaunch ``run_ids`` of a recorded launch.
+
+    Raises SweepError (the argument shown redacted) if an ``extra`` argument carries a credential.
+    """
+    problem = refuse_secret_arguments(extra, "extra argument")
+    if problem:
+        raise SweepError(problem)
     only = ",".join(f"'{r}'" for r in run_ids)
     return ["-m", *launch["task_overrides"], *launch["hydra_overrides"],
             f"hydra.sweep.dir={Path(sweep_dir).resolve()}", f"hydra.sweeper.only=[{only}]", *extra]

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import sweep.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
+from sweep.credentials import exit_if_credentials_in
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -25,4 +27,7 @@ def main(cfg: DictConfig) -> Any:
 
 
 if __name__ == "__main__":
+    # Before Hydra sees the arguments: it would echo them (job labels, launcher log lines,
+    # .hydra/overrides.yaml, multirun.yaml, grid.json).
+    exit_if_credentials_in(sys.argv[1:])
     main()

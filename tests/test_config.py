@@ -53,7 +53,9 @@ def test_the_option_list_covers_the_main_groups() -> None:
 def test_every_config_file_composes_and_validates(compose, group: str, option: str) -> None:
     overrides = [_override(group, option)]
     if (group, option) == ("data", "text"):
-        overrides.append(f"data.path={ROOT / 'README.md'}")  # any text file validates
+        # Any text file big enough for the default batches validates: README.md is, with half of it
+        # held out (the default eval batches need ~8k validation tokens).
+        overrides += [f"data.path={ROOT / 'README.md'}", "data.val_fraction=0.5"]
     cfg = compose(overrides)
     if group == "data" and option != "synthetic" and "path" in cfg.data.keys() and (group, option) != ("data", "text"):
         # Corpora prepared elsewhere: composition works, and a missing folder is a clear error.
@@ -129,3 +131,105 @@ def test_identity_ignores_volatile_keys(compose) -> None:
     assert a != c
     assert "logger" not in a and "paths" not in a
     assert OmegaConf.create(a).train.steps == 300
+
+
+# ---- data inputs checked before any run directory exists (issue 12 item 13) -----------------------
+
+def _shard(path: Path, n_tokens: int) -> Path:
+    from sweep.data.shards import write_shard
+
+    import numpy as np
+
+    return write_shard(path, np.arange(n_tokens) % 256)
+
+
+def _bad_text(tmp_path: Path, case: str) -> tuple[Path, Path]:
+    """(data.path, the file the error must name) of a broken text corpus."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    good = "All the world's a stage, and all the men and women merely players.\n" * 400
+    if case == "empty file":
+        (folder / "empty.txt").write_text("")
+        return folder / "empty.txt", folder / "empty.txt"
+    if case == "binary file":
+        (folder / "model.txt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+        return folder / "model.txt", folder / "model.txt"
+    if case == "not utf-8":
+        (folder / "latin1.txt").write_bytes("café naïve ".encode("latin-1") * 500)
+        return folder / "latin1.txt", folder / "latin1.txt"
+    if case == "binary file in a folder":
+        (folder / "a.txt").write_text(good)
+        (folder / "b.txt").write_bytes(b"\0\1\2" * 1000)
+        return folder, folder / "b.txt"
+    if case == "empty folder of empty files":
+        (folder / "a.txt").write_text("")
+        (folder / "b.txt").write_text("")
+        return folder, folder
+    if case == "too small for the batches":
+        (folder / "small.txt").write_text(good[:3000])
+        return folder / "small.txt", folder / "small.txt"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("empty file", "is empty"),
+    ("binary file", "is not a text file"),
+    ("not utf-8", "is not UTF-8 text (byte 0xe9 at offset 3)"),
+    ("binary file in a folder", "is not a text file"),
+    ("empty folder of empty files", "is empty"),
+    ("too small for the batches", "is too small for this run"),
+])
+def test_bad_text_data_is_refused_naming_the_file(compose, tmp_path: Path, case: str, needle: str) -> None:
+    path, culprit = _bad_text(tmp_path, case)
+    with pytest.raises(ConfigError) as err:
+        build_run_spec(compose(["data=text", f"data.path={path}", "data.val_fraction=0.5"]))
+    text = str(err.value)
+    assert needle in text and str(culprit) in text, text
+
+
+def test_text_data_big_enough_for_the_batches_validates(compose, tmp_path: Path) -> None:
+    # The size check is a bound, not a guess: a corpus just big enough passes.
+    text = tmp_path / "ok.txt"
+    text.write_text("x" * 20_000)
+    cfg = compose(["data=text", f"data.path={text}", "data.val_fraction=0.5"])
+    assert build_run_spec(cfg).data["path"] == str(text)
+    with pytest.raises(ConfigError, match=f"{text} is too small.*training split.*train.batch_size"):
+        build_run_spec(compose(["data=text", f"data.path={text}", "data.val_fraction=0.5", "train.batch_size=200"]))
+
+
+def test_synthetic_data_too_small_for_the_batches_is_refused(compose) -> None:
+    with pytest.raises(ConfigError, match="synthetic corpus is too small.*validation split holds 1000 tokens"):
+        build_run_spec(compose(["data.val_tokens=1000"]))
+
+
+def test_missing_prepared_folder_names_the_whole_prepare_command(compose, tmp_path: Path) -> None:
+    # The prepare hint used to drop the data.source the user gave.
+    corpus, prepared = tmp_path / "corpus", tmp_path / "prepared"
+    with pytest.raises(ConfigError) as err:
+        build_run_spec(compose(["data=local", f"data.source={corpus}", f"data.path={prepared}"]))
+    assert f"python -m sweep.prepare data=local data.path={prepared} data.source={corpus}" in str(err.value)
+    with pytest.raises(ConfigError, match="data.source: missing"):
+        build_run_spec(compose(["data=local", f"data.path={prepared}"]))
+
+
+def test_damaged_or_unfinished_shard_folders_are_refused_naming_the_file(compose, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _shard(shards / "x_train_000.bin", 50_000)
+    val = _shard(shards / "x_val_000.bin", 20_000)
+    args = ["data=fineweb10b", "data.source=null", f"data.path={shards}"]
+    build_run_spec(compose(args))  # a folder of good shards validates
+    val.write_bytes(val.read_bytes()[:-10])
+    with pytest.raises(ConfigError, match=f"{val}: truncated shard"):
+        build_run_spec(compose(args))
+    val.unlink()
+    _shard(val, 100)
+    with pytest.raises(ConfigError, match=f"{shards} is too small.*validation split holds 100 tokens"):
+        build_run_spec(compose(args))
+    (shards / "meta.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=f"{shards / 'meta.json'} is unreadable or damaged"):
+        build_run_spec(compose(args))
+    (shards / "meta.json").unlink()
+    (shards / "progress.json").write_text("{}")
+    with pytest.raises(ConfigError, match="preparation is not finished.*python -m sweep.prepare data=fineweb10b"):
+        build_run_spec(compose(["data=fineweb10b", f"data.path={shards}"]))

@@ -18,6 +18,11 @@ from tests.conftest import FAST, ROOT, run_train
 pytestmark = pytest.mark.slow
 
 
+def _short_error_env(env: dict) -> dict:
+    """The test environment without HYDRA_FULL_ERROR=1: errors print as users see them."""
+    return {k: v for k, v in env.items() if k != "HYDRA_FULL_ERROR"}
+
+
 def _rows(path: Path, key: str) -> list[dict]:
     return [r for r in iter_jsonl(path) if key in r]
 
@@ -140,14 +145,46 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(env: dict, tmp_path: Pat
     (["data=text", "data.path=/nonexistent/corpus.txt"], "no such file"),
     (["-m", "model.ffn_mult=1,0"], "model.ffn_mult"),
     (["-m", "telemetry.every=5,10"], "run id collision"),
+    (["-m", "data=text", "data.path=/nonexistent/corpus.txt"], "no such file"),
 ])
 def test_bad_input_fails_before_any_training(env: dict, tmp_path: Path, args: list, needle: str) -> None:
-    proc = run_train([*args, *FAST] if args[0] == "-m" else [*FAST, *args], env, check=False)
+    # Without HYDRA_FULL_ERROR, a user error is a short message, no traceback (issue 12 item 14).
+    proc = run_train([*args, *FAST] if args[0] == "-m" else [*FAST, *args], _short_error_env(env), check=False)
     assert proc.returncode != 0
-    assert needle in proc.stdout + proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 15, proc.stderr  # e.g. the options of a group
     runs = tmp_path / "runs"
     trained = [p for p in runs.rglob("metrics.jsonl")] if runs.exists() else []
     assert trained == []
+
+
+@pytest.mark.parametrize("content,needle", [(b"", "is empty"), (b"\x89PNG\r\n\x1a\n\0\0" * 64, "is not a text file")])
+def test_bad_input_data_file_is_named_before_any_run_directory(env: dict, tmp_path: Path, content: bytes,
+                                                               needle: str) -> None:
+    # Issue 12 item 13: an empty file failed at set-up ("validation split of 16384 tokens does not fit
+    # a corpus of 1 tokens") without naming it; a binary one failed after set-up.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(content)
+    proc = run_train(["-m", *FAST, "data=text", f"data.path={corpus}", "model.ffn_mult=2,4"], env, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"{corpus} {needle}" in out, out[-3000:]
+    assert out.count(f"{corpus} {needle}") == 2  # both grid points refused, nothing launched
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_input_full_error_env_still_shows_the_traceback(env: dict, tmp_path: Path) -> None:
+    proc = run_train([*FAST, "model.ffn_mult=0"], {**env, "HYDRA_FULL_ERROR": "1"}, check=False)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "model.ffn_mult" in proc.stderr
+
+
+def test_bad_input_changed_config_is_a_short_error(env: dict, tmp_path: Path) -> None:
+    run_train([*FAST, "train.steps=2"], env)
+    short = _short_error_env(env)
+    for argv in ([*FAST, "train.steps=2", "telemetry.every=5"], ["-m", *FAST, "train.steps=2", "telemetry.every=5"]):
+        proc = run_train(argv, short, check=False)
+        assert proc.returncode != 0, proc.stdout[-2000:]
+        assert "different config" in proc.stderr and "telemetry.every: 10 -> 5" in proc.stderr
+        assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
 
 
 def test_rank_fraction_axis_only_multiplies_low_rank_optimizers(env: dict, tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
+from sweep.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -65,7 +67,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="specsweep_slurm", nod
                              provider="specsweep")
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError):
     """The grid could not be submitted (bad resource request, sbatch refused it)."""
 
 

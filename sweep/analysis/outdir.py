@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from sweep.analysis.read import SweepError
+from sweep.errors import SweepError
 from sweep.rundir import atomic_write_text, json_safe
 
 STATUS_FILE = "status.json"

@@ -17,13 +17,10 @@ from typing import Any, Sequence
 import pandas as pd
 
 from sweep import rundir
+from sweep.errors import SweepError  # input that leaves nothing to analyse (the CLI exits 2)
 
 WIDTH_COL = "ffn_width"
 """The run axis (and points-table column) holding the FFN hidden width D."""
-
-
-class SweepError(Exception):
-    """Input that leaves nothing to analyse (the CLI exits with status 2)."""
 
 
 class NoRunDirectories(SweepError):

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from sweep import rundir
-from sweep.analysis.read import SweepError
-from sweep.secrets import redact_secrets
+from sweep.errors import SweepError
+from sweep.credentials import redact_secrets
 from sweep.wandb_keys import metric_from_wandb, stable_wandb_id
 
 _SPECTRAL = re.compile(r"^spectral/([a-z]+)/([a-z]+)/([A-Za-z0-9_]+)/L(\d+)$")

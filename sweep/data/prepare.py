@@ -237,8 +237,9 @@ def prepare_command(data: DataSpec | Mapping[str, Any]) -> str:
     get = data.get if isinstance(data, Mapping) else (lambda k: getattr(data, k, None))
     name = get("name") or "<this data config>"
     parts = ["python -m sweep.prepare", f"data={name}"]
-    if get("path"):
-        parts.append(f"data.path={get('path')}")
+    for key in ("path", "source"):  # the folder to fill, and what to fill it from
+        if get(key) not in (None, "", "???"):
+            parts.append(f"data.{key}={get(key)}")
     return " ".join(parts) + "  (plus this run's other data.* overrides)"
 
 
@@ -347,6 +348,8 @@ def _build_synthetic(spec: DataSpec, folder: Path) -> dict:
 def _build_text(spec: DataSpec, folder: Path) -> dict:
     files = find_text_files(_existing_path(spec))
     docs = list(read_documents(files))
+    if not any(docs):
+        raise ValueError(f"{spec.path}: no text to prepare (empty)")
     name = spec.tokenizer or "byte"
     if name == "byte":
         tok: Tokenizer = ByteTokenizer()
@@ -356,7 +359,11 @@ def _build_text(spec: DataSpec, folder: Path) -> dict:
     else:
         raise ValueError(f"text tokenizer must be 'byte' or 'bpe', got {name!r}")
     tokens = encode_documents(docs, tok)
-    meta = _write_splits(folder, tokens, spec.n_val(tokens.size), tok.vocab_size)
+    try:
+        n_val = spec.n_val(tokens.size)
+    except ValueError as e:
+        raise ValueError(f"{spec.path}: {e}") from None
+    meta = _write_splits(folder, tokens, n_val, tok.vocab_size)
     meta.update(vocab_size=tok.vocab_size, eot_id=tok.eot_id, tokenizer=tok.save(folder),
                 sources=[str(f) for f in files], documents=len(docs))
     return meta

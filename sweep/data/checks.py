@@ -1,0 +1,199 @@
+"""Data inputs checked before any run directory exists: files there, readable, text, big enough.
+
+The sweeper runs these checks for every job of a grid before launching one, so they only stat
+files, read a sample of each text file and the headers of shard files. Every problem names the
+file. Token counts are known exactly for synthetic data and prepared shards; for raw text the byte
+count bounds them from above (a tokenizer emits at most one token per byte, plus one EOT per
+document), so a corpus refused here could never have fed the run.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from sweep.data.shards import ShardError, read_header
+
+SAMPLE_BYTES = 1 << 16  # the head of each text file that is checked for binary content
+UNSET = (None, "", "???")
+
+
+@dataclass(frozen=True)
+class TokenNeeds:
+    """Smallest splits a run can draw its batches from (see sweep.data.loader.TokenBatches)."""
+
+    seq_len: int
+    train_rows: int   # windows of one global micro-batch (train.batch_size)
+    val_rows: int     # windows of the eval batches (and of the telemetry probe)
+
+    def tokens(self, rows: int) -> int:
+        """Tokens of a stream that offers ``rows`` windows: (n - 1 - seq_len) // seq_len >= rows."""
+        return (rows + 1) * self.seq_len + 1
+
+
+def windows(n_tokens: int, seq_len: int) -> int:
+    """Windows the loader cuts from one shard of ``n_tokens`` tokens."""
+    return max(0, (n_tokens - 1 - seq_len) // seq_len)
+
+
+def check_data(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[str]:
+    """Problems with the data of a run config (``data.*``), each naming the key and the file."""
+    from sweep.data.prepare import DataSpec
+
+    try:
+        DataSpec.from_mapping({k: v for k, v in data.items() if v != "???"})
+    except (TypeError, ValueError) as e:
+        return [f"data: {e}"]
+    kind = data.get("kind")
+    if kind == "synthetic":
+        return _check_synthetic(data, needs)
+    if kind == "text":
+        return _check_text(data, needs)
+    if kind == "shards":
+        return _check_shards(data, needs)
+    return [f"data.kind: synthetic | text | shards, got {kind!r}"]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_synthetic(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[str]:
+    errors = [f"data.{k}: must be a positive integer, got {data.get(k)!r}"
+              for k in ("vocab_size", "train_tokens", "val_tokens") if not _is_int(data.get(k)) or data[k] <= 0]
+    if not errors and needs is not None:
+        errors += _too_small("the synthetic corpus", [data["train_tokens"]], [data["val_tokens"]], needs, exact=True)
+    return errors
+
+
+# ---- text -----------------------------------------------------------------------------------------
+
+def _check_text(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[str]:
+    from sweep.data.text import find_text_files
+
+    path = data.get("path")
+    if path in UNSET:
+        return ["data.path: required for data=text (a .txt file or a folder of .txt files)"]
+    root = Path(str(path)).expanduser()
+    if not root.exists():
+        return [f"data.path: no such file or directory: {root}"]
+    try:
+        files = find_text_files(root)
+    except (FileNotFoundError, OSError) as e:
+        return [f"data.path: {e}"]
+    n_bytes = 0
+    for f in files:
+        try:
+            st = f.stat()
+            problem = _text_problem(str(f), st.st_size, st.st_mtime_ns)
+        except OSError as e:
+            problem = f"cannot read it ({e.strerror or e})"
+        if problem:
+            return [f"data.path: {f} {problem}"]
+        n_bytes += st.st_size
+    where = str(root) if root.is_file() else f"{root} ({len(files)} .txt files)"
+    if n_bytes == 0:
+        return [f"data.path: {where} is empty: no text to train on"]
+    if needs is None:
+        return []
+    total = n_bytes + len(files)  # at most one token per byte, and one EOT per document (file)
+    val_tokens = data.get("val_tokens")
+    if _is_int(val_tokens):
+        n_val = val_tokens
+    else:
+        frac = data.get("val_fraction", 0.05)
+        n_val = int(round(float(frac) * total)) if isinstance(frac, (int, float)) else 0
+    if not 0 < n_val < total:
+        return [f"data.path: {where} holds {n_bytes} bytes of text, at most {total} tokens: a validation "
+                f"split of {n_val} tokens does not fit (data.val_tokens={val_tokens}, "
+                f"data.val_fraction={data.get('val_fraction')})"]
+    return _too_small(where, [total - n_val], [n_val], needs, exact=False, n_bytes=n_bytes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_problem(path: str, size: int, mtime_ns: int) -> Optional[str]:
+    """Why the file is not UTF-8 text, from its first SAMPLE_BYTES (cached per file version)."""
+    with open(path, "rb") as f:
+        head = f.read(SAMPLE_BYTES)
+    nul = head.find(b"\0")
+    if nul >= 0:
+        return f"is not a text file (NUL byte at offset {nul}); data=text reads UTF-8 .txt files"
+    try:
+        # Not final: a multi-byte character cut by the sample's end is fine.
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=size <= SAMPLE_BYTES)
+    except UnicodeDecodeError as e:
+        return (f"is not UTF-8 text (byte 0x{head[e.start]:02x} at offset {e.start}); "
+                "data=text reads UTF-8 .txt files")
+    return None
+
+
+# ---- prepared shards --------------------------------------------------------------------------------
+
+def _check_shards(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[str]:
+    from sweep.data.prepare import META_FILE, PROGRESS_FILE, prepare_command
+
+    path = data.get("path")
+    if data.get("source") == "???":
+        return [f"data.source: missing (data={data.get('name') or 'local'} needs the corpus it was prepared "
+                f"from: data.source=<file or folder> data.path=<prepared folder>)"]
+    hint = f"prepare it first: {prepare_command(data)}"
+    if path in UNSET:
+        return [f"data.path: missing: the folder of prepared shards (training never downloads; {hint})"]
+    root = Path(str(path)).expanduser()
+    if not root.exists():
+        return [f"data.path: prepared shard folder not found: {root} (training never downloads; {hint})"]
+    if not root.is_dir():
+        return [f"data.path: {root} is a file; it must be the folder of prepared shards ({hint})"]
+    meta_path = root / META_FILE
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            splits = {s: [root / f for f in meta[s]["files"]] for s in ("train", "val")}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return [f"data.path: {meta_path} is unreadable or damaged ({type(e).__name__}: {e}); "
+                    f"delete the folder and {hint}"]
+    elif (root / PROGRESS_FILE).is_file():
+        return [f"data.path: {root}: its preparation is not finished (no {META_FILE} yet); rerun the same "
+                f"command to complete it: {prepare_command(data)}"]
+    elif data.get("source") not in UNSET:
+        return [f"data.path: {root} is not a prepared data folder (no {META_FILE}); {hint}"]
+    else:  # a folder of existing .bin shards, indexed into the cache by the run
+        splits = {s: sorted(root.glob(f"*{s}*.bin")) for s in ("train", "val")}
+        if not splits["train"] or not splits["val"]:
+            return [f"data.path: shard folder {root} needs *train*.bin and *val*.bin files (found "
+                    f"{len(splits['train'])} train, {len(splits['val'])} val)"]
+    sizes: dict[str, list[int]] = {}
+    for split, files in splits.items():
+        try:
+            sizes[split] = [_shard_tokens(str(f)) for f in files]
+        except (ShardError, OSError) as e:
+            return [f"data.path: {e}"]
+    if needs is None:
+        return []
+    return _too_small(str(root), sizes["train"], sizes["val"], needs, exact=True)
+
+
+def _shard_tokens(path: str) -> int:
+    return read_header(path).n_tokens  # raises naming the file (missing, truncated, not a shard)
+
+
+# ---- size -------------------------------------------------------------------------------------------
+
+def _too_small(where: str, train: Sequence[int], val: Sequence[int], needs: TokenNeeds, *, exact: bool,
+               n_bytes: Optional[int] = None) -> list[str]:
+    """A problem if the splits (token counts per shard) offer fewer windows than the run draws."""
+    have = "holds" if exact else "holds at most"
+    unit = f"{n_bytes} bytes of text: " if n_bytes is not None else ""
+    problems = []
+    for split, shards, rows, key in (("training", train, needs.train_rows, "train.batch_size"),
+                                     ("validation", val, needs.val_rows, "train.eval_batches x train.batch_size")):
+        if sum(windows(n, needs.seq_len) for n in shards) < rows:
+            problems.append(
+                f"data: {where} is too small for this run: {unit}its {split} split {have} {sum(shards)} tokens, "
+                f"{needs.tokens(rows)} are needed for {rows} windows of {needs.seq_len + 1} tokens ({key})")
+            unit = ""
+    return problems
