@@ -274,7 +274,8 @@ class _Training:
             return
         kept = self.run_dir.truncate_jsonl(self.run_dir.metrics_file, self.step)
         self.run_dir.truncate_jsonl(self.run_dir.spectra_file, self.step)
-        self.train_loss = float(state.get("train_loss", self._logged_train_loss(self.step)))
+        loss = state.get("train_loss")
+        self.train_loss = float(loss) if loss is not None else self._logged_train_loss(self.step)
         log.info("resumed %s from step %d (%d metric rows kept)", self.spec.run_id, self.step, kept)
 
     def _logged_train_loss(self, step: int) -> float:
