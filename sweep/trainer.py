@@ -518,10 +518,10 @@ class _Training:
         telemetry.drain()
         if self.main and not saved:
             self._checkpoint()
-        distributed.barrier()  # the checkpoint is on disk before any rank leaves
         status = STATUS_REQUEUED if self.stop.will_requeue() else STATUS_INTERRUPTED
         if self.main:
             self.run_dir.update_status(status=status, step=self.step)
+        distributed.barrier()  # checkpoint and status are on disk before any rank leaves
         log.warning("run %s got %s: stopped at step %d, checkpoint written; %s", self.spec.run_id,
                     signal.Signals(self.stop.received or self.stop.signum).name, self.step,
                     "the job is requeued and resumes from it" if status == STATUS_REQUEUED
