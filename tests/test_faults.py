@@ -6,8 +6,6 @@ test and then damaged; runs that must be hit at a known step are held there (swe
 
 from __future__ import annotations
 
-import errno
-import json
 import math
 import os
 import re
