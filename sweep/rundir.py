@@ -8,6 +8,7 @@ resume, so a resumed run continues the same curve without duplicated rows.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -42,19 +43,36 @@ class RunConfigChanged(UserError):
     """The run directory belongs to a run with a different configuration."""
 
 
+class RunDirError(RuntimeError):
+    """The run directory cannot be used (not writable, unreadable record)."""
+
+
+class JsonlError(ValueError):
+    """A JSON-lines file holds a line that is neither a JSON object nor a torn last row."""
+
+
 def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new file, never a partial one.
 
-    ``sync=False`` skips the fsync (still atomic for other processes; a power cut may lose it).
+    A failed write (disk full, permission denied) leaves the old file, no temporary one, and raises
+    OSError naming ``path``. ``sync=False`` skips the fsync (still atomic for other processes; a
+    power cut may lose it).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        if sync:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:  # a failed write() does not say which file
+            raise OSError(e.errno, f"writing {path.name}: {e.strerror}", str(path)) from e
+        raise
 
 
 def atomic_write_text(path: Path, text: str, sync: bool = True) -> None:
@@ -83,7 +101,8 @@ def config_hash(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _now() -> str:
+def now_iso() -> str:
+    """The current UTC time, ISO 8601 to the second (run.json's timestamps)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -134,7 +153,7 @@ class RunDir:
                 return self.read_status()
             status = self.read_status()
             status.update(fields)
-            status["updated"] = _now()
+            status["updated"] = now_iso()
             atomic_write_text(self.status_file, json.dumps(json_safe(status), indent=2, sort_keys=True))
             self._status_final = final
             return status
@@ -160,6 +179,37 @@ class RunDir:
         return Heartbeat(self, world_size=world_size, every_s=every_s, step=step)
 
     # ---- identity -----------------------------------------------------------------------------
+    def recorded_identity(self) -> tuple[Any, str]:
+        """What the directory says about the identity of its run, and where it says it.
+
+        identity.json; if that is gone, the identity of the recorded config.yaml; else the config
+        hash stored in the newest readable checkpoint (a str); ``(None, "")`` for a new directory.
+        Reads only: a refused launch must not change the directory it refuses.
+        """
+        if self.identity_file.exists():
+            try:
+                return json.loads(self.identity_file.read_text()), str(self.identity_file)
+            except (OSError, ValueError) as e:
+                raise RunDirError(f"cannot read {self.identity_file}: {e}") from e
+        if self.config_file.exists():
+            from omegaconf import OmegaConf
+
+            from sweep.spec import identity_of
+
+            try:
+                recorded = OmegaConf.to_container(OmegaConf.load(self.config_file), resolve=False)
+            except Exception:  # noqa: BLE001 - unparsable: the checkpoints still tell
+                recorded = None
+            if isinstance(recorded, dict):
+                return json_safe(identity_of(recorded)), str(self.config_file)
+        if self.checkpoints():
+            from sweep.checkpoint import load_latest_checkpoint
+
+            state = load_latest_checkpoint(self, map_location="cpu")
+            if state is not None and isinstance(state.get("config_hash"), str):
+                return state["config_hash"], str(self.checkpoint_path(int(state["step"])))
+        return None, ""
+
     def check_identity(self, identity: Mapping[str, Any]) -> str:
         """Hash of ``identity``; raise RunConfigChanged if the directory holds another run.
 
@@ -167,29 +217,51 @@ class RunDir:
         would silently mix two runs, so the differing keys are listed instead.
         """
         digest = config_hash(identity)
-        if self.identity_file.exists():
-            old = json.loads(self.identity_file.read_text())
-            if config_hash(old) != digest:
-                changes = _diff_keys(old, json_safe(dict(identity)))
-                shown = "\n  ".join(changes[:20]) + ("\n  ..." if len(changes) > 20 else "")
-                raise RunConfigChanged(
-                    f"run directory {self.path} holds a run started with a different config; "
-                    f"refusing to resume it with this one. Changed keys:\n  {shown}\n"
-                    "Use a new sweep_name (or paths.runs_root), add the key to the grid so it "
-                    "enters the run id, or delete the old run directory."
-                )
-        return digest
+        old, source = self.recorded_identity()
+        if old is None:
+            return digest
+        old_digest = old if isinstance(old, str) else config_hash(old)
+        if old_digest == digest:
+            return digest
+        if isinstance(old, str):
+            detail = f"its checkpoint {source} was written under config hash {old}, this config hashes to {digest}"
+        else:
+            changes = _diff_keys(old, json_safe(dict(identity)))
+            shown = "\n  ".join(changes[:20]) + ("\n  ..." if len(changes) > 20 else "")
+            detail = f"changed keys (recorded in {Path(source).name}):\n  {shown}"
+        raise RunConfigChanged(
+            f"run directory {self.path} holds a run started with a different config; "
+            f"refusing to resume it with this one. {detail}\n"
+            "Use a new sweep_name (or paths.runs_root), add the key to the grid so it "
+            "enters the run id, or delete the old run directory."
+        )
 
     def claim(self, identity: Mapping[str, Any], config_yaml: str) -> str:
         """Check the identity (see check_identity), then record it and the resolved config."""
         digest = self.check_identity(identity)
-        self.path.mkdir(parents=True, exist_ok=True)
-        if not self.identity_file.exists():
-            atomic_write_text(self.identity_file, json.dumps(json_safe(dict(identity)), indent=2, sort_keys=True))
-        atomic_write_text(self.config_file, config_yaml)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if not self.identity_file.exists():
+                atomic_write_text(self.identity_file, json.dumps(json_safe(dict(identity)), indent=2, sort_keys=True))
+            atomic_write_text(self.config_file, config_yaml)
+        except OSError as e:
+            raise RunDirError(f"cannot write to the run directory {self.path}: {e.strerror or e}") from e
         return digest
 
+    def remove_if_empty(self) -> None:
+        """Remove the directory (and then its parent) if empty: what a refused launch leaves."""
+        for folder in (self.path, self.path.parent):
+            try:
+                folder.rmdir()  # only ever succeeds on an empty directory
+            except OSError:
+                return
+
     # ---- checkpoints --------------------------------------------------------------------------
+    def checkpoint_step(self) -> int:
+        """Step of the newest checkpoint file on disk (0: none), what a relaunch resumes from."""
+        found = self.checkpoints()
+        return found[-1][0] if found else 0
+
     def checkpoint_path(self, step: int) -> Path:
         return self.ckpt_dir / f"ckpt_{step:08d}.pt"
 
@@ -206,10 +278,20 @@ class RunDir:
 
     # ---- json lines ---------------------------------------------------------------------------
     def truncate_jsonl(self, path: Path, max_step: int) -> int:
-        """Drop rows with step > max_step (and a torn last line); returns rows kept."""
+        """Drop rows with step > max_step (and a torn last line); returns rows kept.
+
+        Any other junk (a line that is not a JSON object, bytes that are not text, a row whose step
+        is not a number) raises JsonlError naming the file and line.
+        """
         if not path.exists():
             return 0
-        kept = [row for row in iter_jsonl(path) if int(row.get("step", 0)) <= max_step]
+        kept = []
+        for n, row in numbered_jsonl(path, strict=True):
+            step = row.get("step", 0)
+            if isinstance(step, bool) or not isinstance(step, (int, float)):
+                raise JsonlError(f"{path}, line {n}: step {step!r} is not a number")
+            if step <= max_step:
+                kept.append(row)
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         return len(kept)
 
@@ -280,17 +362,38 @@ class Heartbeat:
         self.stop()
 
 
-def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Rows of a JSON-lines file; a torn final line (killed mid-write) is skipped."""
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
+def numbered_jsonl(path: Path, strict: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a JSON-lines file; a torn final line (killed mid-write) is skipped.
+
+    A torn line is the last one, without its newline, starting like a row. Other lines that are
+    not JSON objects raise JsonlError naming the file and line if ``strict``, else are skipped.
+    """
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            text = raw.strip()
+            if not text:
                 continue
+            problem = ""
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+                row = json.loads(text.decode("utf-8"))
+                if not isinstance(row, dict):
+                    problem = f"not a JSON object: {text[:60].decode('utf-8', 'replace')!r}"
+            except UnicodeDecodeError:
+                problem = "not UTF-8 text"
+            except json.JSONDecodeError as e:
+                problem = f"not JSON ({e.msg}): {text[:60].decode('utf-8', 'replace')!r}"
+            if not problem:
+                yield n, row
                 continue
+            torn = not raw.endswith(b"\n") and text.startswith(b"{")
+            if strict and not torn:
+                raise JsonlError(f"{path}, line {n}: {problem}")
+
+
+def iter_jsonl(path: Path, strict: bool = False) -> Iterator[dict[str, Any]]:
+    """Rows of a JSON-lines file (see numbered_jsonl)."""
+    for _, row in numbered_jsonl(path, strict):
+        yield row
 
 
 class JsonlAppender:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -20,14 +21,16 @@ from omegaconf import DictConfig, OmegaConf
 from models import GPT, GPTConfig
 from optim import build_optimizer, lr_factor
 from sweep import distributed
-from sweep.checkpoint import load_latest_checkpoint, save_checkpoint
+from sweep.credentials import redact_text
+from sweep.checkpoint import load_latest_checkpoint, prune_checkpoints, save_checkpoint, set_rng_state
 from sweep.data_setup import RunData, load_run_data
 from sweep.distributed import SINGLE, DistEnv
 from sweep.hold import Hold
 from sweep.loggers import NullLogger, make_logger, replay_after_resume, stable_wandb_id
 from sweep.preempt import StopRequest
 from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED,
-                          STATUS_REQUEUED, STATUS_RUNNING, JsonlAppender, RunDir)
+                          STATUS_REQUEUED, STATUS_RUNNING, JsonlAppender, RunDir, atomic_write_text,
+                          config_hash, iter_jsonl, now_iso)
 from sweep.run_id import identity_overrides
 from sweep.spec import RunSpec, TrainSpec, build_run_spec, identity_of
 from sweep.telemetry import Telemetry
@@ -122,14 +125,24 @@ def evaluate(model: torch.nn.Module, data: RunData, n_batches: int, device: torc
 
 
 def train_run(cfg: DictConfig, run_path: Path) -> RunResult:
-    """Train (or resume, or skip) the run described by ``cfg`` in ``run_path``."""
+    """Train (or resume, or skip) the run described by ``cfg`` in ``run_path``.
+
+    Nothing is written before the config is valid and the directory's recorded identity matches
+    (a refused launch leaves the directory as it was, and removes it if Hydra just made it empty);
+    a finished or diverged run is skipped without writing. Any failure after that is recorded in
+    run.json (``failed`` with the error, or ``interrupted`` on Ctrl-C) before it propagates.
+    """
     from hydra.core.hydra_config import HydraConfig
 
-    spec = build_run_spec(cfg)
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     run_dir = RunDir(run_path)
-    identity = identity_of(cfg)
-    run_dir.check_identity(identity)
+    try:
+        spec = build_run_spec(cfg)
+        identity = identity_of(cfg)
+        run_dir.check_identity(identity)
+    except BaseException:
+        run_dir.remove_if_empty()
+        raise
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     if run_dir.is_done():
         done = run_dir.read_done()
         log.info("run %s is already done (%s); skipped", spec.run_id, run_dir.path)
@@ -151,22 +164,56 @@ def train_run(cfg: DictConfig, run_path: Path) -> RunResult:
     # Several tasks of one job (one per GPU) train the run together; rank 0 alone writes its files.
     with distributed.session(spec.train.device, on_peer_failure=peer_failed) as dist_env, \
             contextlib.ExitStack() as beating:
-        digest = run_dir.claim(identity, config_yaml) if dist_env.is_main else run_dir.check_identity(identity)
-        claimed = dist_env.is_main
-        if claimed:  # heartbeat.json: lets sweep.status tell this live run from a killed one
-            # (the step reads as None until `training` below exists)
-            beating.enter_context(run_dir.heartbeat(dist_env.world_size, step=lambda: training.step))
         try:
-            training = _Training(spec, cfg, run_dir, digest, overrides, dist_env)
-        except Exception as e:  # set-up failed (data, model, device): `sweep.status` shows why
             if dist_env.is_main:
-                run_dir.update_status(run_id=spec.run_id, sweep=spec.sweep_name, status=STATUS_FAILED,
-                                      config_hash=digest, error=f"{type(e).__name__}: {e}")
+                digest = run_dir.claim(identity, config_yaml)
+                _record_hydra_job(run_dir, cfg)
+                claimed = True
+                # heartbeat.json lets sweep.status tell this live run from a killed one
+                # (its step reads as None until `training` below exists)
+                beating.enter_context(run_dir.heartbeat(dist_env.world_size, step=lambda: training.step))
+            else:
+                digest = run_dir.check_identity(identity)
+            training = _Training(spec, cfg, run_dir, digest, overrides, dist_env)
+        except BaseException as e:  # set-up failed (disk, data, model, device): `sweep.status` shows why
+            if dist_env.is_main:
+                record_stop(run_dir, e, run_id=spec.run_id, sweep=spec.sweep_name, config_hash=config_hash(identity))
             raise
         try:
             return training.run()
         finally:
             training.release()
+
+
+def record_stop(run_dir: RunDir, error: BaseException, **fields: Any) -> None:
+    """Mark the run ``failed`` with the error (``interrupted`` for Ctrl-C) in run.json.
+
+    The recorded step is that of the newest checkpoint on disk: what a relaunch resumes from. If
+    run.json itself cannot be written (read-only directory, disk full), say so in the log instead.
+    """
+    if isinstance(error, KeyboardInterrupt):
+        fields.update(status=STATUS_INTERRUPTED, error="aborted (KeyboardInterrupt)")
+    else:
+        fields.update(status=STATUS_FAILED, error=redact_text(f"{type(error).__name__}: {error}"))
+    try:
+        run_dir.update_status(step=run_dir.checkpoint_step(), **fields)
+    except OSError as e:
+        log.error("could not record the run's end in %s: %s", run_dir.status_file, e)
+
+
+def _record_hydra_job(run_dir: RunDir, cfg: DictConfig) -> None:
+    """Hydra's record of the job (.hydra/config.yaml, hydra.yaml, overrides.yaml), written once the
+    launch is accepted: ``hydra.output_subdir`` is null so that Hydra does not write it before the
+    task runs (a refused launch would overwrite the record of the run it refuses)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = run_dir.path / ".hydra"
+    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
 
 
 class _Training:
@@ -205,6 +252,7 @@ class _Training:
         self.tokens_per_step = t.batch_size * t.grad_accum * t.seq_len
         self.step = 0
         self.elapsed = 0.0
+        self.train_loss = float("nan")  # of the last step taken (restored on resume, for DONE)
         self.wandb_id = stable_wandb_id(spec.sweep_name, spec.run_id)
         self.hold = Hold.from_env(rank=dist_env.rank)  # SPECSWEEP_HOLD: tests stop a run at a known step
 
@@ -215,39 +263,72 @@ class _Training:
 
     # ---- resume ---------------------------------------------------------------------------------
     def _resume(self) -> None:
-        state = load_latest_checkpoint(self.run_dir, map_location=self.device)
+        unreadable: list[Path] = []
+        state = load_latest_checkpoint(self.run_dir, map_location=self.device, unreadable=unreadable)
+        if unreadable and self.main:
+            self._set_aside(unreadable, restart=state is None)
         if state is None:
             # A fresh start: anything logged by an attempt that never checkpointed is dropped.
             for f in (self.run_dir.metrics_file, self.run_dir.spectra_file) if self.main else ():
                 f.unlink(missing_ok=True)
             return
+        ckpt = self.run_dir.checkpoint_path(int(state["step"]))
         if state.get("config_hash") != self.digest:
-            raise RuntimeError(f"checkpoint of {self.run_dir.path} was written under another config hash")
+            raise RuntimeError(f"checkpoint {ckpt} was written under config hash {state.get('config_hash')}, "
+                               f"this run's config hashes to {self.digest}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed_s", 0.0))
         self.wandb_id = state.get("wandb_id", self.wandb_id)
-        from sweep.checkpoint import set_rng_state
-
         set_rng_state(state["rng"])
         if not self.main:
             return
         kept = self.run_dir.truncate_jsonl(self.run_dir.metrics_file, self.step)
         self.run_dir.truncate_jsonl(self.run_dir.spectra_file, self.step)
+        loss = state.get("train_loss")
+        self.train_loss = float(loss) if loss is not None else self._logged_train_loss(self.step)
         log.info("resumed %s from step %d (%d metric rows kept)", self.spec.run_id, self.step, kept)
+
+    def _logged_train_loss(self, step: int) -> float:
+        """The train loss logged at ``step`` (checkpoints without one), NaN if there is none."""
+        rows = [r for r in iter_jsonl(self.run_dir.metrics_file) if r.get("step") == step and "train_loss" in r]
+        value = rows[-1]["train_loss"] if rows else None
+        return float(value) if value is not None else float("nan")
+
+    def _set_aside(self, paths: list[Path], restart: bool) -> None:
+        """Rename unreadable checkpoints to ``*.unreadable``: kept for a look, out of the way of
+        pruning and of the next resume. Losing every checkpoint is a restart: said loudly, recorded."""
+        moved = []
+        for p in paths:
+            target = p.with_name(p.name + ".unreadable")
+            try:
+                os.replace(p, target)
+                moved.append(str(target))
+            except OSError as e:
+                log.warning("could not rename %s: %s", p, e)
+                moved.append(str(p))
+        if not restart:
+            return
+        log.error("run %s: every checkpoint is unreadable (%s); training RESTARTS FROM STEP 0",
+                  self.spec.run_id, ", ".join(moved))
+        restarts = list(self.run_dir.read_status().get("restarts") or [])
+        restarts.append({"at": now_iso(), "from_step": 0, "reason": "every checkpoint is unreadable", "files": moved})
+        self.run_dir.update_status(restarts=restarts)
 
     def _checkpoint(self) -> None:
         save_checkpoint(self.run_dir, self.step, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "config_hash": self.digest, "wandb_id": self.wandb_id, "elapsed_s": self.elapsed,
+            "train_loss": self.train_loss,
             "tokens": self.step * self.tokens_per_step, "data_position": self.step * self.spec.train.grad_accum,
         }, keep=self.spec.train.keep_checkpoints)
 
     # ---- main loop ------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Train with the preemption signal caught (sweep/preempt.py): on USR2 the run checkpoints at
-        the next step boundary, then submitit's handler requeues the job (or, outside SLURM, exits)."""
+        """Train with the stop signals caught (sweep/preempt.py): on SIGTERM, SIGINT or USR2 the run
+        checkpoints at the next step boundary, then submitit's handler requeues the job (under
+        SLURM, on a preemption) or the process exits."""
         with StopRequest() as self.stop:
             outcome, result = self._run()
             if outcome in (STATUS_REQUEUED, STATUS_INTERRUPTED):
@@ -261,49 +342,54 @@ class _Training:
 
     def _run(self) -> tuple[str, RunResult]:
         spec, t = self.spec, self.spec.train
-        self._resume()
         if not self.main:  # ranks > 0 compute and take part in collectives; rank 0 writes
+            self._resume()
             return self._run_worker()
-        self.run_dir.update_status(
-            run_id=spec.run_id, sweep=spec.sweep_name, status=STATUS_RUNNING, config_hash=self.digest,
-            axes=self.axes, step=self.step, error=None, wandb_id=self.wandb_id,
-            optimizer_groups=self.optimizer.summary(), n_params=self.model.num_params(),
-        )
-        logger = make_logger(spec.logger, sweep_name=spec.sweep_name, run_id=spec.run_id,
-                             run_dir=self.run_dir.path, config=OmegaConf.to_container(self.cfg, resolve=True),
-                             axes=self.axes, wandb_id=self.wandb_id)
-        metrics = JsonlAppender(self.run_dir.metrics_file)
-        telemetry = Telemetry(
-            self.model, spec.telemetry, self.data.counts, total_steps=t.steps,
-            spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
-            sink=lambda records: logger.log_spectra(records, int(records[0]["step"]), telemetry.logged_metrics),
-            eigen_sink=logger.log_eigenvalues,
-        )
-        if self.step:  # resumed: W&B may have lost the rows in flight when the last attempt died
-            replay_after_resume(logger, self.run_dir.metrics_file, self.run_dir.spectra_file,
-                                after_step=self.step - t.ckpt_every, metrics=telemetry.logged_metrics)
         outcome = STATUS_FAILED
+        logger: Optional[NullLogger] = None
+        metrics: Optional[JsonlAppender] = None
+        telemetry: Optional[Telemetry] = None
         try:
+            self._resume()
+            self.run_dir.update_status(
+                run_id=spec.run_id, sweep=spec.sweep_name, status=STATUS_RUNNING, config_hash=self.digest,
+                axes=self.axes, step=self.step, error=None, wandb_id=self.wandb_id,
+                optimizer_groups=self.optimizer.summary(), n_params=self.model.num_params(),
+            )
+            logger = make_logger(spec.logger, sweep_name=spec.sweep_name, run_id=spec.run_id,
+                                 run_dir=self.run_dir.path, config=OmegaConf.to_container(self.cfg, resolve=True),
+                                 axes=self.axes, wandb_id=self.wandb_id)
+            metrics = JsonlAppender(self.run_dir.metrics_file)
+            telemetry = Telemetry(
+                self.model, spec.telemetry, self.data.counts, total_steps=t.steps,
+                spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
+                sink=lambda records: logger.log_spectra(records, int(records[0]["step"]), telemetry.logged_metrics),
+                eigen_sink=logger.log_eigenvalues,
+            )
+            if self.step:  # resumed: W&B may have lost the rows in flight when the last attempt died
+                replay_after_resume(logger, self.run_dir.metrics_file, self.run_dir.spectra_file,
+                                    after_step=self.step - t.ckpt_every, metrics=telemetry.logged_metrics)
             outcome, result = self._loop(logger, metrics, telemetry)
             return outcome, result
-        except KeyboardInterrupt:
-            outcome = STATUS_INTERRUPTED
-            self.run_dir.update_status(status=STATUS_INTERRUPTED, step=self.step)
-            raise
-        except BaseException as e:
-            self.run_dir.update_status(status=STATUS_FAILED, step=self.step, error=f"{type(e).__name__}: {e}")
+        except BaseException as e:  # failed, or aborted by a second Ctrl-C: run.json says so
+            record_stop(self.run_dir, e)
             raise
         finally:
-            telemetry.close()
-            metrics.close()
-            logger.finish(exit_code=0 if outcome in (STATUS_DONE, STATUS_DIVERGED) else 1)
+            if telemetry is not None:
+                telemetry.close()
+            if metrics is not None:
+                metrics.close()
+            if logger is not None:
+                logger.finish(exit_code=0 if outcome in (STATUS_DONE, STATUS_DIVERGED) else 1)
 
     def _loop(self, logger: NullLogger, metrics: JsonlAppender, telemetry: Telemetry) -> tuple[str, RunResult]:
         spec, t, model = self.spec, self.spec.train, self.model
         timer = _Timer()
         bar = _progress(t, self.step) if self.main else None
-        train_loss = float("nan")
+        train_loss = self.train_loss
         eval_loss: Optional[float] = None
+        if self.step >= t.steps:  # resumed after the last checkpoint, before DONE: the final eval again
+            eval_loss = evaluate(model, self.data, t.eval_batches, self.device, self.autocast)
         model.train()
         t_start = time.perf_counter() - self.elapsed
         while self.step < t.steps:
@@ -330,11 +416,13 @@ class _Training:
                 clip = t.grad_clip if t.grad_clip else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
                 train_loss, stop_now = self._reduce_step(loss_sum)
-                if not math.isfinite(train_loss) or (t.diverge_loss is not None and train_loss > t.diverge_loss):
-                    return self._diverged(step, train_loss, logger, metrics)
+                # Checked before the update: the last checkpoint and the weights stay the last good state.
+                if (not math.isfinite(train_loss) or not math.isfinite(grad_norm)
+                        or (t.diverge_loss is not None and train_loss > t.diverge_loss)):
+                    return self._diverged(step, train_loss, grad_norm, logger, metrics)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            self.step = step
+            self.step, self.train_loss = step, train_loss
             self.elapsed = time.perf_counter() - t_start
             last = step == t.steps
             if measure:
@@ -378,19 +466,22 @@ class _Training:
         logger.summary({"final/eval_loss": eval_loss, "final/train_loss": train_loss,
                         "final/step": self.step, **telemetry.summary()})
         if self.main:
+            prune_checkpoints(self.run_dir, t.keep_checkpoints)  # also after a resume at the last step
             self.run_dir.update_status(status=STATUS_DONE, step=self.step)
             self.run_dir.write_done(summary)
         log.info("run %s done: eval loss %.4f, %s", spec.run_id, eval_loss or float("nan"), self.run_dir.path)
         return STATUS_DONE, RunResult(spec.run_id, STATUS_DONE, self.step, train_loss, eval_loss)
 
-    def _diverged(self, step: int, loss: float, logger: NullLogger, metrics: JsonlAppender) -> tuple[str, RunResult]:
-        """Record a divergence; the last good checkpoint stays, and the sweep goes on."""
-        metrics.write({"step": step, "train_loss": loss, "diverged": True})
+    def _diverged(self, step: int, loss: float, grad_norm: float, logger: NullLogger,
+                  metrics: JsonlAppender) -> tuple[str, RunResult]:
+        """Record a divergence (found before the step's update); the last good checkpoint stays."""
+        metrics.write({"step": step, "train_loss": loss, "grad_norm": grad_norm, "diverged": True})
         logger.log({"train_loss": loss, "diverged": 1}, step)
         if self.main:
             self.run_dir.update_status(status=STATUS_DIVERGED, step=step,
-                                       error=f"train loss {loss} at step {step}")
-        log.error("run %s diverged at step %d (loss %s); last checkpoint kept", self.spec.run_id, step, loss)
+                                       error=f"train loss {loss}, gradient norm {grad_norm} at step {step}")
+        log.error("run %s diverged at step %d (loss %s, gradient norm %s); not applied, last checkpoint kept",
+                  self.spec.run_id, step, loss, grad_norm)
         return STATUS_DIVERGED, RunResult(self.spec.run_id, STATUS_DIVERGED, step, loss, None)
 
     # ---- several ranks, preemption ----------------------------------------------------------------
@@ -435,14 +526,14 @@ class _Training:
         return float(stats[0]) / (n * self.dist.world_size), bool(stats[1] > 0)
 
     def _stopped(self, telemetry: Telemetry, saved: bool) -> tuple[str, RunResult]:
-        """Preemption / time limit at a step boundary: checkpoint, record, then run() hands over."""
-        status = STATUS_REQUEUED if self.stop.requeues else STATUS_INTERRUPTED
+        """A stop signal at a step boundary: checkpoint, record, then run() hands over or exits."""
         telemetry.drain()
+        if self.main and not saved:
+            self._checkpoint()
+        status = STATUS_REQUEUED if self.stop.will_requeue() else STATUS_INTERRUPTED
         if self.main:
-            if not saved:
-                self._checkpoint()
             self.run_dir.update_status(status=status, step=self.step)
-        distributed.barrier()  # the checkpoint is on disk before any rank leaves
+        distributed.barrier()  # checkpoint and status are on disk before any rank leaves
         log.warning("run %s got %s: stopped at step %d, checkpoint written; %s", self.spec.run_id,
                     signal.Signals(self.stop.received or self.stop.signum).name, self.step,
                     "the job is requeued and resumes from it" if status == STATUS_REQUEUED
