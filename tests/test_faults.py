@@ -166,7 +166,7 @@ def test_kill_after_the_last_checkpoint_still_records_the_final_losses(env: dict
     assert done["final_eval_loss"] == pytest.approx(evals[0], rel=1e-6)  # the deterministic eval, rerun
     assert [s for s, _ in run.checkpoints()] == [30]  # train.keep_checkpoints=1 holds after such a resume
 
-    from sweep.fit import load_sweeps
+    from sweep.analysis.read import load_sweeps
 
     fitted = load_sweeps([run.path.parent]).runs
     assert len(fitted) == 1 and math.isfinite(fitted[0].train_loss) and math.isfinite(fitted[0].eval_loss)
