@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from sweep import sweepdir
+from sweep.grid import sweepdir
 from sweep.analysis import wandb_io, workspace
 from sweep.analysis.pipeline import default_out, run_fit
 from sweep.errors import SweepError

@@ -194,7 +194,7 @@ class RunDir:
         if self.config_file.exists():
             from omegaconf import OmegaConf
 
-            from sweep.spec import identity_of
+            from sweep.grid.spec import identity_of
 
             try:
                 recorded = OmegaConf.to_container(OmegaConf.load(self.config_file), resolve=False)
@@ -203,7 +203,7 @@ class RunDir:
             if isinstance(recorded, dict):
                 return json_safe(identity_of(recorded)), str(self.config_file)
         if self.checkpoints():
-            from sweep.checkpoint import load_latest_checkpoint
+            from sweep.run.checkpoint import load_latest_checkpoint
 
             state = load_latest_checkpoint(self, map_location="cpu")
             if state is not None and isinstance(state.get("config_hash"), str):

@@ -15,13 +15,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import sweep.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
+import sweep.grid.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from sweep.credentials import exit_if_credentials_in
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> Any:
-    from sweep.trainer import train_run
+    from sweep.run.trainer import train_run
 
     return train_run(cfg, Path(HydraConfig.get().runtime.output_dir))
 

@@ -63,7 +63,7 @@ def compose():
     """Compose conf/train.yaml with overrides, as Hydra does for a run (hydra node included)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    import sweep.resolvers  # noqa: F401
+    import sweep.grid.resolvers  # noqa: F401
 
     def _compose(overrides: Sequence[str] = ()):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

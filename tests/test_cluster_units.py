@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from sweep import distributed, slurm, status, sweepdir
-from sweep.preempt import StopRequest
+from sweep.cluster import states
+from sweep.run import distributed
+from sweep.cluster import slurm
+from sweep.grid import sweepdir
+from sweep.run.signals import StopRequest
 from sweep.rundir import RunDir
 
 
@@ -110,13 +113,13 @@ def test_status_lists_every_grid_point_and_resubmits_only_unfinished(tmp_path: P
     _run_dir(tmp_path, "c", status="diverged", step=10, error="train loss nan at step 10")
     _run_dir(tmp_path, "d", status="interrupted", step=50)
     _run_dir(tmp_path, "e", status="requeued", step=60)
-    rows = {r.run_id: r for r in status.collect(tmp_path)}
+    rows = {r.run_id: r for r in states.collect(tmp_path)}
     assert [rows[k].state for k in "abcdef"] == ["done", "failed", "diverged", "interrupted", "requeued", "not started"]
     assert rows["b"].detail == "ValueError: bad vocab" and rows["a"].detail == "eval loss 2.5000"
-    table = status.format_table(list(rows.values()))
+    table = states.format_table(list(rows.values()))
     assert "6 runs:" in table and "1 not started" in table
 
-    assert status.resubmit(tmp_path, list(rows.values()), ["resources.timeout_min=600"], dry_run=True) == 0
+    assert states.resubmit(tmp_path, list(rows.values()), ["resources.timeout_min=600"], dry_run=True) == 0
     out = capsys.readouterr().out
     assert "resubmitting 3 runs" in out and "hydra.sweeper.only=['b','d','f']" in out
     assert "hydra/launcher=slurm" in out and "hydra.mode=MULTIRUN" not in out
@@ -133,10 +136,10 @@ def test_status_reports_a_job_that_slurm_killed(tmp_path: Path, monkeypatch) -> 
     log.write_text("slurmstepd: error: Detected 1 oom_kill event in StepId=7.0. Some of the step tasks have been OOM Killed.\n")
     monkeypatch.setattr(slurm, "available", lambda: True)
     monkeypatch.setattr(slurm, "job_states", lambda ids: {"7_0": "OUT_OF_MEMORY", "7_1": "RUNNING", "7_2": "PENDING"})
-    rows = {r.run_id: r for r in status.collect(tmp_path)}
+    rows = {r.run_id: r for r in states.collect(tmp_path)}
     assert rows["a"].state == "failed" and "OUT_OF_MEMORY" in rows["a"].detail and "oom_kill" in rows["a"].detail
     assert rows["b"].state == "running" and rows["c"].state == "pending"
-    assert [r.run_id for r in rows.values() if r.state in status.RESUBMITTABLE] == ["a"]
+    assert [r.run_id for r in rows.values() if r.state in states.RESUBMITTABLE] == ["a"]
 
 
 def test_launches_are_recorded_once_and_merged(tmp_path: Path) -> None:
@@ -159,6 +162,6 @@ def test_slurm_launcher_takes_site_facts_and_job_shape_from_their_groups(compose
     assert launcher.wait is False and launcher.max_array_size == 1001
     # Neither group enters the run id or the identity: any cluster or GPU count trains the same run.
     assert cfg.run_id == compose([]).run_id
-    from sweep.spec import identity_of
+    from sweep.grid.spec import identity_of
 
     assert identity_of(cfg) == identity_of(compose(["resources=cpu"]))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sweep.spec import ConfigError, build_run_spec, identity_of
+from sweep.grid.spec import ConfigError, build_run_spec, identity_of
 from tests.conftest import CONF, ROOT
 
 # Groups selected in conf/train.yaml's defaults list (chosen with `group=option`); every other

@@ -15,7 +15,7 @@ import pytest
 import torch.distributed as dist
 
 from sweep import liveness
-from sweep.distributed import DistEnv, Watchdog, peer_timeout
+from sweep.run.distributed import DistEnv, Watchdog, peer_timeout
 from sweep.rundir import RunDir
 from tests.conftest import FAST, ROOT
 from tests.test_hold import wait_for_file

@@ -1,7 +1,7 @@
 """Faults and bad states of a run directory: nothing lost, nothing misreported, no way in (issue 12).
 
 End-to-end cases start from one finished FAST run (30 steps, checkpoints at 20 and 30), copied per
-test and then damaged; runs that must be hit at a known step are held there (sweep/hold.py).
+test and then damaged; runs that must be hit at a known step are held there (sweep/run/hold.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Callable, Optional
 import pytest
 import torch
 
-from sweep import preempt
-from sweep.checkpoint import load_checkpoint, load_latest_checkpoint, save_checkpoint
-from sweep.preempt import StopRequest
+from sweep.run import signals as preempt
+from sweep.run.checkpoint import load_checkpoint, load_latest_checkpoint, save_checkpoint
+from sweep.run.signals import StopRequest
 from sweep.rundir import JsonlError, RunConfigChanged, RunDir, config_hash, iter_jsonl
 from tests.conftest import FAST, ROOT, run_train
 from tests.test_hold import wait_for_file
@@ -491,7 +491,7 @@ def test_non_finite_gradient_stops_before_the_update(env: dict, tmp_path: Path) 
 def test_log_file_that_cannot_be_opened_is_one_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import logging
 
-    from sweep.logfile import RunLogFile
+    from sweep.run.logfile import RunLogFile
 
     handler = RunLogFile(str(tmp_path / "no-such-dir" / "train.log"))
     assert not (tmp_path / "no-such-dir").exists()  # nothing opened before the first record

@@ -24,7 +24,8 @@ except ImportError:  # tests/ imported as a package
     from tests.test_fit import LAYER_FACTOR, PREFACTOR, beta_at_step, planted_beta
 
 from metrics.fit import RANK_METRICS
-from sweep import rundir, sweepdir
+from sweep import rundir
+from sweep.grid import sweepdir
 from sweep.analysis import outdir
 from sweep.analysis.live import NothingToFit
 from sweep.analysis.style import caption

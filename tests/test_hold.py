@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.hold import Hold
+from sweep.run.hold import Hold
 from sweep.rundir import RunDir, iter_jsonl
 from tests.conftest import FAST, ROOT
 

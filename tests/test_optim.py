@@ -483,7 +483,7 @@ def test_yaml_pins_exactly_the_builder_defaults(name: str) -> None:
     cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{name}.yaml"))
     assert cfg["name"] == name
     defaults = hparam_defaults(name)
-    # `rank_fraction: null` is an app-level grid axis on full-rank optimizers (sweep.spec drops it)
+    # `rank_fraction: null` is an app-level grid axis on full-rank optimizers (sweep.grid.spec drops it)
     if "rank_fraction" not in defaults:
         assert cfg.pop("rank_fraction") is None
     hparams = {k: v for k, v in cfg.items() if k != "name"}

@@ -507,7 +507,7 @@ def test_gpt2_path_with_an_offline_stand_in_vocabulary(tmp_path: Path, monkeypat
 # ---------------------------------------------------------------- training on prepared shards
 
 def test_trainer_names_the_prepare_command_when_the_folder_is_missing(compose, tmp_path: Path) -> None:
-    from sweep.spec import ConfigError, build_run_spec
+    from sweep.grid.spec import ConfigError, build_run_spec
 
     missing = tmp_path / "nowhere"
     with pytest.raises(ConfigError, match=f"python -m sweep.prepare data=fineweb_edu data.path={missing}"):

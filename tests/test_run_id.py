@@ -1,6 +1,6 @@
 """Run ids are deterministic, readable and built from the identifying overrides only."""
 
-from sweep.run_id import extra_tags, format_number, make_run_id, width_tag
+from sweep.grid.run_id import extra_tags, format_number, make_run_id, width_tag
 
 
 def test_format_number() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweep.checkpoint import load_latest_checkpoint, save_checkpoint
+from sweep.run.checkpoint import load_latest_checkpoint, save_checkpoint
 from sweep.rundir import JsonlAppender, RunConfigChanged, RunDir, iter_jsonl
 
 
@@ -45,7 +45,7 @@ def test_old_checkpoints_are_pruned(tmp_path: Path) -> None:
 
 
 def test_checkpoint_restores_rng_states(tmp_path: Path) -> None:
-    from sweep.checkpoint import set_rng_state
+    from sweep.run.checkpoint import set_rng_state
 
     run = RunDir(tmp_path)
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ from typing import Callable
 import pytest
 
 from sweep.rundir import RunDir, iter_jsonl
-from sweep.sweepdir import latest_jobs
+from sweep.grid.sweepdir import latest_jobs
 from tests.conftest import FAST, ROOT, run_train
 from tests.slurm_cluster import Cluster, ClusterUnavailable
 

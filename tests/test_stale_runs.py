@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sweep import liveness, slurm, status, sweepdir
+from sweep import liveness, status
+from sweep.cluster import slurm, states
+from sweep.grid import sweepdir
 from sweep.rundir import RunDir, iter_jsonl
 from tests.conftest import FAST, ROOT, run_train
 from tests.test_hold import wait_for_file
@@ -56,16 +58,16 @@ def test_a_dead_process_or_an_old_heartbeat_means_stale_a_live_one_never() -> No
     here = liveness.this_process()
     other = {**here, "host": "node7", "host_key": "node7|x|y"}
     dead = {**here, "pid": _dead_pid(), "pid_start": None}
-    assert "is gone" in status.why_stale({**dead, "unix": now}, None, None, 600, now)
+    assert "is gone" in states.why_stale({**dead, "unix": now}, None, None, 600, now)
     # Alive on this host: never stale, however old its heartbeat (it may be busy or held).
-    assert status.why_stale({**here, "unix": now - 10_000}, None, None, 0, now) is None
+    assert states.why_stale({**here, "unix": now - 10_000}, None, None, 0, now) is None
     # Elsewhere only the age tells.
-    assert status.why_stale({**other, "unix": now - 30}, None, None, 600, now) is None
-    assert "no heartbeat for 11 min" in status.why_stale({**other, "unix": now - 660}, None, None, 600, now)
+    assert states.why_stale({**other, "unix": now - 30}, None, None, 600, now) is None
+    assert "no heartbeat for 11 min" in states.why_stale({**other, "unix": now - 660}, None, None, 600, now)
     # A live SLURM job, or one whose state cannot be read, is never taken for dead.
-    assert status.why_stale({**dead, "unix": now}, "5_1", "PENDING", 600, now) is None
-    assert status.why_stale({**dead, "unix": now}, "5_1", None, 600, now) is None
-    assert status.why_stale({}, None, None, 0, now) is None  # no heartbeat: --stale decides
+    assert states.why_stale({**dead, "unix": now}, "5_1", "PENDING", 600, now) is None
+    assert states.why_stale({**dead, "unix": now}, "5_1", None, 600, now) is None
+    assert states.why_stale({}, None, None, 0, now) is None  # no heartbeat: --stale decides
 
 
 def test_status_reports_stale_runs_and_resubmits_them(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -80,11 +82,11 @@ def test_status_reports_stale_runs_and_resubmits_them(tmp_path: Path, monkeypatc
     for run_id, beat in beats.items():
         rd = _run_dir(tmp_path, run_id, status="requeued" if run_id == "c" else "running", step=40)
         rd.heartbeat_file.write_text(json.dumps(beat))
-    rows = {r.run_id: r for r in status.collect(tmp_path, now=now)}
+    rows = {r.run_id: r for r in states.collect(tmp_path, now=now)}
     assert {k: r.state for k, r in rows.items()} == {"a": "stale", "b": "running", "c": "stale", "d": "running"}
     assert "is gone" in rows["a"].detail and "no heartbeat for 12 min" in rows["c"].detail
-    assert status.collect(tmp_path, stale_after=60, now=now)[3].state == "stale"  # the threshold is the CLI's
-    assert status.resubmit(tmp_path, list(rows.values()), [], dry_run=True) == 0
+    assert states.collect(tmp_path, stale_after=60, now=now)[3].state == "stale"  # the threshold is the CLI's
+    assert states.resubmit(tmp_path, list(rows.values()), [], dry_run=True) == 0
     assert "hydra.sweeper.only=['a','c']" in capsys.readouterr().out
 
     assert status.main([str(tmp_path), "--stale-after", "60"]) == 0

@@ -16,11 +16,11 @@ from types import SimpleNamespace
 import pytest
 
 from sweep.analysis import wandb_io
-from sweep.loggers import (REDACTED, NullLogger, WandbLogger, make_logger, metric_from_wandb,
+from sweep.run.wandb_logger import (REDACTED, NullLogger, WandbLogger, make_logger, metric_from_wandb,
                            record_key, redact_secrets, reset_online_failure, resolve_mode, secrets_in,
                            spectral_rows, stable_wandb_id, wandb_config)
 from sweep.rundir import RunDir, iter_jsonl
-from sweep.spec import LoggerSpec
+from sweep.grid.spec import LoggerSpec
 from tests.conftest import ROOT, run_train
 
 FAKE_KEY = "0123456789abcdef" * 2 + "feedbeef"  # 40 hex characters, the shape of a W&B key
@@ -69,12 +69,12 @@ def test_secrets_are_redacted_and_found_by_name() -> None:
 
 
 def test_config_with_a_credential_is_refused(compose, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sweep.spec import ConfigError, build_run_spec
+    from sweep.grid.spec import ConfigError, build_run_spec
 
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     from omegaconf import open_dict
 
-    from sweep.run_id import identity_overrides
+    from sweep.grid.run_id import identity_overrides
 
     cfg = compose(["+preset=smoke"])
     with open_dict(cfg):
@@ -96,10 +96,10 @@ def test_errors_log_records_and_sweep_records_never_show_a_credential(monkeypatc
 
     from omegaconf import OmegaConf
 
-    from sweep import sweepdir
+    from sweep.grid import sweepdir
     from sweep.credentials import RedactingFilter
     from sweep.errors import ConfigError, SweepError
-    from sweep.preflight import plan_sweep
+    from sweep.grid.preflight import plan_sweep
 
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("SPECSWEEP_API_TOKEN", FAKE_KEY[::-1])
@@ -234,7 +234,7 @@ class _FakeWandbLogger(NullLogger):
 
 def test_online_failure_falls_back_to_offline_then_to_nothing(monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr("sweep.loggers.WandbLogger", _FakeWandbLogger)
+    monkeypatch.setattr("sweep.run.wandb_logger.WandbLogger", _FakeWandbLogger)
     monkeypatch.setattr(_FakeWandbLogger, "tried", [])
     monkeypatch.delenv("WANDB_MODE", raising=False)
     spec = LoggerSpec(backend="wandb", project="p", entity=None, mode="online")
@@ -252,7 +252,7 @@ def test_online_failure_falls_back_to_offline_then_to_nothing(monkeypatch: pytes
 def test_one_failed_online_start_sends_the_later_runs_offline_at_once(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     # Issue 12 item 11: each grid point waited the full init_timeout again for an unreachable server.
-    monkeypatch.setattr("sweep.loggers.WandbLogger", _FakeWandbLogger)
+    monkeypatch.setattr("sweep.run.wandb_logger.WandbLogger", _FakeWandbLogger)
     monkeypatch.setattr(_FakeWandbLogger, "tried", [])
     monkeypatch.setattr(_FakeWandbLogger, "fail", {"online"})
     monkeypatch.delenv("WANDB_MODE", raising=False)

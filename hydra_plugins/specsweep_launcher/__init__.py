@@ -106,7 +106,7 @@ class SpecsweepSlurmLauncher(BaseSubmititLauncher):
         return ex
 
     def _check(self) -> None:
-        from sweep import slurm
+        from sweep.cluster import slurm
 
         p = self.params
         if not slurm.available():
@@ -124,7 +124,7 @@ class SpecsweepSlurmLauncher(BaseSubmititLauncher):
                               + "\n(set cluster.* / resources.* on the command line, or hydra.launcher.check_resources=false)")
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from sweep import sweepdir
+        from sweep.grid import sweepdir
 
         assert self.config is not None
         n = len(job_overrides)

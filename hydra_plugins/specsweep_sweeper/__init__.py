@@ -2,7 +2,7 @@
 
 Hydra only instantiates plugins that live in the ``hydra_plugins`` namespace, so this package is a
 thin shell: the grid expansion is Hydra's basic one, and the preflight (validation, run-id
-collisions, skipping finished runs) and the end-of-sweep summary live in ``sweep.preflight``.
+collisions, skipping finished runs) and the end-of-sweep summary live in ``sweep.grid.preflight``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ class SpecSweeper(BasicSweeper):
         self.only = list(only) if only else None  # launch only these run ids (sweep.status --resubmit)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from sweep import sweepdir
-        from sweep.preflight import plan_sweep, restrict_plan, summarize_results
+        from sweep.grid import sweepdir
+        from sweep.grid.preflight import plan_sweep, restrict_plan, summarize_results
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None

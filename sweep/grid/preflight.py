@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from sweep.credentials import redact_text
 from sweep.errors import SweepError, UserError
 from sweep.rundir import STATUS_DIVERGED, RunDir
-from sweep.spec import build_run_spec, identity_of
+from sweep.grid.spec import build_run_spec, identity_of
 
 log = logging.getLogger("specsweep.sweep")
 

@@ -11,7 +11,7 @@ import torch
 
 from sweep.data import DataSpec, PreparedData, TokenBatches, prepare_dataset
 from sweep.errors import DataError
-from sweep.spec import RunSpec
+from sweep.grid.spec import RunSpec
 
 log = logging.getLogger("specsweep.data")
 

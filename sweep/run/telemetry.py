@@ -18,7 +18,7 @@ import torch
 
 from metrics import BackgroundFinalizer, FFNProbe, frequency_buckets, metric_keys
 from sweep.rundir import JsonlAppender
-from sweep.spec import TelemetrySpec
+from sweep.grid.spec import TelemetrySpec
 
 log = logging.getLogger("specsweep.telemetry")
 

@@ -31,9 +31,9 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 
 # Moved to floor-0 modules (issue 13) and re-exported here for the modules and tests that still
-# import them from sweep.loggers; new code imports them from sweep.credentials / sweep.wandb_keys.
+# import them from sweep.run.wandb_logger; new code imports them from sweep.credentials / sweep.wandb_keys.
 from sweep.credentials import REDACTED, env_secrets, redact_secrets, secrets_in  # noqa: F401
-from sweep.spec import LoggerSpec
+from sweep.grid.spec import LoggerSpec
 from sweep.wandb_keys import (flatten, median_key, metric_from_wandb, metric_to_wandb,  # noqa: F401
                               record_key, stable_wandb_id, train_key)
 

@@ -20,20 +20,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from models import GPT, GPTConfig
 from optim import build_optimizer, lr_factor
-from sweep import distributed
+from sweep.run import distributed
 from sweep.credentials import redact_text
-from sweep.checkpoint import load_latest_checkpoint, prune_checkpoints, save_checkpoint, set_rng_state
-from sweep.data_setup import RunData, load_run_data
-from sweep.distributed import SINGLE, DistEnv
-from sweep.hold import Hold
-from sweep.loggers import NullLogger, make_logger, replay_after_resume, stable_wandb_id
-from sweep.preempt import StopRequest
+from sweep.run.checkpoint import load_latest_checkpoint, prune_checkpoints, save_checkpoint, set_rng_state
+from sweep.data.run_data import RunData, load_run_data
+from sweep.run.distributed import SINGLE, DistEnv
+from sweep.run.hold import Hold
+from sweep.run.wandb_logger import NullLogger, make_logger, replay_after_resume, stable_wandb_id
+from sweep.run.signals import StopRequest
 from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED,
                           STATUS_REQUEUED, STATUS_RUNNING, JsonlAppender, RunDir, atomic_write_text,
                           config_hash, iter_jsonl, now_iso)
-from sweep.run_id import identity_overrides
-from sweep.spec import RunSpec, TrainSpec, build_run_spec, identity_of
-from sweep.telemetry import Telemetry
+from sweep.grid.run_id import identity_overrides
+from sweep.grid.spec import RunSpec, TrainSpec, build_run_spec, identity_of
+from sweep.run.telemetry import Telemetry
 
 log = logging.getLogger("specsweep.train")
 
@@ -326,7 +326,7 @@ class _Training:
 
     # ---- main loop ------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Train with the stop signals caught (sweep/preempt.py): on SIGTERM, SIGINT or USR2 the run
+        """Train with the stop signals caught (sweep/run/signals.py): on SIGTERM, SIGINT or USR2 the run
         checkpoints at the next step boundary, then submitit's handler requeues the job (under
         SLURM, on a preemption) or the process exits."""
         with StopRequest() as self.stop:

@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from sweep.run_id import run_id_from_config
+from sweep.grid.run_id import run_id_from_config
 
 
 def _task_overrides(root: Any) -> list[str]:

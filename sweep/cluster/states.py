@@ -1,0 +1,223 @@
+"""The state of every run of a sweep, from its run directories, its sweep record and SLURM.
+
+What ``python -m sweep.status`` shows and resubmits (see that command for the states and the stale
+rule). Display states are this module's vocabulary; run.json statuses come from sweep.rundir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from sweep import liveness
+from sweep.cluster import slurm
+from sweep.grid import sweepdir
+from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
+                          STATUS_RUNNING, RunDir, find_run_dirs)
+
+RESUBMITTABLE = (STATUS_FAILED, "stale", STATUS_INTERRUPTED, "not started")
+STALE_AFTER_S = 600.0  # a heartbeat this old (seconds) from another host means the run is dead
+
+
+@dataclass
+class RunState:
+    run_id: str
+    state: str
+    step: Optional[int] = None
+    steps: Optional[int] = None
+    job_id: Optional[str] = None
+    job_state: Optional[str] = None
+    detail: str = ""
+    launch: Optional[int] = field(default=None, repr=False)
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "error" in ln.lower() or "exception" in ln.lower() or "killed" in ln.lower():
+            return ln
+    return lines[-1] if lines else ""
+
+
+def _job_log_tail(sweep_dir: Path, job_id: str) -> str:
+    """Last error-looking line of the SLURM job's stderr (submitit's log), if any."""
+    folder = sweep_dir / ".submitit" / job_id
+    err = folder / f"{job_id}_0_log.err"
+    if not err.exists():
+        return ""
+    try:
+        return _last_error_line(err.read_text(errors="replace")[-20000:])
+    except OSError:
+        return ""
+
+
+def _age(updated: Optional[str]) -> str:
+    if not updated:
+        return ""
+    try:
+        then = _dt.datetime.fromisoformat(updated)
+    except ValueError:
+        return ""
+    seconds = (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds()
+    return f"{seconds / 60:.0f} min ago" if seconds >= 60 else f"{seconds:.0f} s ago"
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def why_stale(beat: Mapping[str, Any], job_id: Optional[str], job_state: Optional[str], stale_after: float,
+              now: float) -> Optional[str]:
+    """Why a run whose run.json says running/requeued is dead, or None if it may be alive.
+
+    ``beat`` is its heartbeat.json ({} if none), ``job_id``/``job_state`` its SLURM job (if any) and
+    the job's state (None if unknown), ``now`` unix seconds.
+    """
+    if job_state in slurm.LIVE_STATES or (job_id and job_state is None):
+        return None  # a live job, or one whose state cannot be read: never taken for dead
+    if not beat:
+        return None  # no heartbeat (written before heartbeats existed): see --stale
+    where = f"pid {beat.get('pid')} on {beat.get('host')}"
+    gone = liveness.process_gone(beat)
+    if gone:
+        return f"its process ({where}) is gone"
+    if gone is False:
+        return None
+    age = now - float(beat.get("unix") or 0.0)
+    return f"no heartbeat for {_seconds(age)} ({where})" if age > stale_after else None
+
+
+def _heartbeat_note(beat: Mapping[str, Any], now: float) -> str:
+    if not beat:
+        return "no heartbeat"
+    age = max(0.0, now - float(beat.get("unix") or 0.0))
+    return f"heartbeat {_seconds(age)} ago ({beat.get('host')} pid {beat.get('pid')})"
+
+
+def _run_dirs(sweep_dir: Path) -> list[str]:
+    """Names of the run directories of a sweep (also those only claimed: identity recorded)."""
+    if not sweep_dir.is_dir():
+        return []
+    runs, _ = find_run_dirs(sweep_dir)
+    claimed = [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+               and RunDir(p).identity_file.exists()]
+    return sorted({p.name for p in runs if p != sweep_dir} | {p.name for p in claimed})
+
+
+def collect(sweep_dir: Path, stale_after: float = STALE_AFTER_S, now: Optional[float] = None) -> list[RunState]:
+    """One RunState per run of the sweep (grid points in launch order, then other run directories).
+
+    ``stale_after``: seconds without a heartbeat after which a run on another host counts as dead.
+    """
+    sweep_dir = Path(sweep_dir)
+    now = time.time() if now is None else now
+    grid = sweepdir.read_grid(sweep_dir)
+    order = list(grid["runs"]) + [r for r in _run_dirs(sweep_dir) if r not in grid["runs"]]
+    jobs = sweepdir.latest_jobs(sweep_dir)
+    beats = {r: RunDir(sweep_dir / r).read_heartbeat() for r in order}
+    # The job a run's heartbeat names counts when jobs.jsonl has none (a job submitted by hand).
+    job_ids = {r: (jobs.get(r) or {}).get("job_id") or beats[r].get("slurm_job") for r in order}
+    wanted = [j for j in job_ids.values() if j]
+    states = slurm.job_states(wanted) if wanted and slurm.available() else {}
+    out = []
+    for run_id in order:
+        rd = RunDir(sweep_dir / run_id)
+        status = rd.read_status()
+        beat = beats[run_id]
+        job_id = job_ids[run_id]
+        js = states.get(job_id) if job_id else None
+        steps = (status.get("axes") or {}).get("steps")
+        rs = RunState(run_id, "not started", status.get("step"), steps, job_id, js,
+                      launch=(grid["runs"].get(run_id) or {}).get("launch"))
+        s = status.get("status")
+        if rd.is_done():
+            done = rd.read_done()
+            rs.state, rs.step = STATUS_DONE, done.get("final_step", rs.step)
+            loss = done.get("final_eval_loss")
+            rs.detail = f"eval loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
+        elif s == STATUS_DIVERGED:
+            rs.state, rs.detail = STATUS_DIVERGED, _last_error_line(status.get("error") or "")
+        elif js in slurm.LIVE_STATES:
+            if js == "RUNNING" and s != STATUS_REQUEUED:
+                rs.state = STATUS_RUNNING
+                rs.detail = f"updated {_age(status.get('updated'))}" if status else "starting"
+            elif s == STATUS_REQUEUED or js.startswith("REQUEUE"):
+                rs.state, rs.detail = STATUS_REQUEUED, f"resumes from step {rs.step} (job {js.lower()})"
+            else:
+                rs.state = "pending"
+                rs.detail = f"queued; resumes from step {rs.step}" if rs.step else "queued"
+        elif s == STATUS_FAILED:
+            rs.state, rs.detail = STATUS_FAILED, _last_error_line(status.get("error") or "")
+        elif js is not None and s in (STATUS_RUNNING, STATUS_REQUEUED, STATUS_INTERRUPTED, None):
+            # The job ended and the run neither finished nor recorded an error: killed by SLURM
+            # (time limit with no requeue left, out of memory, cancelled, node failure).
+            tail = _job_log_tail(sweep_dir, job_id)
+            rs.state, rs.detail = STATUS_FAILED, f"SLURM job {job_id} ended {js}" + (f": {tail}" if tail else "")
+        elif s in (STATUS_RUNNING, STATUS_REQUEUED) and (why := why_stale(beat, job_id, js, stale_after, now)):
+            rs.state, rs.detail = "stale", f"{why}; relaunch resumes from its newest checkpoint"
+        elif s == STATUS_INTERRUPTED:
+            rs.state, rs.detail = STATUS_INTERRUPTED, f"checkpoint at step {rs.step}; relaunch resumes it"
+        elif s == STATUS_REQUEUED:
+            rs.state, rs.detail = STATUS_REQUEUED, f"resumes from step {rs.step}"
+        elif s == STATUS_RUNNING:
+            rs.state = STATUS_RUNNING
+            rs.detail = f"updated {_age(status.get('updated'))}, {_heartbeat_note(beat, now)}" + (
+                f" (SLURM job {job_id}: state unknown)" if job_id and js is None else "")
+        out.append(rs)
+    return out
+
+
+def format_table(rows: Sequence[RunState]) -> str:
+    if not rows:
+        return "no runs"
+    width = max(len(r.run_id) for r in rows)
+    lines = [f"{'STATE':<12} {'STEP':>11}  {'RUN':<{width}}  {'JOB':<10} DETAIL"]
+    for r in rows:
+        step = f"{r.step if r.step is not None else '-'}/{r.steps if r.steps is not None else '?'}"
+        lines.append(f"{r.state:<12} {step:>11}  {r.run_id:<{width}}  {r.job_id or '-':<10} {r.detail}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    lines.append(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+    return "\n".join(lines)
+
+
+def resubmit(sweep_dir: Path, rows: Sequence[RunState], extra: Sequence[str], dry_run: bool = False,
+             stale_running: bool = False) -> int:
+    """Relaunch the runs that are not done (and not running or queued); returns an exit code."""
+    wanted = set(RESUBMITTABLE) | ({STATUS_RUNNING, STATUS_REQUEUED} if stale_running else set())
+    targets = [r for r in rows if r.state in wanted and not (r.job_state in slurm.LIVE_STATES)]
+    if not targets:
+        print("nothing to resubmit")
+        return 0
+    grid = sweepdir.read_grid(sweep_dir)
+    by_launch: dict[int, list[str]] = {}
+    orphans = []
+    for r in targets:
+        if r.launch is None or r.launch >= len(grid["launches"]):
+            orphans.append(r.run_id)
+        else:
+            by_launch.setdefault(r.launch, []).append(r.run_id)
+    if orphans:
+        print(f"cannot resubmit {len(orphans)} runs with no recorded launch ({sweepdir.grid_file(sweep_dir)}): "
+              + ", ".join(orphans), file=sys.stderr)
+    code = 0
+    for index, run_ids in by_launch.items():
+        launch = grid["launches"][index]
+        args = sweepdir.relaunch_command(launch, sweep_dir, run_ids, extra)
+        cmd = [sys.executable, "-m", "sweep.train", *args]
+        cwd = launch.get("cwd") if launch.get("cwd") and Path(launch["cwd"]).is_dir() else None
+        print(f"resubmitting {len(run_ids)} runs: {' '.join(cmd[1:])}" + (f"  (in {cwd})" if cwd else ""), flush=True)
+        if dry_run:
+            continue
+        env = {**os.environ, **launch.get("env", {})}
+        code = max(code, subprocess.run(cmd, cwd=cwd, env=env).returncode)
+    return 1 if orphans and not code else code

@@ -1,0 +1,1 @@
+"""The grid: compose, validate, name and record every run before any of them trains."""
