@@ -4,7 +4,7 @@ Reads the run directories (docs/contracts.md), reduces each run's telemetry to o
 metric × bucket × site (paper rule by default), fits β with ``metrics.fit`` and writes, into the
 analysis folder (replaced whole, never half-written): points.csv, runs.csv, beta_table.csv (long,
 with delta_beta rows), beta_summary.csv (wide), beta_steps.csv, optimizer_comparison.csv,
-optional matched-loss and architecture tables, figures (PNG + PDF, and all in one PDF),
+optional matched-loss and architecture tables, paper_comparison.csv (--compare), figures (PNG + PDF, and all in one PDF),
 report.md and status.json. One bad run never stops the analysis: it is listed with its reason
 and left out. Without --watch only finished runs are fitted; --watch refits while the sweep runs.
 
@@ -24,7 +24,7 @@ from sweep.grid import sweepdir
 from sweep.analysis import wandb_io, workspace
 from sweep.analysis.pipeline import default_out, run_fit
 from sweep.errors import SweepError
-from sweep.analysis.report import format_beta_table
+from sweep.analysis.report import format_beta_table, format_comparison
 from sweep.analysis.result import FitResult
 from sweep.analysis.rules import parse_rule
 from sweep.analysis.watch import watch
@@ -49,6 +49,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reference", default="adamw", help="reference optimizer for comparisons")
     p.add_argument("--arch-baseline", metavar="AXIS=VALUE",
                    help="architecture axis and baseline for the gain-vs-shift rule (default: auto)")
+    p.add_argument("--compare", metavar="paper|FILE.csv",
+                   help="put the published β beside ours where the sweep matches a published experiment "
+                        "(model size, optimizer, bucket, steps; post-activation): 'paper' = the tables "
+                        "released with paper 1 (Table 2 etc.), or a CSV in the same long format (columns: "
+                        "sweep/analysis/compare.py); adds paper_comparison.csv, a report section, a "
+                        "printed table and hollow markers in the β figure")
     live = p.add_argument_group("live β while the sweep runs")
     live.add_argument("--watch", action="store_true",
                       help="refit every --every seconds, unfinished runs included, all cut at their latest "
@@ -111,6 +117,8 @@ def _show(result: FitResult, header: str = "") -> None:
     if len(result.messages) > _MAX_NOTES:
         print(f"note: ... {len(result.messages) - _MAX_NOTES} more notes in {result.report}", file=sys.stderr)
     print(format_beta_table(result))
+    if result.comparison is not None:
+        print("\n" + format_comparison(result))
     fig = next((p for p in result.figures if p.suffix == ".png"), None)
     print(f"\nwrote {len(result.files)} files to {result.out_dir} (report: {result.report})"
           + (f"; e.g. figure {fig}" if fig else ""), flush=True)
@@ -179,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             spec = workspace.build_spec(groups or [group], project, entity)
         options = dict(rule=rule, matched_loss=args.matched_loss, figures=not args.no_figures,
                        points_file=args.points, window_k=args.window_k, n_boot=args.n_boot,
-                       arch_baseline=arch, reference_optimizer=args.reference,
+                       arch_baseline=arch, reference_optimizer=args.reference, compare=args.compare,
                        extra_files=workspace.spec_files(spec) if spec else None)
         out = Path(args.out) if args.out else default_out(args.sweep_dirs, args.points)
         if args.watch:

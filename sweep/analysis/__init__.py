@@ -7,6 +7,8 @@
 - result:    FitResult, everything one analysis computed and wrote
 - fitting:   β tables, optimizer comparisons, matched loss, gain vs shift (no files, no figures)
 - report:    the CSV tables, the printed β table and report.md
+- compare:   ``--compare paper|FILE.csv``: our β beside published β (published/: the tables
+             released with paper 1, README there)
 - figures:   the PNG/PDF figures (matplotlib, imported only when drawing); style: their colours,
              titles and offsets
 - outdir:    the analysis folder, written to a staging folder and swapped in whole; status.json

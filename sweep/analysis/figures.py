@@ -160,8 +160,23 @@ def _has_seeds(result: FitResult) -> bool:
     return "seed" in result.runs.columns and result.runs["seed"].nunique() > 1
 
 
+def _draw_published(ax: Any, rows: pd.DataFrame, buckets: list[str], x_of: Callable[[int], float],
+                    colour: str) -> None:
+    """Published β beside ours: hollow markers with dashed interval bars (no bar without one)."""
+    rows = rows[rows["bucket"].isin(buckets)]
+    if not rows.empty:
+        beta = rows["published_beta"].to_numpy(float)
+        err = np.nan_to_num([beta - rows["published_lower"].to_numpy(float),
+                             rows["published_upper"].to_numpy(float) - beta])
+        bars = ax.errorbar([x_of(buckets.index(b)) for b in rows["bucket"]], beta, yerr=err, fmt="o",
+                           mfc="none", capsize=3, color=colour)
+        for line in bars.lines[2]:
+            line.set_linestyle("--")
+
+
 def figure_beta_by_bucket(result: FitResult, site: str) -> Any:
-    """β per group × bucket with 95 % intervals: soft, hard and Δβ panels."""
+    """β per group × bucket with 95 % intervals: soft, hard and Δβ panels; with --compare, the
+    published β (hollow, dashed interval) beside ours."""
     plt = _pyplot()
     table = result.beta_table[result.beta_table["site"] == site]
     metrics = [m for m in (*mfit.RANK_METRICS, mfit.DELTA_METRIC) if m in set(table["metric"])]
@@ -172,6 +187,9 @@ def figure_beta_by_bucket(result: FitResult, site: str) -> Any:
     labels = ordered_labels(colours, table["label"].unique())
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.9 * len(metrics), 3.9), squeeze=False)
     width = 0.8 / max(len(labels), 1)
+    comp = result.comparison
+    published = comp.table[comp.table["site"] == site] if comp is not None else pd.DataFrame()
+    shift = 0.22 * width if not published.empty else 0.0  # ours left, published right of the slot
     for ax, metric in zip(axes[0], metrics):
         for k, label in enumerate(labels):
             rows = table[(table["metric"] == metric) & (table["label"] == label)].set_index("bucket")
@@ -180,11 +198,14 @@ def figure_beta_by_bucket(result: FitResult, site: str) -> Any:
                 if bucket not in rows.index:
                     continue
                 r = rows.loc[bucket]
-                xs.append(b_i - 0.4 + width * (k + 0.5))
+                xs.append(b_i - 0.4 + width * (k + 0.5) - shift)
                 ys.append(r["beta"])
                 lo.append(r["beta"] - r["beta_lower"] if np.isfinite(r["beta_lower"]) else 0.0)
                 hi.append(r["beta_upper"] - r["beta"] if np.isfinite(r["beta_upper"]) else 0.0)
             ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, color=colours[label])
+            if not published.empty:
+                _draw_published(ax, published[(published["label"] == label) & (published["metric"] == metric)],
+                                buckets, lambda b_i, k=k: b_i - 0.4 + width * (k + 0.5) + shift, colours[label])
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(range(len(buckets)), buckets)
         ax.set_title(("β of " if metric != mfit.DELTA_METRIC else "") + _METRIC_TITLES[metric]
@@ -193,7 +214,14 @@ def figure_beta_by_bucket(result: FitResult, site: str) -> Any:
     axes[0, 0].set_ylabel("β")
     handles, names = _group_handles(colours, labels)
     bar, _ = _errorbar_handle("")
-    return _finish(fig, result, [*handles, bar], [*names, f"error bar: {result.ci_method or '95% interval'}"])
+    handles, names = [*handles, bar], [*names, f"error bar: {result.ci_method or '95% interval'}"]
+    if not published.empty:
+        from matplotlib.lines import Line2D
+
+        cited = dict.fromkeys(c for text in published["published_in"] for c in str(text).split("; "))
+        handles.append(Line2D([], [], color="0.4", marker="o", mfc="none", ls="--"))
+        names.append(f"hollow: published β [95% CI] ({'; '.join(list(cited)[:3])})")
+    return _finish(fig, result, handles, names)
 
 
 def figure_phase_map(result: FitResult, site: str) -> Any:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from metrics.fit import RANK_METRICS, AggregationRule
 from sweep.analysis import outdir
+from sweep.analysis.compare import compare_published, load_published
 from sweep.analysis.figures import write_figures
 from sweep.analysis.fitting import fit_points
 from sweep.analysis.live import Census, NothingToFit, at_common_step, live_label, take_census
@@ -72,6 +73,7 @@ def run_fit(
     reference_optimizer: str = "adamw", metrics: Sequence[str] = RANK_METRICS,
     figure_sites: Sequence[str] | None = None, live: bool = False,
     planned: Mapping[str, Sequence[str]] | None = None, extra_files: Mapping[str, str] | None = None,
+    compare: str | Path | None = None,
 ) -> FitResult:
     """The whole analysis of sweeps (or of a points CSV): read, aggregate, fit, then write the
     tables, figures, report.md and status.json and publish them as ``out_dir`` in one swap.
@@ -79,6 +81,8 @@ def run_fit(
     ``live``: fit unfinished runs too, at their latest common step (``sweep.fit --watch``).
     ``planned``: sweep dir -> run ids of its grid record, so that runs not started yet count.
     ``extra_files``: name -> text written into the folder with the rest (e.g. a workspace spec).
+    ``compare``: "paper" or a published β table (CSV): our β beside the published ones where the
+    experiment matches (sweep/analysis/compare.py), in the tables, report and β figure.
     Raises SweepError when there is nothing to analyse; problems with single runs or groups
     become entries of ``FitResult.messages``; runs not used are in ``FitResult.excluded``.
     """
@@ -89,6 +93,7 @@ def run_fit(
         raise SweepError("no sweep directory given")
     out = Path(out_dir) if out_dir else default_out(sweep_dirs, points_file)
     outdir.check_replaceable(out)
+    published = load_published(compare) if compare is not None else None  # a bad table: error first
 
     messages: list[str] = []
     loaded: list[FinishedRun] = []
@@ -118,6 +123,9 @@ def run_fit(
                             level=level, n_boot=n_boot, matched_loss=matched_loss,
                             arch_baseline=arch_baseline, reference_optimizer=reference_optimizer)
         result.messages[:0] = messages  # what reading found comes first, as it happened first
+        if published is not None:
+            result.comparison = compare_published(result.beta_table, result.points, result.group_cols,
+                                                  published)
         result.rule_short = rule_short(rule_obj) if points_file is None else "rule as given in the points file"
         result.err_meaning = err_meaning(rule_obj) if points_file is None else "err column of the points file"
         result.sweep_name = sweep_name

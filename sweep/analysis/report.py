@@ -44,6 +44,7 @@ def write_tables(result: FitResult) -> None:
         "matched_pairs.csv": result.matched_pairs,
         "matched_loss.csv": result.matched,
         "gain_vs_shift.csv": result.gain_shift,
+        COMPARISON_FILE: result.comparison.table if result.comparison is not None else None,
     }
     for name, frame in tables.items():
         if frame is None or (frame.empty and name not in ("points.csv", "beta_table.csv")):
@@ -90,6 +91,69 @@ def format_beta_table(result: FitResult) -> str:
     if result.status.get("label"):
         title += f"\nruns: {result.status['label']}"
     return "\n".join([title, line(BETA_HEADER), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+COMPARISON_FILE = "paper_comparison.csv"
+COMPARISON_HEADER = ["group", "bucket", "site", "metric", "widths", "ours [95% CI]", "published [95% CI]",
+                     "diff", "overlap", "published in"]
+
+
+def comparison_rows(table: pd.DataFrame) -> list[list[str]]:
+    """Rows of the printed comparison: a group is its optimizer ('dion 1/16') unless two groups
+    share one, then its label; widths 'ours/published'; overlap yes/no (* without both intervals)."""
+    key = ["optimizer", "bucket", "site", "metric", "published_in"]
+    dup = table.duplicated(key, keep=False)
+    rows = []
+    for (_, r), twin in zip(table.iterrows(), dup):
+        n_ours, n_pub = r["n_widths"], r["published_n_widths"]
+        widths = "/".join("?" if pd.isna(n) else str(int(n)) for n in (n_ours, n_pub))
+        overlap = "—" if pd.isna(r["overlap"]) else ("yes" if r["overlap"] else "no") + (
+            "" if r["overlap_basis"] == "intervals" else "*")
+        rows.append([str(r["label"]) if twin else str(r["optimizer"]), str(r["bucket"]), str(r["site"]),
+                     str(r["metric"]).replace("_rank", ""), widths,
+                     _ci_text(r["beta"], r["beta_lower"], r["beta_upper"]),
+                     _ci_text(r["published_beta"], r["published_lower"], r["published_upper"]),
+                     _diff_text(r["diff"]), overlap, str(r["published_in"])])
+    return rows
+
+
+def _diff_text(diff: float) -> str:
+    if pd.isna(diff):
+        return "—"
+    text = f"{diff:+.3f}"
+    return "+0.000" if text == "-0.000" else text  # a difference below display precision has no sign
+
+
+def comparison_summary(result: FitResult) -> str:
+    """One line: rows matched, the largest difference, intervals that overlap (or why no match)."""
+    comp = result.comparison
+    if comp is None or comp.table.empty:
+        return comp.summary if comp is not None else ""
+    t = comp.table
+    known = t["overlap"].dropna()
+    return (f"{comp.summary}; max |diff| = {t['diff'].abs().max():.2g}; intervals overlap in "
+            f"{int(known.astype(bool).sum())} of {len(known)}")
+
+
+def format_comparison(result: FitResult) -> str:
+    """The comparison with published β printed after the β table (or why there is none)."""
+    comp = result.comparison
+    if comp is None:
+        return ""
+    head = f"compared with published β: {comp.source}\n{comparison_summary(result)}"
+    tail = [f"not compared: {line}" for line in comp.not_compared[:5]]
+    if len(comp.not_compared) > 5:
+        tail.append(f"... {len(comp.not_compared) - 5} more in {COMPARISON_FILE} / report.md")
+    if comp.table.empty:  # the summary names the reasons (all of them are in report.md)
+        return head
+    rows = comparison_rows(comp.table)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(COMPARISON_HEADER)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    notes = ["diff = ours − published; overlap: the two 95% intervals overlap"
+             + ("; * one side has no interval: whether the other β lies inside the one there is"
+                if any(r[8].endswith("*") for r in rows) else "")]
+    return "\n".join([head, line(COMPARISON_HEADER), line(["-" * w for w in widths]), *map(line, rows),
+                      *notes, *tail])
 
 
 def _md_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -160,6 +224,8 @@ def write_report(result: FitResult, provenance: dict[str, Any]) -> Path:
         lines += ["## Matched-loss comparison", "", _md_table(result.matched.drop(columns=["ci_method"], errors="ignore")), ""]
     if result.gain_shift is not None:
         lines += ["## Optimizer gain vs architecture shift (paper rule)", "", _md_table(result.gain_shift), ""]
+    if result.comparison is not None:
+        lines += _comparison_section(result)
     if result.figures:
         lines += ["## Figures", ""]
         lines += [f"- [{p.stem}]({p.relative_to(out).as_posix()})" for p in result.figures if p.suffix == ".png"]
@@ -171,3 +237,23 @@ def write_report(result: FitResult, provenance: dict[str, Any]) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _comparison_section(result: FitResult) -> list[str]:
+    comp = result.comparison
+    lines = ["## Compared with published β", "",
+             f"Published values: {comp.source}. \"Table 2\" is the paper's 160M main sweep (β_soft / "
+             "β_hard per optimizer, global and HEAD/MID/TAIL, post-activation); the file each value "
+             f"comes from is in `{COMPARISON_FILE}` (`published_files`). A β row is compared where its "
+             "experiment matches: model size (d_model, n_layer, n_head), architecture, optimizer and "
+             "Dion rank fraction, steps, bucket, site and metric (other settings, e.g. learning rate "
+             "or data, are not checked). diff = ours − published; overlap: the two 95% intervals "
+             "overlap (* where one side has none: whether the other β lies inside it).", "",
+             f"**{comparison_summary(result)}**", ""]
+    if not comp.table.empty:
+        rows = comparison_rows(comp.table)
+        frame = pd.DataFrame(rows, columns=COMPARISON_HEADER)
+        lines += [_md_table(frame), ""]
+    if comp.not_compared:
+        lines += ["Not compared:", ""] + [f"- {line}" for line in comp.not_compared] + [""]
+    return lines

@@ -9,6 +9,16 @@ import pandas as pd
 
 
 @dataclass
+class Comparison:
+    """Our β beside published β (``sweep.fit --compare``; built by ``analysis.compare``)."""
+
+    table: pd.DataFrame          # paper_comparison.csv: one row per (our β row, published row)
+    source: str                  # what the values were compared with
+    summary: str                 # one line: how many rows matched, or why none did
+    not_compared: list[str] = field(default_factory=list)  # "labels: reason" of rows without a match
+
+
+@dataclass
 class FitResult:
     """The tables of one fit (``fitting.fit_points``), plus the figures, report and files that
     ``python -m sweep.fit`` wrote from them."""
@@ -24,6 +34,7 @@ class FitResult:
     matched_pairs: pd.DataFrame | None = None
     matched: pd.DataFrame | None = None
     gain_shift: pd.DataFrame | None = None
+    comparison: Comparison | None = None  # --compare: our β beside the published β
     figures: list[Path] = field(default_factory=list)
     report: Path | None = None
     files: list[Path] = field(default_factory=list)

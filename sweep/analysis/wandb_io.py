@@ -341,7 +341,8 @@ def push_analysis(result: Any, sweep_dirs: Sequence[str | Path], *, mode: str = 
     try:
         tables = {"beta_summary": result.summary, "beta_table": result.beta_table,
                   "points": result.points, "optimizer_comparison": result.comparisons,
-                  "beta_steps": result.beta_steps}
+                  "beta_steps": result.beta_steps,
+                  "paper_comparison": result.comparison.table if result.comparison is not None else None}
         data: dict[str, Any] = {}
         for name, frame in tables.items():
             if frame is not None and not frame.empty:
