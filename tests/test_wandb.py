@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import signal
 import socket
 import subprocess
 import sys
-import time
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +22,7 @@ from sweep.loggers import (REDACTED, NullLogger, WandbLogger, make_logger, metri
                            stable_wandb_id, wandb_config)
 from sweep.rundir import RunDir, iter_jsonl
 from sweep.spec import LoggerSpec
-from tests.conftest import ROOT, run_train
+from tests.conftest import ROOT, ended, hold_env, run_train, wait_until_held
 
 FAKE_KEY = "0123456789abcdef" * 2 + "feedbeef"  # 40 hex characters, the shape of a W&B key
 SMOKE_TELEMETRY_STEPS = [1, 10, 20, 30]
@@ -274,17 +275,15 @@ def test_resume_after_kill_continues_the_same_wandb_run(env: dict, tmp_path: Pat
     env = _wandb_env(env)
     args = ["+preset=smoke", "logger=wandb_offline", "sweep_name=killed"]
     run = RunDir(tmp_path / "runs" / "killed" / "gpt-tiny_adamw_w4_smoke_s0")
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *args], cwd=ROOT, env=env,
+    gate = tmp_path / "gate"
+    # Held after step 25 (checkpoints at 10 and 20, rows to 25 written) until the kill, however fast it trains.
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *args], cwd=ROOT, env=hold_env(env, gate, 25),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
     try:
-        while not run.checkpoint_path(10).exists():
-            assert proc.poll() is None, "run ended before it could be killed"
-            assert time.time() < deadline, "no checkpoint at step 10 in time"
-            time.sleep(0.05)
+        wait_until_held(gate, 25, ended(proc))
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)  # hang guard: SIGKILL ends a process at once
     assert not run.is_done()
     first = _folders(run)
     assert len(first) == 1
@@ -300,8 +299,8 @@ def test_resume_after_kill_continues_the_same_wandb_run(env: dict, tmp_path: Pat
     assert parsed[1]["summary"]["state"] == "finished"
     # The relaunch replays the last checkpoint interval (the rows in flight when the process died
     # never reached the first attempt's file), then goes on.
-    text = out.stdout + out.stderr
-    resumed_from = max(s for s in (10, 20) if f"resumed gpt-tiny_adamw_w4_smoke_s0 from step {s} " in text)
+    resumed_from = 20
+    assert f"resumed gpt-tiny_adamw_w4_smoke_s0 from step {resumed_from} " in out.stdout + out.stderr
     local = [r["step"] for r in iter_jsonl(run.metrics_file) if "train_loss" in r]
     steps = [h["trainer/step"] for h in _history(parsed[1], "train/train_loss")]
     assert steps == [s for s in local if s > resumed_from - 10]
@@ -321,12 +320,17 @@ def test_unreachable_server_trains_and_keeps_local_files(env: dict, tmp_path: Pa
         port = s.getsockname()[1]
     env = {k: v for k, v in _wandb_env(env).items() if k != "WANDB_MODE"}
     env["WANDB_BASE_URL"] = f"http://127.0.0.1:{port}"
-    start = time.monotonic()
     proc = run_train(["+preset=smoke", "logger=wandb", "logger.init_timeout=2", "train.steps=10"], env,
-                     timeout=150)
-    elapsed = time.monotonic() - start
-    assert elapsed < 75, f"init_timeout=2 not honoured: the run took {elapsed:.0f} s"
+                     timeout=240)  # hang guard
     run = RunDir(tmp_path / "runs" / "default" / "gpt-tiny_adamw_w4_smoke_steps10_s0")
+    # init_timeout=2 is honoured: from the data line (just before the logger starts) to the fallback
+    # warning. Not honoured, W&B would block at least its 60 s default, however fast the machine; the
+    # honoured 2 s (+ W&B's start-up) stays far below that even on a loaded one.
+    line = re.compile(r"^\[([^]]+)\]\[specsweep\.\w+\]\[\w+\] - (data:|W&B online could not start)", re.M)
+    stamps = {m.group(2): datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+              for m in line.finditer((run.path / "train.log").read_text())}
+    waited = (stamps["W&B online could not start"] - stamps["data:"]).total_seconds()
+    assert waited < 60, f"init_timeout=2 not honoured: W&B init took {waited:.0f} s"
     assert run.is_done() and run.read_status()["status"] == "done"
     assert [r["step"] for r in iter_jsonl(run.metrics_file) if "train_loss" in r] == [1, 5, 10]
     assert sorted({r["step"] for r in iter_jsonl(run.spectra_file)}) == [1, 10]
