@@ -122,7 +122,7 @@ def submit(args: list[str], env: dict[str, str], out: Path, wait: bool = False, 
 
 
 def slurm_cmd(env: dict[str, str], *cmd: str) -> str:
-    return subprocess.run(list(cmd), env=env, capture_output=True, text=True, timeout=60).stdout
+    return subprocess.run(list(cmd), env=env, capture_output=True, text=True, timeout=60).stdout  # hang guard
 
 
 def diagnostics(env: dict[str, str], out: Path) -> str:
@@ -183,8 +183,9 @@ def assert_same_run(run: RunDir, reference: RunDir) -> None:
 
 
 def status(env: dict[str, str], out: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m sweep.status OUT ARGS`` (``--resubmit`` may wait for jobs: the timeout is a hang guard)."""
     return subprocess.run([sys.executable, "-m", "sweep.status", str(out), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
 
 # ---- tests ------------------------------------------------------------------------------------------
