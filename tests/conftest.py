@@ -103,15 +103,15 @@ def wait_until_held(gate: Path, step: int, gone: Callable[[], Optional[str]], ra
     """
     marker = gate / f"held_{step}_rank{rank}"
     deadline = time.monotonic() + timeout
-    while not marker.exists():
+    while True:
+        pid = marker.read_text().strip() if marker.exists() else ""  # empty: created, pid not yet written
+        if pid:
+            return int(pid)
         why = gone()
         if why is not None and not marker.exists():
             raise AssertionError(f"the run cannot reach its hold after step {step}: {why}")
         assert time.monotonic() < deadline, f"no {marker} after {timeout:.0f} s (hung run?)"
         time.sleep(0.05)  # polling interval only
-    while not marker.read_text().strip():  # written in one small write; an empty read is the moment before
-        time.sleep(0.01)
-    return int(marker.read_text())
 
 
 def ended(proc: subprocess.Popen) -> Callable[[], Optional[str]]:
