@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 RUNS   ?= runs
 
-.PHONY: setup demo test test-fast clean-demo
+.PHONY: setup demo test test-fast test-loaded clean-demo
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,12 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+# The suite TIMES times with BURNERS busy-loop processes beside it: green on a loaded machine too.
+TIMES   ?= 1
+BURNERS ?= 1
+test-loaded: setup
+	$(BIN)/python tests/under_load.py --times $(TIMES) --burners $(BURNERS) -- $(BIN)/python -m pytest -q
 
 clean-demo:
 	rm -rf $(RUNS)/demo

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import pytest
 
@@ -46,8 +47,16 @@ def env(tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch) -> di
     return {**os.environ, **values}
 
 
-def run_train(args: Sequence[str], env: dict[str, str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m sweep.train ARGS`` in a subprocess, from the repository root."""
+# Bounds on waits for a run that is known to get there (a held run, a process that was told to stop):
+# they only turn a hung run into a failure, so they are generous (minutes on a loaded 2-core machine
+# where a held step is reached in seconds).
+RUN_TIMEOUT_S = 300
+HELD_TIMEOUT_S = 240
+
+
+def run_train(args: Sequence[str], env: dict[str, str], timeout: float = RUN_TIMEOUT_S,
+              check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m sweep.train ARGS`` in a subprocess, from the repository root (``timeout``: hang guard)."""
     proc = subprocess.run(
         [sys.executable, "-m", "sweep.train", *args], cwd=ROOT, env=env,
         capture_output=True, text=True, timeout=timeout,
@@ -70,3 +79,55 @@ def compose():
             return hydra_compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
 
     return _compose
+
+
+# ---- holding a run at a known step (sweep/run/hold.py) ----------------------------------------------------
+def hold_env(env: dict[str, str], gate: Path, *steps: int) -> dict[str, str]:
+    """``env`` plus SPECSWEEP_HOLD: the run (every rank, every attempt) waits after each of ``steps``
+    until ``gate/release_<step>`` or ``gate/release`` exists or a stop signal arrives."""
+    return {**env, "SPECSWEEP_HOLD": f"{','.join(str(s) for s in steps)}:{gate}"}
+
+
+def release(gate: Path, step: Optional[int] = None) -> None:
+    """Let a held run go on after ``step`` (every hold step when None)."""
+    gate.mkdir(parents=True, exist_ok=True)
+    (gate / (f"release_{step}" if step is not None else "release")).touch()
+
+
+def wait_until_held(gate: Path, step: int, gone: Callable[[], Optional[str]], rank: int = 0,
+                    timeout: float = HELD_TIMEOUT_S) -> int:
+    """Wait until the run is held after ``step``; return the pid of the held process.
+
+    ``gone()`` says why the run can no longer get there (it ended, failed) or None while it still can.
+    The run waits at the step however long we take, so the bound only guards against a hung run.
+    """
+    marker = gate / f"held_{step}_rank{rank}"
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = marker.read_text().strip() if marker.exists() else ""  # empty: created, pid not yet written
+        if pid:
+            return int(pid)
+        why = gone()
+        if why is not None and not marker.exists():
+            raise AssertionError(f"the run cannot reach its hold after step {step}: {why}")
+        assert time.monotonic() < deadline, f"no {marker} after {timeout:.0f} s (hung run?)"
+        time.sleep(0.05)  # polling interval only
+
+
+def ended(proc: subprocess.Popen) -> Callable[[], Optional[str]]:
+    """For :func:`wait_until_held`: why a local run can no longer reach its hold (it exited)."""
+    def why() -> Optional[str]:
+        if proc.poll() is None:
+            return None
+        out = proc.stdout.read() if proc.stdout else ""
+        return f"it exited with {proc.returncode}\n{(out or '')[-3000:]}"
+    return why
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

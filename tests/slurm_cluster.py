@@ -97,7 +97,7 @@ class Cluster:
         return p.read_text(errors="replace")[-3000:] if p.exists() else "(no log)"
 
     # ---- start ------------------------------------------------------------------------------
-    def start(self, timeout: float = 120) -> "Cluster":
+    def start(self, timeout: float = 300) -> "Cluster":  # hang guard: ~10-20 s, slower on a loaded machine
         ensure_installed()
         if os.geteuid() != 0:
             raise ClusterUnavailable("the test cluster runs its daemons as root; not root here")

@@ -24,7 +24,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "MPLBACKEND": "Agg"}
     return subprocess.run([sys.executable, "-m", "sweep.fit", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)  # hang guard
 
 
 def test_cli_end_to_end(tmp_path):

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from sweep.run.hold import Hold
 from sweep.rundir import RunDir, iter_jsonl
-from tests.conftest import FAST, ROOT
+from tests.conftest import FAST, RUN_TIMEOUT_S, ROOT, ended, hold_env, release, wait_until_held
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
-    """Wait until ``path`` exists; the bound only guards against a hung run, the run is held there."""
-    deadline = time.time() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended before reaching {path.name}:\n{proc.stdout.read()[-3000:]}")
-        assert time.time() < deadline, f"no {path} after {timeout:.0f} s"
-        time.sleep(0.05)
 
 
 def test_parse() -> None:
@@ -37,15 +26,15 @@ def test_parse() -> None:
 def test_run_waits_at_the_step_until_released(env: dict, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *FAST, "train.log_every=1"], cwd=ROOT,
-                            env={**env, "SPECSWEEP_HOLD": f"5:{gate}"}, stdout=subprocess.PIPE,
+                            env=hold_env(env, gate, 5), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_file(gate / "held_5_rank0", proc)
+        assert wait_until_held(gate, 5, ended(proc)) == proc.pid
         run = RunDir(tmp_path / "runs" / "default" / "gpt-tiny_adamw_w4_smoke_s0")
         # Held: step 5 is written and nothing after it, however long we look.
         assert max(r["step"] for r in iter_jsonl(run.metrics_file)) == 5 and proc.poll() is None
-        (gate / "release_5").touch()
-        out, _ = proc.communicate(timeout=240)
+        release(gate, 5)
+        out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -6,13 +6,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from sweep.rundir import RunDir, iter_jsonl
-from tests.conftest import FAST, ROOT, run_train
+from tests.conftest import FAST, ROOT, RUN_TIMEOUT_S, ended, hold_env, run_train, wait_until_held
 
 pytestmark = pytest.mark.slow
 
@@ -23,29 +22,32 @@ def _train(run: RunDir) -> list[tuple[int, float]]:
 
 @pytest.mark.timeout(300)
 def test_usr2_checkpoints_at_the_step_boundary_and_a_relaunch_resumes(env: dict, tmp_path: Path) -> None:
-    common = [*FAST, "train.steps=200", "train.log_every=1", "train.ckpt_every=1000"]
+    common = [*FAST, "train.steps=40", "train.log_every=1", "train.ckpt_every=1000"]
     run_train([*common, "sweep_name=straight"], env)
-    straight = RunDir(tmp_path / "runs" / "straight" / "gpt-tiny_adamw_w4_smoke_steps200_s0")
-    run = RunDir(tmp_path / "runs" / "usr2" / "gpt-tiny_adamw_w4_smoke_steps200_s0")
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *common, "sweep_name=usr2"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 200
-    while not (run.metrics_file.exists() and len(_train(run)) >= 20):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() < deadline, "no step 20 in time"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGUSR2)
-    out, _ = proc.communicate(timeout=120)
+    straight = RunDir(tmp_path / "runs" / "straight" / "gpt-tiny_adamw_w4_smoke_steps40_s0")
+    run = RunDir(tmp_path / "runs" / "usr2" / "gpt-tiny_adamw_w4_smoke_steps40_s0")
+    gate = tmp_path / "gate"
+    # Held after step 20 until the signal lands: the signal reaches a run mid-way, however fast it trains.
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *common, "sweep_name=usr2"], cwd=ROOT,
+                            env=hold_env(env, gate, 20), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_held(gate, 20, ended(proc))
+        proc.send_signal(signal.SIGUSR2)
+        out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 128 + signal.SIGUSR2, out[-3000:]
     status = run.read_status()
-    assert status["status"] == "interrupted" and 20 <= status["step"] < 200
-    assert [s for s, _ in run.checkpoints()] == [status["step"]]  # written on the signal, not periodically
-    assert [s for s, _ in _train(run)] == list(range(1, status["step"] + 1))
+    assert status["status"] == "interrupted" and status["step"] == 20
+    assert [s for s, _ in run.checkpoints()] == [20]  # written on the signal, not periodically
+    assert [s for s, _ in _train(run)] == list(range(1, 21))
 
     resumed = run_train([*common, "sweep_name=usr2"], env)
-    assert f"from step {status['step']}" in resumed.stdout + resumed.stderr
+    assert "from step 20" in resumed.stdout + resumed.stderr
     a, b = _train(straight), _train(run)
-    assert [s for s, _ in b] == [s for s, _ in a]
+    assert [s for s, _ in b] == [s for s, _ in a] == list(range(1, 41))
     assert [v for _, v in b] == pytest.approx([v for _, v in a], rel=1e-6, abs=1e-7)
 
 
@@ -65,7 +67,7 @@ def test_two_local_ranks_match_one_process(env: dict, tmp_path: Path) -> None:
                               env={**env, "RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                                    "MASTER_PORT": port},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
-    outs = [p.communicate(timeout=240)[0] for p in procs]
+    outs = [p.communicate(timeout=RUN_TIMEOUT_S)[0] for p in procs]  # hang guard (e.g. a rank that never joins)
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
     one = RunDir(tmp_path / "runs" / "one" / "gpt-tiny_adamw_w4_smoke_steps10_s0")
     two = RunDir(tmp_path / "runs" / "two" / "gpt-tiny_adamw_w4_smoke_steps10_s0")

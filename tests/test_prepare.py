@@ -303,14 +303,14 @@ def test_killed_process_resumes_with_the_cli_to_the_same_bytes(mixed_folder, tmp
                 val_tokens=7_000, shard_tokens=9_000)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.run([sys.executable, "-c", _KILLED_CHILD, json.dumps(spec)], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=300)  # hang guard; it kills itself
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     progress = json.loads((out / PROGRESS_FILE).read_text())
     assert len(progress["shards"]) == 2 and (out / "train_000001.bin").is_file()  # 3rd shard unrecorded
     cli = subprocess.run(
         [sys.executable, "-m", "sweep.prepare", "data=local", f"data.source={root}", f"data.path={out}",
          "data.tokenizer=byte", "data.val_tokens=7000", "data.shard_tokens=9000", "workers=1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # hang guard
     assert cli.returncode == 0, cli.stdout[-2000:] + cli.stderr[-2000:]
     assert "resuming" in cli.stdout and "HEAD" in cli.stdout and cli.stdout.strip().endswith(str(out))
     assert folder_bytes(out) == folder_bytes(reference.root)

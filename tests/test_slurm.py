@@ -5,8 +5,11 @@ MariaDB, slurmdbd, slurmctld and slurmd from tests/slurm_cluster.py; every daemo
 PID at the end. Not root / no apt-get: the tests skip with the reason. Every wait has a timeout,
 and a failed wait prints the queue, sacct and the jobs' logs.
 
-The time-limit test needs SLURM's own clock (a USR2 sent 20-50 s into a 2-minute job), so its run
-is submitted when the module starts and checked last, while the other tests use the cluster.
+Nothing here depends on how fast the machine trains: a run that must be interrupted mid-way is held
+at a known step (SPECSWEEP_HOLD, sweep/run/hold.py; the jobs inherit the submitting environment) until
+the signal or the requeue has landed. The time-limit test waits for SLURM's own clock (a USR2 sent
+30-60 s into a 2-minute job), so its run is submitted when the module starts and checked last, while
+the other tests use the cluster.
 """
 
 from __future__ import annotations
@@ -24,15 +27,16 @@ import pytest
 
 from sweep.rundir import RunDir, iter_jsonl
 from sweep.grid.sweepdir import latest_jobs
-from tests.conftest import FAST, ROOT, run_train
+from tests.conftest import (FAST, HELD_TIMEOUT_S, ROOT, RUN_TIMEOUT_S, hold_env, pid_alive, release, run_train,
+                            wait_until_held)
 from tests.slurm_cluster import Cluster, ClusterUnavailable
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("time_limit_run", "reference_started")]
 
 SLURM = ["hydra/launcher=slurm", "resources=smoke"]
-# Long enough (~0.05 s a step) for a signal or a requeue to land mid-run.
-RUN = [*FAST, "train.steps=300", "train.log_every=1"]
-RUN_ID = "gpt-tiny_adamw_w4_smoke_steps300_s0"
+# Interrupted mid-run by holding it at a step (never by hoping it is still training).
+RUN = [*FAST, "train.steps=40", "train.log_every=1"]
+RUN_ID = "gpt-tiny_adamw_w4_smoke_steps40_s0"
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------
@@ -84,37 +88,41 @@ def reference_started(senv_base: dict[str, str], tmp_path_factory: pytest.TempPa
 def reference(reference_started) -> RunDir:
     """What every interrupted SLURM run must reproduce."""
     proc, run = reference_started
-    output = proc.communicate(timeout=240)[0] if proc.poll() is None else ""
+    # Started with the module, it may or may not have finished yet: wait for it (hang guard).
+    output = proc.communicate(timeout=RUN_TIMEOUT_S)[0] if proc.poll() is None else ""
     assert proc.returncode == 0 and run.is_done(), (output or "")[-3000:]
     return run
 
 
-TIME_LIMIT_STEPS = 1200  # ~55 s of training alone: still running when the warning signal comes
+TIME_LIMIT_STEPS = 40
+TIME_LIMIT_HOLD = 10  # held there until SLURM's warning signal: still running when it comes
 
 
 @pytest.fixture(scope="module")
-def time_limit_run(senv_base: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run longer than its SLURM time limit allows before the warning signal (queued, not waited for).
+def time_limit_run(senv_base: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A run held at a step until its SLURM time-limit warning comes (queued, not waited for).
 
-    --time=2 and --signal=USR2@70: slurmctld sends USR2 20-50 s after the start (it checks time
-    limits every 30 s), while the run is still training.
+    --time=2 and --signal=USR2@60: slurmctld sends USR2 30-60 s after the start (it checks time
+    limits every 30 s) and kills at 120 s. The run holds after step TIME_LIMIT_HOLD until the signal,
+    however fast it trains. Returns the sweep folder and the hold's gate folder.
     """
-    out = tmp_path_factory.mktemp("time_limit")
+    out, gate = tmp_path_factory.mktemp("time_limit"), tmp_path_factory.mktemp("time_limit_gate")
     submit([*FAST, f"train.steps={TIME_LIMIT_STEPS}", "train.log_every=1", "train.ckpt_every=100000",
-            "telemetry.every=500", "resources.timeout_min=2",
-            "hydra.launcher.signal_delay_s=70"], senv_base, out)
-    return out
+            "resources.timeout_min=2", "hydra.launcher.signal_delay_s=60"],
+           hold_env(senv_base, gate, TIME_LIMIT_HOLD), out)
+    return out, gate
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
 def submit(args: list[str], env: dict[str, str], out: Path, wait: bool = False, check: bool = True,
-           timeout: float = 240) -> subprocess.CompletedProcess:
+           timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Launch on the test cluster; with ``wait`` until the jobs end (``timeout``: hang guard)."""
     return run_train(["-m", f"hydra.sweep.dir={out}", *SLURM, f"hydra.launcher.wait={str(wait).lower()}", *args],
                      env, timeout=timeout, check=check)
 
 
 def slurm_cmd(env: dict[str, str], *cmd: str) -> str:
-    return subprocess.run(list(cmd), env=env, capture_output=True, text=True, timeout=60).stdout
+    return subprocess.run(list(cmd), env=env, capture_output=True, text=True, timeout=60).stdout  # hang guard
 
 
 def diagnostics(env: dict[str, str], out: Path) -> str:
@@ -126,11 +134,29 @@ def diagnostics(env: dict[str, str], out: Path) -> str:
 
 
 def wait_for(pred: Callable[[], bool], timeout: float, what: str, env: dict[str, str], out: Path) -> None:
-    deadline = time.time() + timeout
+    """Poll ``pred`` until true; ``timeout`` only turns a hang into a failure (with diagnostics)."""
+    deadline = time.monotonic() + timeout
     while not pred():
-        if time.time() > deadline:
+        if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{diagnostics(env, out)}")
-        time.sleep(0.5)
+        time.sleep(0.5)  # polling interval only
+
+
+def wait_held(gate: Path, step: int, run: RunDir, env: dict[str, str], out: Path) -> int:
+    """Wait until the SLURM job's run is held after ``step`` (it waits there); return its pid."""
+    def gone() -> str | None:
+        status = run.read_status().get("status")
+        return f"it is {status}" if run.is_done() or status in ("failed", "diverged") else None
+
+    try:
+        return wait_until_held(gate, step, gone, timeout=HELD_TIMEOUT_S)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{diagnostics(env, out)}") from None
+
+
+def train_log(run: RunDir) -> str:
+    path = run.path / "train.log"
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def train_rows(run: RunDir) -> list[tuple[int, float]]:
@@ -157,12 +183,13 @@ def assert_same_run(run: RunDir, reference: RunDir) -> None:
 
 
 def status(env: dict[str, str], out: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m sweep.status OUT ARGS`` (``--resubmit`` may wait for jobs: the timeout is a hang guard)."""
     return subprocess.run([sys.executable, "-m", "sweep.status", str(out), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
 
 # ---- tests ------------------------------------------------------------------------------------------
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)  # hang guards, like every timeout here: the first test also starts the cluster
 @pytest.mark.parametrize("args,needle", [
     (["resources.gpus_per_node=4"], "resources.gpus_per_node=4 but nodes of partition 'debug' have at most 0 GPUs"),
     (["cluster.partition=nope"], "partition 'nope' does not exist on this cluster"),
@@ -179,7 +206,7 @@ def test_bad_resource_requests_are_refused_before_anything_runs(senv: dict, tmp_
     assert not latest_jobs(out)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_grid_is_one_job_array_and_finishes(senv: dict, tmp_path: Path) -> None:
     out = tmp_path / "grid"
     args = ["optim=adamw,muon", "model.ffn_mult=1,2", *FAST, "train.steps=8"]
@@ -196,7 +223,7 @@ def test_grid_is_one_job_array_and_finishes(senv: dict, tmp_path: Path) -> None:
     assert "#SBATCH --array=0-3%" in script and "#SBATCH --signal=USR2@120" in script
     # The results are on disk a moment before SLURM records the tasks as completed.
     wait_for(lambda: sorted(slurm_cmd(senv, "sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", array).split())
-             == [f"{array}_{i}|COMPLETED" for i in range(4)], 60, "4 completed array tasks in sacct", senv, out)
+             == [f"{array}_{i}|COMPLETED" for i in range(4)], 120, "4 completed array tasks in sacct", senv, out)
     assert "submitted 4 runs as SLURM job array" in proc.stdout + proc.stderr
 
     table = status(senv, out)
@@ -207,7 +234,7 @@ def test_grid_is_one_job_array_and_finishes(senv: dict, tmp_path: Path) -> None:
     assert len(latest_jobs(out)) == 4 and {j["job_id"].split("_")[0] for j in latest_jobs(out).values()} == {array}
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_failing_run_is_reported_while_the_others_finish(senv: dict, tmp_path: Path) -> None:
     # model.vocab_size=100 is below the corpus vocabulary (512): that run fails when it builds its model.
     # max_array_size=2 splits the 3 runs into two arrays.
@@ -239,56 +266,64 @@ def test_failing_run_is_reported_while_the_others_finish(senv: dict, tmp_path: P
     assert after[bad]["job_id"] != before[bad]["job_id"] and all(after[g] == before[g] for g in good)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_preempted_run_checkpoints_requeues_and_resumes_identically(senv: dict, tmp_path: Path,
                                                                      reference: RunDir) -> None:
     import submitit
 
-    out = tmp_path / "preempt"
+    out, gate = tmp_path / "preempt", tmp_path / "gate"
     # No periodic checkpoint before the end: only the one written on the signal can resume the run.
-    submit([*RUN, "train.ckpt_every=1000", "resources.timeout_min=30"], senv, out)
+    # Held after step 20 until the signal lands; the requeued attempt resumes after 20 and never holds again.
+    submit([*RUN, "train.ckpt_every=1000", "resources.timeout_min=30"], hold_env(senv, gate, 20), out)
     run = RunDir(out / RUN_ID)
     job_id = latest_jobs(out)[RUN_ID]["job_id"]
-    wait_for(lambda: run.metrics_file.exists() and len(train_rows(run)) >= 20, 150, "step 20", senv, out)
+    wait_held(gate, 20, run, senv, out)
     os.environ["SLURM_CONF"] = senv["SLURM_CONF"]  # submitit's scancel runs in this process
     try:
         submitit.SlurmJob(folder=out / ".submitit" / "%j", job_id=job_id)._interrupt()  # SIGTERM, then USR2
     finally:
         os.environ.pop("SLURM_CONF", None)
-    wait_for(run.is_done, 180, "the requeued run to finish", senv, out)
-    log = (run.path / "train.log").read_text()
+    # Hang guard: the stop, the requeue (SLURM schedules every 5 s here) and 20 steps take seconds.
+    wait_for(run.is_done, RUN_TIMEOUT_S, "the requeued run to finish", senv, out)
+    log = train_log(run)
     stopped = re.search(r"stopped at step (\d+), checkpoint written; the job is requeued", log)
     resumed = re.search(r"resumed \S+ from step (\d+)", log)
-    assert stopped and resumed and stopped.group(1) == resumed.group(1), log[-3000:]
-    assert 20 <= int(stopped.group(1)) < 300
+    assert stopped and resumed and stopped.group(1) == resumed.group(1) == "20", log[-3000:]
     assert "this job is preempted" in log and "Requeued job" in log
     assert_same_run(run, reference)
     assert latest_jobs(out)[RUN_ID]["job_id"] == job_id  # the same job, requeued
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_admin_requeue_resumes_from_the_last_periodic_checkpoint(senv: dict, tmp_path: Path,
                                                                   reference: RunDir) -> None:
-    out = tmp_path / "requeue"
-    submit([*RUN, "train.ckpt_every=10", "resources.timeout_min=30"], senv, out)
+    out, gate = tmp_path / "requeue", tmp_path / "gate"
+    # Held after step 25, between the periodic checkpoints at 20 and 30, until the requeue has landed.
+    submit([*RUN, "train.ckpt_every=10", "resources.timeout_min=30"], hold_env(senv, gate, 25), out)
     run = RunDir(out / RUN_ID)
     job_id = latest_jobs(out)[RUN_ID]["job_id"]
-    wait_for(lambda: run.metrics_file.exists() and len(train_rows(run)) >= 25, 150, "step 25", senv, out)
-    subprocess.run(["scontrol", "requeue", job_id], env=senv, check=True, timeout=60)  # no signal to the job
-    wait_for(run.is_done, 180, "the requeued run to finish", senv, out)
-    log = (run.path / "train.log").read_text()
+    pid = wait_held(gate, 25, run, senv, out)
+    subprocess.run(["scontrol", "requeue", job_id], env=senv, check=True, timeout=60)
+    # SLURM ends the first attempt (SIGTERM, SIGKILL after KillWait=5 s); the bound is a hang guard.
+    wait_for(lambda: not pid_alive(pid), 120, "the first attempt to end", senv, out)
+    release(gate, 25)  # the requeued attempt passes step 25 again: let it go on
+    wait_for(run.is_done, RUN_TIMEOUT_S, "the requeued run to finish", senv, out)
+    log = train_log(run)
     resumed = re.search(r"resumed \S+ from step (\d+)", log)
-    assert resumed and int(resumed.group(1)) % 10 == 0 and int(resumed.group(1)) >= 20, log[-3000:]
-    assert "stopped at step" not in log
+    stopped = re.search(r"stopped at step (\d+)", log)
+    # A run that does not act on SLURM's SIGTERM dies by SIGKILL and resumes from its last periodic
+    # checkpoint (20); one that checkpoints on SIGTERM resumes where it was held (25).
+    assert resumed and resumed.group(1) == ("25" if stopped else "20"), log[-3000:]
+    assert not stopped or stopped.group(1) == "25", log[-3000:]
     assert_same_run(run, reference)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_two_tasks_train_one_run_with_ddp(senv: dict, tmp_path: Path) -> None:
     """One job, two srun tasks (gloo on CPU): the run matches the single-process run, rank 0 writes."""
     common = [*FAST, "train.steps=12", "train.log_every=1", "telemetry.every=6"]
     local = tmp_path / "single"
-    run_train(["-m", f"hydra.sweep.dir={local}", *common], senv, timeout=180)
+    run_train(["-m", f"hydra.sweep.dir={local}", *common], senv)
     out = tmp_path / "ddp"
     submit([*common, "resources.tasks_per_node=2"], senv, out, wait=True)
     run_id = "gpt-tiny_adamw_w4_smoke_steps12_s0"
@@ -308,17 +343,24 @@ def test_two_tasks_train_one_run_with_ddp(senv: dict, tmp_path: Path) -> None:
             assert r2[k]["hard_rank"] == pytest.approx(x["hard_rank"], rel=1e-3)
 
 
-@pytest.mark.timeout(360)
-def test_time_limit_signal_checkpoints_requeues_and_resumes(senv_base: dict, time_limit_run: Path) -> None:
-    out = time_limit_run
+@pytest.mark.timeout(600)
+def test_time_limit_signal_checkpoints_requeues_and_resumes(senv_base: dict,
+                                                            time_limit_run: tuple[Path, Path]) -> None:
+    out, gate = time_limit_run
     (run_id, job), = latest_jobs(out).items()
     run = RunDir(out / run_id)
-    wait_for(run.is_done, 330, "the run with a 2-minute time limit to finish", senv_base, out)
-    log = (run.path / "train.log").read_text()
+    # SLURM's clock: the job starts when a CPU is free, USR2 comes 30-60 s later. Hang guard.
+    wait_for(lambda: "stopped at step" in train_log(run), 420, "the time-limit signal to stop the run", senv_base, out)
+    # A signal that came before the hold step (a slow start) leaves a later attempt to pass it again.
+    release(gate)
+    wait_for(run.is_done, RUN_TIMEOUT_S, "the run with a 2-minute time limit to finish", senv_base, out)
+    log = train_log(run)
     assert "this job is timed-out" in log and "Requeued job" in log, log[-3000:]
     stops = re.findall(r"stopped at step (\d+), checkpoint written; the job is requeued", log)
     resumes = re.findall(r"resumed \S+ from step (\d+)", log)
-    assert stops and stops == resumes, log[-3000:]
+    # Held until the signal: it stops at the hold step (or before it, if the signal beat training there).
+    assert stops and resumes and resumes[0] == stops[0] and int(stops[0]) <= TIME_LIMIT_HOLD, log[-3000:]
+    assert set(resumes) <= set(stops), log[-3000:]  # every attempt resumes from a checkpoint written on a stop
     steps = [s for s, _ in train_rows(run)]
     assert steps == list(range(1, TIME_LIMIT_STEPS + 1))  # every step once across the attempts
     job_id = job["job_id"]

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from sweep.rundir import RunDir, iter_jsonl
-from tests.conftest import FAST, ROOT, run_train
+from tests.conftest import FAST, ROOT, ended, hold_env, run_train, wait_until_held
 
 pytestmark = pytest.mark.slow
 
@@ -88,20 +87,23 @@ def test_resume_after_kill_matches_an_uninterrupted_run(env: dict, tmp_path: Pat
     straight = RunDir(tmp_path / "runs" / "straight" / "gpt-tiny_adamw_w4_smoke_steps40_s0")
 
     killed = RunDir(tmp_path / "runs" / "killed" / "gpt-tiny_adamw_w4_smoke_steps40_s0")
+    gate = tmp_path / "gate"
+    # Held after step 25, between the checkpoints at 20 and 30, until the kill: rows 21-25 are on disk
+    # beyond the checkpoint the relaunch resumes from, however fast the run trains.
     proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *common, "sweep_name=killed"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not killed.checkpoint_path(20).exists():
-        assert proc.poll() is None, "run ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint at step 20 in time"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+                            cwd=ROOT, env=hold_env(env, gate, 25), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until_held(gate, 25, ended(proc))
+        assert [s for s, _ in killed.checkpoints()] == [10, 20] and max(s for s, _ in _train_losses(killed)) == 25
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)  # hang guard: SIGKILL ends a process at once
     assert not killed.is_done()
     assert killed.read_status()["status"] == "running"
 
     proc = run_train([*common, "sweep_name=killed"], env)
-    assert "resumed gpt-tiny_adamw_w4_smoke_steps40_s0 from step" in proc.stdout + proc.stderr
+    assert "resumed gpt-tiny_adamw_w4_smoke_steps40_s0 from step 20 " in proc.stdout + proc.stderr
     assert killed.is_done()
     a, b = _train_losses(straight), _train_losses(killed)
     assert [s for s, _ in b] == list(range(1, 41))  # the same curve, no gap, no duplicate

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import signal
 import socket
 import subprocess
 import sys
-import time
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +22,7 @@ from sweep.run.wandb_logger import (REDACTED, NullLogger, WandbLogger, make_logg
                            spectral_rows, stable_wandb_id, wandb_config)
 from sweep.rundir import RunDir, iter_jsonl
 from sweep.grid.spec import LoggerSpec
-from tests.conftest import ROOT, run_train
+from tests.conftest import ROOT, ended, hold_env, run_train, wait_until_held
 
 FAKE_KEY = "0123456789abcdef" * 2 + "feedbeef"  # 40 hex characters, the shape of a W&B key
 SMOKE_TELEMETRY_STEPS = [1, 10, 20, 30]
@@ -322,7 +323,7 @@ def test_offline_grid_is_one_wandb_run_per_job(env: dict, tmp_path: Path) -> Non
 
     out = tmp_path / "grid"
     proc = run_train(["-m", "optim=adamw,muon", "+preset=smoke", "logger=wandb_offline",
-                      f"hydra.sweep.dir={out}", "telemetry.log_eigenvalues=true"], _wandb_env(env), timeout=240)
+                      f"hydra.sweep.dir={out}", "telemetry.log_eigenvalues=true"], _wandb_env(env))
     ids = set()
     for opt in ("adamw", "muon"):
         run = RunDir(out / f"gpt-tiny_{opt}_w4_smoke_s0")
@@ -385,22 +386,20 @@ def test_resume_after_kill_continues_the_same_wandb_run(env: dict, tmp_path: Pat
     env = _wandb_env(env)
     args = ["+preset=smoke", "logger=wandb_offline", "sweep_name=killed"]
     run = RunDir(tmp_path / "runs" / "killed" / "gpt-tiny_adamw_w4_smoke_s0")
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *args], cwd=ROOT, env=env,
+    gate = tmp_path / "gate"
+    # Held after step 25 (checkpoints at 10 and 20, rows to 25 written) until the kill, however fast it trains.
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *args], cwd=ROOT, env=hold_env(env, gate, 25),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
     try:
-        while not run.checkpoint_path(10).exists():
-            assert proc.poll() is None, "run ended before it could be killed"
-            assert time.time() < deadline, "no checkpoint at step 10 in time"
-            time.sleep(0.05)
+        wait_until_held(gate, 25, ended(proc))
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)  # hang guard: SIGKILL ends a process at once
     assert not run.is_done()
     first = _folders(run)
     assert len(first) == 1
 
-    out = run_train(args, env, timeout=180)
+    out = run_train(args, env)
     assert run.is_done() and "resumed gpt-tiny_adamw_w4_smoke_s0 from step" in out.stdout + out.stderr
     folders = _folders(run)
     assert len(folders) == 2 and folders[0] == first[0]
@@ -411,8 +410,8 @@ def test_resume_after_kill_continues_the_same_wandb_run(env: dict, tmp_path: Pat
     assert parsed[1]["summary"]["state"] == "finished"
     # The relaunch replays the last checkpoint interval (the rows in flight when the process died
     # never reached the first attempt's file), then goes on.
-    text = out.stdout + out.stderr
-    resumed_from = max(s for s in (10, 20) if f"resumed gpt-tiny_adamw_w4_smoke_s0 from step {s} " in text)
+    resumed_from = 20
+    assert f"resumed gpt-tiny_adamw_w4_smoke_s0 from step {resumed_from} " in out.stdout + out.stderr
     local = [r["step"] for r in iter_jsonl(run.metrics_file) if "train_loss" in r]
     steps = [h["trainer/step"] for h in _history(parsed[1], "train/train_loss")]
     assert steps == [s for s in local if s > resumed_from - 10]
