@@ -19,6 +19,7 @@ from sweep.data.order import SequentialStream, eval_batch_rows
 from sweep.data.run_data import load_run_data
 from sweep.data.shards import write_shard
 from sweep.errors import DataError
+from tests.conftest import FAST, run_train
 
 SHARD = 20_000
 
@@ -204,3 +205,19 @@ def test_an_unfinished_folder_met_at_run_time_is_a_data_error(tmp_path: Path) ->
     with pytest.raises(DataError, match="preparation is not finished.*python -m sweep.prepare data=local"):
         load_run_data(_spec(tmp_path, data))
 
+
+@pytest.mark.slow
+def test_sequential_order_and_eval_budget_train_end_to_end(env: dict, tmp_path: Path) -> None:
+    common = [*FAST, "+data.order=sequential", "train.steps=12", "train.grad_accum=2"]
+    # 4096 tokens = 64 sequences of 64 = 8 batches of 8 rows: the windows of train.eval_batches=8,
+    # so both runs train alike and must report the same loss if the trainer evaluates every batch.
+    run_train([*common, "+data.eval_tokens=4096", "train.eval_batches=2", "sweep_name=budget"], env)
+    run_train([*common, "train.eval_batches=8", "sweep_name=batches"], env)
+    (budget,), (batches,) = [list((tmp_path / "runs" / name).iterdir()) for name in ("budget", "batches")]
+    assert "ordersequential" in budget.name
+    done = json.loads((budget / "DONE").read_text())
+    assert done["final_step"] == 12 and np.isfinite(done["final_eval_loss"])
+    assert done["final_eval_loss"] == pytest.approx(json.loads((batches / "DONE").read_text())["final_eval_loss"],
+                                                    rel=1e-6)
+    config = (budget / "config.yaml").read_text()
+    assert "order: sequential" in config and "eval_tokens: 4096" in config
