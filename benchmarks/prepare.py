@@ -1,7 +1,7 @@
 """Corpus preparation speed (tokens/s) with 1 and 2 tokenizing worker processes.
 
 Builds a local .jsonl corpus from tinyshakespeare (one paragraph per document, the text repeated
-to reach the asked size), then runs ``sweep.data.corpus.prepare_corpus`` on it -- `datasets`
+to reach the asked size), then runs ``sweep.data.streaming.prepare_corpus`` on it -- `datasets`
 streaming, tokenization in a process pool, shard writing -- once per worker count, alternating
 over repeats so that machine noise hits both alike. tokens/s counts the streaming phase
 (pool start-up, reading, tokenizing, writing shards), not the one-off BPE training nor the final
@@ -52,8 +52,8 @@ def main() -> None:
     import datasets  # noqa: F401  (imported once here, not inside the first timed run)
     import torch  # noqa: F401  (datasets imports it lazily on first use)
 
-    from sweep.data.corpus import prepare_corpus
-    from sweep.data.prepare import DataSpec
+    from sweep.data.streaming import prepare_corpus
+    from sweep.data.spec import DataSpec
 
     counts = [int(w) for w in args.workers.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))

@@ -6,10 +6,12 @@
     python -m sweep.prepare data=fineweb10b data.source=/shared/fineweb10B   # existing .bin shards: index only
     python -m sweep.prepare data=text data.path=corpus.txt         # the trainer's cached folder, built now
 
-Kind "shards" configs (fineweb_edu, fineweb10b) are streamed from ``data.source`` into the folder
-``data.path`` that training then reads (sweep.data.corpus); an interrupted preparation continues
-where it stopped when the same command is run again. Other kinds are prepared into the trainer's
-cache (``paths.data_root``) exactly as a training job would. Downloads happen here only.
+One path per data kind: kind "shards" configs (fineweb_edu, fineweb10b, local) are streamed from
+``data.source`` into the folder ``data.path`` that training then reads (sweep.data.streaming; a
+source of existing .bin shards is indexed, sweep.data.shard_index); an interrupted preparation
+continues where it stopped when the same command is run again. Synthetic data and local text are
+prepared into the trainer's cache (``paths.data_root``) exactly as a training job would
+(sweep.data.cache). Downloads happen here only.
 """
 
 from __future__ import annotations
@@ -23,18 +25,17 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.credentials import exit_if_credentials_in
+from sweep.data.cache import prepare_dataset
+from sweep.data.frequency import FREQUENCY_FILE, format_frequency
+from sweep.data.spec import DataSpec
+from sweep.data.streaming import prepare_corpus
+from sweep.errors import DataError
 
 log = logging.getLogger("specsweep.prepare")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
 def main(cfg: DictConfig) -> Any:
-    from sweep.data.corpus import PrepareError, prepare_corpus
-    from sweep.data.frequency import FREQUENCY_FILE, format_frequency
-    from sweep.data.prepare import DataSpec, prepare_dataset
-    from sweep.data.shards import ShardError
-    from sweep.data.tokenizer import TokenizerUnavailable
-
     try:
         spec = DataSpec.from_mapping(OmegaConf.to_container(cfg.data, resolve=True))
         if spec.kind == "shards":
@@ -45,7 +46,7 @@ def main(cfg: DictConfig) -> Any:
             if freq.is_file():
                 log.info("prepared %s: %d train / %d val tokens\n%s", data.root, data.n_train_tokens,
                          data.n_val_tokens, format_frequency(json.loads(freq.read_text())))
-    except (PrepareError, TokenizerUnavailable, ShardError, FileNotFoundError, ValueError) as e:
+    except (DataError, OSError) as e:  # every data problem a user causes is a DataError naming the file
         print(f"sweep.prepare: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(data.root)

@@ -8,17 +8,21 @@ import subprocess
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 import torch
 
-from sweep.data import prepare as prep_mod
+from sweep.data import cache as prep_mod
+from sweep.data.cache import prepare_dataset
 from sweep.data.loader import TokenBatches
-from sweep.data.prepare import DataSpec, PreparedData, prepare_dataset
-from sweep.data.shards import HEADER_BYTES, MAGIC, ShardError, check_vocab_fits, open_shard, read_header, write_shard
+from sweep.data.prepared import PreparedData
+from sweep.data.shards import HEADER_BYTES, MAGIC, check_vocab_fits, open_shard, read_header, write_shard
+from sweep.data.spec import DataSpec
 from sweep.data.synthetic import SyntheticConfig, build_chain, entropy_stats, generate_tokens
 from sweep.data.tokenizer import EOT_TEXT, ByteTokenizer, train_bpe
+from sweep.errors import DataError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -66,7 +70,7 @@ def test_corrupt_shard_is_detected_naming_the_file(tmp_path: Path, damage: str) 
     else:
         raw[4:8] = np.int32(7).tobytes()
     path.write_bytes(bytes(raw))
-    with pytest.raises(ShardError, match="shard_000.bin"):
+    with pytest.raises(DataError, match="shard_000.bin"):
         open_shard(path)
 
 
@@ -180,16 +184,16 @@ def test_text_folder_documents_are_separated_by_eot(tmp_path: Path) -> None:
     assert data.tokenizer().decode(stream) == "".join(EOT_TEXT + body for body in docs.values())
 
 
-def test_missing_inputs_raise_file_not_found_naming_the_path(tmp_path: Path) -> None:
+def test_missing_inputs_raise_data_error_naming_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.txt"
-    with pytest.raises(FileNotFoundError, match="nope.txt"):
+    with pytest.raises(DataError, match="nope.txt"):
         prepare_dataset(DataSpec(kind="text", path=str(missing)), tmp_path / "cache")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         prepare_dataset(DataSpec(kind="text", path=str(tmp_path / "empty")), tmp_path / "cache")
-    with pytest.raises(FileNotFoundError, match="no_shards"):
+    with pytest.raises(DataError, match="no_shards"):
         prepare_dataset(DataSpec(kind="shards", path=str(tmp_path / "no_shards")), tmp_path / "cache")
-    with pytest.raises(FileNotFoundError, match="gone.bin"):
+    with pytest.raises(DataError, match="gone.bin"):
         TokenBatches(tmp_path / "gone.bin", 2, 8, seed=0)
     with pytest.raises(ValueError, match="typo"):
         DataSpec.from_mapping({"kind": "synthetic", "typo": 1})
@@ -219,7 +223,8 @@ def test_synthetic_preparation_and_idempotent_reuse(tmp_path: Path) -> None:
 
 _CHILD = """
 import sys
-from sweep.data.prepare import DataSpec, prepare_dataset
+from sweep.data.cache import prepare_dataset
+from sweep.data.spec import DataSpec
 spec = DataSpec(kind="synthetic", vocab_size=512, zipf_exponent=1.1, train_tokens=100_000, val_tokens=8192)
 print(prepare_dataset(spec, sys.argv[1]).root)
 """
@@ -261,7 +266,7 @@ def test_damaged_prepared_folder_is_reported(tmp_path: Path) -> None:
     data = prepare_dataset(SMALL, tmp_path)
     path = data.train_paths[0]
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(ShardError, match="train.bin"):
+    with pytest.raises(DataError, match="train.bin"):
         prepare_dataset(SMALL, tmp_path)
 
 
@@ -278,6 +283,61 @@ def test_existing_shards_are_read_as_they_are(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data.counts(), np.bincount(np.concatenate(train), minlength=320))
     # A folder that is already prepared is used in place.
     assert prepare_dataset(DataSpec(kind="shards", path=str(data.root)), tmp_path / "other").root == data.root
+
+
+def test_cache_folder_names_do_not_change(tmp_path: Path) -> None:
+    # The folder name hashes what determines the bytes; reading options (data.order, data.eval_tokens)
+    # and code moves must not change it, or every cache prepared before is built again.
+    assert prepare_dataset(SMALL, tmp_path).root.name == "synthetic-1bfbd3ef9179"
+    sequential = DataSpec(**{**SMALL.__dict__, "order": "sequential", "eval_tokens": 4096})
+    assert prepare_dataset(sequential, tmp_path).root.name == "synthetic-1bfbd3ef9179"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("to be or not to be\n" * 300)
+    (corpus / "b.txt").write_text("that is the question\n" * 200)
+    assert prepare_dataset(DataSpec(kind="text", path=str(corpus), val_tokens=100), tmp_path).root.name == \
+        "text-72c560bc8004"
+
+
+def _damaged_meta(tmp_path: Path) -> tuple[Callable[[], Any], Path]:
+    (tmp_path / "meta.json").write_text("{not json")
+    return lambda: PreparedData.load(tmp_path), tmp_path / "meta.json"
+
+
+def _truncated_shard(tmp_path: Path) -> tuple[Callable[[], Any], Path]:
+    path = write_shard(tmp_path / "train_000.bin", np.arange(1000))
+    path.write_bytes(path.read_bytes()[:-3])
+    return lambda: TokenBatches(path, 2, 8, seed=0), path
+
+
+def _latin1_text(tmp_path: Path) -> tuple[Callable[[], Any], Path]:
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café ".encode("latin-1") * 100)
+    return lambda: prepare_dataset(DataSpec(kind="text", path=str(path)), tmp_path / "cache"), path
+
+
+def _missing_text(tmp_path: Path) -> tuple[Callable[[], Any], Path]:
+    path = tmp_path / "nope.txt"
+    return lambda: prepare_dataset(DataSpec(kind="text", path=str(path)), tmp_path / "cache"), path
+
+
+def _unknown_tokenizer(tmp_path: Path) -> tuple[Callable[[], Any], Path]:
+    from sweep.data.streaming import prepare_corpus
+
+    (tmp_path / "doc.txt").write_text("hello world " * 100)
+    spec = DataSpec(kind="shards", source=str(tmp_path / "doc.txt"), path=str(tmp_path / "out"),
+                    tokenizer="sentencepiece", val_tokens=10)
+    return lambda: prepare_corpus(spec, workers=0), Path("sentencepiece")
+
+
+@pytest.mark.parametrize("case", [_damaged_meta, _truncated_shard, _latin1_text, _missing_text, _unknown_tokenizer])
+def test_data_problems_are_short_user_errors_naming_the_file(tmp_path: Path, case) -> None:
+    # One error type: a DataError (a UserError, printed by Hydra as its message alone) naming the file.
+    # A damaged meta.json used to escape as a bare JSONDecodeError, a bad tokenizer as a RuntimeError.
+    call, culprit = case(tmp_path)
+    with pytest.raises(UserError) as err:
+        call()
+    assert isinstance(err.value, DataError) and str(culprit) in str(err.value)
 
 
 # ---------------------------------------------------------------- loader

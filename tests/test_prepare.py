@@ -1,4 +1,4 @@
-"""sweep.prepare / sweep.data.corpus: streamed preparation of real corpora into token shards (offline)."""
+"""sweep.prepare / sweep.data.streaming: streamed preparation of real corpora into token shards (offline)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweep.data import corpus
-from sweep.data.corpus import PrepareError, prepare_corpus
-from sweep.data.prepare import META_FILE, PROGRESS_FILE, DataSpec, PreparedData, prepare_dataset
-from sweep.data.shards import HEADER_BYTES, MAGIC, ShardError, open_shard, read_header, write_shard
+from sweep.data import documents, streaming
+from sweep.data.cache import prepare_dataset
+from sweep.data.checks import check_data
+from sweep.data.prepared import META_FILE, PROGRESS_FILE, PreparedData
+from sweep.data.shards import HEADER_BYTES, MAGIC, open_shard, read_header, write_shard
+from sweep.data.spec import DataSpec
+from sweep.data.streaming import prepare_corpus
 from sweep.data.tokenizer import (
     BPETokenizer, ByteTokenizer, TiktokenTokenizer, TokenizerUnavailable, load_tokenizer,
 )
+from sweep.errors import DataError
 from tests.conftest import ROOT, SHAKESPEARE, run_train
 
 needs_datasets = pytest.mark.skipif(
@@ -192,7 +196,7 @@ def test_bpe_output_does_not_depend_on_workers_or_task_size(mixed_folder, tmp_pa
     stamp = (one.root / "train_000000.bin").stat().st_mtime_ns
     assert prepare_corpus(spec_for(root, tmp_path / "one", **kw), workers=0).root == one.root
     assert (one.root / "train_000000.bin").stat().st_mtime_ns == stamp
-    with pytest.raises(PrepareError, match="other settings"):
+    with pytest.raises(DataError, match="other settings"):
         prepare_corpus(spec_for(root, tmp_path / "one", **{**kw, "shard_tokens": 10_000}), workers=0)
 
 
@@ -222,15 +226,15 @@ def test_hub_source_streams_the_named_dataset(mixed_folder, tmp_path: Path, monk
 @needs_datasets
 def test_bad_sources_are_reported(mixed_folder, tmp_path: Path) -> None:
     root, _ = mixed_folder
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(DataError, match="nowhere"):
         prepare_corpus(spec_for(tmp_path / "nowhere", tmp_path / "out"), workers=0)
-    with pytest.raises(PrepareError, match="no field 'body'"):
+    with pytest.raises(DataError, match="no field 'body'"):
         prepare_corpus(spec_for(root / "b.jsonl", tmp_path / "out", text_field="body"), workers=0)
-    with pytest.raises(PrepareError, match="val_tokens"):
+    with pytest.raises(DataError, match="val_tokens"):
         prepare_corpus(spec_for(root / "a.txt", tmp_path / "out2", val_tokens=10_000_000), workers=0)
     (tmp_path / "busy").mkdir()
     write_shard(tmp_path / "busy" / "x.bin", np.arange(10))
-    with pytest.raises(PrepareError, match="already holds .bin files"):
+    with pytest.raises(DataError, match="already holds .bin files"):
         prepare_corpus(spec_for(root, tmp_path / "busy"), workers=0)
 
 
@@ -246,12 +250,12 @@ def test_interrupted_preparation_resumes_to_the_same_bytes(mixed_folder, tmp_pat
                                                           fail_at: int, with_state: bool) -> None:
     root, _ = mixed_folder
     if not with_state:  # a dataset without a resumable iterator state: the resume skips documents
-        position = corpus.DocumentStream.position
-        monkeypatch.setattr(corpus.DocumentStream, "position", lambda self: {**position(self), "state": None})
+        position = documents.DocumentStream.position
+        monkeypatch.setattr(documents.DocumentStream, "position", lambda self: {**position(self), "state": None})
     kw = dict(val_tokens=7_000, shard_tokens=6_000)
     reference = prepare_corpus(spec_for(root, tmp_path / "ref", **kw), workers=0, docs_per_task=4)
     assert len(reference.train_paths) > 9
-    real_write, calls = corpus.write_shard, []
+    real_write, calls = streaming.write_shard, []
 
     def failing_write(path, tokens):  # the shard file lands, then the process "dies"
         real_write(path, tokens)
@@ -259,7 +263,7 @@ def test_interrupted_preparation_resumes_to_the_same_bytes(mixed_folder, tmp_pat
         if len(calls) == fail_at:
             raise Killed(path)
 
-    monkeypatch.setattr(corpus, "write_shard", failing_write)
+    monkeypatch.setattr(streaming, "write_shard", failing_write)
     spec = spec_for(root, tmp_path / "out", **kw)
     with pytest.raises(Killed):
         prepare_corpus(spec, workers=0, docs_per_task=4)
@@ -268,9 +272,9 @@ def test_interrupted_preparation_resumes_to_the_same_bytes(mixed_folder, tmp_pat
     resume = json.loads((out / PROGRESS_FILE).read_text())["resume"]
     assert (resume["stream"]["state"] is not None) == (with_state and fail_at > 1)
     # The trainer refuses the unfinished folder, naming the prepare command.
-    with pytest.raises(RuntimeError, match="python -m sweep.prepare data=local"):
+    with pytest.raises(DataError, match="python -m sweep.prepare data=local"):
         prepare_dataset(spec, tmp_path / "cache")
-    monkeypatch.setattr(corpus, "write_shard", real_write)
+    monkeypatch.setattr(streaming, "write_shard", real_write)
     # A different task size asked on resume: the recorded one is used, the bytes do not change.
     resumed = prepare_corpus(spec, workers=0, docs_per_task=7)
     assert folder_bytes(resumed.root) == folder_bytes(reference.root)
@@ -280,17 +284,17 @@ def test_interrupted_preparation_resumes_to_the_same_bytes(mixed_folder, tmp_pat
 
 _KILLED_CHILD = """
 import json, os, signal, sys
-from sweep.data import corpus
-from sweep.data.prepare import DataSpec
+from sweep.data import streaming
+from sweep.data.spec import DataSpec
 
-real, done = corpus.write_shard, []
+real, done = streaming.write_shard, []
 def write_then_die(path, tokens):
     real(path, tokens)
     done.append(path)
     if len(done) == 3:  # after the rename, before progress.json records the shard
         os.kill(os.getpid(), signal.SIGKILL)
-corpus.write_shard = write_then_die
-corpus.prepare_corpus(DataSpec(**json.loads(sys.argv[1])), workers=2, docs_per_task=5)
+streaming.write_shard = write_then_die
+streaming.prepare_corpus(DataSpec(**json.loads(sys.argv[1])), workers=2, docs_per_task=5)
 """
 
 
@@ -324,22 +328,22 @@ def test_changed_source_is_refused_on_resume(mixed_folder, tmp_path: Path, monke
     with open(src / "docs.jsonl", "w") as f:
         for t in docs[:150]:
             f.write(json.dumps({"text": t}) + "\n")
-    real_write = corpus.write_shard
+    real_write = streaming.write_shard
 
     def failing_write(path, tokens):
         real_write(path, tokens)
         if "train_000001" in str(path):
             raise Killed(path)
 
-    monkeypatch.setattr(corpus, "write_shard", failing_write)
+    monkeypatch.setattr(streaming, "write_shard", failing_write)
     spec = spec_for(src, tmp_path / "out", val_tokens=5_000, shard_tokens=5_000)
     with pytest.raises(Killed):
         prepare_corpus(spec, workers=0, docs_per_task=3)
-    monkeypatch.setattr(corpus, "write_shard", real_write)
+    monkeypatch.setattr(streaming, "write_shard", real_write)
     lines = (src / "docs.jsonl").read_text().splitlines()
     lines[:40] = [json.dumps({"text": t.upper()}) for t in docs[:40]]  # same size, other documents
     (src / "docs.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(PrepareError, match="source changed"):
+    with pytest.raises(DataError, match="source changed"):
         prepare_corpus(spec, workers=0, docs_per_task=3)
 
 
@@ -351,27 +355,27 @@ def test_truncated_or_corrupt_shard_is_named(mixed_folder, tmp_path: Path, monke
     data = prepare_corpus(spec_for(root, tmp_path / "done", val_tokens=7_000, shard_tokens=9_000), workers=0)
     victim = data.train_paths[1]
     victim.write_bytes(victim.read_bytes()[:-7])
-    with pytest.raises(ShardError, match="train_000001.bin.*truncated"):
+    with pytest.raises(DataError, match="train_000001.bin.*truncated"):
         PreparedData.load(data.root)
-    with pytest.raises(ShardError, match="train_000001.bin"):
+    with pytest.raises(DataError, match="train_000001.bin"):
         prepare_dataset(spec_for(root, data.root), tmp_path / "cache")
     # A damaged shard of an unfinished preparation stops the resume, naming it.
-    real_write = corpus.write_shard
+    real_write = streaming.write_shard
 
     def failing_write(path, tokens):
         real_write(path, tokens)
         if "train_000002" in str(path):
             raise Killed(path)
 
-    monkeypatch.setattr(corpus, "write_shard", failing_write)
+    monkeypatch.setattr(streaming, "write_shard", failing_write)
     spec = spec_for(root, tmp_path / "part", val_tokens=7_000, shard_tokens=9_000)
     with pytest.raises(Killed):
         prepare_corpus(spec, workers=0)
-    monkeypatch.setattr(corpus, "write_shard", real_write)
+    monkeypatch.setattr(streaming, "write_shard", real_write)
     raw = bytearray((tmp_path / "part" / "val_000000.bin").read_bytes())
     raw[0:4] = np.int32(42).tobytes()
     (tmp_path / "part" / "val_000000.bin").write_bytes(bytes(raw))
-    with pytest.raises(ShardError, match="val_000000.bin.*not a token shard"):
+    with pytest.raises(DataError, match="val_000000.bin.*not a token shard"):
         prepare_corpus(spec, workers=0)
 
 
@@ -427,9 +431,51 @@ def test_damaged_existing_shard_is_named(fineweb_bins, tmp_path: Path) -> None:
     src, _, _ = fineweb_bins
     victim = src / "fineweb_train_000002.bin"
     victim.write_bytes(victim.read_bytes() + b"\0")
-    with pytest.raises(ShardError, match="fineweb_train_000002.bin"):
+    with pytest.raises(DataError, match="fineweb_train_000002.bin"):
         prepare_corpus(DataSpec(kind="shards", source=str(src), path=str(tmp_path / "o"), tokenizer="gpt2"),
                        workers=0)
+
+
+def test_both_routes_to_existing_shards_split_them_by_one_rule(fineweb_bins, tmp_path: Path) -> None:
+    # A .bin that names neither split used to be training data for `sweep.prepare` and invisible to a run.
+    src, _, _ = fineweb_bins
+    write_shard(src / "fineweb_test_000000.bin", np.arange(5_000))
+    with pytest.raises(DataError, match="fineweb_test_000000.bin names neither split"):
+        prepare_corpus(DataSpec(kind="shards", source=str(src), path=str(tmp_path / "o"), tokenizer="gpt2"), workers=0)
+    with pytest.raises(DataError, match="fineweb_test_000000.bin names neither split"):
+        prepare_dataset(DataSpec(kind="shards", path=str(src), tokenizer="gpt2"), tmp_path / "cache")
+    assert "fineweb_test_000000.bin names neither split" in " ".join(
+        check_data({"kind": "shards", "path": str(src), "source": None}, None))
+    cli = subprocess.run([sys.executable, "-m", "sweep.prepare", "data=fineweb10b", f"data.source={src}",
+                          f"data.path={tmp_path / 'o'}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr[-2000:]
+    assert cli.stderr.strip().splitlines() == [f"sweep.prepare: error: {src}: shard fineweb_test_000000.bin "
+                                               f"names neither split (train or val in the file name)"]
+
+
+def test_both_routes_to_existing_shards_describe_them_alike(tmp_path: Path) -> None:
+    # The vocabulary covers the validation ids too (a run's cache index counted the training ids only,
+    # so a validation id above them would index past the model's embedding).
+    src = tmp_path / "bins"
+    src.mkdir()
+    write_shard(src / "x_train_000.bin", np.arange(5_000) % 300)
+    write_shard(src / "x_val_000.bin", np.arange(3_000) % 400)
+    cached = prepare_dataset(DataSpec(kind="shards", path=str(src)), tmp_path / "cache")
+    indexed = prepare_corpus(DataSpec(kind="shards", source=str(src), path=str(tmp_path / "out")), workers=2)
+    for data in (cached, indexed):
+        assert data.vocab_size == 400 and (data.n_train_tokens, data.n_val_tokens) == (5_000, 3_000)
+        np.testing.assert_array_equal(data.counts(), np.bincount(np.arange(5_000) % 300, minlength=400))
+        assert data.train_paths == [src / "x_train_000.bin"] and data.val_paths == [src / "x_val_000.bin"]
+
+
+def test_a_folder_indexed_in_place_can_be_indexed_again_elsewhere(fineweb_bins, tmp_path: Path) -> None:
+    # Its meta.json / frequency.json used to count as documents beside the shards ("holds both").
+    src, _, _ = fineweb_bins
+    here = prepare_corpus(DataSpec(kind="shards", source=str(src), path=str(src), tokenizer="gpt2"), workers=0)
+    there = prepare_corpus(DataSpec(kind="shards", source=str(src), path=str(tmp_path / "o"), tokenizer="gpt2"),
+                           workers=0)
+    assert here.train_paths == there.train_paths and here.counts().tolist() == there.counts().tolist()
 
 
 # ---------------------------------------------------------------- tokenizers
@@ -512,11 +558,11 @@ def test_trainer_names_the_prepare_command_when_the_folder_is_missing(compose, t
     missing = tmp_path / "nowhere"
     with pytest.raises(ConfigError, match=f"python -m sweep.prepare data=fineweb_edu data.path={missing}"):
         build_run_spec(compose(["data=fineweb_edu", f"data.path={missing}"]))
-    with pytest.raises(FileNotFoundError, match="python -m sweep.prepare data=fineweb10b"):
+    with pytest.raises(DataError, match="python -m sweep.prepare data=fineweb10b"):
         prepare_dataset(DataSpec(kind="shards", name="fineweb10b", source="hf:HuggingFaceFW/fineweb",
                                  path=str(missing)), tmp_path / "cache")
     missing.mkdir()  # exists, but nothing was prepared there
-    with pytest.raises(FileNotFoundError, match="not a prepared data folder.*python -m sweep.prepare"):
+    with pytest.raises(DataError, match="not a prepared data folder.*python -m sweep.prepare"):
         prepare_dataset(DataSpec(kind="shards", name="fineweb10b", source="hf:HuggingFaceFW/fineweb",
                                  path=str(missing)), tmp_path / "cache")
 

@@ -1,20 +1,41 @@
-"""Token data: shard files, the built-in synthetic corpus, local text, real corpora, preparation, batches.
+"""Token data: what a run reads, how it is prepared, and the batches the training loop draws.
 
-Names are imported lazily so that preparation-only processes do not pay for importing torch.
+Modules (names are imported lazily, so that preparation-only processes do not import torch):
+
+    spec          DataSpec, the data.* config section
+    checks        data inputs checked before any run directory exists (used by the grid's preflight)
+    cache         prepare_dataset: a run's prepared folder (synthetic, local text, existing shards), built once
+    streaming     prepare_corpus: `python -m sweep.prepare` for hub / local corpora (resumable)
+    documents     the documents of a corpus source, in a fixed resumable order
+    shard_index   the one indexer of existing .bin shards (both routes use it)
+    prepared      the prepared folder's files and PreparedData to read it
+    shards        the .bin shard file format
+    tokenizer     GPT-2 (tiktoken), local BPE, bytes
+    synthetic     the built-in Zipf-Markov corpus
+    text          local .txt documents
+    frequency     HEAD/MID/TAIL table of a folder's unigram counts
+    order         where batches lie in the shards (random windows, the paper's sequential stream)
+    loader        TokenBatches: stateless batches as tensors
+    run_data      load_run_data: from a run spec to its batch sources
+
+Layering: imports only sweep.errors (floor 0), metrics/ and third-party packages; never sweep.grid
+or sweep.run (which import it). Every data problem a user causes raises sweep.errors.DataError,
+whose message names the file.
 """
 
 from importlib import import_module
 from typing import Any
 
 _HOME = {
-    "TokenBatches": "loader",
-    "DataSpec": "prepare", "PreparedData": "prepare", "prepare_dataset": "prepare",
-    "ShardError": "shards", "open_shard": "shards", "read_header": "shards", "write_shard": "shards",
+    "DataSpec": "spec", "prepare_command": "spec",
+    "PreparedData": "prepared", "prepare_dataset": "cache", "prepare_corpus": "streaming",
+    "TokenBatches": "loader", "RunData": "run_data", "load_run_data": "run_data",
+    "open_shard": "shards", "read_header": "shards", "write_shard": "shards",
     "SyntheticConfig": "synthetic", "generate_tokens": "synthetic",
     "Tokenizer": "tokenizer", "ByteTokenizer": "tokenizer", "BPETokenizer": "tokenizer",
     "load_tokenizer": "tokenizer", "train_bpe": "tokenizer",
     "TiktokenTokenizer": "tokenizer", "TokenizerUnavailable": "tokenizer",
-    "prepare_corpus": "corpus", "PrepareError": "corpus", "write_frequency": "frequency",
+    "write_frequency": "frequency",
 }
 __all__ = sorted(_HOME)
 

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from sweep.data.shards import ShardError, read_header
+from sweep.data.order import ORDERS, sequential_batches, sequential_windows, windows
+from sweep.data.prepared import META_FILE, PROGRESS_FILE
+from sweep.data.shard_index import shards_in
+from sweep.data.shards import read_header
+from sweep.data.spec import KINDS, DataSpec, prepare_command
+from sweep.data.text import find_text_files
+from sweep.errors import DataError
 
 SAMPLE_BYTES = 1 << 16  # the head of each text file that is checked for binary content
 UNSET = (None, "", "???")
@@ -35,27 +41,32 @@ class TokenNeeds:
         return (rows + 1) * self.seq_len + 1
 
 
-def windows(n_tokens: int, seq_len: int) -> int:
-    """Windows the loader cuts from one shard of ``n_tokens`` tokens."""
-    return max(0, (n_tokens - 1 - seq_len) // seq_len)
-
-
 def check_data(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[str]:
     """Problems with the data of a run config (``data.*``), each naming the key and the file."""
-    from sweep.data.prepare import DataSpec
-
     try:
         DataSpec.from_mapping({k: v for k, v in data.items() if v != "???"})
     except (TypeError, ValueError) as e:
         return [f"data: {e}"]
     kind = data.get("kind")
-    if kind == "synthetic":
-        return _check_synthetic(data, needs)
-    if kind == "text":
-        return _check_text(data, needs)
-    if kind == "shards":
-        return _check_shards(data, needs)
-    return [f"data.kind: synthetic | text | shards, got {kind!r}"]
+    if kind not in KINDS:
+        return [f"data.kind: {' | '.join(KINDS)}, got {kind!r}"]
+    errors = _check_reading(data, needs)
+    if errors:
+        needs = None  # the sizes are checked against valid reading settings only
+    return errors + {"synthetic": _check_synthetic, "text": _check_text, "shards": _check_shards}[kind](data, needs)
+
+
+def _check_reading(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[str]:
+    errors = []
+    if data.get("order", "random") not in ORDERS:
+        errors.append(f"data.order: {' | '.join(ORDERS)}, got {data.get('order')!r}")
+    n = data.get("eval_tokens")
+    if n is not None:
+        if not _is_int(n) or n <= 0:
+            errors.append(f"data.eval_tokens: a positive integer or null, got {n!r}")
+        elif needs is not None and n % needs.seq_len:
+            errors.append(f"data.eval_tokens: {n} is not a multiple of the sequence length {needs.seq_len}")
+    return errors
 
 
 def _is_int(v: Any) -> bool:
@@ -66,15 +77,14 @@ def _check_synthetic(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> li
     errors = [f"data.{k}: must be a positive integer, got {data.get(k)!r}"
               for k in ("vocab_size", "train_tokens", "val_tokens") if not _is_int(data.get(k)) or data[k] <= 0]
     if not errors and needs is not None:
-        errors += _too_small("the synthetic corpus", [data["train_tokens"]], [data["val_tokens"]], needs, exact=True)
+        errors += _too_small("the synthetic corpus", [data["train_tokens"]], [data["val_tokens"]], needs, data,
+                             exact=True)
     return errors
 
 
 # ---- text -----------------------------------------------------------------------------------------
 
 def _check_text(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[str]:
-    from sweep.data.text import find_text_files
-
     path = data.get("path")
     if path in UNSET:
         return ["data.path: required for data=text (a .txt file or a folder of .txt files)"]
@@ -83,7 +93,7 @@ def _check_text(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[st
         return [f"data.path: no such file or directory: {root}"]
     try:
         files = find_text_files(root)
-    except (FileNotFoundError, OSError) as e:
+    except (DataError, OSError) as e:
         return [f"data.path: {e}"]
     n_bytes = 0
     for f in files:
@@ -111,7 +121,7 @@ def _check_text(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[st
         return [f"data.path: {where} holds {n_bytes} bytes of text, at most {total} tokens: a validation "
                 f"split of {n_val} tokens does not fit (data.val_tokens={val_tokens}, "
                 f"data.val_fraction={data.get('val_fraction')})"]
-    return _too_small(where, [total - n_val], [n_val], needs, exact=False, n_bytes=n_bytes)
+    return _too_small(where, [total - n_val], [n_val], needs, data, exact=False, n_bytes=n_bytes)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -134,8 +144,6 @@ def _text_problem(path: str, size: int, mtime_ns: int) -> Optional[str]:
 # ---- prepared shards --------------------------------------------------------------------------------
 
 def _check_shards(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[str]:
-    from sweep.data.prepare import META_FILE, PROGRESS_FILE, prepare_command
-
     path = data.get("path")
     if data.get("source") == "???":
         return [f"data.source: missing (data={data.get('name') or 'local'} needs the corpus it was prepared "
@@ -162,19 +170,19 @@ def _check_shards(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[
     elif data.get("source") not in UNSET:
         return [f"data.path: {root} is not a prepared data folder (no {META_FILE}); {hint}"]
     else:  # a folder of existing .bin shards, indexed into the cache by the run
-        splits = {s: sorted(root.glob(f"*{s}*.bin")) for s in ("train", "val")}
-        if not splits["train"] or not splits["val"]:
-            return [f"data.path: shard folder {root} needs *train*.bin and *val*.bin files (found "
-                    f"{len(splits['train'])} train, {len(splits['val'])} val)"]
+        try:
+            splits = dict(zip(("train", "val"), shards_in(root)))
+        except DataError as e:
+            return [f"data.path: {e}"]
     sizes: dict[str, list[int]] = {}
     for split, files in splits.items():
         try:
             sizes[split] = [_shard_tokens(str(f)) for f in files]
-        except (ShardError, OSError) as e:
+        except (DataError, OSError) as e:
             return [f"data.path: {e}"]
     if needs is None:
         return []
-    return _too_small(str(root), sizes["train"], sizes["val"], needs, exact=True)
+    return _too_small(str(root), sizes["train"], sizes["val"], needs, data, exact=True)
 
 
 def _shard_tokens(path: str) -> int:
@@ -183,17 +191,32 @@ def _shard_tokens(path: str) -> int:
 
 # ---- size -------------------------------------------------------------------------------------------
 
-def _too_small(where: str, train: Sequence[int], val: Sequence[int], needs: TokenNeeds, *, exact: bool,
-               n_bytes: Optional[int] = None) -> list[str]:
-    """A problem if the splits (token counts per shard) offer fewer windows than the run draws."""
+def _too_small(where: str, train: Sequence[int], val: Sequence[int], needs: TokenNeeds, data: Mapping[str, Any],
+               *, exact: bool, n_bytes: Optional[int] = None) -> list[str]:
+    """A problem for each split (token counts per shard) that cannot give the batches the run draws
+    (sweep.data.loader: random windows, the sequential stream, the first data.eval_tokens tokens)."""
+    T = needs.seq_len
     have = "holds" if exact else "holds at most"
-    unit = f"{n_bytes} bytes of text: " if n_bytes is not None else ""
     problems = []
-    for split, shards, rows, key in (("training", train, needs.train_rows, "train.batch_size"),
-                                     ("validation", val, needs.val_rows, "train.eval_batches x train.batch_size")):
-        if sum(windows(n, needs.seq_len) for n in shards) < rows:
-            problems.append(
-                f"data: {where} is too small for this run: {unit}its {split} split {have} {sum(shards)} tokens, "
-                f"{needs.tokens(rows)} are needed for {rows} windows of {needs.seq_len + 1} tokens ({key})")
-            unit = ""
+
+    def problem(split: str, shards: Sequence[int], need: str) -> None:
+        unit = f"{n_bytes} bytes of text: " if n_bytes is not None and not problems else ""
+        problems.append(f"data: {where} is too small for this run: {unit}its {split} split {have} "
+                        f"{sum(shards)} tokens, {need}")
+
+    rows = needs.train_rows
+    if data.get("order", "random") == "sequential":
+        if not sum(sequential_batches(n, rows * T) for n in train):
+            problem("training", train, f"data.order=sequential needs a shard of {rows * T + 1} tokens for one "
+                                       f"micro-batch of {rows} sequences of {T} (train.batch_size)")
+    elif sum(windows(n, T) for n in train) < rows:
+        problem("training", train, f"{needs.tokens(rows)} are needed for {rows} windows of {T + 1} tokens "
+                                   f"(train.batch_size)")
+    if sum(windows(n, T) for n in val) < needs.val_rows:
+        problem("validation", val, f"{needs.tokens(needs.val_rows)} are needed for {needs.val_rows} windows of "
+                                   f"{T + 1} tokens (train.eval_batches x train.batch_size)")
+    n_eval = data.get("eval_tokens")
+    if n_eval is not None and sum(sequential_windows(n, T) for n in val) * T < n_eval:
+        problem("validation", val, f"data.eval_tokens={n_eval} needs {n_eval // T} windows of {T + 1} tokens "
+                                   f"from its start ({n_eval + 1} tokens in one shard: the targets reach one further)")
     return problems

@@ -1,9 +1,10 @@
 """Stateless, deterministic batches of token windows from one or more shards.
 
-Batch k is a pure function of (seed, k, rank, world_size): resuming at batch k reproduces the run
-exactly, with no loader state to checkpoint. Windows never cross a shard boundary. For global
-batch k, ``world_size * batch_size`` non-overlapping windows are drawn together and rank r takes
-its own slice, so ranks never see the same rows of a batch.
+Batch k is a pure function of (k, rank, world_size, and the seed for the random order): resuming at
+batch k reproduces the run exactly, with no loader state to checkpoint. For global micro-batch k,
+``world_size * batch_size`` rows are cut together and rank r takes its own slice, so ranks never
+see the same rows and the global batch does not depend on the number of ranks. Where the rows lie
+(random windows or the paper's sequential stream) is sweep.data.order.
 """
 
 from __future__ import annotations
@@ -15,34 +16,46 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from sweep.data.order import ORDERS, SequentialStream, eval_batch_rows, sequential_windows, window_positions, windows
 from sweep.data.shards import open_shard
+from sweep.errors import DataError
 
 Source = Union[str, os.PathLike, np.ndarray]
+Batch = tuple[torch.Tensor, torch.Tensor]
 _TRAIN, _PROBE = 0, 1  # separate random streams for training batches and the probe batch
 
 
 class TokenBatches:
-    """Random (x, y) windows of ``seq_len`` tokens, y = x shifted by one, from a token stream."""
+    """(x, y) windows of ``seq_len`` tokens, y = x shifted by one, from a token stream.
+
+    ``batch_size`` is this rank's rows; ``order`` is "random" or "sequential" (sweep.data.order).
+    """
 
     def __init__(self, source: Source | Sequence[Source], batch_size: int, seq_len: int, seed: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, order: str = "random") -> None:
         if batch_size <= 0 or seq_len <= 0:
             raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if order not in ORDERS:
+            raise DataError(f"data.order: {' | '.join(ORDERS)}, got {order!r}")
         sources = [source] if isinstance(source, (str, os.PathLike, np.ndarray)) else list(source)
         self.shards = [s if isinstance(s, np.ndarray) else open_shard(Path(s)) for s in sources]
-        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.batch_size, self.seq_len, self.seed, self.order = batch_size, seq_len, seed, order
         self.rank, self.world_size = rank, world_size
-        # Each shard offers (n - 1 - seq_len) // seq_len aligned windows of seq_len + 1 tokens,
-        # keeping seq_len tokens spare so a per-batch random shift moves the whole grid.
-        per_shard = np.array([max(0, (s.size - 1 - seq_len) // seq_len) for s in self.shards], dtype=np.int64)
+        rows = world_size * batch_size
+        per_shard = np.array([windows(s.size, seq_len) for s in self.shards], dtype=np.int64)
         self._window_ends = np.cumsum(per_shard)
         self.n_windows = int(self._window_ends[-1]) if per_shard.size else 0
-        rows = world_size * batch_size
-        if self.n_windows < rows:
-            raise ValueError(f"token stream too short: {sum(s.size for s in self.shards)} tokens give "
-                             f"{self.n_windows} windows of {seq_len + 1}, a global batch needs {rows}")
+        if order == "sequential":
+            self.stream = SequentialStream([s.size for s in self.shards], rows, seq_len)
+            if self.stream.n_batches == 0:
+                longest = max((s.size for s in self.shards), default=0)
+                raise DataError(f"data.order=sequential: no shard holds one global micro-batch of {rows} sequences "
+                                f"of {seq_len} (+1) tokens; the longest has {longest}")
+        elif self.n_windows < rows:
+            raise DataError(f"token stream too short: {self.n_tokens} tokens give {self.n_windows} windows of "
+                            f"{seq_len + 1}, a global batch needs {rows}")
 
     @property
     def n_tokens(self) -> int:
@@ -53,40 +66,77 @@ class TokenBatches:
         """Tokens per rank per batch."""
         return self.batch_size * self.seq_len
 
-    def get(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch ``k`` for this rank: int64 tensors x, y of shape [batch_size, seq_len]."""
+    def get(self, k: int) -> Batch:
+        """Global micro-batch ``k``, this rank's rows: int64 tensors x, y of shape [batch_size, seq_len]."""
+        if self.order == "sequential":
+            shard, start = self.stream.position(k)
+            # [rows * seq_len + 1] global run -> this rank's [batch_size * seq_len + 1] slice
+            lo = start + self.rank * self.batch_size * self.seq_len
+            buf = torch.from_numpy(self.shards[shard][lo:lo + self.batch_size * self.seq_len + 1].astype(np.int64))
+            return buf[:-1].view(self.batch_size, self.seq_len), buf[1:].view(self.batch_size, self.seq_len)
         rng = np.random.default_rng([self.seed, _TRAIN, int(k)])
-        windows = rng.choice(self.n_windows, size=self.world_size * self.batch_size, replace=False)
-        return self._rows(self._mine(windows), shift=int(rng.integers(self.seq_len)))
+        picked = rng.choice(self.n_windows, size=self.world_size * self.batch_size, replace=False)
+        return self._rows(self._mine(picked), shift=int(rng.integers(self.seq_len)))
 
-    def probe_batch(self, n_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def probe_batch(self, n_rows: int | None = None) -> Batch:
         """A fixed random set of ``n_rows`` windows (default batch_size), identical on every call."""
         n_rows = n_rows or self.batch_size
         total = self.world_size * n_rows
         if total > self.n_windows:
-            raise ValueError(f"probe needs {total} windows, the stream has {self.n_windows}")
-        windows = np.random.default_rng([self.seed, _PROBE]).choice(self.n_windows, size=total, replace=False)
-        return self._rows(windows[self.rank * n_rows:(self.rank + 1) * n_rows], shift=0)
+            raise DataError(f"probe needs {total} windows, the stream has {self.n_windows}")
+        picked = np.random.default_rng([self.seed, _PROBE]).choice(self.n_windows, size=total, replace=False)
+        return self._rows(picked[self.rank * n_rows:(self.rank + 1) * n_rows], shift=0)
 
-    def eval_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(self, n: int) -> list[Batch]:
         """The first ``n`` global batches of consecutive windows (this rank's rows), identical on every call."""
         rows = self.world_size * self.batch_size
         if n * rows > self.n_windows:
-            raise ValueError(f"{n} eval batches need {n * rows} windows, the stream has {self.n_windows}")
+            raise DataError(f"{n} eval batches need {n * rows} windows, the stream has {self.n_windows}")
         out = []
         for i in range(n):
-            windows = np.arange(i * rows, (i + 1) * rows)
-            out.append(self._rows(self._mine(windows), shift=0))
+            picked = np.arange(i * rows, (i + 1) * rows)
+            out.append(self._rows(self._mine(picked), shift=0))
         return out
 
-    def _mine(self, windows: np.ndarray) -> np.ndarray:
-        return windows[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+    def first_tokens(self, n_tokens: int) -> list[Batch]:
+        """Consecutive windows whose inputs are the first ``n_tokens`` tokens of the stream (targets
+        one token further), in global batches of at most ``world_size * batch_size`` rows, this
+        rank's slice of each; the same windows at every call and for any number of ranks.
 
-    def _rows(self, windows: np.ndarray, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
-        shard_idx = np.searchsorted(self._window_ends, windows, side="right")
+        Every batch and every rank get equally many rows (sweep.data.order.eval_batch_rows), so the
+        mean of the batch losses is the mean over all ``n_tokens`` tokens. Windows never cross a
+        shard: in a split of one shard (every preparer writes one) they cover exactly tokens [0, n_tokens].
+        """
+        T, W = self.seq_len, self.world_size
+        if n_tokens <= 0 or n_tokens % T:
+            raise DataError(f"data.eval_tokens={n_tokens} must be a positive multiple of the sequence length {T}")
+        n_seq = n_tokens // T
+        have = sum(sequential_windows(s.size, T) for s in self.shards)
+        if have < n_seq:
+            raise DataError(f"data.eval_tokens={n_tokens}: the validation split holds {self.n_tokens} tokens, "
+                            f"{have} windows of {T} (+1); {n_seq} are needed")
+        if n_seq % W:
+            raise DataError(f"data.eval_tokens={n_tokens}: its {n_seq} sequences do not split evenly over {W} ranks")
+        rows = eval_batch_rows(n_seq, W * self.batch_size, W)
+        mine = rows // W
+        shard_of, start_of = window_positions([s.size for s in self.shards], T, np.arange(n_seq))
+        out = []
+        for b in range(n_seq // rows):
+            idx = np.arange(b * rows + self.rank * mine, b * rows + (self.rank + 1) * mine)
+            out.append(self._cut(shard_of[idx], start_of[idx]))
+        return out
+
+    def _mine(self, picked: np.ndarray) -> np.ndarray:
+        return picked[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def _rows(self, picked: np.ndarray, shift: int) -> Batch:
+        """Random-order windows number ``picked`` (each shard's aligned grid), moved by ``shift``."""
+        shard_idx = np.searchsorted(self._window_ends, picked, side="right")
         first = np.concatenate([[0], self._window_ends[:-1]])
-        buf = np.empty((windows.size, self.seq_len + 1), dtype=np.int64)
-        for row, (s, w) in enumerate(zip(shard_idx, windows - first[shard_idx])):
-            start = shift + int(w) * self.seq_len
-            buf[row] = self.shards[s][start:start + self.seq_len + 1]
+        return self._cut(shard_idx, shift + (picked - first[shard_idx]) * self.seq_len)
+
+    def _cut(self, shard_idx: np.ndarray, starts: np.ndarray) -> Batch:
+        buf = np.empty((len(starts), self.seq_len + 1), dtype=np.int64)  # [rows, seq_len + 1]
+        for row, (s, start) in enumerate(zip(shard_idx, starts)):
+            buf[row] = self.shards[s][int(start):int(start) + self.seq_len + 1]
         return torch.from_numpy(buf[:, :-1].copy()), torch.from_numpy(buf[:, 1:].copy())

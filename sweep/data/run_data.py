@@ -4,24 +4,42 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Any, Mapping, Optional, Protocol, Union
 
 import numpy as np
 import torch
 
-from sweep.data import DataSpec, PreparedData, TokenBatches, prepare_dataset
+from sweep.data.cache import prepare_dataset
+from sweep.data.loader import TokenBatches
+from sweep.data.prepared import PreparedData
+from sweep.data.spec import DataSpec
 from sweep.errors import DataError
-from sweep.grid.spec import RunSpec
 
 log = logging.getLogger("specsweep.data")
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+class _TrainSettings(Protocol):
+    batch_size: int    # this rank's rows of a micro-batch
+    seq_len: int
+    eval_batches: int
+
+
+class RunSpecLike(Protocol):
+    """What load_run_data reads of a run spec (sweep.grid.spec.RunSpec; data sits below the grid)."""
+
+    seed: int
+    data: Union[DataSpec, Mapping[str, Any]]
+    data_root: Path
+    train: _TrainSettings
+
+
 @dataclass
 class RunData:
     prepared: PreparedData
-    train: TokenBatches          # batch k is a pure function of (seed, k): the resume position is the step
+    train: TokenBatches          # global micro-batch k is a pure function of k: the resume position is the step
     val: TokenBatches
     eval_batches: list[Batch]    # identical at every evaluation
     counts: Optional[np.ndarray]  # corpus unigram counts (training tokens), for HEAD/MID/TAIL
@@ -30,27 +48,37 @@ class RunData:
     def vocab_size(self) -> int:
         return self.prepared.vocab_size
 
+    @property
+    def n_eval_batches(self) -> int:
+        """Batches of one evaluation: train.eval_batches, or what data.eval_tokens takes."""
+        return len(self.eval_batches)
+
     def probe_batches(self, n: int) -> list[Batch]:
         """``n`` fixed held-out micro-batches for telemetry on a probe (identical every event)."""
         x, y = self.val.probe_batch(n * self.val.batch_size)
         return list(zip(x.split(self.val.batch_size), y.split(self.val.batch_size)))
 
 
-def load_run_data(spec: RunSpec, rank: int = 0, world_size: int = 1) -> RunData:
+def load_run_data(spec: RunSpecLike, rank: int = 0, world_size: int = 1) -> RunData:
     """Prepare (or reuse) the data of ``spec`` and build this rank's batch sources.
 
-    Data that is missing or unusable here (deleted since the preflight, not mounted on this node,
-    damaged) raises DataError, a short message naming the file.
+    ``spec.train.batch_size`` is this rank's share of the global micro-batch. Data that is missing
+    or unusable here (deleted since the preflight, not mounted on this node, damaged) raises
+    DataError, a short message naming the file.
     """
     t = spec.train
+    data = spec.data if isinstance(spec.data, DataSpec) else DataSpec.from_mapping(spec.data)
     try:
-        prepared = prepare_dataset(DataSpec.from_mapping(spec.data), spec.data_root)
+        prepared = prepare_dataset(data, spec.data_root)
         train = TokenBatches(prepared.train_paths, t.batch_size, t.seq_len, seed=spec.seed,
-                             rank=rank, world_size=world_size)
+                             rank=rank, world_size=world_size, order=data.order)
         val = TokenBatches(prepared.val_paths, t.batch_size, t.seq_len, seed=0, rank=rank, world_size=world_size)
-    except (FileNotFoundError, PermissionError, ValueError) as e:  # ShardError is a ValueError
-        raise DataError(f"data ({spec.data.get('path') or spec.data.get('kind')}): {e}") from e
+        evals = val.first_tokens(data.eval_tokens) if data.eval_tokens is not None else val.eval_batches(t.eval_batches)
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:  # e.g. a file that became unreadable
+        raise DataError(f"data ({data.path or data.kind}): {e}") from e
     counts = prepared.counts() if prepared.counts_path.exists() else None
-    log.info("data: %s (%d train / %d val tokens, vocab %d)", prepared.root, prepared.n_train_tokens,
-             prepared.n_val_tokens, prepared.vocab_size)
-    return RunData(prepared, train, val, val.eval_batches(t.eval_batches), counts)
+    log.info("data: %s (%d train / %d val tokens, vocab %d, %s order)", prepared.root, prepared.n_train_tokens,
+             prepared.n_val_tokens, prepared.vocab_size, data.order)
+    return RunData(prepared, train, val, evals, counts)

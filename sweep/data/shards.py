@@ -15,6 +15,8 @@ from typing import Union
 
 import numpy as np
 
+from sweep.errors import DataError
+
 MAGIC = 20240520
 VERSION = 1
 HEADER_INTS = 256
@@ -25,10 +27,6 @@ MAX_VOCAB = 1 << 16  # token ids 0..65535 fit in uint16
 PathLike = Union[str, os.PathLike]
 
 
-class ShardError(ValueError):
-    """A shard file that is truncated, corrupt, or not a token shard at all."""
-
-
 @dataclass(frozen=True)
 class ShardHeader:
     path: Path
@@ -37,9 +35,9 @@ class ShardHeader:
 
 
 def check_vocab_fits(vocab_size: int) -> None:
-    """Raise ValueError when token ids of a ``vocab_size`` vocabulary do not fit in uint16."""
+    """Raise DataError when token ids of a ``vocab_size`` vocabulary do not fit in uint16."""
     if vocab_size > MAX_VOCAB:
-        raise ValueError(
+        raise DataError(
             f"vocabulary of {vocab_size} tokens does not fit the uint16 shard format "
             f"(token ids must be <= {MAX_VOCAB - 1})"
         )
@@ -54,15 +52,15 @@ def write_shard(path: PathLike, tokens: np.ndarray) -> Path:
     path = Path(path)
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
-        raise ValueError(f"{path}: tokens must be a 1-D array, got shape {tokens.shape}")
+        raise DataError(f"{path}: tokens must be a 1-D array, got shape {tokens.shape}")
     if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"{path}: tokens must be integers, got dtype {tokens.dtype}")
+        raise DataError(f"{path}: tokens must be integers, got dtype {tokens.dtype}")
     if tokens.size:
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0:
-            raise ValueError(f"{path}: negative token id {lo}")
+            raise DataError(f"{path}: negative token id {lo}")
         if hi >= MAX_VOCAB:
-            raise ValueError(
+            raise DataError(
                 f"{path}: token id {hi} does not fit the uint16 shard format "
                 f"(vocabulary must be <= {MAX_VOCAB} tokens)"
             )
@@ -83,28 +81,28 @@ def write_shard(path: PathLike, tokens: np.ndarray) -> Path:
 
 
 def read_header(path: PathLike) -> ShardHeader:
-    """Read and validate a shard's header and file size; raise ShardError naming the file."""
+    """Read and validate a shard's header and file size; raise DataError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"token shard not found: {path}")
+        raise DataError(f"token shard not found: {path}")
     size = path.stat().st_size
     if size < HEADER_BYTES:
-        raise ShardError(f"{path}: truncated shard ({size} bytes, the header alone is {HEADER_BYTES})")
+        raise DataError(f"{path}: truncated shard ({size} bytes, the header alone is {HEADER_BYTES})")
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
     if int(header[0]) != MAGIC:
-        raise ShardError(f"{path}: not a token shard (magic {int(header[0])}, expected {MAGIC})")
+        raise DataError(f"{path}: not a token shard (magic {int(header[0])}, expected {MAGIC})")
     if int(header[1]) != VERSION:
-        raise ShardError(f"{path}: unsupported shard version {int(header[1])} (expected {VERSION})")
+        raise DataError(f"{path}: unsupported shard version {int(header[1])} (expected {VERSION})")
     n_tokens = int(header[2])
     if n_tokens < 0:
-        raise ShardError(f"{path}: corrupt header (negative token count {n_tokens})")
+        raise DataError(f"{path}: corrupt header (negative token count {n_tokens})")
     expected = HEADER_BYTES + n_tokens * TOKEN_DTYPE.itemsize
     if size < expected:
-        raise ShardError(
+        raise DataError(
             f"{path}: truncated shard (header says {n_tokens} tokens = {expected} bytes, file has {size})"
         )
     if size > expected:
-        raise ShardError(
+        raise DataError(
             f"{path}: corrupt shard ({size - expected} bytes after the {n_tokens} tokens its header announces)"
         )
     return ShardHeader(path=path, version=int(header[1]), n_tokens=n_tokens)

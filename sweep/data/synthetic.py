@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweep.data.shards import check_vocab_fits
+from sweep.errors import DataError
 
 # Bump when the generator changes so that cached corpora built by an older version are not reused.
 GENERATOR_VERSION = 1
@@ -39,16 +40,16 @@ class SyntheticConfig:
 
     def validate(self) -> None:
         if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
-            raise ValueError(f"synthetic vocab_size must be an integer >= 2, got {self.vocab_size!r}")
+            raise DataError(f"synthetic vocab_size must be an integer >= 2, got {self.vocab_size!r}")
         check_vocab_fits(self.vocab_size)
         if not self.zipf_exponent > 0:
-            raise ValueError(f"zipf_exponent must be > 0, got {self.zipf_exponent!r}")
+            raise DataError(f"zipf_exponent must be > 0, got {self.zipf_exponent!r}")
         if not isinstance(self.branching, int) or self.branching < 1:
-            raise ValueError(f"branching must be an integer >= 1, got {self.branching!r}")
+            raise DataError(f"branching must be an integer >= 1, got {self.branching!r}")
         if not 0 < self.restart_prob <= 1:
-            raise ValueError(f"restart_prob must be in (0, 1], got {self.restart_prob!r}")
+            raise DataError(f"restart_prob must be in (0, 1], got {self.restart_prob!r}")
         if not isinstance(self.chain_length, int) or self.chain_length < 2:
-            raise ValueError(f"chain_length must be an integer >= 2, got {self.chain_length!r}")
+            raise DataError(f"chain_length must be an integer >= 2, got {self.chain_length!r}")
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def entropy_stats(chain: ZipfMarkovChain) -> dict[str, float]:
 def generate_tokens(cfg: SyntheticConfig, n_tokens: int) -> np.ndarray:
     """Sample ``n_tokens`` ids (uint16) from the chain; deterministic in (cfg, n_tokens)."""
     if not isinstance(n_tokens, int) or n_tokens <= 0:
-        raise ValueError(f"n_tokens must be a positive integer, got {n_tokens!r}")
+        raise DataError(f"n_tokens must be a positive integer, got {n_tokens!r}")
     chain = build_chain(cfg)
     V = chain.vocab_size
     rng = np.random.default_rng([cfg.seed, 2])

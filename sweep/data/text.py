@@ -9,6 +9,7 @@ import numpy as np
 
 from sweep.data.shards import TOKEN_DTYPE
 from sweep.data.tokenizer import Tokenizer
+from sweep.errors import DataError
 
 
 def find_text_files(path: str | Path) -> list[Path]:
@@ -19,18 +20,18 @@ def find_text_files(path: str | Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
-            raise FileNotFoundError(f"no .txt files found in text data folder: {path}")
+            raise DataError(f"no .txt files found in text data folder: {path}")
         return files
-    raise FileNotFoundError(f"text data not found: {path} (expected a .txt file or a folder of .txt files)")
+    raise DataError(f"text data not found: {path} (expected a .txt file or a folder of .txt files)")
 
 
 def read_documents(files: Sequence[Path]) -> Iterator[str]:
-    """Yield each file's text (UTF-8); a file that is not UTF-8 raises ValueError naming it."""
+    """Yield each file's text (UTF-8); a file that is not UTF-8 raises DataError naming it."""
     for f in files:
         try:
             yield f.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"{f}: not valid UTF-8 text ({e})") from None
+            raise DataError(f"{f}: not valid UTF-8 text ({e})") from None
 
 
 def encode_documents(docs: Sequence[str], tokenizer: Tokenizer, batch: int = 64) -> np.ndarray:

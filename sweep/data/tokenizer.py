@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from sweep.data.shards import check_vocab_fits
+from sweep.errors import DataError
 
 EOT_TEXT = "<|endoftext|>"
 BPE_FILE = "tokenizer.json"
@@ -82,7 +83,7 @@ class BPETokenizer(Tokenizer):
         self._tok = tok
         eot = tok.token_to_id(EOT_TEXT)
         if eot is None:
-            raise ValueError(f"BPE tokenizer has no {EOT_TEXT} token")
+            raise DataError(f"BPE tokenizer has no {EOT_TEXT} token")
         self._eot = int(eot)
         check_vocab_fits(self.vocab_size)
 
@@ -91,7 +92,7 @@ class BPETokenizer(Tokenizer):
         from tokenizers import Tokenizer as HFTokenizer
 
         if not Path(path).is_file():
-            raise FileNotFoundError(f"BPE tokenizer file not found: {path}")
+            raise DataError(f"BPE tokenizer file not found: {path}")
         return cls(HFTokenizer.from_file(str(path)))
 
     @property
@@ -125,7 +126,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if not isinstance(vocab_size, int) or vocab_size < len(alphabet) + 1:
-        raise ValueError(f"BPE vocab_size must be an integer >= {len(alphabet) + 1} (bytes + EOT), got {vocab_size!r}")
+        raise DataError(f"BPE vocab_size must be an integer >= {len(alphabet) + 1} (bytes + EOT), got {vocab_size!r}")
     check_vocab_fits(vocab_size)
     tok = HFTokenizer(models.BPE())
     # No prefix space and a ByteLevel decoder: decode(encode(text)) == text for any text.
@@ -137,8 +138,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     return BPETokenizer(tok)
 
 
-class TokenizerUnavailable(RuntimeError):
-    """A tokenizer whose vocabulary cannot be loaded here (e.g. no internet for tiktoken's download)."""
+class TokenizerUnavailable(DataError):
+    """A tokenizer whose vocabulary cannot be loaded here (e.g. no internet for tiktoken's download).
+
+    The one DataError with a name of its own: callers (and tests) tell "not here" from "bad data".
+    """
 
 
 class TiktokenTokenizer(Tokenizer):
@@ -155,7 +159,7 @@ class TiktokenTokenizer(Tokenizer):
 
     def __init__(self, encoding: str = "gpt2") -> None:
         if encoding not in self._SIZES:
-            raise ValueError(f"unsupported tiktoken encoding {encoding!r} (supported: {', '.join(self._SIZES)}; "
+            raise DataError(f"unsupported tiktoken encoding {encoding!r} (supported: {', '.join(self._SIZES)}; "
                              f"larger vocabularies do not fit uint16 shards)")
         self.encoding = encoding
         self._enc = None
@@ -217,5 +221,5 @@ def load_tokenizer(info: dict, folder: Path) -> Tokenizer:
     """Rebuild the tokenizer described by a meta.json ``tokenizer`` entry of the data ``folder``."""
     name = info.get("name")
     if name not in TOKENIZER_LOADERS:
-        raise ValueError(f"unknown tokenizer {name!r} (known: {', '.join(sorted(TOKENIZER_LOADERS))})")
+        raise DataError(f"unknown tokenizer {name!r} (known: {', '.join(sorted(TOKENIZER_LOADERS))})")
     return TOKENIZER_LOADERS[name](info, Path(folder))

@@ -389,7 +389,7 @@ class _Training:
         train_loss = self.train_loss
         eval_loss: Optional[float] = None
         if self.step >= t.steps:  # resumed after the last checkpoint, before DONE: the final eval again
-            eval_loss = evaluate(model, self.data, t.eval_batches, self.device, self.autocast)
+            eval_loss = evaluate(model, self.data, self.data.n_eval_batches, self.device, self.autocast)
         model.train()
         t_start = time.perf_counter() - self.elapsed
         while self.step < t.steps:
@@ -439,7 +439,7 @@ class _Training:
                 log.info("%s step %d/%d loss %.4f lr %.2e %.0f tok/s", spec.run_id, step, t.steps,
                          train_loss, row["lr"], row["tokens_per_s"])
             if step % t.eval_every == 0 or last:
-                eval_loss = evaluate(model, self.data, t.eval_batches, self.device, self.autocast)
+                eval_loss = evaluate(model, self.data, self.data.n_eval_batches, self.device, self.autocast)
                 row = {"step": step, "eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50.0)),
                        "tokens": step * self.tokens_per_step}
                 metrics.write(row)

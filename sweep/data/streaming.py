@@ -1,226 +1,56 @@
-"""Streaming preparation of a corpus into fixed-size token shards (what ``python -m sweep.prepare`` runs).
+"""Streamed preparation of a corpus into fixed-size token shards (what ``python -m sweep.prepare`` runs).
 
-Output folder (the ``path`` of a kind "shards" data spec)::
+Output folder (the ``path`` of a kind "shards" data spec; layout: sweep.data.prepared)::
 
     val_000000.bin ...     the first ``val_tokens`` tokens of the stream (the validation split)
     train_000000.bin ...   the rest, ``shard_tokens`` per file (the last one may be shorter)
-    counts.npy             int64 [vocab_size] unigram counts over the training shards
-    frequency.json         HEAD/MID/TAIL thresholds and summary of those counts
-    tokenizer.json         BPE only
-    meta.json              written last; its presence means "complete" (read by PreparedData)
+    counts.npy, frequency.json, tokenizer.json (BPE only), meta.json (written last)
     progress.json          only while unfinished: the committed shards and where to resume
 
-The token stream is, for every document in source order, EOT followed by the document's tokens;
-shards cut it at fixed positions, mid-document (as modded-nanogpt does). Documents are tokenized in
-chunks by a pool of worker processes and collected in submission order, so the bytes never depend
-on the number of workers. Each shard is written under a temporary name and renamed; then
-progress.json records the committed shards and the first chunk not entirely inside them (its
-document index, stream position and the `datasets` iterator state), so a restarted preparation
-re-reads from there, drops the tokens already written and ends with the same bytes as an
-uninterrupted one.
+The token stream is, for every document in source order (sweep.data.documents), EOT followed by
+the document's tokens; shards cut it at fixed positions, mid-document (as modded-nanogpt does).
+Documents are tokenized in chunks by a pool of worker processes and collected in submission order,
+so the bytes never depend on the number of workers. Each shard is written under a temporary name
+and renamed; then progress.json records the committed shards and the first chunk not entirely
+inside them (its document index, stream position and the `datasets` iterator state), so a
+restarted preparation re-reads from there, drops the tokens already written and ends with the same
+bytes as an uninterrupted one.
 
 A source that is a folder of already-tokenized ``.bin`` shards (modded-nanogpt FineWeb10B) is
-indexed instead: headers checked, counts and frequency table computed, nothing re-tokenized.
+indexed instead (sweep.data.shard_index): nothing re-tokenized.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import multiprocessing as mp
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from sweep.data.documents import DocumentStream, Source, doc_sha, resolve_source
 from sweep.data.frequency import FREQUENCY_FILE, format_frequency, write_frequency
-from sweep.data.prepare import (
-    COUNTS_FILE, DEFAULT_BPE_VOCAB, FORMAT_VERSION, META_FILE, PROGRESS_FILE, DataSpec, PreparedData,
-    normalize_source,
+from sweep.data.prepared import (
+    CORPUS_FORMAT, COUNTS_FILE, FORMAT_VERSION, META_FILE, PROGRESS_FILE, PreparedData, write_json,
 )
-from sweep.data.shards import TOKEN_DTYPE, ShardError, check_vocab_fits, open_shard, read_header, write_shard
+from sweep.data.shard_index import index_source
+from sweep.data.shards import TOKEN_DTYPE, check_vocab_fits, open_shard, read_header, write_shard
+from sweep.data.spec import DEFAULT_BPE_VOCAB, DataSpec
 from sweep.data.tokenizer import (
     BPE_FILE, BPETokenizer, ByteTokenizer, TiktokenTokenizer, Tokenizer, load_tokenizer, train_bpe,
 )
+from sweep.errors import DataError
 
 log = logging.getLogger("specsweep.prepare")
 
-CORPUS_FORMAT = 1
-BUILDER_OF_SUFFIX = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 BPE_TRAIN_CHARS = 50_000_000   # a local BPE is trained on the first documents, up to this many characters
-_COUNT_TOKENS = 1 << 26        # tokens per bincount task when indexing existing shards
-
-
-class PrepareError(RuntimeError):
-    """A preparation that cannot go on (bad source, folder of something else, changed source)."""
-
-
-# ---------------------------------------------------------------------------------------- sources
-
-@dataclass
-class Source:
-    """Where documents (or finished shards) come from."""
-
-    kind: str                    # "hub" | "files" | "bins"
-    label: str                   # normalized source string (recorded in meta.json)
-    root: Optional[Path] = None  # local folder or file
-    files: list[Path] = field(default_factory=list)
-
-    def fingerprint(self) -> list:
-        """Names and sizes of local files (cheap; the resumed documents are also checked by hash)."""
-        return [[self.rel(f), f.stat().st_size] for f in self.files]
-
-    def rel(self, f: Path) -> str:
-        return f.name if self.root is None or self.root.is_file() else str(f.relative_to(self.root))
-
-
-def resolve_source(spec: DataSpec) -> Source:
-    """Interpret ``spec.source`` (or, without one, ``spec.path`` as a folder of existing shards)."""
-    raw = spec.source or spec.path
-    if not raw:
-        raise PrepareError("data.source is required: hf:<dataset>, a local .txt/.jsonl/.parquet file or folder, "
-                           "or a folder of .bin shards")
-    if raw.startswith("hf:"):
-        if len(raw) <= 3:
-            raise PrepareError(f"data.source {raw!r}: expected hf:<dataset name>")
-        return Source("hub", raw)
-    root = Path(raw).expanduser().resolve()
-    if not root.exists():
-        raise FileNotFoundError(f"data source not found: {root}")
-    if root.is_file():
-        if root.suffix == ".bin":
-            return Source("bins", str(root.parent), root.parent, [root])
-        if root.suffix not in BUILDER_OF_SUFFIX:
-            raise PrepareError(f"{root}: unsupported file type (expected {', '.join(sorted(BUILDER_OF_SUFFIX))} or .bin)")
-        return Source("files", str(root), root, [root])
-    out = Path(spec.path).expanduser().resolve() if spec.path and spec.source else None
-
-    def wanted(p: Path) -> bool:  # not hidden, not inside the prepared folder (its .json files)
-        return (p.is_file() and p.suffix in BUILDER_OF_SUFFIX and not p.name.startswith(".")
-                and (out is None or out not in p.parents))
-
-    docs = sorted(p for p in root.rglob("*") if wanted(p))
-    bins = sorted(p for p in root.glob("*.bin") if not p.name.startswith("."))
-    if docs and bins:
-        raise PrepareError(f"{root} holds both text files and .bin shards; point data.source at one kind")
-    if bins:
-        return Source("bins", str(root), root, bins)
-    if not docs:
-        raise FileNotFoundError(f"no .txt/.jsonl/.json/.parquet files or .bin shards found in {root}")
-    return Source("files", str(root), root, docs)
-
-
-@dataclass
-class _Part:
-    """One `datasets` streaming dataset: a hub dataset, or a run of local files of one type."""
-
-    builder: str
-    data_files: list[str]
-    subset: Optional[str] = None
-
-    def open(self) -> Any:
-        import datasets
-
-        if self.builder == "hub":
-            try:
-                return datasets.load_dataset(self.data_files[0], name=self.subset, split="train", streaming=True)
-            except Exception as e:  # offline, unknown name or subset, hub errors
-                raise PrepareError(f"cannot stream hf:{self.data_files[0]} (subset {self.subset!r}) from the "
-                                   f"Hugging Face hub: {type(e).__name__}: {str(e)[:300]} -- the prepare step "
-                                   f"needs internet access (run it on a login/transfer node)") from e
-        kwargs = {"sample_by": "document"} if self.builder == "text" else {}  # one .txt file = one document
-        return datasets.load_dataset(self.builder, data_files=self.data_files, split="train", streaming=True,
-                                     **kwargs)
-
-
-class DocumentStream:
-    """The documents of a source in a fixed order, in batches, with a position that can be resumed.
-
-    A position is ``{"part", "doc", "state"}``: the part (a run of same-type files), the documents
-    already read from it, and the `datasets` iterator state there (None if unavailable; then the
-    resume skips ``doc`` documents). Positions fall between batches; resuming a state needs the
-    same batch size.
-    """
-
-    def __init__(self, source: Source, spec: DataSpec) -> None:
-        self.text_field = spec.text_field
-        self.label = source.label
-        if source.kind == "hub":
-            self.parts = [_Part("hub", [source.label[3:]], spec.subset)]
-        else:
-            self.parts = []
-            for f in source.files:  # consecutive files of one type share a dataset
-                builder = BUILDER_OF_SUFFIX[f.suffix]
-                if self.parts and self.parts[-1].builder == builder:
-                    self.parts[-1].data_files.append(str(f))
-                else:
-                    self.parts.append(_Part(builder, [str(f)]))
-        self._ds = None
-        self._start: dict = {"part": 0, "doc": 0, "state": None}
-        self._part, self._doc, self._skipped = 0, 0, False
-
-    def position(self) -> dict:
-        """Where the next batch comes from (call before reading or between batches)."""
-        if self._ds is None:  # not started yet: where batches() will start
-            return copy.deepcopy(self._start)
-        state = None
-        if not self._skipped:  # the state of a skip()-wrapped dataset would not fit a fresh one
-            try:
-                state = copy.deepcopy(self._ds.state_dict())
-                json.dumps(state)
-            except Exception:  # no resumable state for this dataset: fall back to skipping
-                state = None
-        return {"part": self._part, "doc": self._doc, "state": state}
-
-    def batches(self, batch_size: int, start: Optional[dict] = None) -> Iterator[list[str]]:
-        """Lists of up to ``batch_size`` documents from position ``start`` (None: the beginning) on."""
-        self._ds, self._start = None, copy.deepcopy(start) if start else {"part": 0, "doc": 0, "state": None}
-        return self._batches(batch_size, self._start)
-
-    def _open(self, i: int, batch_size: int, start: Optional[dict]) -> tuple[Any, str]:
-        part = self.parts[i]
-        field = "text" if part.builder == "text" else self.text_field
-        ds = part.open()
-        try:
-            ds = ds.select_columns([field])
-        except ValueError as e:
-            raise PrepareError(f"{self.label}: documents have no field {field!r} ({e}); set data.text_field") from None
-        self._skipped = False
-        if start is not None and start.get("state") is None:
-            ds, self._skipped = ds.skip(start["doc"]), True
-        # Batching inside `datasets` keeps its iterator state exact at batch boundaries (and is
-        # far faster than reading row by row).
-        ds = ds.batch(batch_size)
-        if start is not None and start.get("state") is not None:
-            ds.load_state_dict(start["state"])
-        return ds, field
-
-    def _batches(self, batch_size: int, start: dict) -> Iterator[list[str]]:
-        first = start["part"]
-        for i in range(first, len(self.parts)):
-            resume = start if i == first and start["doc"] else None
-            ds, field = self._open(i, batch_size, resume)
-            self._part, self._doc, self._ds = i, resume["doc"] if resume else 0, ds
-            for batch in ds:
-                texts = batch[field]
-                for j, text in enumerate(texts):
-                    if not isinstance(text, str):
-                        raise PrepareError(f"{self.label}: document {self._doc + j} of part {i} has a "
-                                           f"{type(text).__name__} {field!r}, expected text")
-                self._doc += len(texts)
-                yield texts
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()[:16]
-
 
 # ---------------------------------------------------------------------------------------- encoding
 
@@ -278,15 +108,6 @@ class _Encoder:
 
 # ---------------------------------------------------------------------------------------- progress
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _shard_name(split: str, index: int) -> str:
     return f"{split}_{index:06d}.bin"
 
@@ -324,12 +145,12 @@ def prepare_corpus(spec: DataSpec, workers: Optional[int] = None, docs_per_task:
     Calling it again on a complete folder of the same spec returns it unchanged.
     """
     if not spec.path:
-        raise PrepareError("data.path (the prepared folder to write) is required")
+        raise DataError("data.path (the prepared folder to write) is required")
     out = Path(spec.path).expanduser().resolve()
     source = resolve_source(spec)
     workers = default_workers() if workers is None else int(workers)
     if source.kind == "bins":
-        return index_shards(spec, source, out, workers)
+        return index_source(spec, source, out, workers)
     return _CorpusBuild(spec, source, out, workers, docs_per_task).run()
 
 
@@ -338,17 +159,17 @@ class _CorpusBuild:
         for name in ("val_tokens", "shard_tokens"):
             v = getattr(spec, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise PrepareError(f"data.{name} must be a positive integer for a streamed corpus, got {v!r}")
+                raise DataError(f"data.{name} must be a positive integer for a streamed corpus, got {v!r}")
         if spec.max_tokens is not None and (not isinstance(spec.max_tokens, int) or spec.max_tokens <= spec.val_tokens):
-            raise PrepareError(f"data.max_tokens={spec.max_tokens!r} must be an integer above "
+            raise DataError(f"data.max_tokens={spec.max_tokens!r} must be an integer above "
                                f"data.val_tokens={spec.val_tokens}")
         if docs_per_task <= 0:
-            raise PrepareError(f"docs_per_task must be positive, got {docs_per_task}")
+            raise DataError(f"docs_per_task must be positive, got {docs_per_task}")
         self.spec, self.source, self.out = spec, source, out
         self.workers, self.docs_per_task = workers, docs_per_task
         self.tok_name = spec.tokenizer or "gpt2"
         if self.tok_name not in ("gpt2", "bpe", "byte"):
-            raise PrepareError(f"data.tokenizer must be gpt2, bpe or byte, got {self.tok_name!r}")
+            raise DataError(f"data.tokenizer must be gpt2, bpe or byte, got {self.tok_name!r}")
         self.key = {
             "format": CORPUS_FORMAT, "source": source.label, "subset": spec.subset, "text_field": spec.text_field,
             "files": source.fingerprint(), "tokenizer": self.tok_name,
@@ -369,11 +190,11 @@ class _CorpusBuild:
             if progress.get("key") != self.key:
                 changed = sorted(k for k in set(self.key) | set(progress.get("key", {}))
                                  if self.key.get(k) != progress.get("key", {}).get(k))
-                raise PrepareError(f"{out} holds an unfinished preparation of other settings "
+                raise DataError(f"{out} holds an unfinished preparation of other settings "
                                    f"(differs in: {', '.join(changed)}); delete the folder or choose another data.path")
             return progress
         if out.is_dir() and any(p.suffix == ".bin" for p in out.iterdir()):
-            raise PrepareError(f"{out} already holds .bin files but no {PROGRESS_FILE} or {META_FILE}: "
+            raise DataError(f"{out} already holds .bin files but no {PROGRESS_FILE} or {META_FILE}: "
                                f"to use existing shards pass their folder as data.source; otherwise choose "
                                f"an empty data.path")
         return None
@@ -405,9 +226,9 @@ class _CorpusBuild:
     def _verify_shards(self, progress: dict) -> None:
         listed = {s["file"] for s in progress["shards"]}
         for s in progress["shards"]:
-            n = read_header(self.out / s["file"]).n_tokens  # ShardError naming a damaged file
+            n = read_header(self.out / s["file"]).n_tokens  # DataError naming a damaged file
             if n != s["tokens"]:
-                raise ShardError(f"{self.out / s['file']}: holds {n} tokens, {PROGRESS_FILE} says {s['tokens']}; "
+                raise DataError(f"{self.out / s['file']}: holds {n} tokens, {PROGRESS_FILE} says {s['tokens']}; "
                                  f"delete the folder and prepare again")
         for p in self.out.iterdir():  # shards written after the last progress record, temp files
             if (p.suffix == ".bin" and p.name not in listed) or ".tmp-" in p.name:
@@ -419,7 +240,7 @@ class _CorpusBuild:
         if progress and progress.get("complete"):
             data = PreparedData.load(self.out)
             if data.meta.get("prepare_key") != self.key:
-                raise PrepareError(f"{self.out} already holds a prepared corpus with other settings; "
+                raise DataError(f"{self.out} already holds a prepared corpus with other settings; "
                                    f"delete it or choose another data.path")
             log.info("%s is already prepared", self.out)
             return data
@@ -454,7 +275,7 @@ class _CorpusBuild:
             "tokenizer_s": round(t_tok, 3), "stream_s": round(t_stream, 3),
             "streamed_tokens": self.written - start_written, "workers": self.workers})
         meta["timing"]["finish_s"] = round(time.perf_counter() - t2, 3)
-        _write_json(self.out / META_FILE, meta)
+        write_json(self.out / META_FILE, meta)
         (self.out / PROGRESS_FILE).unlink(missing_ok=True)
         data = PreparedData.load(self.out)
         log.info("prepared %s: %d val + %d train tokens in %d + %d shards, %d documents\n%s", self.out,
@@ -488,10 +309,10 @@ class _CorpusBuild:
                         break
                     if not texts:
                         continue
-                    sha = _sha(texts[0])
+                    sha = doc_sha(texts[0])
                     if check_sha is not None:
                         if sha != check_sha:
-                            raise PrepareError(f"{self.source.label}: the documents at the resume point differ from "
+                            raise DataError(f"{self.source.label}: the documents at the resume point differ from "
                                                f"the interrupted preparation's (the source changed); delete "
                                                f"{self.out} and prepare again")
                         check_sha = None
@@ -515,7 +336,7 @@ class _CorpusBuild:
                     log.info("%d documents, %d tokens (%.0f tokens/s)", doc_index, self.written + self._buffered, rate)
                     t_last, tokens_last = time.perf_counter(), self.written + self._buffered
             if self.written + self._buffered <= spec.val_tokens:
-                raise PrepareError(f"{self.source.label} yields {self.written + self._buffered} tokens, not more than "
+                raise DataError(f"{self.source.label} yields {self.written + self._buffered} tokens, not more than "
                                    f"data.val_tokens={spec.val_tokens}: no training tokens would be left")
             if self._buffered:  # the last, shorter train shard
                 self._commit(np.concatenate(buf), marks, info, final=True)
@@ -552,7 +373,7 @@ class _CorpusBuild:
         log.info("wrote %s (%d tokens; %d in all)", name, tokens.size, self.written)
 
     def _save_progress(self, mark: _Mark, info: dict) -> None:
-        _write_json(self.out / PROGRESS_FILE, {
+        write_json(self.out / PROGRESS_FILE, {
             "key": self.key, "tokenizer": info, "docs_per_task": self.docs_per_task, "shards": self.shards,
             "resume": {"pos": mark.pos, "doc": mark.doc, "stream": mark.stream, "sha": mark.sha or None},
         })
@@ -573,86 +394,3 @@ class _CorpusBuild:
             "spec": dataclasses.asdict(self.spec), "timing": timing,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-
-
-# ---------------------------------------------------------------------------------------- existing shards
-
-def _count_range(args: tuple[str, int, int, int]) -> np.ndarray:
-    path, lo, hi, vocab = args
-    return np.bincount(open_shard(path)[lo:hi], minlength=vocab)
-
-
-def index_shards(spec: DataSpec, source: Source, out: Path, workers: int) -> PreparedData:
-    """Describe a folder of already-tokenized shards (modded-nanogpt FineWeb10B) in ``out``.
-
-    Shards whose name contains "val" are the validation split, the others (normally "train") the
-    training split. Files stay where they are: meta.json names them relative to ``out`` when they
-    live there, by absolute path otherwise.
-    """
-    val = [p for p in source.files if "val" in p.name]
-    train = [p for p in source.files if p not in val]
-    if not train or not val:
-        raise PrepareError(f"{source.label}: needs *train*.bin and *val*.bin shards "
-                           f"(found {len(train)} train, {len(val)} val)")
-    sizes = {p: read_header(p).n_tokens for p in train + val}  # ShardError naming a damaged file
-    tok_name = spec.tokenizer
-    info, eot, vocab = None, None, spec.vocab_size
-    if tok_name:
-        if tok_name not in ("gpt2", "byte"):
-            raise PrepareError(f"existing shards: data.tokenizer must be gpt2, byte or null, got {tok_name!r}")
-        tok = load_tokenizer({"name": tok_name}, out)  # gpt2: ids and EOT are known without the vocabulary
-        info, eot, vocab = tok.save(out), tok.eot_id, vocab or tok.vocab_size
-    key = {"format": CORPUS_FORMAT, "source": source.label, "files": source.fingerprint(), "tokenizer": tok_name,
-           "vocab_size": vocab}
-    if (out / META_FILE).is_file():
-        data = PreparedData.load(out)
-        if data.meta.get("prepare_key") != key:
-            raise PrepareError(f"{out} already holds a prepared corpus with other settings; delete its "
-                               f"{META_FILE} (or the folder) or choose another data.path")
-        log.info("%s is already indexed", out)
-        return data
-    if vocab is None:  # the largest id decides
-        vocab = 1 + max(int(open_shard(p).max()) for p in train + val if sizes[p])
-    check_vocab_fits(vocab)
-    tasks = [(str(p), lo, min(lo + _COUNT_TOKENS, sizes[p]), vocab) for p in train
-             for lo in range(0, sizes[p], _COUNT_TOKENS)]
-    t0 = time.perf_counter()
-    if workers > 1 and len(tasks) > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            parts = pool.imap(_count_range, tasks)
-            counts = np.zeros(vocab, dtype=np.int64)
-            for c in parts:
-                counts = _add_counts(counts, c, vocab)
-    else:
-        counts = np.zeros(vocab, dtype=np.int64)
-        for t in tasks:
-            counts = _add_counts(counts, _count_range(t), vocab)
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / COUNTS_FILE, counts)
-    write_frequency(out, counts)
-
-    def name(p: Path) -> str:
-        return p.name if p.parent == out else str(p)
-
-    meta = {
-        "format_version": FORMAT_VERSION, "kind": "shards",
-        "train": {"files": [name(p) for p in train], "tokens": sum(sizes[p] for p in train)},
-        "val": {"files": [name(p) for p in val], "tokens": sum(sizes[p] for p in val)},
-        "vocab_size": vocab, "eot_id": eot, "tokenizer": info, "counts": COUNTS_FILE, "frequency": FREQUENCY_FILE,
-        "source": {"source": source.label, "subset": spec.subset, "tokenizer": tok_name},
-        "prepare_key": key, "spec": dataclasses.asdict(spec),
-        "timing": {"count_s": round(time.perf_counter() - t0, 3), "workers": workers},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    _write_json(out / META_FILE, meta)
-    data = PreparedData.load(out)
-    log.info("indexed %s: %d val + %d train tokens in %d + %d existing shards\n%s", source.label,
-             data.n_val_tokens, data.n_train_tokens, len(val), len(train),
-             format_frequency(json.loads((out / FREQUENCY_FILE).read_text())))
-    return data
-
-
-def _add_counts(total: np.ndarray, c: np.ndarray, vocab: int) -> np.ndarray:
-    if c.size > vocab:
-        raise PrepareError(f"token id {c.size - 1} >= vocab_size {vocab} (set data.vocab_size)")
-    return total + c

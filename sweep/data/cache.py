@@ -1,0 +1,234 @@
+"""The data a run reads: ``prepare_dataset`` turns a DataSpec into a prepared folder, once.
+
+Synthetic data and local text are built into the run's data cache, ``cache_root/<kind>-<hash of
+what determines the bytes>/`` (folder layout: sweep.data.prepared), by the first run that needs
+them; later runs, and runs racing for the same folder, reuse it. Kind "shards" is read where
+``path`` points: a folder prepared by ``python -m sweep.prepare`` (sweep.data.streaming) is used as
+it is; a folder of existing ``.bin`` shards without meta.json is indexed (sweep.data.shard_index)
+into the cache, next to nothing but its counts and meta.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from sweep.data.frequency import FREQUENCY_FILE, write_frequency
+from sweep.data.prepared import COUNTS_FILE, FORMAT_VERSION, META_FILE, PROGRESS_FILE, PreparedData
+from sweep.data.shard_index import index_shards, shards_in
+from sweep.data.shards import write_shard
+from sweep.data.spec import DEFAULT_BPE_VOCAB, KINDS, DataSpec, normalize_source, prepare_command
+from sweep.data.synthetic import GENERATOR_VERSION, build_chain, entropy_stats, generate_tokens
+from sweep.data.text import encode_documents, find_text_files, read_documents
+from sweep.data.tokenizer import ByteTokenizer, Tokenizer, train_bpe
+from sweep.errors import DataError
+
+_COUNT_CHUNK = 1 << 24  # tokens per bincount call, bounds memory
+
+
+def prepare_dataset(spec: DataSpec, cache_root: str | Path) -> PreparedData:
+    """Prepare ``spec`` under ``cache_root`` once; later calls (and racing processes) reuse it."""
+    if spec.kind not in KINDS:
+        raise DataError(f"data kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
+    if spec.kind == "shards":
+        src = _existing_path(spec)
+        if (src / META_FILE).is_file():  # a prepared folder (python -m sweep.prepare)
+            return _check_source(spec, PreparedData.load(src))
+        if (src / PROGRESS_FILE).is_file():
+            raise DataError(f"{src}: its preparation is not finished (no {META_FILE} yet); "
+                            f"rerun the same prepare command to complete it: {prepare_command(spec)}")
+        if spec.source:
+            raise DataError(f"{src} is not a prepared data folder (no {META_FILE}); prepare it first "
+                            f"with: {prepare_command(spec)}")
+    key = _spec_key(spec)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    cache_root = Path(cache_root).expanduser().resolve()
+    final = cache_root / f"{spec.kind}-{digest}"
+    if (final / META_FILE).is_file():
+        return PreparedData.load(final)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    with _lock(cache_root / ".locks" / f"{final.name}.lock"):
+        if (final / META_FILE).is_file():  # another process finished while we waited
+            return PreparedData.load(final)
+        tmp = cache_root / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            meta = _BUILDERS[spec.kind](spec, tmp)
+            meta.update(format_version=FORMAT_VERSION, kind=spec.kind, spec=dataclasses.asdict(spec),
+                        spec_hash=digest, key=key, counts=COUNTS_FILE,
+                        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+            try:
+                # Renaming a complete folder is the commit; a non-empty target makes it fail.
+                os.rename(tmp, final)
+            except OSError as e:
+                if not (final / META_FILE).is_file():
+                    raise DataError(f"cannot create {final} ({e}); if it is a leftover without "
+                                    f"{META_FILE}, delete it and retry") from e
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return PreparedData.load(final)
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock, so racing processes wait instead of building twice.
+
+    Correctness does not depend on it (the final rename decides); on filesystems without flock
+    we simply go ahead.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _check_source(spec: DataSpec, data: PreparedData) -> PreparedData:
+    """Refuse a prepared folder whose source or tokenizer differs from what the data config says."""
+    made = data.meta.get("source")
+    if not spec.source or not isinstance(made, dict):
+        return data
+    want = {"source": normalize_source(spec.source), "subset": spec.subset, "tokenizer": spec.tokenizer}
+    diff = [f"{k}: folder {made.get(k)!r}, config {v!r}" for k, v in want.items()
+            if v is not None and made.get(k) != v]
+    if diff:
+        raise DataError(f"{data.root} was prepared from other data than data.* asks for ({'; '.join(diff)}); "
+                        f"point data.path at another folder or fix the data overrides")
+    return data
+
+
+def _existing_path(spec: DataSpec) -> Path:
+    if not spec.path:
+        raise DataError(f"data kind {spec.kind!r} needs a path")
+    path = Path(spec.path).expanduser().resolve()
+    if not path.exists():
+        hint = f"; prepare it first with: {prepare_command(spec)}" if spec.kind == "shards" else ""
+        raise DataError(f"{spec.kind} data path not found: {path}{hint}")
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _spec_key(spec: DataSpec) -> dict:
+    """Everything that determines the prepared bytes, and nothing else (the cache folder's name
+    hashes it: keep it stable, or folders prepared before are built again)."""
+    key: dict[str, Any] = {"format": FORMAT_VERSION, "kind": spec.kind}
+    split = {"val_tokens": spec.val_tokens} if spec.val_tokens is not None else {"val_fraction": spec.val_fraction}
+    if spec.kind == "synthetic":
+        cfg = spec.synthetic_config()
+        cfg.validate()
+        key.update(dataclasses.asdict(cfg), generator=GENERATOR_VERSION, train_tokens=spec.train_tokens, **split)
+    elif spec.kind == "text":
+        files = find_text_files(_existing_path(spec))
+        root = Path(spec.path).expanduser().resolve()
+        tok = spec.tokenizer or "byte"
+        # Content digests, not paths or mtimes: moving or touching the text keeps the cache valid.
+        key.update(files=[[str(f.relative_to(root)) if f != root else f.name, _file_digest(f)] for f in files],
+                   tokenizer=tok, **split)
+        if tok == "bpe":
+            key["vocab_size"] = spec.vocab_size or DEFAULT_BPE_VOCAB
+    else:
+        src = _existing_path(spec)
+        train, val = shards_in(src)
+        key.update(path=str(src), tokenizer=spec.tokenizer, vocab_size=spec.vocab_size,
+                   train=[[p.name, p.stat().st_size] for p in train], val=[[p.name, p.stat().st_size] for p in val])
+    return key
+
+
+def _count(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for i in range(0, tokens.size, _COUNT_CHUNK):
+        c = np.bincount(tokens[i:i + _COUNT_CHUNK], minlength=vocab_size)
+        if c.size > vocab_size:
+            raise DataError(f"token id {c.size - 1} >= vocab_size {vocab_size}")
+        counts += c
+    return counts
+
+
+def _write_splits(folder: Path, tokens: np.ndarray, n_val: int, vocab_size: int) -> dict:
+    train, val = tokens[:-n_val], tokens[-n_val:]
+    write_shard(folder / "train.bin", train)
+    write_shard(folder / "val.bin", val)
+    counts = _count(train, vocab_size)
+    np.save(folder / COUNTS_FILE, counts)
+    write_frequency(folder, counts)
+    return {"train": {"files": ["train.bin"], "tokens": int(train.size)},
+            "val": {"files": ["val.bin"], "tokens": int(val.size)}, "frequency": FREQUENCY_FILE}
+
+
+def _build_synthetic(spec: DataSpec, folder: Path) -> dict:
+    cfg = spec.synthetic_config()
+    if not isinstance(spec.train_tokens, int) or spec.train_tokens <= 0:
+        raise DataError(f"data.train_tokens must be a positive integer, got {spec.train_tokens!r}")
+    n_val = spec.val_tokens if spec.val_tokens is not None else max(1, int(round(spec.val_fraction * spec.train_tokens)))
+    if n_val <= 0:
+        raise DataError(f"data.val_tokens must be positive, got {n_val}")
+    tokens = generate_tokens(cfg, spec.train_tokens + n_val)
+    meta = _write_splits(folder, tokens, n_val, cfg.vocab_size)
+    meta.update(vocab_size=cfg.vocab_size, eot_id=None, tokenizer=None,
+                stats=entropy_stats(build_chain(cfg)))  # entropy_rate = the best achievable loss
+    return meta
+
+
+def _build_text(spec: DataSpec, folder: Path) -> dict:
+    files = find_text_files(_existing_path(spec))
+    docs = list(read_documents(files))
+    if not any(docs):
+        raise DataError(f"{spec.path}: no text to prepare (empty)")
+    name = spec.tokenizer or "byte"
+    if name == "byte":
+        tok: Tokenizer = ByteTokenizer()
+    elif name == "bpe":
+        # Trained on all the text (val included): it is a vocabulary, not model weights.
+        tok = train_bpe(docs, spec.vocab_size or DEFAULT_BPE_VOCAB)
+    else:
+        raise DataError(f"text tokenizer must be 'byte' or 'bpe', got {name!r}")
+    tokens = encode_documents(docs, tok)
+    try:
+        n_val = spec.n_val(tokens.size)
+    except DataError as e:
+        raise DataError(f"{spec.path}: {e}") from None
+    meta = _write_splits(folder, tokens, n_val, tok.vocab_size)
+    meta.update(vocab_size=tok.vocab_size, eot_id=tok.eot_id, tokenizer=tok.save(folder),
+                sources=[str(f) for f in files], documents=len(docs))
+    return meta
+
+
+def _index_existing(spec: DataSpec, folder: Path) -> dict:
+    train, val = shards_in(_existing_path(spec))
+    # Absolute paths: the shards stay where they are, only counts and meta live in the cache.
+    return index_shards(train, val, folder, tokenizer=spec.tokenizer, vocab_size=spec.vocab_size)
+
+
+_BUILDERS: dict[str, Callable[[DataSpec, Path], dict]] = {
+    "synthetic": _build_synthetic, "text": _build_text, "shards": _index_existing,
+}
