@@ -17,8 +17,7 @@ import torch.distributed as dist
 from sweep import liveness
 from sweep.run.distributed import DistEnv, Watchdog, peer_timeout
 from sweep.rundir import RunDir
-from tests.conftest import FAST, ROOT
-from tests.test_hold import wait_for_file
+from tests.conftest import FAST, ROOT, ended, wait_until_held
 
 
 # ---- the watchdog on a store in this process, with a clock the test moves ---------------------------------------
@@ -172,7 +171,7 @@ def test_a_killed_rank_ends_the_other_promptly(env: dict, tmp_path: Path, victim
     procs = _ranks(env, tmp_path, {0: f"3:{gate}", 1: f"3:{gate}"})
     try:
         for r in (0, 1):
-            wait_for_file(gate / f"held_3_rank{r}", procs[r])
+            wait_until_held(gate, 3, ended(procs[r]), rank=r)
         procs[victim].send_signal(signal.SIGKILL)
         procs[victim].wait()
         (gate / "release").touch()
@@ -200,7 +199,7 @@ def test_a_hung_rank_ends_the_other_after_the_peer_timeout(env: dict, tmp_path: 
     procs = _ranks(env, tmp_path, {0: f"3:{gate}", 1: f"3:{gate}"}, SPECSWEEP_PEER_TIMEOUT_S="15")
     try:
         for r in (0, 1):
-            wait_for_file(gate / f"held_3_rank{r}", procs[r])
+            wait_until_held(gate, 3, ended(procs[r]), rank=r)
         procs[1].send_signal(signal.SIGSTOP)
         (gate / "release").touch()
         code, out, seconds = _finish(procs[0])

@@ -24,8 +24,7 @@ from sweep.run import signals as preempt
 from sweep.run.checkpoint import load_checkpoint, load_latest_checkpoint, save_checkpoint
 from sweep.run.signals import StopRequest
 from sweep.rundir import JsonlError, RunConfigChanged, RunDir, config_hash, iter_jsonl
-from tests.conftest import FAST, ROOT, run_train
-from tests.test_hold import wait_for_file
+from tests.conftest import FAST, ROOT, ended, run_train, wait_until_held
 
 RUN_ID = "gpt-tiny_adamw_w4_smoke_s0"
 
@@ -146,7 +145,7 @@ def test_kill_after_the_last_checkpoint_still_records_the_final_losses(env: dict
     gate = tmp_path / "gate"
     proc = _start([*FAST], {**env, "SPECSWEEP_HOLD": f"30:{gate}"})
     try:
-        wait_for_file(gate / "held_30_rank0", proc)  # step 30 checkpointed, DONE not written yet
+        wait_until_held(gate, 30, ended(proc))  # step 30 checkpointed, DONE not written yet
         proc.kill()
         proc.wait(timeout=60)
     finally:
@@ -263,7 +262,7 @@ def test_sigterm_and_sigint_checkpoint_the_step_they_claim(env: dict, tmp_path: 
     gate = tmp_path / "gate"
     proc = _start([*FAST, "train.log_every=1"], {**env, "SPECSWEEP_HOLD": f"12:{gate}"})
     try:
-        wait_for_file(gate / "held_12_rank0", proc)  # step 12 done; the last checkpoint is 10
+        wait_until_held(gate, 12, ended(proc))  # step 12 done; the last checkpoint is 10
         proc.send_signal(signum)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -294,7 +293,7 @@ def test_sigint_twice_never_claims_a_missing_checkpoint(env: dict, tmp_path: Pat
     gate = tmp_path / "gate"
     proc = _start([*FAST], {**env, "SPECSWEEP_HOLD": f"12:{gate}"})
     try:
-        wait_for_file(gate / "held_12_rank0", proc)
+        wait_until_held(gate, 12, ended(proc))
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)  # wherever it lands (before or after the stop checkpoint)
         out, _ = proc.communicate(timeout=120)

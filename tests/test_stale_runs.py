@@ -16,8 +16,7 @@ from sweep import liveness, status
 from sweep.cluster import slurm, states
 from sweep.grid import sweepdir
 from sweep.rundir import RunDir, iter_jsonl
-from tests.conftest import FAST, ROOT, run_train
-from tests.test_hold import wait_for_file
+from tests.conftest import FAST, ROOT, ended, run_train, wait_until_held
 
 
 def _run_dir(root: Path, run_id: str, **status_fields) -> RunDir:
@@ -120,7 +119,7 @@ def test_a_killed_run_is_stale_and_its_resubmission_matches_an_uninterrupted_run
                             env={**env, "SPECSWEEP_HOLD": f"6:{gate}"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_file(gate / "held_6_rank0", proc)
+        wait_until_held(gate, 6, ended(proc))
         live = _status(env, sweep_dir, "--json", "--stale-after", "0")
         row = json.loads(live.stdout.splitlines()[0])
         assert row["state"] == "running" and "heartbeat" in row["detail"], live.stdout + live.stderr
