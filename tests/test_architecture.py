@@ -35,9 +35,9 @@ OPTIMIZER_REGISTRY = "optim.registry"
 # by other work now).
 KNOWN_CIRCLES = {
     # rundir.recorded_identity falls back to the checkpoint's config hash (function-local import)
-    frozenset({"sweep.run.checkpoint", "sweep.rundir"}),
+    frozenset({"sweep.run.checkpoint", "sweep.rundir", "sweep.rundir.layout"}),
 }
-KNOWN_LONG_MODULES = {"sweep/run/trainer.py", "sweep/data/corpus.py", "sweep/data/prepare.py", "sweep/rundir.py"}
+KNOWN_LONG_MODULES = {"sweep/run/trainer.py", "sweep/data/corpus.py", "sweep/data/prepare.py", "sweep/rundir/layout.py"}
 
 # What sweep/analysis/ may import from sweep/: itself and floor 0.
 ANALYSIS = "sweep.analysis"
