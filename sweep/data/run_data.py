@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -11,7 +12,6 @@ import torch
 
 from sweep.data import DataSpec, PreparedData, TokenBatches, prepare_dataset
 from sweep.errors import DataError
-from sweep.grid.spec import RunSpec
 
 log = logging.getLogger("specsweep.data")
 
@@ -36,21 +36,22 @@ class RunData:
         return list(zip(x.split(self.val.batch_size), y.split(self.val.batch_size)))
 
 
-def load_run_data(spec: RunSpec, rank: int = 0, world_size: int = 1) -> RunData:
-    """Prepare (or reuse) the data of ``spec`` and build this rank's batch sources.
+def load_run_data(data: DataSpec, data_root: Path, *, seed: int, batch_size: int, seq_len: int,
+                  eval_batches: int, rank: int = 0, world_size: int = 1) -> RunData:
+    """Prepare (or reuse) ``data`` under ``data_root`` and build this rank's batch sources
+    (``batch_size``: this rank's rows of a micro-batch; ``seed``: the training order).
 
     Data that is missing or unusable here (deleted since the preflight, not mounted on this node,
     damaged) raises DataError, a short message naming the file.
     """
-    t = spec.train
     try:
-        prepared = prepare_dataset(DataSpec.from_mapping(spec.data), spec.data_root)
-        train = TokenBatches(prepared.train_paths, t.batch_size, t.seq_len, seed=spec.seed,
+        prepared = prepare_dataset(data, data_root)
+        train = TokenBatches(prepared.train_paths, batch_size, seq_len, seed=seed,
                              rank=rank, world_size=world_size)
-        val = TokenBatches(prepared.val_paths, t.batch_size, t.seq_len, seed=0, rank=rank, world_size=world_size)
+        val = TokenBatches(prepared.val_paths, batch_size, seq_len, seed=0, rank=rank, world_size=world_size)
     except (FileNotFoundError, PermissionError, ValueError) as e:  # ShardError is a ValueError
-        raise DataError(f"data ({spec.data.get('path') or spec.data.get('kind')}): {e}") from e
+        raise DataError(f"data ({data.path or data.kind}): {e}") from e
     counts = prepared.counts() if prepared.counts_path.exists() else None
     log.info("data: %s (%d train / %d val tokens, vocab %d)", prepared.root, prepared.n_train_tokens,
              prepared.n_val_tokens, prepared.vocab_size)
-    return RunData(prepared, train, val, val.eval_batches(t.eval_batches), counts)
+    return RunData(prepared, train, val, val.eval_batches(eval_batches), counts)

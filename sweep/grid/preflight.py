@@ -18,8 +18,9 @@ from omegaconf import DictConfig
 
 from sweep.credentials import redact_text
 from sweep.errors import SweepError, UserError
+from sweep.grid.identity import check_identity
+from sweep.grid.spec import build_run_spec
 from sweep.rundir import STATUS_DIVERGED, RunDir
-from sweep.grid.spec import build_run_spec, identity_of
 
 log = logging.getLogger("specsweep.sweep")
 
@@ -59,9 +60,9 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
         label = redact_text(" ".join(overrides))  # a refused override may carry a credential
         try:
             cfg = config_loader.load_sweep_config(master_config, list(overrides))
-            spec = build_run_spec(cfg)
+            spec = build_run_spec(cfg, list(overrides))
             run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-            digest = RunDir(run_dir).check_identity(identity_of(cfg))
+            digest = check_identity(RunDir(run_dir), spec.identity)
         except UserError as e:  # ConfigError, RunConfigChanged
             errors.append(f"job [{label}]: {e}")
             continue
