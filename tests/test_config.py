@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from models import GPTConfig
 from sweep.data import DataSpec
 from sweep.errors import ConfigError
-from sweep.grid.identity import identity_of
+from sweep.grid.identity import container, identity_of
 from sweep.grid.spec import build_run_spec
 from tests.conftest import CONF, ROOT
 
@@ -90,10 +90,13 @@ def test_run_spec_is_typed_all_the_way_down(compose) -> None:
 
 
 def test_model_problems_are_gpt_config_messages(compose) -> None:
-    with pytest.raises(ConfigError, match=r"model: ffn_mult must be a number > 0, got 'two'"):
+    raw = container(compose([]))  # a plain dict takes keys the config schema would refuse
+    with pytest.raises(ConfigError, match=r"model.ffn_mult must be a number > 0, got 'two'"):
         build_run_spec(compose(["model.ffn_mult=two"]))
-    with pytest.raises(ConfigError, match=r"model: d_model \(64\) must be divisible by n_head \(3\)"):
+    with pytest.raises(ConfigError, match=r"model.d_model \(64\) must be divisible by n_head \(3\)"):
         build_run_spec(compose(["model.n_head=3"]))
+    with pytest.raises(ConfigError, match=r"model: .*unexpected keyword argument 'ffn_mlt'"):
+        build_run_spec({**raw, "model": {**raw["model"], "ffn_mlt": 2}})
 
 
 @pytest.mark.parametrize("sweep", sorted(p.stem for p in (CONF / "sweep").glob("*.yaml")))

@@ -173,15 +173,18 @@ def _check_telemetry(t: TelemetrySpec, errors: list[str]) -> None:
 
 
 def _model(raw: Mapping[str, Any], errors: list[str]) -> Optional[GPTConfig]:
-    """The architecture, checked by GPTConfig itself (its messages become the error lines)."""
+    """The architecture, checked by GPTConfig itself: its messages, which start with the field's
+    name, become the error lines (``model.ffn_mult must be ...``)."""
     kwargs = dict(raw)
     if kwargs.get("vocab_size") is None:
         kwargs["vocab_size"] = VOCAB_STAND_IN
     try:
         return GPTConfig(**kwargs)
-    except (TypeError, ValueError) as e:
+    except ValueError as e:
+        errors.append(f"model.{e}")
+    except TypeError as e:  # an unknown key, or a value of the wrong type in a comparison
         errors.append(f"model: {e}")
-        return None
+    return None
 
 
 def _check_optim(name: str, hparams: dict, errors: list[str]) -> None:
