@@ -17,6 +17,19 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def ffn_hidden_dim(d_model: int, ffn_mult: float | None, ffn_width: int | None) -> int:
+    """FFN hidden width D: ``ffn_width`` if given, else ``round(ffn_mult * d_model)``.
+
+    The one place that turns the config's FFN knobs into D (GPTConfig, and readers of run records
+    that only kept the knobs).
+    """
+    if ffn_width is not None:
+        return int(ffn_width)
+    if ffn_mult is None:
+        raise ValueError("ffn_mult and ffn_width are both None; set one of them")
+    return round(ffn_mult * d_model)
+
+
 @dataclass
 class GPTConfig:
     """Shape and architecture of a GPT (defaults: the paper's modded-nanoGPT block).
@@ -95,21 +108,19 @@ class GPTConfig:
             return
         if self.ffn_mult is None:
             raise ValueError("ffn_mult and ffn_width are both None; set one of them")
-        if not self.ffn_mult > 0:
-            raise ValueError(f"ffn_mult must be > 0, got {self.ffn_mult!r}")
+        if isinstance(self.ffn_mult, bool) or not isinstance(self.ffn_mult, (int, float)) or not self.ffn_mult > 0:
+            raise ValueError(f"ffn_mult must be a number > 0, got {self.ffn_mult!r}")
         width = self.ffn_mult * self.d_model
         if not math.isclose(width, round(width), rel_tol=0.0, abs_tol=1e-6):
             raise ValueError(
                 f"ffn_mult * d_model = {self.ffn_mult} * {self.d_model} = {width} is not an "
-                f"integer FFN width; pick another ffn_mult or set ffn_width"
+                f"integer width (the FFN hidden width D); pick another ffn_mult or set ffn_width"
             )
 
     @property
     def ffn_hidden_dim(self) -> int:
-        """FFN hidden width D: ffn_width if given, else round(ffn_mult * d_model)."""
-        if self.ffn_width is not None:
-            return self.ffn_width
-        return round(self.ffn_mult * self.d_model)
+        """FFN hidden width D (see models.config.ffn_hidden_dim)."""
+        return ffn_hidden_dim(self.d_model, self.ffn_mult, self.ffn_width)
 
     @property
     def head_dim(self) -> int:

@@ -13,17 +13,38 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import sweep.grid.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from sweep.credentials import exit_if_credentials_in
+from sweep.rundir import RunDir
+
+
+def _job_record(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
+    """Hydra's record of the job (its .hydra/ files), for the trainer to write once the launch is
+    accepted: ``hydra.output_subdir`` is null so that Hydra does not write it before the task runs
+    (a refused launch would overwrite the record of the run it refuses)."""
+    return {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+        "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task),
+    }
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> Any:
+    # These import torch: only the job pays for it, not `--help` or `--cfg`.
+    from sweep.grid.spec import build_run_spec
     from sweep.run.trainer import train_run
 
-    return train_run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra_cfg = HydraConfig.get()
+    run_path = Path(hydra_cfg.runtime.output_dir)
+    try:
+        spec = build_run_spec(cfg, list(hydra_cfg.overrides.task))
+    except BaseException:
+        RunDir(run_path).remove_if_empty()  # Hydra made it for a job that will not run
+        raise
+    return train_run(spec, run_path, _job_record(cfg, hydra_cfg))
 
 
 if __name__ == "__main__":

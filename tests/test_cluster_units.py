@@ -162,6 +162,6 @@ def test_slurm_launcher_takes_site_facts_and_job_shape_from_their_groups(compose
     assert launcher.wait is False and launcher.max_array_size == 1001
     # Neither group enters the run id or the identity: any cluster or GPU count trains the same run.
     assert cfg.run_id == compose([]).run_id
-    from sweep.grid.spec import identity_of
+    from sweep.grid.identity import identity_of
 
     assert identity_of(cfg) == identity_of(compose(["resources=cpu"]))

@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sweep.grid.spec import ConfigError, build_run_spec, identity_of
+from models import GPTConfig
+from sweep.data import DataSpec
+from sweep.errors import ConfigError
+from sweep.grid.identity import container, identity_of
+from sweep.grid.spec import build_run_spec
 from tests.conftest import CONF, ROOT
 
 # Groups selected in conf/train.yaml's defaults list (chosen with `group=option`); every other
@@ -64,7 +68,35 @@ def test_every_config_file_composes_and_validates(compose, group: str, option: s
         return
     spec = build_run_spec(cfg)
     assert spec.run_id == cfg.run_id
-    assert spec.optim_name == cfg.optim.name
+    assert spec.optimizer.name == cfg.optim.name
+
+
+def test_run_spec_is_typed_all_the_way_down(compose) -> None:
+    overrides = ["model.ffn_mult=2", "optim=muon", "optim.lr=0.01"]
+    cfg = compose(overrides)
+    spec = build_run_spec(cfg, list(cfg.hydra.overrides.task))
+    assert isinstance(spec.model, GPTConfig) and spec.model.ffn_hidden_dim == 128
+    assert isinstance(spec.data, DataSpec) and spec.data.kind == "synthetic"
+    assert spec.optimizer.name == "muon" and spec.optimizer.hparams["lr"] == 0.01
+    # model.vocab_size is unset: the model takes the prepared data's vocabulary
+    assert spec.vocab_from_data and spec.model_config(512).vocab_size == 512
+    assert spec.axes["ffn_width"] == 128 and spec.axes["optimizer"] == "muon" and spec.axes["optim.lr"] == 0.01
+    assert spec.identity == identity_of(cfg) and "logger" not in spec.identity and "logger" in spec.config
+    assert "run_id: gpt-tiny_muon_w2_lr0.01_s0" in spec.config_yaml()
+    fixed = build_run_spec(compose(["model.vocab_size=600"]))
+    assert not fixed.vocab_from_data and fixed.model_config(512).vocab_size == 600
+    with pytest.raises(ValueError, match="model.vocab_size=600 < data vocabulary 700"):
+        fixed.model_config(700)
+
+
+def test_model_problems_are_gpt_config_messages(compose) -> None:
+    raw = container(compose([]))  # a plain dict takes keys the config schema would refuse
+    with pytest.raises(ConfigError, match=r"model.ffn_mult must be a number > 0, got 'two'"):
+        build_run_spec(compose(["model.ffn_mult=two"]))
+    with pytest.raises(ConfigError, match=r"model.d_model \(64\) must be divisible by n_head \(3\)"):
+        build_run_spec(compose(["model.n_head=3"]))
+    with pytest.raises(ConfigError, match=r"model: .*unexpected keyword argument 'ffn_mlt'"):
+        build_run_spec({**raw, "model": {**raw["model"], "ffn_mlt": 2}})
 
 
 @pytest.mark.parametrize("sweep", sorted(p.stem for p in (CONF / "sweep").glob("*.yaml")))
@@ -192,7 +224,7 @@ def test_text_data_big_enough_for_the_batches_validates(compose, tmp_path: Path)
     text = tmp_path / "ok.txt"
     text.write_text("x" * 20_000)
     cfg = compose(["data=text", f"data.path={text}", "data.val_fraction=0.5"])
-    assert build_run_spec(cfg).data["path"] == str(text)
+    assert build_run_spec(cfg).data.path == str(text)
     with pytest.raises(ConfigError, match=f"{text} is too small.*training split.*train.batch_size"):
         build_run_spec(compose(["data=text", f"data.path={text}", "data.val_fraction=0.5", "train.batch_size=200"]))
 
@@ -244,7 +276,7 @@ def test_data_order_and_eval_budget_are_checked_before_any_run(compose, tmp_path
     with pytest.raises(ConfigError, match="validation split holds 8320 tokens, data.eval_tokens=8320 needs"):
         build_run_spec(compose(["data.val_tokens=8320", "+data.eval_tokens=8320"]))
     spec = build_run_spec(compose(["data.val_tokens=8321", "+data.eval_tokens=8320", "+data.order=sequential"]))
-    assert spec.data["order"] == "sequential" and spec.data["eval_tokens"] == 8320
+    assert spec.data.order == "sequential" and spec.data.eval_tokens == 8320
     # Two shards of 600 tokens offer the 16 random windows of 65 tokens a batch draws, but neither
     # holds one sequential micro-batch of 16 x 64 + 1 tokens.
     shards = tmp_path / "shards"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ import torch
 from sweep.data.loader import TokenBatches
 from sweep.data.order import SequentialStream, eval_batch_rows
 from sweep.data.run_data import load_run_data
+from sweep.data.spec import DataSpec
 from sweep.data.shards import write_shard
 from sweep.errors import DataError
 from tests.conftest import FAST, run_train
@@ -179,20 +179,21 @@ def test_eval_budget_errors_name_the_problem() -> None:
 
 # ---------------------------------------------------------------- through load_run_data and the trainer
 
-def _spec(tmp_path: Path, data: dict, batch_size: int = 4, eval_batches: int = 2) -> SimpleNamespace:
-    return SimpleNamespace(seed=0, data=data, data_root=tmp_path / "cache",
-                           train=SimpleNamespace(batch_size=batch_size, seq_len=16, eval_batches=eval_batches))
+def _load(tmp_path: Path, data: dict, batch_size: int = 4, eval_batches: int = 2, **ranks: int):
+    """load_run_data of ``data`` (a config mapping) as the trainer calls it."""
+    return load_run_data(DataSpec.from_mapping(data), tmp_path / "cache", seed=0, batch_size=batch_size,
+                         seq_len=16, eval_batches=eval_batches, **ranks)
 
 
 def test_run_data_reads_the_order_and_the_eval_budget(tmp_path: Path) -> None:
     data = {"kind": "synthetic", "vocab_size": 64, "train_tokens": 20_000, "val_tokens": 2_000,
             "order": "sequential", "eval_tokens": 1024}
-    run = load_run_data(_spec(tmp_path, data), rank=1, world_size=2)
+    run = _load(tmp_path, data, rank=1, world_size=2)
     assert run.train.order == "sequential" and run.n_eval_batches == 8  # 64 sequences, 8 rows a batch
     assert all(x.shape == (4, 16) for x, _ in run.eval_batches)
     train = np.concatenate([np.fromfile(p, dtype="<u2", offset=1024) for p in run.prepared.train_paths])
     assert torch.equal(run.train.get(0)[0].reshape(-1), torch.from_numpy(train[64:128].astype(np.int64)))
-    plain = load_run_data(_spec(tmp_path, {**data, "order": "random", "eval_tokens": None}))
+    plain = _load(tmp_path, {**data, "order": "random", "eval_tokens": None})
     assert plain.train.order == "random" and plain.n_eval_batches == 2  # train.eval_batches
 
 
@@ -203,7 +204,7 @@ def test_an_unfinished_folder_met_at_run_time_is_a_data_error(tmp_path: Path) ->
     (folder / "progress.json").write_text(json.dumps({"shards": []}))
     data = {"kind": "shards", "name": "local", "path": str(folder), "source": str(tmp_path / "corpus")}
     with pytest.raises(DataError, match="preparation is not finished.*python -m sweep.prepare data=local"):
-        load_run_data(_spec(tmp_path, data))
+        _load(tmp_path, data)
 
 
 @pytest.mark.slow

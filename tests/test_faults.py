@@ -21,9 +21,11 @@ import pytest
 import torch
 
 from sweep.run import signals as preempt
-from sweep.run.checkpoint import load_checkpoint, load_latest_checkpoint, save_checkpoint
+from sweep.grid.identity import check_identity
+from sweep.run.checkpoint import save_checkpoint
 from sweep.run.signals import StopRequest
-from sweep.rundir import JsonlError, RunConfigChanged, RunDir, config_hash, iter_jsonl
+from sweep.rundir import (JsonlError, RunConfigChanged, RunDir, config_hash, iter_jsonl, load_checkpoint,
+                          load_latest_checkpoint)
 from tests.conftest import FAST, ROOT, ended, run_train, wait_until_held
 
 RUN_ID = "gpt-tiny_adamw_w4_smoke_s0"
@@ -421,9 +423,9 @@ def test_without_identity_or_config_the_checkpoint_hash_decides(tmp_path: Path) 
     run = RunDir(tmp_path / "r")
     mine, other = {"train": {"steps": 10}}, {"train": {"steps": 20}}
     save_checkpoint(run, 10, {"config_hash": config_hash(mine)}, keep=1)
-    assert run.check_identity(mine) == config_hash(mine)
+    assert check_identity(run, mine) == config_hash(mine)
     with pytest.raises(RunConfigChanged, match="ckpt_00000010.pt"):
-        run.check_identity(other)
+        check_identity(run, other)
 
 
 @pytest.mark.slow

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweep.run.checkpoint import load_latest_checkpoint, save_checkpoint
-from sweep.rundir import JsonlAppender, RunConfigChanged, RunDir, iter_jsonl
+from sweep.grid.identity import claim
+from sweep.run.checkpoint import save_checkpoint
+from sweep.rundir import JsonlAppender, RunConfigChanged, RunDir, iter_jsonl, load_latest_checkpoint
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,10 +72,10 @@ def test_jsonl_truncation_and_torn_lines(tmp_path: Path) -> None:
 
 def test_claim_refuses_a_changed_identity(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "r")
-    run.claim({"train": {"steps": 10}, "seed": 0}, "a: 1\n")
-    run.claim({"seed": 0, "train": {"steps": 10}}, "a: 1\n")  # same identity, key order irrelevant
+    claim(run, {"train": {"steps": 10}, "seed": 0}, "a: 1\n")
+    claim(run, {"seed": 0, "train": {"steps": 10}}, "a: 1\n")  # same identity, key order irrelevant
     with pytest.raises(RunConfigChanged, match=r"train.steps: 10 -> 20"):
-        run.claim({"train": {"steps": 20}, "seed": 0}, "a: 1\n")
+        claim(run, {"train": {"steps": 20}, "seed": 0}, "a: 1\n")
     assert json.loads(run.identity_file.read_text())["train"]["steps"] == 10
 
 

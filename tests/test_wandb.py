@@ -17,11 +17,12 @@ from types import SimpleNamespace
 import pytest
 
 from sweep.analysis import wandb_io
-from sweep.run.wandb_logger import (REDACTED, NullLogger, WandbLogger, make_logger, metric_from_wandb,
-                           record_key, redact_secrets, reset_online_failure, resolve_mode, secrets_in,
-                           spectral_rows, stable_wandb_id, wandb_config)
-from sweep.rundir import RunDir, iter_jsonl
+from sweep.credentials import REDACTED, redact_secrets, secrets_in
 from sweep.grid.spec import LoggerSpec
+from sweep.run.wandb_logger import (NullLogger, WandbLogger, make_logger, resolve_mode,
+                                    spectral_rows, wandb_config)
+from sweep.rundir import RunDir, iter_jsonl
+from sweep.wandb_keys import metric_from_wandb, record_key, stable_wandb_id
 from tests.conftest import ROOT, ended, hold_env, run_train, wait_until_held
 
 FAKE_KEY = "0123456789abcdef" * 2 + "feedbeef"  # 40 hex characters, the shape of a W&B key
@@ -213,11 +214,9 @@ def test_mid_run_failure_is_logged_once_and_never_raises(caplog: pytest.LogCaptu
 
 
 @pytest.fixture(autouse=True)
-def _fresh_process_state():
+def _fresh_process_state(monkeypatch: pytest.MonkeyPatch):
     """Each test starts as a new process would: W&B online never failed before."""
-    reset_online_failure()
-    yield
-    reset_online_failure()
+    monkeypatch.setattr("sweep.run.wandb_logger._online_failure", None)
 
 
 class _FakeWandbLogger(NullLogger):
@@ -242,7 +241,7 @@ def test_online_failure_falls_back_to_offline_then_to_nothing(monkeypatch: pytes
     monkeypatch.setattr(_FakeWandbLogger, "fail", {"online"})
     with caplog.at_level(logging.WARNING, logger="specsweep.logger"):
         assert make_logger(spec, run_dir=Path("R")).mode == "offline"
-        reset_online_failure()  # as in a new process
+        monkeypatch.setattr("sweep.run.wandb_logger._online_failure", None)  # as in a new process
         monkeypatch.setattr(_FakeWandbLogger, "fail", {"online", "offline"})
         assert type(make_logger(spec, run_dir=Path("R"))) is NullLogger
     assert _FakeWandbLogger.tried == ["online", "offline", "online", "offline"]

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from metrics.fit import AggregationRule
+from sweep import rundir
 from sweep.analysis.read import FinishedRun, SweepContents, SweepError
 
 NOT_STARTED = "not started (in the sweep record, no run directory yet)"
-# First words of the reasons a run is left out, counted in the one-line summary.
-_CATEGORIES = ("unfinished", "diverged", "failed", "not started", "too short", "window")
+# First words of the reasons a run is left out, counted in the one-line summary (a run left out
+# for its run.json status is named by that status: sweep/analysis/read.py).
+_CATEGORIES = ("unfinished", *rundir.EXCLUDED_STATUSES, "not started", "too short", "window")
 
 
 class NothingToFit(SweepError):

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from models.config import ffn_hidden_dim
 from sweep import rundir
 from sweep.errors import SweepError  # input that leaves nothing to analyse (the CLI exits 2)
 
@@ -107,7 +108,8 @@ def load_run(run_dir: Path, sweep_dir: Path, warnings: list[str], live: bool = F
                         "treated as done")
     axes = dict(info.get("axes") or {})
     if axes.get(WIDTH_COL) is None and axes.get("ffn_mult") is not None and axes.get("d_model") is not None:
-        axes[WIDTH_COL] = int(round(float(axes["ffn_mult"]) * float(axes["d_model"])))
+        # a run.json of an older version without the width: D from the knobs, as the model derives it
+        axes[WIDTH_COL] = ffn_hidden_dim(float(axes["d_model"]), float(axes["ffn_mult"]), None)
     for key in ("optimizer", WIDTH_COL):
         if axes.get(key) is None:
             raise _Skip(f"{status_name} axes lack {key!r}")

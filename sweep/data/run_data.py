@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Protocol, Union
+from typing import Optional
 
 import numpy as np
 import torch
@@ -19,21 +19,6 @@ from sweep.errors import DataError
 log = logging.getLogger("specsweep.data")
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-class _TrainSettings(Protocol):
-    batch_size: int    # this rank's rows of a micro-batch
-    seq_len: int
-    eval_batches: int
-
-
-class RunSpecLike(Protocol):
-    """What load_run_data reads of a run spec (sweep.grid.spec.RunSpec; data sits below the grid)."""
-
-    seed: int
-    data: Union[DataSpec, Mapping[str, Any]]
-    data_root: Path
-    train: _TrainSettings
 
 
 @dataclass
@@ -59,21 +44,22 @@ class RunData:
         return list(zip(x.split(self.val.batch_size), y.split(self.val.batch_size)))
 
 
-def load_run_data(spec: RunSpecLike, rank: int = 0, world_size: int = 1) -> RunData:
-    """Prepare (or reuse) the data of ``spec`` and build this rank's batch sources.
+def load_run_data(data: DataSpec, data_root: Path, *, seed: int, batch_size: int, seq_len: int,
+                  eval_batches: int, rank: int = 0, world_size: int = 1) -> RunData:
+    """Prepare (or reuse) ``data`` under ``data_root`` and build this rank's batch sources
+    (``batch_size``: this rank's rows of a micro-batch; ``seed``: the training order of
+    ``data.order=random``; ``eval_batches``: used unless ``data.eval_tokens`` sets the eval set).
 
     ``spec.train.batch_size`` is this rank's share of the global micro-batch. Data that is missing
     or unusable here (deleted since the preflight, not mounted on this node, damaged) raises
     DataError, a short message naming the file.
     """
-    t = spec.train
-    data = spec.data if isinstance(spec.data, DataSpec) else DataSpec.from_mapping(spec.data)
     try:
-        prepared = prepare_dataset(data, spec.data_root)
-        train = TokenBatches(prepared.train_paths, t.batch_size, t.seq_len, seed=spec.seed,
+        prepared = prepare_dataset(data, data_root)
+        train = TokenBatches(prepared.train_paths, batch_size, seq_len, seed=seed,
                              rank=rank, world_size=world_size, order=data.order)
-        val = TokenBatches(prepared.val_paths, t.batch_size, t.seq_len, seed=0, rank=rank, world_size=world_size)
-        evals = val.first_tokens(data.eval_tokens) if data.eval_tokens is not None else val.eval_batches(t.eval_batches)
+        val = TokenBatches(prepared.val_paths, batch_size, seq_len, seed=0, rank=rank, world_size=world_size)
+        evals = val.first_tokens(data.eval_tokens) if data.eval_tokens is not None else val.eval_batches(eval_batches)
     except DataError:
         raise
     except (OSError, ValueError) as e:  # e.g. a file that became unreadable

@@ -1,1 +1,14 @@
-"""The grid: compose, validate, name and record every run before any of them trains."""
+"""The grid: compose, validate, name and record every run before any of them trains.
+
+- spec:      RunSpec, the typed and validated run (GPTConfig, DataSpec, optimizer, train, telemetry,
+             logger, resolved config, identity, axes); build_run_spec
+- identity:  what identifies a run, and the check of a relaunch against its run directory's record
+- run_id:    deterministic run ids from the swept axes
+- resolvers: the ``${run_id:}`` resolver of conf/
+- preflight: the whole grid checked before a multirun launches anything, and its summary
+- sweepdir:  the sweep record (SWEEP_DIR/.specsweep/: launches, grid points, SLURM job ids)
+
+May import: models, optim, the floor-0 modules of ``sweep`` (rundir, credentials, errors,
+wandb_keys) and ``sweep.data`` (DataSpec and the data checks). Imported by ``sweep/run/``,
+``sweep/cluster/``, the commands and hydra_plugins/.
+"""

@@ -18,8 +18,9 @@ from omegaconf import DictConfig
 
 from sweep.credentials import redact_text
 from sweep.errors import SweepError, UserError
-from sweep.rundir import STATUS_DIVERGED, RunDir
-from sweep.grid.spec import build_run_spec, identity_of
+from sweep.grid.identity import check_identity
+from sweep.grid.spec import build_run_spec
+from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir
 
 log = logging.getLogger("specsweep.sweep")
 
@@ -29,7 +30,7 @@ class PlannedJob:
     overrides: list[str]
     run_id: str
     run_dir: Path
-    state: str  # "todo" | "resume" | "done" | "diverged" | "left" (not in hydra.sweeper.only)
+    state: str  # "todo" | "resume" | "left" (not in hydra.sweeper.only) | the run's status done/diverged
 
 
 @dataclass
@@ -44,9 +45,9 @@ class SweepPlan:
 def _job_state(run_dir: Path) -> str:
     rd = RunDir(run_dir)
     if rd.is_done():
-        return "done"
+        return STATUS_DONE
     if rd.read_status().get("status") == STATUS_DIVERGED:
-        return "diverged"
+        return STATUS_DIVERGED
     return "resume" if rd.checkpoints() else "todo"
 
 
@@ -59,9 +60,9 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
         label = redact_text(" ".join(overrides))  # a refused override may carry a credential
         try:
             cfg = config_loader.load_sweep_config(master_config, list(overrides))
-            spec = build_run_spec(cfg)
+            spec = build_run_spec(cfg, list(overrides))
             run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-            digest = RunDir(run_dir).check_identity(identity_of(cfg))
+            digest = check_identity(RunDir(run_dir), spec.identity)
         except UserError as e:  # ConfigError, RunConfigChanged
             errors.append(f"job [{label}]: {e}")
             continue
@@ -90,10 +91,10 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
         counts[j.state] += 1
     log.info(
         "sweep plan: %d runs (%d new, %d to resume, %d finished and skipped, %d diverged and skipped)",
-        len(plan.jobs), counts["todo"], counts["resume"], counts["done"], counts["diverged"],
+        len(plan.jobs), counts["todo"], counts["resume"], counts[STATUS_DONE], counts[STATUS_DIVERGED],
     )
     for j in plan.jobs:
-        if j.state in ("done", "diverged"):
+        if j.state in (STATUS_DONE, STATUS_DIVERGED):
             log.info("  skip %s (%s): %s", j.run_id, j.state, j.run_dir)
     return plan
 
@@ -127,7 +128,7 @@ def summarize_results(plan: SweepPlan, results: Sequence[Any]) -> None:
             continue
         if getattr(result, "status", None) is not None and result.status.name == "FAILED":
             failed.append(f"{job.run_id}: {type(error).__name__}: {error}")
-            status = "failed"
+            status = STATUS_FAILED
         log.info("  %-10s %s", status, job.run_dir)
     sweep_dir = plan.jobs[0].run_dir.parent if plan.jobs else None
     log.info("run directories: %s", sweep_dir)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+from sweep.credentials import secrets_in
+
 # Keys that the base of the id already encodes (model, optimizer, width, seed).
 _BASE_KEYS = {
     "model", "optim", "model.ffn_mult", "model.ffn_width", "optim.rank_fraction", "optim.name",
@@ -77,8 +79,6 @@ def width_tag(ffn_mult: float | None, ffn_width: int | None) -> str:
 
 def _refuse_credentials(key: str, value: str) -> None:
     """A credential never goes into a config, a run id or a run directory: refuse it at once."""
-    from sweep.credentials import secrets_in  # local: only reads os.environ
-
     names = secrets_in(value)
     if names:
         raise ValueError(f"override {key}=... carries the value of ${names[0]}: credentials stay in "
@@ -126,7 +126,7 @@ def make_run_id(
 
 def run_id_from_config(cfg: Mapping[str, Any], overrides: Sequence[str]) -> str:
     """Run id of a composed task config (a DictConfig or nested dict) and its job overrides."""
-    from optim import optimizer_tag  # local: keeps this module importable without torch
+    from optim import optimizer_tag  # torch: kept out of `sweep.prepare` and `sweep.train --help`
 
     optim_cfg = dict(cfg["optim"])
     name = optim_cfg.pop("name")

@@ -1,21 +1,30 @@
 """Typed view of a composed run config, validated before any work starts.
 
 Hydra's struct mode already rejects unknown keys on the command line and unknown group options;
-this module checks values (types, ranges, files) and turns the config into plain dataclasses that
-the library layers understand. Every problem is collected and reported at once.
+this module checks values (types, ranges, files) and turns the config into typed specs that the
+library layers understand (GPTConfig, DataSpec, an optimizer name and its hyperparameters), plus
+what the run records as plain data (resolved config, identity, axes). Every problem is collected
+and reported at once; the model's problems are GPTConfig's own messages.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.errors import ConfigError  # noqa: F401 (raised here; importers find it here too)
+from models import GPT, GPTConfig
+from optim import build_optimizer
+from sweep.credentials import secrets_in
+from sweep.data import DataSpec
+from sweep.data.checks import TokenNeeds, check_data
+from sweep.errors import ConfigError
+from sweep.grid.identity import container, identity_of, optimizer_hparams
+from sweep.grid.run_id import identity_overrides
 
 
 @dataclass
@@ -64,19 +73,46 @@ class LoggerSpec:
     finish_timeout: float = 0   # W&B: seconds run.finish() may wait for uploads (0: no limit)
 
 
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    hparams: dict  # exactly the builder's keyword arguments (conf/optim/<name>.yaml minus name and unused axes)
+
+
+VOCAB_STAND_IN = 256
+"""model.vocab_size while the data's vocabulary is not known yet (RunSpec.vocab_from_data)."""
+
+
 @dataclass
 class RunSpec:
+    """Everything one run needs, validated; the trainer takes nothing else."""
+
     run_id: str
     sweep_name: str
     seed: int
-    model: dict          # GPTConfig keyword arguments (vocab_size filled from the data)
-    optim_name: str
-    optim_hparams: dict
-    data: dict
+    model: GPTConfig       # vocab_size is VOCAB_STAND_IN when vocab_from_data: build from model_config()
+    vocab_from_data: bool  # model.vocab_size left unset: the model takes the prepared data's vocabulary
+    optimizer: OptimizerSpec
+    data: DataSpec
+    data_root: Path
     train: TrainSpec
     telemetry: TelemetrySpec
     logger: LoggerSpec
-    data_root: Path
+    config: dict           # the resolved task config (config.yaml, the W&B run config)
+    identity: dict         # what identifies the run (sweep/grid/identity.py)
+    axes: dict             # the run's coordinates in the grid (run.json, W&B): what the fits group by
+
+    def model_config(self, data_vocab: int) -> GPTConfig:
+        """The GPTConfig to build once the data is prepared (its vocabulary size known)."""
+        if self.vocab_from_data:
+            return dataclasses.replace(self.model, vocab_size=data_vocab)
+        if self.model.vocab_size < data_vocab:
+            raise ValueError(f"model.vocab_size={self.model.vocab_size} < data vocabulary {data_vocab}")
+        return self.model
+
+    def config_yaml(self) -> str:
+        """The resolved config as config.yaml holds it."""
+        return OmegaConf.to_yaml(OmegaConf.create(self.config))
 
 
 def _is_int(v: Any) -> bool:
@@ -136,35 +172,24 @@ def _check_telemetry(t: TelemetrySpec, errors: list[str]) -> None:
             errors.append(f"telemetry.renyi_alphas: each alpha must be > 0 and != 1 (1 is the soft rank), got {a!r}")
 
 
-def _check_model(model: dict, errors: list[str]) -> None:
-    from models import GPTConfig
-
-    mult, width = model.get("ffn_mult"), model.get("ffn_width")
-    if width is not None and (not _is_int(width) or width <= 0):
-        errors.append(f"model.ffn_width: must be a positive integer (the FFN hidden width D), got {width!r}")
-        return
-    if width is None:
-        if not isinstance(mult, (int, float)) or isinstance(mult, bool) or mult <= 0:
-            errors.append(f"model.ffn_mult: must be a positive number, got {mult!r}")
-            return
-        d = model.get("d_model")
-        if _is_int(d) and not math.isclose(mult * d, round(mult * d), abs_tol=1e-9):
-            errors.append(
-                f"model.ffn_mult: ffn_mult * d_model = {mult} * {d} = {mult * d} is not an integer width"
-            )
-            return
+def _model(raw: Mapping[str, Any], errors: list[str]) -> Optional[GPTConfig]:
+    """The architecture, checked by GPTConfig itself: its messages, which start with the field's
+    name, become the error lines (``model.ffn_mult must be ...``)."""
+    kwargs = dict(raw)
+    if kwargs.get("vocab_size") is None:
+        kwargs["vocab_size"] = VOCAB_STAND_IN
     try:
-        GPTConfig(**{**model, "vocab_size": model.get("vocab_size") or 256})
-    except (TypeError, ValueError) as e:
+        return GPTConfig(**kwargs)
+    except ValueError as e:
+        errors.append(f"model.{e}")
+    except TypeError as e:  # an unknown key, or a value of the wrong type in a comparison
         errors.append(f"model: {e}")
+    return None
 
 
 def _check_optim(name: str, hparams: dict, errors: list[str]) -> None:
     # Building the optimizer on a 1-layer toy GPT with the same parameter names checks the name,
     # every hyperparameter and the routing in milliseconds, whatever the real model's size.
-    from models import GPT, GPTConfig
-    from optim import build_optimizer
-
     toy = GPT(GPTConfig(vocab_size=16, n_layer=1, n_head=2, d_model=8, context_len=8, ffn_mult=2))
     try:
         build_optimizer(toy, name, **hparams)
@@ -172,11 +197,9 @@ def _check_optim(name: str, hparams: dict, errors: list[str]) -> None:
         errors.append(f"optim: {e}")
 
 
-def _check_data(data: dict, errors: list[str], train: Optional[TrainSpec] = None,
-                telemetry: Optional[TelemetrySpec] = None) -> None:
+def _data(raw: Mapping[str, Any], errors: list[str], train: Optional[TrainSpec] = None,
+          telemetry: Optional[TelemetrySpec] = None) -> Optional[DataSpec]:
     """Data files there, readable, text, and big enough for the batches of ``train`` (when valid)."""
-    from sweep.data.checks import TokenNeeds, check_data
-
     needs = None
     if train is not None:
         val_batches = train.eval_batches
@@ -185,40 +208,41 @@ def _check_data(data: dict, errors: list[str], train: Optional[TrainSpec] = None
             val_batches = max(val_batches, telemetry.probe_batches)
         needs = TokenNeeds(seq_len=train.seq_len, train_rows=train.batch_size,
                            val_rows=val_batches * train.batch_size)
-    errors += check_data(data, needs)
+    problems = check_data(raw, needs)
+    if problems:
+        errors += problems
+        return None
+    try:
+        return DataSpec.from_mapping(raw)
+    except (TypeError, ValueError) as e:
+        errors.append(f"data: {e}")
+        return None
 
 
-# Grid axes that only some optimizers take: for the others the key is dropped, so grid points that
-# differ only in it are the same run (the sweeper launches it once).
-OPTIONAL_OPTIM_AXES = ("rank_fraction",)
-
-
-def optimizer_hparams(name: str, raw: Mapping[str, Any]) -> dict:
-    """The builder's hyperparameters from an optim config section (``name`` and unused axes removed)."""
-    from optim import hparam_defaults, registered_optimizers
-
-    hparams = {k: v for k, v in raw.items() if k != "name"}
-    if name in registered_optimizers():
-        accepted = hparam_defaults(name)
-        for key in OPTIONAL_OPTIM_AXES:
-            if key not in accepted:
-                hparams.pop(key, None)
-    return hparams
-
-
-def container(cfg: DictConfig | Mapping[str, Any]) -> dict:
-    """A resolved plain-dict copy of a config (or a config section)."""
-    if isinstance(cfg, DictConfig):
-        # Section by section, skipping `hydra`: its runtime fields are only set once a job runs,
-        # while the task keys (run_id included) resolve against the whole composed config.
-        out = {}
-        for key in cfg:
-            if key == "hydra":
-                continue
-            node = cfg[key]
-            out[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-        return out
-    return dict(cfg)
+def run_axes(model: GPTConfig, optimizer: OptimizerSpec, train: TrainSpec, seed: int,
+             overrides: Sequence[str], exclude: Sequence[str]) -> dict[str, Any]:
+    """The run's coordinates in the grid: what the fits group and plot by."""
+    axes: dict[str, Any] = {
+        "model": model.name,
+        "optimizer": optimizer.name,
+        "rank_fraction": optimizer.hparams.get("rank_fraction"),
+        "ffn_width": model.ffn_hidden_dim,
+        "ffn_mult": model.ffn_hidden_dim / model.d_model,
+        "d_model": model.d_model,
+        "n_layer": model.n_layer,
+        "n_head": model.n_head,
+        "activation": model.activation,
+        "pos_encoding": model.pos_encoding,
+        "norm_placement": model.norm_placement,
+        "postln_frac": model.postln_frac,
+        "steps": train.steps,
+        "seed": seed,
+    }
+    # Other identifying overrides (e.g. optim.lr) become axes too, under their dotted name.
+    for key, value in identity_overrides(overrides, exclude).items():
+        if key.rsplit(".", 1)[-1] not in axes:  # train.steps is already the axis "steps"
+            axes[key] = yaml.safe_load(value) if value else value
+    return axes
 
 
 def _leaves(node: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -230,19 +254,21 @@ def _leaves(node: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix[:-1], node)] if isinstance(node, str) else []
 
 
-def build_run_spec(cfg: DictConfig | Mapping[str, Any]) -> RunSpec:
-    """Validate a composed task config; raise ConfigError listing every problem found."""
+def build_run_spec(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = ()) -> RunSpec:
+    """Validate a composed task config; raise ConfigError listing every problem found.
+
+    ``overrides``: the job's task overrides (Hydra's ``overrides.task``); those that identify the
+    run beyond its id's base become axes.
+    """
     raw = container(cfg)
     errors: list[str] = []
-    from sweep.credentials import secrets_in  # credentials never go into configs or run dirs
-
+    # credentials never go into configs or run dirs
     errors += [f"{key}: holds the value of ${names[0]}; credentials stay in the environment"
                for key, names in ((k, secrets_in(v)) for k, v in _leaves(raw)) if names]
     seed = raw.get("seed")
     if not _is_int(seed) or seed < 0:
         errors.append(f"seed: must be an integer >= 0, got {seed!r}")
-    model = dict(raw["model"])
-    _check_model(model, errors)
+    model = _model(raw["model"], errors)
     optim_name = raw["optim"].get("name")
     optim_raw: dict = {}
     if not isinstance(optim_name, str):
@@ -260,9 +286,8 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any]) -> RunSpec:
     if telemetry is not None:
         _check_telemetry(telemetry, errors)
     telemetry_ok = telemetry is not None and len(errors) == n_errors
-    data = dict(raw["data"])
     # The data's size is only checked against valid batch settings (else the data is not the problem).
-    _check_data(data, errors, train if train_ok else None, telemetry if telemetry_ok else None)
+    data = _data(dict(raw["data"]), errors, train if train_ok else None, telemetry if telemetry_ok else None)
     logger = _section(LoggerSpec, raw["logger"], "logger", errors)
     if logger is not None and logger.backend not in ("none", "wandb"):
         errors.append(f"logger.backend: none | wandb, got {logger.backend!r}")
@@ -271,24 +296,14 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any]) -> RunSpec:
     if errors:
         run_id = raw.get("run_id", "?")
         raise ConfigError(f"invalid config for run {run_id}:\n  - " + "\n  - ".join(errors))
+    optimizer = OptimizerSpec(optim_name, optim_raw)
+    try:
+        axes = run_axes(model, optimizer, train, seed, overrides, list(raw.get("run_id_exclude") or []))
+    except ValueError as e:  # an override carrying a credential
+        raise ConfigError(f"invalid config for run {raw.get('run_id', '?')}:\n  - {e}") from None
     return RunSpec(
         run_id=raw["run_id"], sweep_name=raw["sweep_name"], seed=seed, model=model,
-        optim_name=optim_name, optim_hparams=optim_raw, data=data, train=train,
-        telemetry=telemetry, logger=logger, data_root=Path(raw["paths"]["data_root"]),
+        vocab_from_data=raw["model"].get("vocab_size") is None, optimizer=optimizer, data=data,
+        data_root=Path(raw["paths"]["data_root"]), train=train, telemetry=telemetry, logger=logger,
+        config=raw, identity=identity_of(cfg), axes=axes,
     )
-
-
-def identity_of(cfg: DictConfig | Mapping[str, Any]) -> dict:
-    """The part of the resolved config that defines the run (volatile keys removed)."""
-    raw = container(cfg)
-    optim_cfg = raw.get("optim")
-    if isinstance(optim_cfg, dict) and isinstance(optim_cfg.get("name"), str):
-        raw["optim"] = {"name": optim_cfg["name"], **optimizer_hparams(optim_cfg["name"], optim_cfg)}
-    for dotted in raw.get("volatile_keys") or []:
-        node: Any = raw
-        parts = dotted.split(".")
-        for p in parts[:-1]:
-            node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(parts[-1], None)
-    return raw

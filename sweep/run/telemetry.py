@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-from metrics import BackgroundFinalizer, FFNProbe, frequency_buckets, metric_keys
-from sweep.rundir import JsonlAppender
+from metrics import BackgroundFinalizer, FFNProbe, finalize_snapshot, frequency_buckets, metric_keys
 from sweep.grid.spec import TelemetrySpec
+from sweep.rundir import JsonlAppender
 
 log = logging.getLogger("specsweep.telemetry")
 
@@ -105,8 +105,6 @@ class Telemetry:
         if not self.write:
             return
         if self._finalizer is None:
-            from metrics import finalize_snapshot
-
             self._emit(finalize_snapshot(snapshot))
             return
         self._finalizer.submit(snapshot)

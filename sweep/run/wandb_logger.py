@@ -30,12 +30,10 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-# Moved to floor-0 modules (issue 13) and re-exported here for the modules and tests that still
-# import them from sweep.run.wandb_logger; new code imports them from sweep.credentials / sweep.wandb_keys.
-from sweep.credentials import REDACTED, env_secrets, redact_secrets, secrets_in  # noqa: F401
+from sweep.credentials import redact_secrets
 from sweep.grid.spec import LoggerSpec
-from sweep.wandb_keys import (flatten, median_key, metric_from_wandb, metric_to_wandb,  # noqa: F401
-                              record_key, stable_wandb_id, train_key)
+from sweep.rundir import iter_jsonl
+from sweep.wandb_keys import median_key, record_key, train_key
 
 log = logging.getLogger("specsweep.logger")
 
@@ -235,8 +233,6 @@ def replay_after_resume(logger: NullLogger, metrics_file: Path, spectra_file: Pa
     files, so W&B misses nothing; rows it did get are logged twice with the same step and values.
     Returns the number of rows replayed.
     """
-    from sweep.rundir import iter_jsonl
-
     if not isinstance(logger, WandbLogger):
         return 0
     metrics = list(metrics)
@@ -262,12 +258,6 @@ def replay_after_resume(logger: NullLogger, metrics_file: Path, spectra_file: Pa
 # local launcher trains all its runs in one process: once the server is unreachable, the later runs
 # go offline at once instead of each waiting `logger.init_timeout` again.
 _online_failure: Optional[str] = None
-
-
-def reset_online_failure() -> None:
-    """Forget an earlier failed online start (the next online run tries the server again)."""
-    global _online_failure
-    _online_failure = None
 
 
 def _remove_failed_attempt(run_dir: Optional[Path], wandb_id: Optional[str], before: set[Path]) -> None:
