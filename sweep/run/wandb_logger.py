@@ -42,6 +42,7 @@ from sweep.credentials import REDACTED, env_secrets, redact_secrets, secrets_in 
 from sweep.errors import ConfigError
 from sweep.grid.spec import LoggerSpec
 from sweep.run.provenance import run_provenance
+from sweep.run.wandb_attempts import logged_up_to
 from sweep.wandb_keys import (flatten, median_key, metric_from_wandb, metric_to_wandb,  # noqa: F401
                               record_key, stable_wandb_id, train_key)
 from sweep.wandb_keys import LAYER_TABLE_COLUMNS, LAYER_TABLE_KEY
@@ -291,17 +292,24 @@ class WandbLogger(NullLogger):
 
 def replay_after_resume(logger: NullLogger, metrics_file: Path, spectra_file: Path, *,
                         after_step: int, metrics: Iterable[str]) -> int:
-    """Log again the local rows with step > ``after_step`` (kept by the resume) to W&B.
-
-    A killed process loses the W&B rows still in flight (typically the telemetry event drained
-    just before the checkpoint). Resuming replays the last checkpoint interval from the local
-    files, so W&B misses nothing; rows it did get are logged twice with the same step and values.
-    Returns the number of rows replayed.
+    """Log again to W&B the local rows that an earlier attempt may not have written: those after
+    ``after_step`` (the last checkpoint interval) or from the last step that the earlier attempts'
+    W&B files hold, whichever is earlier (W&B writes its file in blocks, about every 15 s: a killed
+    process loses its last seconds of rows, all of them if it died young; when no earlier file
+    holds a step, everything is logged again). Rows W&B did get appear twice with the same step
+    and values. Returns the number of rows replayed.
     """
     from sweep.rundir import iter_jsonl
 
     if not isinstance(logger, WandbLogger):
         return 0
+    try:
+        current: Optional[Path] = Path(logger._run.dir).parent
+    except Exception:  # noqa: BLE001 - only used to skip the attempt's own folder
+        current = None
+    held = logged_up_to(metrics_file.parent, logger.run_id, current)
+    # rows of the last step held may be only partly written: that step is logged again too
+    after_step = min(after_step, held - 1) if held is not None else 0
     metrics = list(metrics)
     by_step: dict[int, tuple[list[dict], list[dict]]] = {}
     for path, slot in ((metrics_file, 0), (spectra_file, 1)):
