@@ -30,6 +30,15 @@ SLURM = {"SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4240", "SLURM_ARRAY_TASK
          "SLURM_JOB_NODELIST": "gpu[01-02]"}
 
 
+@pytest.fixture(autouse=True)
+def _no_wandb_service_left():
+    """A W&B run in this process leaves its service and WANDB_SERVICE (which children inherit and
+    would log through) behind: shut it down after each test."""
+    yield
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+
+
 def _spec(**kw) -> LoggerSpec:
     base = dict(backend="wandb", project="p", entity=None, mode="offline", system_metrics=False, console="off")
     return LoggerSpec(**{**base, **kw})
@@ -250,7 +259,8 @@ def test_system_metrics_and_console_are_logged_by_default(env: dict, tmp_path: P
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweep.train", "+preset=smoke", "logger=wandb_offline", "sweep_name=sysm",
          "train.steps=5", "logger.system_metrics_interval=0.2"],
-        cwd=ROOT, env={**env, "SPECSWEEP_HOLD": f"1:{gate}"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT, env={**{k: v for k, v in env.items() if k != "WANDB_SERVICE"}, "SPECSWEEP_HOLD": f"1:{gate}"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     try:
         deadline = time.monotonic() + HELD_BOUND_S
