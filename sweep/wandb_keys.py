@@ -3,10 +3,14 @@
 Key scheme (x-axis ``trainer/step`` for every key; W&B makes one workspace section per prefix
 before the last ``/``):
 
-- ``train/{train_loss,lr,tokens_per_s,grad_norm}``, ``eval/{loss,ppl}``,
-  ``trainer/{step,tokens,elapsed_s}``
-- ``spectral/<site>/<bucket>/<metric>/L<layer>``: one value per telemetry record (status ok)
-- ``spectral_median/<site>/<bucket>/<metric>``: median over layers of the same event
+- ``train/{loss,lr,tokens_per_s,grad_norm}``, ``eval/{loss,ppl}``, ``trainer/{step,tokens,elapsed_s}``
+  (the ``metrics.jsonl`` columns ``train_loss``, ``eval_loss``, ... without the repeated prefix;
+  runs logged before that used ``train/train_loss``, still read by :func:`column_of_key`)
+- ``spectral_median/<site>/<bucket>/<metric>``: median over layers of one telemetry event
+- ``tables/spectral_layers``: one W&B Table per event with the per-layer values
+  (columns :data:`LAYER_TABLE_COLUMNS` + the metrics)
+- ``spectral/<site>/<bucket>/<metric>/L<layer>``: one scalar per layer and metric, only with
+  ``logger.per_layer_keys=true`` (~1,800 keys per run at 24 layers: a slow workspace)
 
 Metric names never contain ``.`` in W&B (it means nesting there): ``renyi_0.5`` becomes
 ``renyi_0p5``; :func:`metric_from_wandb` undoes it.
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 
 def stable_wandb_id(sweep_name: str, run_id: str) -> str:
@@ -56,10 +60,33 @@ def median_key(site: str, bucket: str, metric: str) -> str:
     return f"spectral_median/{site}/{bucket}/{metric_to_wandb(metric)}"
 
 
+LAYER_TABLE_KEY = "tables/spectral_layers"
+LAYER_TABLE_COLUMNS = ("step", "layer", "site", "bucket")  # then one column per metric (W&B names)
+_TRAINER_COLUMNS = ("step", "tokens", "elapsed_s")
+
+
 def train_key(name: str) -> str:
-    """W&B key of a metrics.jsonl column."""
-    if name in ("step", "tokens", "elapsed_s"):
+    """W&B key of a metrics.jsonl column: ``train_loss`` -> ``train/loss``, ``eval_ppl`` ->
+    ``eval/ppl``, ``lr`` -> ``train/lr``, ``step`` -> ``trainer/step``."""
+    if name in _TRAINER_COLUMNS:
         return f"trainer/{name}"
     if name.startswith("eval_"):
         return f"eval/{name[5:]}"
+    if name.startswith("train_"):
+        return f"train/{name[6:]}"
     return f"train/{name}"
+
+
+def column_of_key(key: str) -> Optional[str]:
+    """The metrics.jsonl column of a train/eval/trainer W&B key, or None. Keys of older runs
+    read back too: ``train/train_loss`` (before the rename) is ``train_loss`` like ``train/loss``."""
+    prefix, _, name = key.partition("/")
+    if not name or "/" in name:
+        return None
+    if prefix == "trainer" and name in _TRAINER_COLUMNS:
+        return name
+    if prefix == "eval":
+        return f"eval_{name}"
+    if prefix == "train":
+        return "train_loss" if name == "loss" else name
+    return None

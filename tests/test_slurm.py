@@ -14,7 +14,6 @@ the other tests use the cluster.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess

@@ -7,8 +7,10 @@
   marker; written by ``sweep.rundir.write_run_files``) from W&B, for sweeps whose local files are
   gone. Sources: ``ENTITY/PROJECT/GROUP`` through the W&B public API (needs network,
   ``WANDB_API_KEY`` or ``wandb login``, and ``WANDB_BASE_URL`` for a self-hosted server), or a
-  local folder holding W&B run folders (offline runs, read with ``wandb leet inspect``). What comes back is what was logged: ok telemetry records with their
-  rank metrics (no sampling diagnostics), train/eval rows, final losses; enough for the fit.
+  local folder holding W&B run folders (offline runs, read with ``wandb leet inspect``). What comes
+  back is what was logged: ok telemetry records with their rank metrics (no sampling diagnostics;
+  from the per-layer scalar keys when the run has them, else from its per-event layer Tables),
+  train/eval rows (today's keys and the older ``train/train_loss``), final losses; enough for the fit.
 
 The local run directories remain the default source of ``sweep.fit``.
 """
@@ -22,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
@@ -29,12 +32,9 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 from sweep import rundir
 from sweep.errors import SweepError
 from sweep.credentials import redact_secrets
-from sweep.wandb_keys import metric_from_wandb, stable_wandb_id
-
-_SPECTRAL = re.compile(r"^spectral/([a-z]+)/([a-z]+)/([A-Za-z0-9_]+)/L(\d+)$")
-_TRAIN_KEYS = {"train/train_loss": "train_loss", "train/lr": "lr", "train/tokens_per_s": "tokens_per_s",
-               "train/grad_norm": "grad_norm", "trainer/tokens": "tokens", "trainer/elapsed_s": "elapsed_s"}
-_EVAL_KEYS = {"eval/loss": "eval_loss", "eval/ppl": "eval_ppl", "trainer/tokens": "tokens"}
+from sweep.analysis.wandb_history import (api_file_reader, folder_file_reader, history_rows, num as _num,
+                                          resolve_layer_tables)
+from sweep.wandb_keys import stable_wandb_id
 LEET_TIMEOUT_S = 120
 _WANDB_ERROR_STATES = ("crashed", "failed")  # W&B run states (its vocabulary) of a run that errored
 LIVE_ANALYSIS = "live-analysis"  # name prefix and id seed of the one W&B run that --watch updates
@@ -106,10 +106,13 @@ def api_runs(path: str, api: Any = None) -> Iterator[RunRecord]:
     for run in api.runs(project, filters={"group": group}):
         if getattr(run, "job_type", "train") not in (None, "", "train"):
             continue
+        history = list(run.scan_history(page_size=1000))
+        with tempfile.TemporaryDirectory(prefix="specsweep-wandb-") as tmp:
+            resolve_layer_tables(history, api_file_reader(run, Path(tmp)))
         yield RunRecord(name=run.name, group=getattr(run, "group", group), job_type=run.job_type,
                         state=str(run.state), config=_nested(dict(run.config)),
                         summary=dict(getattr(run.summary, "_json_dict", None) or dict(run.summary)),
-                        history=list(run.scan_history(page_size=1000)))
+                        history=history)
 
 
 def _leet(path: Path, *extra: str) -> str:
@@ -139,10 +142,14 @@ def read_offline_run(run_folder: Path) -> dict:
 
 def offline_runs(folder: Path) -> Iterator[RunRecord]:
     """Training runs under a local folder: every W&B run folder below it, attempts of the same run
-    (a resumed run has one folder per attempt) merged in start order."""
+    (a resumed run has one folder per attempt) merged in start order. An attempt killed before W&B
+    wrote anything to its file (it writes in blocks) has no run record and is left out."""
     by_id: dict[str, list[dict]] = {}
     for wandb_file in sorted(folder.rglob("*.wandb")):
         parsed = read_offline_run(wandb_file.parent)
+        if not parsed["run"] and not parsed["history"]:
+            continue
+        resolve_layer_tables(parsed["history"], folder_file_reader(wandb_file.parent))
         rid = parsed["run"].get("run_id") or parsed["summary"].get("run_id") or wandb_file.stem
         by_id.setdefault(rid, []).append(parsed)
     for attempts in by_id.values():
@@ -163,12 +170,6 @@ def offline_runs(folder: Path) -> Iterator[RunRecord]:
 
 # ---- W&B run -> run directory -------------------------------------------------------------------
 
-def _num(v: Any) -> Optional[float]:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v)
-
-
 @dataclass
 class RebuiltRun:
     """A run directory's contents rebuilt from a W&B run (see ``sweep.rundir.write_run_files``)."""
@@ -181,26 +182,7 @@ class RebuiltRun:
 
 def run_files(record: RunRecord) -> RebuiltRun:
     """The run directory contents: status, metrics rows, spectra records, completion summary."""
-    train: dict[int, dict] = {}
-    evals: dict[int, dict] = {}
-    spectra: dict[tuple[int, int, str, str], dict] = {}
-    for row in record.history:
-        step = _num(row.get("trainer/step"))
-        if step is None:
-            continue
-        step = int(step)
-        if "train/train_loss" in row:
-            train[step] = {"step": step, **{v: row[k] for k, v in _TRAIN_KEYS.items() if k in row}}
-        if "eval/loss" in row:
-            evals[step] = {"step": step, **{v: row[k] for k, v in _EVAL_KEYS.items() if k in row}}
-        for key, value in row.items():
-            m = _SPECTRAL.match(key)
-            if m is None or _num(value) is None:
-                continue
-            site, bucket, metric, layer = m.group(1), m.group(2), metric_from_wandb(m.group(3)), int(m.group(4))
-            rec = spectra.setdefault((step, layer, site, bucket), {
-                "step": step, "layer": layer, "site": site, "bucket": bucket, "status": "ok"})
-            rec[metric] = float(value)  # a resumed run re-logs some steps: the last value wins
+    train, evals, spectra = history_rows(record.history)
     cfg = record.config
     axes = dict(cfg.get("axis") or {})
     run_id = str(cfg.get("run_id") or record.name)
@@ -384,5 +366,5 @@ def push_analysis(result: Any, sweep_dirs: Sequence[str | Path], *, mode: str = 
 
 
 __all__ = ["RebuiltRun", "RunRecord", "api_runs", "beta_summary_values", "live_step", "materialize",
-           "materialize_sources", "offline_runs", "push_analysis", "read_offline_run", "run_files",
-           "wandb_target"]
+           "materialize_sources", "offline_runs", "push_analysis", "read_offline_run", "resolve_layer_tables",
+           "run_files", "wandb_target"]

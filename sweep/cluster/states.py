@@ -6,14 +6,12 @@ rule). Display states are this module's vocabulary; run.json statuses come from 
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
-import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 

@@ -71,6 +71,10 @@ class LoggerSpec:
     tags: list = field(default_factory=list)
     init_timeout: float = 30
     finish_timeout: float = 0   # W&B: seconds run.finish() may wait for uploads (0: no limit)
+    system_metrics: bool = True         # W&B: CPU/GPU utilisation and memory of the run
+    system_metrics_interval: float = 15  # W&B: seconds between two system-metric samples
+    console: str = "auto"               # W&B console log capture: auto | wrap | redirect | off
+    per_layer_keys: bool = False        # W&B: one scalar key per layer and metric (slow workspace)
 
 
 @dataclass(frozen=True)

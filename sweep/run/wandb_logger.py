@@ -6,13 +6,19 @@ if it cannot start or errors mid-run, the failure is logged once and the run goe
 W&B key scheme (x-axis ``trainer/step`` for every key; W&B makes one workspace section per
 prefix before the last ``/``):
 
-- ``train/{train_loss,lr,tokens_per_s,grad_norm}``, ``eval/{loss,ppl}``,
-  ``trainer/{step,tokens,elapsed_s}``
-- ``spectral/<site>/<bucket>/<metric>/L<layer>``: one value per telemetry record (status ok)
-- ``spectral_median/<site>/<bucket>/<metric>``: median over layers of the same event
+- ``train/{loss,lr,tokens_per_s,grad_norm}``, ``eval/{loss,ppl}``, ``trainer/{step,tokens,elapsed_s}``
+  (summary of ``eval/loss``: its minimum; of ``train/loss``: its last value)
+- ``spectral_median/<site>/<bucket>/<metric>``: median over layers of one telemetry event
+- ``tables/spectral_layers``: one W&B Table per event, a row per (layer, site, bucket) record
+- ``spectral/<site>/<bucket>/<metric>/L<layer>``: one scalar per record and metric, only with
+  ``logger.per_layer_keys`` (the key count grows with depth: ~1,800 per run at 24 layers)
 - ``spectrum/<site>/<bucket>/L<layer>``: histogram of log10 eigenvalues (telemetry.log_eigenvalues)
 - ``spectrum_plot/<site>/<bucket>``: log10 eigenvalue vs index for the selected layers
 - summary: ``final/eval_loss``, ``final/train_loss``, ``final/<site>/<bucket>/<rank>``
+- config: the resolved config, ``axis.*`` (swept axes), ``provenance.*`` (SLURM job, git commit)
+
+System metrics (``logger.system_metrics``, sampled every ``logger.system_metrics_interval`` s) and
+the console log (``logger.console``) are W&B's own, on by default.
 
 Metric names never contain ``.`` in W&B (it means nesting there): ``renyi_0.5`` becomes
 ``renyi_0p5``; :func:`sweep.wandb_keys.metric_from_wandb` undoes it. Key names and run ids live in
@@ -31,9 +37,12 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 
 from sweep.credentials import redact_secrets
+from sweep.errors import ConfigError
 from sweep.grid.spec import LoggerSpec
+from sweep.run.provenance import run_provenance
+from sweep.run.wandb_attempts import logged_up_to
 from sweep.rundir import iter_jsonl
-from sweep.wandb_keys import median_key, record_key, train_key
+from sweep.wandb_keys import LAYER_TABLE_COLUMNS, LAYER_TABLE_KEY, median_key, metric_to_wandb, record_key, train_key
 
 log = logging.getLogger("specsweep.logger")
 
@@ -41,23 +50,30 @@ log = logging.getLogger("specsweep.logger")
 _CONFIG_NOISE = ("run_id_exclude", "volatile_keys")
 _EIGEN_KEY = re.compile(r"^L(\d+)_([a-z]+)_([a-z]+)$")
 _MAX_PLOT_POINTS = 256
+CONSOLE_MODES = ("auto", "wrap", "redirect", "off")  # W&B console capture (auto: wrap)
 
 
-def wandb_config(config: Mapping[str, Any], axes: Mapping[str, Any], run_dir: Optional[Path] = None) -> dict:
+def wandb_config(config: Mapping[str, Any], axes: Mapping[str, Any], run_dir: Optional[Path] = None,
+                 provenance: Optional[Mapping[str, Any]] = None) -> dict:
     """The run's W&B config: the resolved config (nested; W&B shows ``model.ffn_mult``), the swept
-    axes under ``axis`` (``axis.optimizer``, ``axis.ffn_width``, ... for group-by and filters) and
-    the run directory; run-id bookkeeping dropped, credentials redacted."""
+    axes under ``axis`` (``axis.optimizer``, ``axis.ffn_width``, ... for group-by and filters),
+    the run directory and ``provenance`` (SLURM job, git commit); run-id bookkeeping dropped,
+    credentials redacted."""
     cfg = {k: v for k, v in config.items() if k not in _CONFIG_NOISE}
     cfg["axis"] = dict(axes)
     if run_dir is not None:
         cfg["run_dir"] = str(run_dir)
+    if provenance is not None:
+        cfg["provenance"] = dict(provenance)
     return redact_secrets(cfg)
 
 
 # ---- keys ---------------------------------------------------------------------------------------
 
-def spectral_rows(records: Iterable[Mapping[str, Any]], metrics: Iterable[str]) -> dict[str, float]:
-    """Per-layer values and per-event medians over layers, keyed for W&B (ok records only)."""
+def spectral_rows(records: Iterable[Mapping[str, Any]], metrics: Iterable[str],
+                  per_layer: bool = True) -> dict[str, float]:
+    """Per-event medians over layers and (``per_layer``) per-layer values, keyed for W&B (ok
+    records only)."""
     metrics = list(metrics)
     data: dict[str, float] = {}
     groups: dict[tuple[str, str, str], list[float]] = {}
@@ -68,11 +84,46 @@ def spectral_rows(records: Iterable[Mapping[str, Any]], metrics: Iterable[str]) 
             v = r.get(m)
             if v is None:
                 continue
-            data[record_key(r, m)] = float(v)
+            if per_layer:
+                data[record_key(r, m)] = float(v)
             groups.setdefault((r["site"], r["bucket"], m), []).append(float(v))
     for (site, bucket, m), values in groups.items():
         data[median_key(site, bucket, m)] = float(np.median(values))
     return data
+
+
+def layer_table(records: Iterable[Mapping[str, Any]], metrics: Iterable[str]) -> tuple[list[str], list[list]]:
+    """(columns, rows) of the per-layer Table of one event: step, layer, site, bucket and the
+    metrics (W&B names), one row per ok record; a metric a record lacks is None."""
+    metrics = list(metrics)
+    columns = [*LAYER_TABLE_COLUMNS, *(metric_to_wandb(m) for m in metrics)]
+    rows = []
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        values = [None if r.get(m) is None else float(r[m]) for m in metrics]
+        rows.append([int(r["step"]), int(r["layer"]), str(r["site"]), str(r["bucket"]), *values])
+    return columns, rows
+
+
+def settings_for(spec: LoggerSpec) -> dict[str, Any]:
+    """``wandb.Settings`` arguments of a logger config; a bad value is a ConfigError."""
+    console, stats, interval = spec.console, spec.system_metrics, spec.system_metrics_interval
+    if console not in CONSOLE_MODES:
+        raise ConfigError(f"logger.console: {' | '.join(CONSOLE_MODES)}, got {console!r}")
+    for name in ("system_metrics", "per_layer_keys"):
+        if not isinstance(getattr(spec, name), bool):
+            raise ConfigError(f"logger.{name}: true | false, got {getattr(spec, name)!r}")
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
+        raise ConfigError(f"logger.system_metrics_interval: seconds > 0, got {interval!r}")
+    settings: dict[str, Any] = {"init_timeout": float(spec.init_timeout), "console": console,
+                                "x_disable_stats": not stats}
+    if stats:
+        settings["x_stats_sampling_interval"] = float(interval)
+    finish_timeout = getattr(spec, "finish_timeout", None)
+    if finish_timeout:
+        settings["finish_timeout"] = float(finish_timeout)
+    return settings
 
 
 def selected_layers(layers: Iterable[int]) -> list[int]:
@@ -131,6 +182,8 @@ def resolve_mode(configured: str, environ: Optional[Mapping[str, str]] = None) -
 class WandbLogger(NullLogger):
     """One W&B run per training run: group = sweep, name = run id, stable id, resume allowed."""
 
+    per_layer_keys = False
+
     def __init__(self, spec: LoggerSpec, *, sweep_name: str, run_id: str, run_dir: Path,
                  config: Mapping[str, Any], axes: Mapping[str, Any], wandb_id: str,
                  mode: Optional[str] = None) -> None:
@@ -140,21 +193,21 @@ class WandbLogger(NullLogger):
         self._broken = False
         self.run_id = wandb_id
         self.mode = mode or spec.mode
+        self.per_layer_keys = spec.per_layer_keys
         os.environ.setdefault("WANDB_SILENT", "true")
         tags = list(spec.tags) + [f"{k}:{v}" for k, v in sorted(axes.items()) if v is not None]
-        settings: dict[str, Any] = {"init_timeout": float(spec.init_timeout), "console": "off",
-                                    "x_disable_stats": True}
-        finish_timeout = getattr(spec, "finish_timeout", None)
-        if finish_timeout:
-            settings["finish_timeout"] = float(finish_timeout)
         self._run = wandb.init(
             project=spec.project, entity=spec.entity, group=sweep_name, name=run_id, id=wandb_id,
             resume="allow", mode=self.mode, dir=str(run_dir), job_type="train",
-            config=wandb_config(config, axes, run_dir), tags=[t[:64] for t in tags][:64],
-            reinit="finish_previous", settings=wandb.Settings(**settings),
+            config=wandb_config(config, axes, run_dir, run_provenance()), tags=[t[:64] for t in tags][:64],
+            reinit="finish_previous", settings=wandb.Settings(**settings_for(spec)),
         )
-        self._run.define_metric("trainer/step")
-        self._run.define_metric("*", step_metric="trainer/step")
+        step = train_key("step")
+        self._run.define_metric(step)
+        self._run.define_metric("*", step_metric=step)
+        # A key's own definition replaces the glob's, so each repeats the x-axis.
+        for column, summary in (("eval_loss", "min"), ("eval_ppl", "min"), ("train_loss", "last")):
+            self._run.define_metric(train_key(column), step_metric=step, summary=summary)
 
     def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         if self._broken:
@@ -171,9 +224,19 @@ class WandbLogger(NullLogger):
         self._guard("log", self._run.log, data)
 
     def log_spectra(self, records: Iterable[Mapping[str, Any]], step: int, metrics: Iterable[str]) -> None:
-        data: dict[str, Any] = spectral_rows(records, metrics)
-        data["trainer/step"] = step
-        self._guard("log", self._run.log, data)
+        """Medians over layers and one Table of the per-layer values (plus a scalar per layer
+        and metric with ``logger.per_layer_keys``): a key count independent of depth by default."""
+        records, metrics = list(records), list(metrics)
+
+        def _log() -> None:
+            data: dict[str, Any] = spectral_rows(records, metrics, per_layer=self.per_layer_keys)
+            columns, rows = layer_table(records, metrics)
+            if rows:
+                data[LAYER_TABLE_KEY] = self._wandb.Table(columns=columns, data=rows)
+            data["trainer/step"] = step
+            self._run.log(data)
+
+        self._guard("log", _log)
 
     def log_eigenvalues(self, step: int, eigen: Mapping[str, np.ndarray]) -> None:
         """Histograms of log10 eigenvalues, and one line plot per site/bucket, of the first,
@@ -226,15 +289,22 @@ class WandbLogger(NullLogger):
 
 def replay_after_resume(logger: NullLogger, metrics_file: Path, spectra_file: Path, *,
                         after_step: int, metrics: Iterable[str]) -> int:
-    """Log again the local rows with step > ``after_step`` (kept by the resume) to W&B.
-
-    A killed process loses the W&B rows still in flight (typically the telemetry event drained
-    just before the checkpoint). Resuming replays the last checkpoint interval from the local
-    files, so W&B misses nothing; rows it did get are logged twice with the same step and values.
-    Returns the number of rows replayed.
+    """Log again to W&B the local rows that an earlier attempt may not have written: those after
+    ``after_step`` (the last checkpoint interval) or from the last step that the earlier attempts'
+    W&B files hold, whichever is earlier (W&B writes its file in blocks, about every 15 s: a killed
+    process loses its last seconds of rows, all of them if it died young; when no earlier file
+    holds a step, everything is logged again). Rows W&B did get appear twice with the same step
+    and values. Returns the number of rows replayed.
     """
     if not isinstance(logger, WandbLogger):
         return 0
+    try:
+        current: Optional[Path] = Path(logger._run.dir).parent
+    except Exception:  # noqa: BLE001 - only used to skip the attempt's own folder
+        current = None
+    held = logged_up_to(metrics_file.parent, logger.run_id, current)
+    # rows of the last step held may be only partly written: that step is logged again too
+    after_step = min(after_step, held - 1) if held is not None else 0
     metrics = list(metrics)
     by_step: dict[int, tuple[list[dict], list[dict]]] = {}
     for path, slot in ((metrics_file, 0), (spectra_file, 1)):
@@ -279,6 +349,7 @@ def make_logger(spec: LoggerSpec, **kwargs: Any) -> NullLogger:
     global _online_failure
     if spec.backend == "none":
         return NullLogger()
+    settings_for(spec)  # a bad logger option is a config error, raised before any W&B start
     mode = resolve_mode(spec.mode)
     if mode == "disabled":
         return NullLogger()
