@@ -269,13 +269,13 @@ def test_damaged_or_unfinished_shard_folders_are_refused_naming_the_file(compose
 
 def test_data_order_and_eval_budget_are_checked_before_any_run(compose, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"data.order: random \| sequential, got 'shuffled'"):
-        build_run_spec(compose(["+data.order=shuffled"]))
+        build_run_spec(compose(["data.order=shuffled"]))
     with pytest.raises(ConfigError, match="data.eval_tokens: 1000 is not a multiple of the sequence length 64"):
-        build_run_spec(compose(["+data.eval_tokens=1000"]))
+        build_run_spec(compose(["data.eval_tokens=1000"]))
     # The inputs are the first N tokens, the targets reach one further: N + 1 are needed.
     with pytest.raises(ConfigError, match="validation split holds 8320 tokens, data.eval_tokens=8320 needs"):
-        build_run_spec(compose(["data.val_tokens=8320", "+data.eval_tokens=8320"]))
-    spec = build_run_spec(compose(["data.val_tokens=8321", "+data.eval_tokens=8320", "+data.order=sequential"]))
+        build_run_spec(compose(["data.val_tokens=8320", "data.eval_tokens=8320"]))
+    spec = build_run_spec(compose(["data.val_tokens=8321", "data.eval_tokens=8320", "data.order=sequential"]))
     assert spec.data.order == "sequential" and spec.data.eval_tokens == 8320
     # Two shards of 600 tokens offer the 16 random windows of 65 tokens a batch draws, but neither
     # holds one sequential micro-batch of 16 x 64 + 1 tokens.
@@ -287,4 +287,4 @@ def test_data_order_and_eval_budget_are_checked_before_any_run(compose, tmp_path
     args = ["data=fineweb10b", "data.source=null", f"data.path={shards}"]
     build_run_spec(compose(args))
     with pytest.raises(ConfigError, match=f"{shards} is too small.*data.order=sequential needs a shard of 1025 tokens"):
-        build_run_spec(compose([*args, "+data.order=sequential"]))
+        build_run_spec(compose([*args, "data.order=sequential"]))

@@ -209,10 +209,10 @@ def test_an_unfinished_folder_met_at_run_time_is_a_data_error(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_sequential_order_and_eval_budget_train_end_to_end(env: dict, tmp_path: Path) -> None:
-    common = [*FAST, "+data.order=sequential", "train.steps=12", "train.grad_accum=2"]
+    common = [*FAST, "data.order=sequential", "train.steps=12", "train.grad_accum=2"]
     # 4096 tokens = 64 sequences of 64 = 8 batches of 8 rows: the windows of train.eval_batches=8,
     # so both runs train alike and must report the same loss if the trainer evaluates every batch.
-    run_train([*common, "+data.eval_tokens=4096", "train.eval_batches=2", "sweep_name=budget"], env)
+    run_train([*common, "data.eval_tokens=4096", "train.eval_batches=2", "sweep_name=budget"], env)
     run_train([*common, "train.eval_batches=8", "sweep_name=batches"], env)
     (budget,), (batches,) = [list((tmp_path / "runs" / name).iterdir()) for name in ("budget", "batches")]
     assert "ordersequential" in budget.name

@@ -60,6 +60,13 @@ class TelemetrySpec:
     subsample: float
     renyi_alphas: list
     log_eigenvalues: bool
+    # At scale (issue 14; sweep/run/telemetry.py): which events carry full spectra, where and how
+    # many decompose at once, and which rows the HEAD/MID/TAIL covariances pool.
+    spectrum_every: Any = 1          # every k-th event before the fit's window carries spectra | "auto"
+    decompose_on: str = "auto"       # auto (cost model) | cpu (process pool, fp64) | gpu
+    decompose_workers: Any = "auto"  # CPU pool size | "auto" (free cores)
+    max_in_flight: int = 1           # events being decomposed at once; the next one waits
+    bucket_scope: str = "all"        # all: buckets pooled over ranks | rank0: rank 0's rows (paper)
 
 
 @dataclass
