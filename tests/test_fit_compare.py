@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from sweep import rundir
+from sweep.analysis import compare
 from sweep.analysis.compare import Experiment, experiment_of, load_published, match_published
 from sweep.analysis.figures import figure_beta_by_bucket
 from sweep.fit import main, run_fit
@@ -112,7 +113,7 @@ def test_published_tables_merge_shared_values(paper):
     keys = [(r["exp"], r["bucket"], r["site"], r["metric"]) for r in paper.rows]
     assert len(set(keys)) == len(keys)
     assert {r["site"] for r in paper.rows} == {"post"}
-    readme = (Path(rundir.__file__).parent / "analysis" / "published" / "README.md").read_text()
+    readme = (Path(compare.__file__).parent / "published" / "README.md").read_text()
     assert "6803c68d5afcbf4533d2fb6c608df7ef31afcbb6" in readme and "MIT License" in readme
 
 

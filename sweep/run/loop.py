@@ -313,17 +313,27 @@ class TrainingLoop:
         return STATUS_DIVERGED, RunResult(self.spec.run_id, STATUS_DIVERGED, step, loss, None)
 
     def _stopped(self, telemetry: Telemetry, saved: bool) -> tuple[str, RunResult]:
-        """A stop signal at a step boundary: checkpoint, record, then run() hands over or exits."""
+        """A stop signal at a step boundary: checkpoint, record, then run() hands over or exits.
+
+        The run is recorded ``interrupted`` as soon as its checkpoint is on disk, before waiting
+        for a USR2 that may follow a SIGTERM (submitit): SLURM may kill the process during that
+        wait, and the record must already be true then.
+        """
         st = self.state
         telemetry.drain()
         if self.main and not saved:
             st.checkpoint()
-        status = STATUS_REQUEUED if self.stop.will_requeue() else STATUS_INTERRUPTED
         if self.main:
+            self.run_dir.update_status(status=STATUS_INTERRUPTED, step=st.step)
+        log.warning("run %s got %s: stopped at step %d, checkpoint written", self.spec.run_id,
+                    signal.Signals(self.stop.received or self.stop.signum).name, st.step)
+        status = STATUS_REQUEUED if self.stop.will_requeue() else STATUS_INTERRUPTED
+        if self.main and status == STATUS_REQUEUED:
             self.run_dir.update_status(status=status, step=st.step)
         distributed.barrier()  # checkpoint and status are on disk before any rank leaves
-        log.warning("run %s got %s: stopped at step %d, checkpoint written; %s", self.spec.run_id,
-                    signal.Signals(self.stop.received or self.stop.signum).name, st.step,
-                    "the job is requeued and resumes from it" if status == STATUS_REQUEUED
-                    else "relaunch the same command to resume")
+        if status == STATUS_REQUEUED:
+            log.warning("run %s stopped at step %d, checkpoint written; the job is requeued and resumes from it",
+                        self.spec.run_id, st.step)
+        else:
+            log.warning("run %s: relaunch the same command to resume from step %d", self.spec.run_id, st.step)
         return status, RunResult(self.spec.run_id, status, st.step)
