@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -51,6 +52,11 @@ def test_usr2_checkpoints_at_the_step_boundary_and_a_relaunch_resumes(env: dict,
     a, b = _train(straight), _train(run)
     assert [s for s, _ in b] == [s for s, _ in a] == list(range(1, 41))
     assert [v for _, v in b] == pytest.approx([v for _, v in a], rel=1e-6, abs=1e-7)
+    # telemetry: one cost row per event across both attempts; the run's totals count both
+    costs = [r["step"] for r in iter_jsonl(run.metrics_file) if "telemetry_critical_s" in r]
+    assert costs == [1, 10, 20, 30, 40]
+    done = json.loads(run.done_file.read_text())["telemetry"]
+    assert (done["events"], done["spectrum_events"]) == (5, 5)
 
 
 def _free_port() -> int:
