@@ -119,8 +119,13 @@ def test_max_in_flight_bounds_the_backlog_and_the_loop_records_its_wait(env, com
     assert done["decompose_on"] == "cpu" and done["peak_host_mib"] > 0
 
 
-def _tiny_telemetry(tmp_path: Path, state=None, **spec) -> Telemetry:
-    model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, d_model=16, context_len=8))
+def _tiny_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, d_model=16, context_len=8))
+
+
+def _tiny_telemetry(tmp_path: Path, state=None, model=None, **spec) -> Telemetry:
+    model = model if model is not None else _tiny_model()
     fields = dict(enabled=True, every=10, tokens="train", probe_batches=1, sites=["pre", "post"], buckets=False,
                   min_bucket_rows=2, subsample=1.0, renyi_alphas=[2.0], log_eigenvalues=False)
     return Telemetry(model, TelemetrySpec(**{**fields, **spec}), None, total_steps=200,
@@ -203,3 +208,47 @@ def test_sparse_spectra_keep_the_window_exact_and_the_fit_gives_the_same_beta(en
     refused = [m for m in partial.messages if "hard ranks only" in m]
     assert len(refused) == 3 and all("step(s) 10, 30 of its aggregation window" in m for m in refused)
     assert set(partial.points["metric"]) == {"hard_rank"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_decompose_on_auto_decides_once_from_the_measured_time_between_events(tmp_path):
+    """The CUDA rule of decompose_on=auto, run with the accumulators on the CPU (``cuda`` set by
+    hand): spectra on the device until the time between events is known, then the cost model's
+    choice with this host's cores and memory, kept across a resume."""
+    gpt = _tiny_model()
+    tel = _tiny_telemetry(tmp_path, model=gpt, decompose_on="auto", decompose_workers=2)
+    try:
+        tel.cuda = True
+        tel.on, tel.reason, tel._provisional = tel._initial_place({})
+        assert (tel.on, tel._provisional) == ("gpu", True)
+        tel.pipeline.close()
+        tel.pipeline = tel._pipeline("gpu")
+        assert not tel.pipeline.asynchronous
+        # events far apart in time (1 s per step): a CPU pool keeps up with 8 matrices of D=64
+        tel._observe(FinishedEvent(1, True, [], EventCost(step=1, spectrum=True, interval_s=None)))
+        tel._observe(FinishedEvent(10, True, [], EventCost(step=10, spectrum=True, interval_s=9.0)))
+        tel._decide_place()
+        assert tel.on == "cpu" and not tel._provisional and "keeps up" in tel.reason
+        assert tel.pipeline.asynchronous and tel.pipeline.pool_kind == "process" and tel.pipeline.workers == 2
+        assert tel.cadence.budget == 1.0
+        # a real event through the spawned process pool, as on a CUDA run
+        records: list[dict] = []
+        tel.sink = records.extend
+        with tel.capturing(True):
+            idx = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(0))
+            tel.set_tokens(idx)
+            gpt(idx)
+        tel.finish_event(20)
+        tel.drain()
+        assert {r["step"] for r in records} == {20} and len(records) == 4 and all(r["spectrum"] for r in records)
+        state = tel.state_dict()
+        assert state["decompose_on"] == "cpu"
+        assert tel._initial_place(state)[0] == "cpu"  # a resumed run does not decide again
+        # events close together: the CPU pool would fall behind, spectra stay on the device
+        tel._step_s, tel._provisional = 1e-6, True
+        tel._decide_place()
+        assert tel.on == "gpu" and "CPU pool needs" in tel.reason and not tel.pipeline.asynchronous
+        assert tel.cadence.budget == 0.01
+    finally:
+        tel.close(drain=False)
