@@ -252,3 +252,34 @@ def test_decompose_on_auto_decides_once_from_the_measured_time_between_events(tm
         assert tel.cadence.budget == 0.01
     finally:
         tel.close(drain=False)
+
+
+def test_cost_rows_and_the_run_share_reach_wandb_under_telemetry(env, tmp_path):
+    import wandb
+
+    from sweep.analysis import wandb_io
+    from sweep.grid.spec import LoggerSpec
+    from sweep.run.wandb_logger import WandbLogger
+
+    spec = LoggerSpec(backend="wandb", project="p", entity=None, mode="offline", system_metrics=False, console="off")
+    try:
+        logger = WandbLogger(spec, sweep_name="s", run_id="r", run_dir=tmp_path / "run", config={"seed": 0},
+                             axes={"optimizer": "adamw"}, wandb_id="telemetrycost01")
+        cost = EventCost(step=10, spectrum=True, capture_s=0.5, decompose_s=2.0, wait_s=0.25, interval_s=30.0,
+                         host_mib=100.0, matrices=96)
+        row = telemetry_mod.cost_row(cost, "cpu")
+        assert row["telemetry_critical_s"] == 0.5 and row["telemetry_on"] == "cpu"
+        logger.log(row, row["step"])  # what the loop does with every cost row
+        logger.summary({"telemetry/share": 0.01, "telemetry/spectrum_events": 7})
+        logger.finish()
+        (folder,) = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+        parsed = wandb_io.read_offline_run(folder)
+    finally:
+        wandb.teardown()
+    (history,) = [h for h in parsed["history"] if "telemetry/critical_s" in h]
+    assert history["trainer/step"] == 10 and history["telemetry/wait_s"] == 0.25
+    assert history["telemetry/decompose_s"] == 2.0 and history["telemetry/matrices"] == 96
+    assert history["telemetry/spectrum"] is True and "telemetry/interval_s" in history
+    assert not any(k.startswith("train/") for k in history)  # not mistaken for a train row
+    summary = parsed["summary"]["summary"]
+    assert summary["telemetry/share"] == 0.01 and summary["telemetry/spectrum_events"] == 7
