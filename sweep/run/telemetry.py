@@ -125,7 +125,8 @@ class Telemetry:
         self.cadence = SpectrumCadence(total_steps, spec.every, None if adaptive else int(spec.spectrum_every))
         state = state or {}
         if state.get("totals"):
-            self.totals = TelemetryTotals(**state["totals"])
+            known = {f.name for f in dataclasses.fields(TelemetryTotals)}
+            self.totals = TelemetryTotals(**{k: v for k, v in state["totals"].items() if k in known})
         if state.get("cadence"):
             self.cadence.load_state_dict(state["cadence"])
         self.on, self.reason, self._provisional = self._initial_place(state)
@@ -133,10 +134,12 @@ class Telemetry:
         self.pipeline = self._pipeline(self.on)
         if write:
             self._writer = JsonlAppender(spectra_file)
-            log.info("telemetry: spectra decomposed on %s (%s), %s; at most %d event(s) in flight",
-                     self.on, self.reason, "spectrum_every auto" if adaptive else
-                     f"spectrum every {spec.spectrum_every} event(s) and on the last {len(self.cadence.window)}",
-                     spec.max_in_flight)
+            k = self.cadence.spectrum_every
+            when = ("at every event" if k == 1 and not adaptive else
+                    f"on the last {len(self.cadence.window)} events and every "
+                    + ("k-th before them (k chosen from measured costs)" if adaptive else f"{k}-th before them"))
+            log.info("telemetry: spectra %s, decomposed on %s (%s); at most %d event(s) in flight",
+                     when, self.on, self.reason, spec.max_in_flight)
 
     @property
     def enabled(self) -> bool:
@@ -359,6 +362,8 @@ class Telemetry:
         try:
             if drain and not self.distributed:
                 self.drain()
+        except Exception as e:  # noqa: BLE001 - called in error paths too: never mask the first error
+            log.warning("telemetry: pending events not written (%s: %s)", type(e).__name__, e)
         finally:
             if self.pipeline is not None:
                 self.pipeline.close()
