@@ -2,10 +2,11 @@
 
 Paper mode (`--preset paper160m | paper350m`): builds the accumulators of one event at the paper's
 shape (layers × {pre, post} × {HEAD, MID, TAIL} accumulated, GLOBAL merged at snapshot, as
-metrics.collector does) for every FFN width, on the available device, and times the real code
-paths: capture (SpectrumCollector.add), snapshot (merge, checks, hard ranks), decomposition
-(finalize_snapshot: fp64 eigvalsh + metrics) on the accelerator and on one CPU thread (a pool
-worker). Figures it cannot measure here it extrapolates with metrics.costmodel: capture linearly
+metrics.collector does) for every FFN width, on the available device, and times the code path the
+trainer runs (sweep/run/telemetry.py): capture (SpectrumCollector.add, what the probe hooks call),
+then `metrics.EventPipeline.end_event` for the snapshot (merge, checks, hard ranks: a hard-rank-only
+event), the host copy of a spectrum event decomposed on the CPU pool, and the decomposition itself
+(fp64 eigvalsh + metrics) on the accelerator (decompose_on=gpu) and by one CPU pool worker. Figures it cannot measure here it extrapolates with metrics.costmodel: capture linearly
 in rows, decomposition as D³ above --max-width; every figure says which (legend under the table).
 It prints per width the critical path, decomposition, peak extra memory and the projected share of
 wall time at cadence 100 and 200, with a spectrum at every event and with sparse spectra (the last
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from metrics import BackgroundFinalizer, attach_probes, finalize_snapshot, frequency_buckets  # noqa: E402
+from metrics import EventCost, EventPipeline, attach_probes, frequency_buckets  # noqa: E402
 from metrics import costmodel as cm  # noqa: E402
 from metrics.collector import SpectrumCollector  # noqa: E402
 from metrics.covariance import _bf16_scatter  # noqa: E402
@@ -139,6 +140,22 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _no_records(snapshot: TelemetrySnapshot) -> list[dict]:
+    """A decomposition that does nothing (to time the host copy of a spectrum event alone)."""
+    return []
+
+
+def _event(collector: SpectrumCollector, capture, *, decompose_on: str, spectrum: bool, **kwargs) -> EventCost:
+    """Capture (unless None: the collector holds rows already), then one event through the trainer's
+    EventPipeline (one worker thread for "cpu"): its cost."""
+    if capture is not None:
+        capture()
+    with EventPipeline(collector, OPTIONS, decompose_on=decompose_on, workers=1, pool="thread",
+                       time_capture=False, measure_cuda_peak=False, **kwargs) as pipe:
+        (event,) = pipe.end_event(1, spectrum=spectrum) + pipe.drain()
+    return event.cost
+
+
 def _sizes(n: int) -> list[int]:
     """Rows per HEAD/MID/TAIL: occurrence-mass tertiles, about a third each."""
     third = n // 3
@@ -201,50 +218,41 @@ def measure_width(preset: Preset, d: int, device: torch.device, rows: int, eig_s
     floor_s = (time.perf_counter() - t0) / 2 * len(keys)
     del parts
 
-    sync()
-    t0 = time.perf_counter()
-    snap = collector.snapshot(0, OPTIONS, device=None if cuda else "cpu", reset=True)
-    sync()
-    snapshot_s = time.perf_counter() - t0
+    # the snapshot of a hard-rank-only event (merge, checks, hard ranks), as the trainer runs it
+    hard = _event(collector, None, decompose_on="device", spectrum=False)  # the rows of the last capture
+    snapshot_s = hard.reduce_s + hard.snapshot_s + hard.hard_rank_s
     host.sample()
-    copy_s, copy_bytes = None, sum(e.m2.numel() * e.m2.element_size() for e in snap.entries if e.m2 is not None)
-    if cuda:
-        t0 = time.perf_counter()
-        host_copies = [e.m2.to("cpu") for e in snap.entries if e.m2 is not None]
-        copy_s = time.perf_counter() - t0
+    copy_s, copy_bytes = None, 0
+    if cuda:  # a spectrum event for the CPU pool also copies the matrices to host memory
+        pooled = _event(collector, capture, decompose_on="cpu", spectrum=True, decompose=_no_records)
+        copy_s = max(0.0, pooled.snapshot_s - hard.snapshot_s)
+        copy_bytes = len(keys) * 4 * d * d * 4  # fp32 GLOBAL + HEAD/MID/TAIL per (layer, site)
         host.sample()
-        del host_copies
-    del snap, x
+    del x
     collector.reset()
 
-    # decomposition on `eig_sample` full-rank matrices (2·D rows of pre / ReLU² post activations)
+    # decomposition of `eig_sample` full-rank matrices (2·D rows of pre / ReLU² post activations)
     layers = max(1, eig_sample // 2)
     sample_keys = [(layer, site) for layer in range(layers) for site in SITES]
     sample = SpectrumCollector(sample_keys, dims={k: d for k in sample_keys}, buckets=False, bf16_matmul=None,
                                keep_rows=False, device=device)
-    for layer in range(layers):
-        pre = torch.randn(2 * d, d, generator=gen) * torch.rand(d, generator=gen).add(0.2)  # [2D, D]
-        sample.add(layer, "pre", pre.to(device, act_dtype))
-        sample.add(layer, "post", F.relu(pre).square().to(device, act_dtype))
-    snap = sample.snapshot(0, OPTIONS, device=None, reset=True)
-    n_mat = len(snap.entries)
+    pre = [torch.randn(2 * d, d, generator=gen) * torch.rand(d, generator=gen).add(0.2) for _ in range(layers)]
+
+    def capture_sample() -> None:  # [2D, D] rows per (layer, site)
+        for layer, p in enumerate(pre):
+            sample.add(layer, "pre", p.to(device, act_dtype))
+            sample.add(layer, "post", F.relu(p).square().to(device, act_dtype))
+
+    n_mat = len(sample_keys)
     eig_gpu_s = eig_cpu_s = None
     if cuda:
-        finalize_snapshot(TelemetrySnapshot(0, OPTIONS, snap.entries[:1]))  # warm-up: cuSOLVER handles
-        sync()
-        t0 = time.perf_counter()
-        finalize_snapshot(snap)
-        sync()
-        eig_gpu_s = (time.perf_counter() - t0) / n_mat
+        _event(sample, capture_sample, decompose_on="device", spectrum=True)  # warm-up: cuSOLVER handles
+        eig_gpu_s = _event(sample, capture_sample, decompose_on="device", spectrum=True).sync_decompose_s / n_mat
     if cpu_eig:
-        for e in snap.entries:
-            e.m2, e.mean = e.m2.cpu(), e.mean.cpu()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one pool worker = one thread
         try:
-            t0 = time.perf_counter()
-            finalize_snapshot(snap)
-            eig_cpu_s = (time.perf_counter() - t0) / n_mat
+            eig_cpu_s = _event(sample, capture_sample, decompose_on="cpu", spectrum=True).decompose_s / n_mat
         finally:
             torch.set_num_threads(threads)
     host.sample()
@@ -252,7 +260,7 @@ def measure_width(preset: Preset, d: int, device: torch.device, rows: int, eig_s
     if cuda:
         device_mib = (torch.cuda.max_memory_allocated(device) - dev_base) / cm.MIB
     host_mib = host.mib()
-    del snap, sample, collector
+    del sample, collector
     return WidthMeasurement(d, n_chunks * chunk, capture_s, floor_s, snapshot_s, copy_s, copy_bytes,
                             eig_gpu_s, eig_cpu_s, host_mib, device_mib)
 
@@ -278,9 +286,9 @@ def profile_from(measured: list[WidthMeasurement], preset: Preset, device: torch
         gemm_row_s=cm.Anchors(tuple((m.width, m.floor_s / (pairs * m.rows)) for m in measured), 2.0,
                               f"bare covariance GEMMs, {stamp}"),
         snapshot_matrix_s=cm.Anchors(tuple((m.width, m.snapshot_s / matrices) for m in measured), 2.0,
-                                     f"SpectrumCollector.snapshot, {stamp}"),
-        eig_core_s=cm.Anchors(cpu_pts, 3.0, f"finalize_snapshot (fp64 eigvalsh) on one thread, {stamp}"),
-        eig_device_s=cm.Anchors(gpu_pts, 3.0, f"finalize_snapshot on {device}, {stamp}") if gpu_pts else None,
+                                     f"EventPipeline.end_event of a hard-rank-only event, {stamp}"),
+        eig_core_s=cm.Anchors(cpu_pts, 3.0, f"EventPipeline, one CPU pool worker of one thread (fp64), {stamp}"),
+        eig_device_s=cm.Anchors(gpu_pts, 3.0, f"EventPipeline decompose_on=gpu on {device} (fp64), {stamp}") if gpu_pts else None,
         copy_bytes_per_s=statistics.median(copies) if copies else 1e12,
         flops_per_s=0.5 * floor_rate,
         cores=resources.cores,
@@ -554,7 +562,9 @@ def training_main(args: argparse.Namespace) -> None:
         accum_dtype=getattr(torch, args.accum_dtype),
         bf16_matmul={"auto": None, "bf16": True, "fp32": False}[args.capture],
     )
-    finalizer = BackgroundFinalizer("thread") if args.finalize == "thread" else None
+    # the trainer's event path: decomposed inline on the model's device, or by a CPU pool worker
+    pipeline = EventPipeline(probe.collector, probe.options, pool="thread",
+                             decompose_on="device" if args.finalize == "inline" else "cpu")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
 
     def make_step_batches(n_steps: int) -> list[list[torch.Tensor]]:
@@ -599,14 +609,10 @@ def training_main(args: argparse.Namespace) -> None:
             t1 = time.perf_counter()
             if telemetry and last:
                 event["capture_s"].append(t1 - t0)
-                if finalizer is None:
-                    records = probe.compute(step0 + i)
-                    sync()
-                    event["finalize_s"].append(time.perf_counter() - t1)
-                    event["records"] = records
-                else:
-                    finalizer.submit(probe.snapshot(step0 + i, device="cpu"))
-                    sync()
+                finished = pipeline.end_event(step0 + i + 1, spectrum=True)
+                sync()
+                if finished:
+                    event["records"] = finished[-1].records
                 event["critical_s"].append(time.perf_counter() - t1)
                 if cuda:
                     event["peak_on"].append(torch.cuda.max_memory_allocated() - base)
@@ -623,8 +629,7 @@ def training_main(args: argparse.Namespace) -> None:
     warm = make_step_batches(2)
     run_block(warm, False, 0)
     run_block(warm, True, 0)
-    if finalizer is not None:
-        finalizer.drain()
+    pipeline.drain()
     for key in event:
         event[key] = [] if key != "records" else None
 
@@ -635,13 +640,12 @@ def training_main(args: argparse.Namespace) -> None:
         for telemetry in ((False, True) if r % 2 == 0 else (True, False)):
             total[telemetry] += run_block(batches, telemetry, step)
         step += every
-    wait_s = 0.0
-    if finalizer is not None:
-        t = time.perf_counter()
-        drained = finalizer.drain()
-        wait_s = time.perf_counter() - t
-        event["records"] = drained[-1]
-        finalizer.close()
+    t = time.perf_counter()
+    drained = pipeline.drain()
+    wait_s = time.perf_counter() - t
+    if drained:
+        event["records"] = drained[-1].records
+    pipeline.close()
 
     n_events = rounds
     steps_off = rounds * every
@@ -656,7 +660,7 @@ def training_main(args: argparse.Namespace) -> None:
     for rec in records:
         statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
     print(f"records per event: {len(records)} (layers x sites x buckets); statuses {statuses}")
-    what = "snapshot+finalize" if finalizer is None else "snapshot (critical path)"
+    what = "snapshot+finalize" if args.finalize == "inline" else "snapshot (critical path)"
     print(f"step time without an event: median {step_ms:.1f} ms (block mean, telemetry off: {off_ms:.1f} ms)")
     print(f"overhead ratio at cadence {every}, block totals: {total[True] / total[False]:.4f}  "
           f"(on {total[True]:.2f} s / off {total[False]:.2f} s, {steps_off} steps each; "
@@ -664,7 +668,7 @@ def training_main(args: argparse.Namespace) -> None:
     print(f"overhead ratio at cadence {every}, from medians: {1 + robust_added_ms / (every * step_ms):.4f}  "
           f"(added per event {robust_added_ms:.1f} ms = capture in the step {capture_extra_ms:.1f} ms"
           f" + {what} {critical_ms:.1f} ms)")
-    if finalizer is not None:
+    if args.finalize != "inline":
         print(f"background finalize still pending at the end: waited {1e3 * wait_s:.1f} ms")
     if every != 100:
         print(f"projected overhead at a 100-step cadence (medians): {robust_added_ms / (100 * step_ms):.2%}")

@@ -22,6 +22,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from metrics.schedule import AGGREGATION_EVENTS, event_steps, keep_up_every, spectrum_steps
+
 MEASURED = "measured"
 INTERPOLATED = "interpolated"
 ASSUMED = "assumed"
@@ -424,29 +426,19 @@ def decide_decompose_on(
         "cpu", f"the CPU pool keeps up ({cpu_decompose_s:.1f} s per event, {interval_s:.1f} s between events)")
 
 
-# --------------------------------------------------------------------------- schedule of a run
-def event_steps(steps: int, every: int) -> list[int]:
-    """Steps with a telemetry event: step 1, every `every` steps, and the last step."""
-    if steps < 1 or every < 1:
-        raise ValueError("steps and every must be ≥ 1")
-    return sorted({1, steps, *range(every, steps + 1, every)})
+# --------------------------------------------------------------------------- cadence budget
+GPU_SHARE_BUDGET = 0.01
+"""Share of training time that spectra decomposed on the training device may take outside the
+fit's window (the issue's target: telemetry ≤ 1% of wall time)."""
 
 
-def spectrum_flags(n_events: int, spectrum_every: int, window: int = 5) -> list[bool]:
-    """Which events carry a full spectrum: the last `window` events (the fit's aggregation window,
-    the final one included) and every `spectrum_every`-th event before them, the first included."""
-    if spectrum_every < 1 or window < 0:
-        raise ValueError("spectrum_every must be ≥ 1 and window ≥ 0")
-    return [i >= n_events - window or i % spectrum_every == 0 for i in range(n_events)]
-
-
-def choose_spectrum_every(decompose_s: float, interval_s: float, on: str, gpu_budget: float = 0.01) -> int:
-    """Smallest k for which decomposition keeps up outside the window: on the CPU pool one event's
-    decomposition fits in k intervals; on the GPU it costs at most `gpu_budget` of training time."""
-    if interval_s <= 0:
-        raise ValueError("interval_s must be positive")
-    limit = interval_s if on == "cpu" else gpu_budget * interval_s
-    return max(1, math.ceil(decompose_s / limit - 1e-9))
+def cadence_budget(on: str, gpu_budget: float = GPU_SHARE_BUDGET) -> float:
+    """The `budget` of `metrics.schedule.keep_up_every` / `SpectrumCadence` for a decomposition place:
+    a CPU pool only has to keep up (1.0: one event's decomposition within k intervals); on the GPU
+    its time is added to the steps, so it may use `gpu_budget` of the time between events."""
+    if on not in ("cpu", "gpu"):
+        raise ValueError(f"decomposition place must be 'cpu' or 'gpu', got {on!r}")
+    return 1.0 if on == "cpu" else gpu_budget
 
 
 # --------------------------------------------------------------------------- one run
@@ -521,18 +513,20 @@ def estimate_run(
     ranks: int = 1,
     decompose_on: str = "auto",
     spectrum_every: int | str = "auto",
-    window: int = 5,
+    window: int = AGGREGATION_EVENTS,
     resources: HostResources | None = None,
     max_in_flight: int = 1,
     ckpt_every: int | None = None,
     gemm_passes: int = 1,
-    gpu_budget: float = 0.01,
+    gpu_budget: float = GPU_SHARE_BUDGET,
     micro_batch_rows: int = 32_768,
 ) -> RunTelemetryCost:
     """Telemetry cost of a run of `steps` steps with an event every `every` steps.
 
     step_seconds: wall seconds per optimizer step (None: from FLOPs at the profile's rate × ranks).
-    spectrum_every: "auto" (choose_spectrum_every), or k (1 = a spectrum at every event).
+    spectrum_every: "auto" (`metrics.schedule.keep_up_every` with `cadence_budget(on, gpu_budget)`),
+        or k (1 = a spectrum at every event); which events carry spectra is
+        `metrics.schedule.spectrum_steps` (the last `window` events and every k-th before them).
     resources: cores/memory per rank for the CPU pool (None: the profile's).
     Events without a spectrum cost their critical path only (capture, snapshot, hard ranks). With
     decomposition on the GPU a spectrum costs its full time inline; on the CPU pool the trainer
@@ -565,14 +559,15 @@ def estimate_run(
     on = decision.on
     decomp = ev.decomposition_s(on)
     if spectrum_every == "auto":
-        k = choose_spectrum_every(decomp, interval, on, gpu_budget)
+        k = keep_up_every(decomp, interval, cadence_budget(on, gpu_budget))
     elif isinstance(spectrum_every, int) and spectrum_every >= 1:
         k = spectrum_every
     else:
         raise ValueError(f"spectrum_every must be 'auto' or a positive int, got {spectrum_every!r}")
 
     ev_steps = event_steps(steps, every)
-    flags = spectrum_flags(len(ev_steps), k, window)
+    with_spectra = set(spectrum_steps(steps, every, k, window))
+    flags = [s in with_spectra for s in ev_steps]
     spectra_at = dict(zip(ev_steps, flags))
     ckpts = set(range(ckpt_every, steps + 1, ckpt_every)) if ckpt_every else set()
     clock, prev, added, wait = 0.0, 0, 0.0, 0.0

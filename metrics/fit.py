@@ -581,6 +581,48 @@ def _reduce_layers(per_layer: pd.DataFrame, keys: list[str], reducer: str) -> pd
         "window_start": g["step_min"].min(), "window_end": g["step_max"].max()}).reset_index()
 
 
+TRACE_ONLY_METRICS: frozenset[str] = frozenset({"hard_rank", "renyi_2"})
+"""Metrics that every telemetry record carries (the trace formula); all others need a spectrum
+(metrics.records.TRACE_METRICS, restated here to keep this module free of torch)."""
+
+
+def needs_spectrum(metric: str) -> bool:
+    """Whether a metric exists only in records of events that were eigendecomposed."""
+    return metric not in TRACE_ONLY_METRICS
+
+
+def window_steps(records: pd.DataFrame, rule: AggregationRule) -> list[int]:
+    """The telemetry steps a rule aggregates over: the run's last ``last_k`` logged steps (of
+    ``rule.layer`` for the layer rule), or its steps in [step_min, step_max]."""
+    if records.empty or "step" not in records.columns:
+        return []
+    frame = records
+    if rule.kind == "layer" and "layer" in frame.columns:
+        frame = frame[frame["layer"] == rule.layer]
+    steps = sorted(int(s) for s in pd.unique(frame["step"]))
+    if rule.kind == "window":
+        return [s for s in steps if rule.step_min <= s <= rule.step_max]
+    return steps[-rule.last_k:]
+
+
+def spectrum_gaps(records: pd.DataFrame, rule: AggregationRule) -> list[int]:
+    """Steps of the rule's window whose records carry no spectrum (``spectrum`` false: hard ranks
+    only). A record without the key (files written before it existed) counts as a spectrum."""
+    if "spectrum" not in records.columns:
+        return []
+    window = window_steps(records, rule)
+    sub = records[records["step"].isin(window)]
+    without = sub["spectrum"].map(lambda v: isinstance(v, (bool, np.bool_)) and not v)
+    return sorted(int(s) for s in pd.unique(sub.loc[without, "step"]))
+
+
+def spectrum_records(records: pd.DataFrame) -> pd.DataFrame:
+    """The records of eigendecomposed events (a missing ``spectrum`` counts as true)."""
+    if "spectrum" not in records.columns:
+        return records
+    return records[~records["spectrum"].map(lambda v: isinstance(v, (bool, np.bool_)) and not v)]
+
+
 def aggregate_records(records: pd.DataFrame, rule: AggregationRule | None = None,
                       metrics: Sequence[str] = RANK_METRICS) -> pd.DataFrame:
     """One value per (site, bucket, metric) of one run under ``rule`` (default: the paper's).

@@ -6,6 +6,9 @@ before the last ``/``):
 - ``train/{loss,lr,tokens_per_s,grad_norm}``, ``eval/{loss,ppl}``, ``trainer/{step,tokens,elapsed_s}``
   (the ``metrics.jsonl`` columns ``train_loss``, ``eval_loss``, ... without the repeated prefix;
   runs logged before that used ``train/train_loss``, still read by :func:`column_of_key`)
+- ``telemetry/<field>``: the cost of one telemetry event (metrics.jsonl ``telemetry_<field>``:
+  critical_s, decompose_s, wait_s, host_mib, device_mib, spectrum, matrices, ...); in the summary,
+  the whole run's ``telemetry/share`` of wall time and its event counts
 - ``spectral_median/<site>/<bucket>/<metric>``: median over layers of one telemetry event
 - ``tables/spectral_layers``: one W&B Table per event with the per-layer values
   (columns :data:`LAYER_TABLE_COLUMNS` + the metrics)
@@ -67,9 +70,12 @@ _TRAINER_COLUMNS = ("step", "tokens", "elapsed_s")
 
 def train_key(name: str) -> str:
     """W&B key of a metrics.jsonl column: ``train_loss`` -> ``train/loss``, ``eval_ppl`` ->
-    ``eval/ppl``, ``lr`` -> ``train/lr``, ``step`` -> ``trainer/step``."""
+    ``eval/ppl``, ``lr`` -> ``train/lr``, ``step`` -> ``trainer/step``, a telemetry cost column
+    ``telemetry_wait_s`` -> ``telemetry/wait_s``."""
     if name in _TRAINER_COLUMNS:
         return f"trainer/{name}"
+    if name.startswith("telemetry_"):
+        return f"telemetry/{name[10:]}"
     if name.startswith("eval_"):
         return f"eval/{name[5:]}"
     if name.startswith("train_"):
@@ -87,6 +93,8 @@ def column_of_key(key: str) -> Optional[str]:
         return name
     if prefix == "eval":
         return f"eval_{name}"
+    if prefix == "telemetry":
+        return f"telemetry_{name}"
     if prefix == "train":
         return "train_loss" if name == "loss" else name
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,34 @@ def test_unknown_group_option_is_rejected(compose) -> None:
 def test_bad_values_raise_config_error_naming_the_key(compose, override: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         build_run_spec(compose([override]))
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("telemetry.spectrum_every=0", "telemetry.spectrum_every: a positive integer or auto, got 0"),
+    ("telemetry.spectrum_every=sometimes", "telemetry.spectrum_every: a positive integer or auto"),
+    ("telemetry.decompose_on=tpu", "telemetry.decompose_on: auto | cpu | gpu, got 'tpu'"),
+    ("telemetry.decompose_workers=0", "telemetry.decompose_workers: a positive integer or auto"),
+    ("telemetry.max_in_flight=0", "telemetry.max_in_flight: must be a positive integer, got 0"),
+    ("telemetry.bucket_scope=rank1", "telemetry.bucket_scope: all | rank0, got 'rank1'"),
+])
+def test_bad_telemetry_at_scale_keys_are_one_clear_line_each(compose, override: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        build_run_spec(compose([override]))
+
+
+def test_telemetry_at_scale_keys_accept_their_values(compose) -> None:
+    spec = build_run_spec(compose(["telemetry.spectrum_every=auto", "telemetry.decompose_on=cpu",
+                                   "telemetry.decompose_workers=3", "telemetry.max_in_flight=2",
+                                   "telemetry.bucket_scope=rank0"]))
+    t = spec.telemetry
+    assert (t.spectrum_every, t.decompose_on, t.decompose_workers, t.max_in_flight, t.bucket_scope) == (
+        "auto", "cpu", 3, 2, "rank0")
+    with pytest.raises(ConfigError, match="gpu needs a CUDA device, but train.device=cpu"):
+        build_run_spec(compose(["telemetry.decompose_on=gpu", "train.device=cpu"]))
+    # where and how spectra are decomposed does not change the records: a relaunch may change it
+    moved = ["telemetry.decompose_on=cpu", "telemetry.decompose_workers=3", "telemetry.max_in_flight=2"]
+    assert identity_of(compose(moved)) == identity_of(compose([]))
+    assert identity_of(compose(["telemetry.spectrum_every=2"])) != identity_of(compose([]))
 
 
 def test_missing_text_file_is_a_config_error(compose, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import math
 import pytest
 
 from metrics import costmodel as cm
+from metrics.schedule import event_steps, keep_up_every, spectrum_steps
 
 GIB = 2**30
 
@@ -113,19 +114,20 @@ def test_run_decision_uses_the_given_resources():
     assert small_ram.decompose_on == "gpu"
 
 
-def test_event_schedule_and_sparse_spectra():
-    steps = cm.event_steps(6000, 200)
-    assert steps[:3] == [1, 200, 400] and steps[-1] == 6000 and len(steps) == 31
-    assert cm.event_steps(1000, 300) == [1, 300, 600, 900, 1000]
-    flags = cm.spectrum_flags(len(steps), 4)
-    # the fit's aggregation window at 160M, cadence 200: steps 5200-6000, all with spectra
-    assert [s for s, f in zip(steps, flags) if f][-5:] == [5200, 5400, 5600, 5800, 6000]
-    assert all(flags[-5:]) and flags[0] and flags[4] and not flags[1] and not flags[5]
-    assert sum(flags) == len(range(0, 26, 4)) + 5
-    assert all(cm.spectrum_flags(10, 1))
-    assert cm.choose_spectrum_every(425.0, 280.0, "cpu") == 2
-    assert cm.choose_spectrum_every(100.0, 280.0, "cpu") == 1
-    assert cm.choose_spectrum_every(29.0, 280.0, "gpu", gpu_budget=0.01) == 11
+def test_event_schedule_and_sparse_spectra_come_from_metrics_schedule():
+    # one owner per fact: the cost model prices the schedule that the trainer runs
+    assert not hasattr(cm, "spectrum_flags") and not hasattr(cm, "choose_spectrum_every")
+    assert cm.event_steps is event_steps
+    shape = cm.ModelShape(12, 768, 3072)
+    run = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", spectrum_every=4)
+    assert run.n_events == len(event_steps(6000, 200)) == 31
+    assert run.n_spectrum_events == len(spectrum_steps(6000, 200, 4)) == len(range(0, 26, 4)) + 5
+    assert cm.cadence_budget("cpu") == 1.0 and cm.cadence_budget("gpu") == cm.GPU_SHARE_BUDGET == 0.01
+    assert keep_up_every(425.0, 280.0, cm.cadence_budget("cpu")) == 2
+    assert keep_up_every(100.0, 280.0, cm.cadence_budget("cpu")) == 1
+    assert keep_up_every(29.0, 280.0, cm.cadence_budget("gpu")) == 11
+    with pytest.raises(ValueError, match="place"):
+        cm.cadence_budget("tpu")
 
 
 def _toy_profile(decompose_s: float) -> cm.DeviceProfile:

@@ -570,3 +570,42 @@ def test_empty_sweep_dir_is_an_error(tmp_path):
     write_run(sweep, optimizer="adamw", mult=1, seed=0, status="running", done=False)
     with pytest.raises(SweepError, match="no finished runs"):
         run_fit([sweep])
+
+
+def _drop_spectra(run_dir: Path, steps: set[int]) -> None:
+    """Rewrite a run's records at ``steps`` as hard-rank-only events (spectrum=false), as the
+    trainer writes them with telemetry.spectrum_every > 1; the other records get spectrum=true."""
+    path = run_dir / "spectra.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for rec in records:
+        rec["spectrum"] = rec["step"] not in steps
+        if not rec["spectrum"]:
+            rec.update(soft_rank=None, entropy=None, eee=None, js=None, min_eig=None, neg_mass=None)
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def test_fit_refuses_soft_rank_points_from_events_without_spectra(tmp_path):
+    from sweep.fit import run_fit
+
+    sweep = tmp_path / "s"
+    runs = [write_run(sweep, optimizer="adamw", mult=m, seed=0, buckets=("global",)) for m in (1, 2, 4)]
+    want = run_fit([sweep], figures=False, n_boot=0).points
+    # spectra before the window only: the fit is the same (a missing key in older files = spectrum)
+    _drop_spectra(runs[0], {200, 400})
+    _drop_spectra(runs[1], set())
+    same = run_fit([sweep], figures=False, n_boot=0)
+    assert not any("hard ranks only" in m for m in same.messages)
+    pd.testing.assert_frame_equal(same.points, want)
+    # two events of the window without spectra: no soft-rank points for that run, and it says why
+    _drop_spectra(runs[0], {700, 900})
+    result = run_fit([sweep], figures=False, n_boot=0)
+    (message,) = [m for m in result.messages if "hard ranks only" in m]
+    assert message.startswith("adamw-w1-s0: no soft_rank points: step(s) 700, 900 of its aggregation window")
+    assert "spectrum=false" in message and "older events" in message
+    points = result.points
+    assert set(points.loc[points["run_id"] == "adamw-w1-s0", "metric"]) == {"hard_rank"}
+    assert set(points.loc[points["run_id"] != "adamw-w1-s0", "metric"]) == {"soft_rank", "hard_rank"}
+    hard = lambda p: p[p["metric"] == "hard_rank"].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(hard(points), hard(want))  # hard-rank points are all kept
+    soft = result.beta_table[result.beta_table["metric"] == "soft_rank"]
+    assert (soft["n_widths"] == 2).all()  # the soft-rank β comes from the other two widths only

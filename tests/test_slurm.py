@@ -332,7 +332,7 @@ def test_two_tasks_train_one_run_with_ddp(senv: dict, tmp_path: Path) -> None:
     assert "rank 0/2 (slurm" in log and "rank 1/2 (slurm" in log
     assert [s for s, _ in train_rows(two)] == list(range(1, 13))  # one row per step: only rank 0 writes
     assert [v for _, v in train_rows(two)] == pytest.approx([v for _, v in train_rows(one)], rel=1e-4)
-    # Telemetry covariances are all-reduced: rank 0 records statistics of both ranks' rows.
+    # Telemetry covariances are reduced onto owner ranks: rank 0 records statistics of both ranks' rows.
     rows = lambda r: {(x["step"], x["layer"], x["site"], x["bucket"]): x for x in iter_jsonl(r.spectra_file)}  # noqa: E731
     r1, r2 = rows(one), rows(two)
     assert sorted(r1) == sorted(r2)

@@ -48,16 +48,34 @@ def run_columns(run: FinishedRun) -> dict[str, Any]:
 
 def build_points(runs: Sequence[FinishedRun], rule: mfit.AggregationRule,
                  metrics: Sequence[str] = mfit.RANK_METRICS) -> tuple[pd.DataFrame, list[str]]:
-    """points.csv rows: one per run × metric × bucket × site, axes as columns, value and err."""
+    """points.csv rows: one per run × metric × bucket × site, axes as columns, value and err.
+
+    A run whose aggregation window holds events without spectra (telemetry.spectrum_every > 1 and a
+    window that is not the trainer's, e.g. a live fit mid-run) gets no points of the metrics that
+    need a spectrum (soft rank, entropy, ...), with a message: older events with spectra are
+    never used instead. Its hard-rank points stay.
+    """
     frames, messages = [], []
     for run in runs:
+        used = list(metrics)
+        gaps = mfit.spectrum_gaps(run.spectra, rule)
+        refused = [m for m in used if mfit.needs_spectrum(m)] if gaps else []
+        if refused:
+            used = [m for m in used if m not in refused]
+            messages.append(
+                f"{run.run_id}: no {'/'.join(refused)} points: step(s) {', '.join(map(str, gaps))} of its "
+                f"aggregation window carry hard ranks only (spectrum=false: telemetry decomposed no "
+                f"spectrum there), and a soft-rank β from events without spectra would fall back to "
+                f"older events; its {'/'.join(used) or 'other'} points are kept")
+            if not used:
+                continue
         try:
-            agg = mfit.aggregate_records(run.spectra, rule, metrics)
+            agg = mfit.aggregate_records(run.spectra, rule, used)
         except Exception as err:  # noqa: BLE001
             messages.append(f"{run.run_id}: aggregation failed ({type(err).__name__}: {err}); run left out")
             continue
         if agg.empty:
-            messages.append(f"{run.run_id}: no valid {'/'.join(metrics)} values under rule "
+            messages.append(f"{run.run_id}: no valid {'/'.join(used)} values under rule "
                             f"'{rule.describe()}'; run left out")
             continue
         extra = {"eval_loss": run.eval_loss, "train_loss": run.train_loss,
@@ -76,15 +94,21 @@ def build_points(runs: Sequence[FinishedRun], rule: mfit.AggregationRule,
 
 def build_step_points(runs: Sequence[FinishedRun], k: int,
                       metrics: Sequence[str] = mfit.RANK_METRICS) -> pd.DataFrame:
-    """Per-run paper-rule values over sliding windows of ``k`` checkpoints (for β over steps)."""
+    """Per-run paper-rule values over sliding windows of ``k`` checkpoints (for β over steps);
+    metrics that need a spectrum slide over the events that carry one."""
     frames = []
+    spectral = [m for m in metrics if mfit.needs_spectrum(m)]
+    trace = [m for m in metrics if not mfit.needs_spectrum(m)]
     for run in runs:
-        try:
-            sw = mfit.sliding_window_records(run.spectra, k, metrics)
-        except Exception:  # noqa: BLE001 - dynamics are optional; the terminal fit still stands
-            continue
-        if not sw.empty:
-            frames.append(sw.assign(**run_columns(run)))
+        for records, subset in ((mfit.spectrum_records(run.spectra), spectral), (run.spectra, trace)):
+            if not subset:
+                continue
+            try:
+                sw = mfit.sliding_window_records(records, k, subset)
+            except Exception:  # noqa: BLE001 - dynamics are optional; the terminal fit still stands
+                continue
+            if not sw.empty:
+                frames.append(sw.assign(**run_columns(run)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

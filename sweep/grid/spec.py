@@ -181,6 +181,16 @@ def _check_telemetry(t: TelemetrySpec, errors: list[str]) -> None:
     for a in t.renyi_alphas:
         if not isinstance(a, (int, float)) or a <= 0 or a == 1:
             errors.append(f"telemetry.renyi_alphas: each alpha must be > 0 and != 1 (1 is the soft rank), got {a!r}")
+    if t.spectrum_every != "auto" and (not _is_int(t.spectrum_every) or t.spectrum_every < 1):
+        errors.append(f"telemetry.spectrum_every: a positive integer or auto, got {t.spectrum_every!r}")
+    if t.decompose_on not in ("auto", "cpu", "gpu"):
+        errors.append(f"telemetry.decompose_on: auto | cpu | gpu, got {t.decompose_on!r}")
+    if t.decompose_workers != "auto" and (not _is_int(t.decompose_workers) or t.decompose_workers < 1):
+        errors.append(f"telemetry.decompose_workers: a positive integer or auto, got {t.decompose_workers!r}")
+    if not _is_int(t.max_in_flight) or t.max_in_flight < 1:
+        errors.append(f"telemetry.max_in_flight: must be a positive integer, got {t.max_in_flight!r}")
+    if t.bucket_scope not in ("all", "rank0"):
+        errors.append(f"telemetry.bucket_scope: all | rank0, got {t.bucket_scope!r}")
 
 
 def _model(raw: Mapping[str, Any], errors: list[str]) -> Optional[GPTConfig]:
@@ -297,6 +307,8 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str]
     if telemetry is not None:
         _check_telemetry(telemetry, errors)
     telemetry_ok = telemetry is not None and len(errors) == n_errors
+    if telemetry_ok and train_ok and telemetry.decompose_on == "gpu" and train.device == "cpu":
+        errors.append("telemetry.decompose_on: gpu needs a CUDA device, but train.device=cpu (use cpu or auto)")
     # The data's size is only checked against valid batch settings (else the data is not the problem).
     data = _data(dict(raw["data"]), errors, train if train_ok else None, telemetry if telemetry_ok else None)
     logger = _section(LoggerSpec, raw["logger"], "logger", errors)

@@ -146,6 +146,7 @@ class TrainingLoop:
         logger: Optional[NullLogger] = None
         metrics: Optional[JsonlAppender] = None
         telemetry: Optional[Telemetry] = None
+        aborted: Optional[BaseException] = None
         try:
             st.resume()
             self.run_dir.update_status(
@@ -157,11 +158,16 @@ class TrainingLoop:
                                  run_dir=self.run_dir.path, config=spec.config, axes=spec.axes,
                                  wandb_id=st.wandb_id)
             metrics = JsonlAppender(self.run_dir.metrics_file)
+
+            def log_cost(row: dict) -> None:  # one cost row per telemetry event
+                metrics.write(row)
+                logger.log(row, row["step"])
+
             telemetry = Telemetry(
                 st.model, spec.telemetry, st.data.counts, total_steps=t.steps,
                 spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
                 sink=lambda records: logger.log_spectra(records, int(records[0]["step"]), telemetry.logged_metrics),
-                eigen_sink=logger.log_eigenvalues,
+                eigen_sink=logger.log_eigenvalues, cost_sink=log_cost, state=st.telemetry_state,
             )
             if st.step:  # resumed: W&B may have lost the rows in flight when the last attempt died
                 replay_after_resume(logger, self.run_dir.metrics_file, self.run_dir.spectra_file,
@@ -169,11 +175,12 @@ class TrainingLoop:
             outcome, result = self._loop(logger, metrics, telemetry)
             return outcome, result
         except BaseException as e:  # failed, or aborted by a second Ctrl-C: run.json says so
+            aborted = e
             record_stop(self.run_dir, e)
             raise
         finally:
-            if telemetry is not None:
-                telemetry.close()
+            if telemetry is not None:  # a second Ctrl-C does not wait for decompositions
+                telemetry.close(drain=not isinstance(aborted, KeyboardInterrupt))
             if metrics is not None:
                 metrics.close()
             if logger is not None:
@@ -184,11 +191,11 @@ class TrainingLoop:
         st = self.state
         telemetry = Telemetry(st.model, self.spec.telemetry, st.data.counts, total_steps=self.spec.train.steps,
                               spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
-                              write=False)
+                              write=False, state=st.telemetry_state)
         try:
             return self._loop(NullLogger(), _NullAppender(), telemetry)  # type: ignore[arg-type]
         finally:
-            telemetry.close()
+            telemetry.close()  # no collective here: the loop drained before every normal ending
 
     def _loop(self, logger: NullLogger, metrics: JsonlAppender, telemetry: Telemetry) -> tuple[str, RunResult]:
         spec, t, st = self.spec, self.spec.train, self.state
@@ -226,7 +233,7 @@ class TrainingLoop:
                 # Checked before the update: the last checkpoint and the weights stay the last good state.
                 if (not math.isfinite(train_loss) or not math.isfinite(grad_norm)
                         or (t.diverge_loss is not None and train_loss > t.diverge_loss)):
-                    return self._diverged(step, train_loss, grad_norm, logger, metrics)
+                    return self._diverged(step, train_loss, grad_norm, logger, metrics, telemetry)
                 st.optimizer.step()
                 st.optimizer.zero_grad(set_to_none=True)
             st.step, st.train_loss = step, train_loss
@@ -254,7 +261,7 @@ class TrainingLoop:
             if step % t.ckpt_every == 0 or last:
                 telemetry.drain()  # spectra up to this step are on disk before the checkpoint is
                 if self.main:
-                    st.checkpoint()
+                    st.checkpoint(telemetry=telemetry.state_dict())
                     self.run_dir.update_status(step=step)
             if bar is not None:
                 bar.update(1)
@@ -290,8 +297,12 @@ class TrainingLoop:
         spec, st = self.spec, self.state
         summary = {"run_id": spec.run_id, "final_step": st.step, "final_train_loss": train_loss,
                    "final_eval_loss": eval_loss, "wall_s": st.elapsed, "axes": spec.axes}
+        cost = telemetry.run_summary(st.elapsed)  # the whole run's telemetry share of wall time
+        if cost is not None:
+            summary["telemetry"] = cost
         logger.summary({"final/eval_loss": eval_loss, "final/train_loss": train_loss,
-                        "final/step": st.step, **telemetry.summary()})
+                        "final/step": st.step, **telemetry.summary(),
+                        **{f"telemetry/{k}": v for k, v in (cost or {}).items()}})
         if self.main:
             prune_checkpoints(self.run_dir, spec.train.keep_checkpoints)  # also after a resume at the last step
             self.run_dir.update_status(status=STATUS_DONE, step=st.step)
@@ -300,8 +311,9 @@ class TrainingLoop:
         return STATUS_DONE, RunResult(spec.run_id, STATUS_DONE, st.step, train_loss, eval_loss)
 
     def _diverged(self, step: int, loss: float, grad_norm: float, logger: NullLogger,
-                  metrics: JsonlAppender) -> tuple[str, RunResult]:
+                  metrics: JsonlAppender, telemetry: Telemetry) -> tuple[str, RunResult]:
         """Record a divergence (found before the step's update); the last good checkpoint stays."""
+        telemetry.drain()  # the events before it (every rank sees the divergence at the same step)
         # "diverged" below is a field of the metrics row and a W&B key, not a run status
         metrics.write({"step": step, "train_loss": loss, "grad_norm": grad_norm, "diverged": True})
         logger.log({"train_loss": loss, "diverged": 1}, step)
@@ -322,7 +334,7 @@ class TrainingLoop:
         st = self.state
         telemetry.drain()
         if self.main and not saved:
-            st.checkpoint()
+            st.checkpoint(telemetry=telemetry.state_dict())
         if self.main:
             self.run_dir.update_status(status=STATUS_INTERRUPTED, step=st.step)
         log.warning("run %s got %s: stopped at step %d, checkpoint written", self.spec.run_id,

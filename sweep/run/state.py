@@ -56,6 +56,7 @@ class TrainingState:
         self.step = 0
         self.elapsed = 0.0
         self.train_loss = float("nan")  # of the last step taken (restored on resume, for DONE)
+        self.telemetry_state: dict | None = None  # Telemetry.state_dict() of the checkpoint resumed from
         self.wandb_id = stable_wandb_id(spec.sweep_name, spec.run_id)
         self.hold = Hold.from_env(rank=dist_env.rank)  # SPECSWEEP_HOLD: tests stop a run at a known step
 
@@ -99,6 +100,7 @@ class TrainingState:
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed_s", 0.0))
         self.wandb_id = state.get("wandb_id", self.wandb_id)
+        self.telemetry_state = state.get("telemetry")
         set_rng_state(state["rng"])
         if not self.main:
             return
@@ -134,10 +136,12 @@ class TrainingState:
         restarts.append({"at": now_iso(), "from_step": 0, "reason": "every checkpoint is unreadable", "files": moved})
         self.run_dir.update_status(restarts=restarts)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, telemetry: dict | None = None) -> None:
+        """Save the run at its step; ``telemetry``: the telemetry's state (cadence, totals), plain data."""
         save_checkpoint(self.run_dir, self.step, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "config_hash": self.digest, "wandb_id": self.wandb_id, "elapsed_s": self.elapsed,
             "train_loss": self.train_loss,
             "tokens": self.step * self.tokens_per_step, "data_position": self.step * self.spec.train.grad_accum,
+            "telemetry": telemetry,
         }, keep=self.spec.train.keep_checkpoints)

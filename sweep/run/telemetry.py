@@ -1,22 +1,32 @@
-"""Spectral telemetry inside the training loop: cadence, token policy, files and the logger.
+"""Spectral telemetry inside the training loop: which steps, which tokens, where records go, what it cost.
 
-The math lives in ``metrics``; this module decides *when* and *on which tokens* to measure, and
-where the records go. Only the covariance update and a snapshot (copies plus hard ranks) sit on the
-training loop's critical path; eigendecompositions run in a background worker, and every pending
-event is written before a checkpoint or the DONE marker, so a resumed run has no gaps.
+The math lives in ``metrics``; this module decides *when* and *on which tokens* to measure, *where*
+spectra are decomposed, and where records and costs go. Every event goes through
+``metrics.pipeline.EventPipeline``: under DDP each matrix is reduced onto one owner rank, which
+decomposes its share (rank 0 gathers the records); hard ranks are computed at every event, full
+spectra only where ``metrics.schedule.SpectrumCadence`` says (the fit's aggregation window and
+every ``telemetry.spectrum_every``-th event before it, or a cadence chosen from measured costs);
+at most ``telemetry.max_in_flight`` events are decomposed at once, and when the next one is due the
+loop waits (the wait is part of the event's cost). Every event is written, records to
+``spectra.jsonl`` and one cost row to ``metrics.jsonl``, before a checkpoint and before DONE.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from metrics import BackgroundFinalizer, FFNProbe, finalize_snapshot, frequency_buckets, metric_keys
+from metrics import EventCost, EventPipeline, FFNProbe, FinishedEvent, SpectrumCadence, finalize_snapshot
+from metrics import costmodel as cm
+from metrics import frequency_buckets, metric_keys
 from sweep.grid.spec import TelemetrySpec
 from sweep.rundir import JsonlAppender
 
@@ -25,28 +35,76 @@ log = logging.getLogger("specsweep.telemetry")
 RecordSink = Callable[[list[dict]], None]
 # (step, {"L<layer:02d>_<site>_<bucket>": eigenvalues}) of one event, when eigenvalues are kept.
 EigenSink = Callable[[int, dict], None]
+# One metrics.jsonl row per event: {"step", "telemetry_<field>": ...} (cost_row).
+CostSink = Callable[[dict], None]
+Decompose = Callable[[Any], list[dict]]
+
+COST_PREFIX = "telemetry_"
+"""Prefix of the cost keys in metrics.jsonl; W&B shows ``telemetry_wait_s`` as ``telemetry/wait_s``."""
+
+
+def cost_row(cost: EventCost, on: str) -> dict:
+    """The metrics.jsonl row of one event's cost: ``step`` and ``telemetry_<field>`` for every
+    EventCost field (critical_s, decompose_s, wait_s, host_mib, device_mib, spectrum, matrices,
+    ...), plus ``telemetry_on``: where its spectra were decomposed (cpu | gpu; none without)."""
+    row: dict[str, Any] = {"step": cost.step}
+    row.update({COST_PREFIX + k: v for k, v in cost.as_dict().items() if k != "step"})
+    row[COST_PREFIX + "on"] = on if cost.spectrum else "none"
+    return row
+
+
+@dataclasses.dataclass
+class TelemetryTotals:
+    """What telemetry cost over the whole run (kept in checkpoints, so a resumed run adds up)."""
+
+    events: int = 0
+    spectrum_events: int = 0
+    critical_s: float = 0.0  # added to the steps by the events themselves
+    wait_s: float = 0.0  # the loop waiting for decompositions (next event due, checkpoint, end)
+    decompose_s: float = 0.0  # asynchronous decomposition (off the critical path)
+    peak_host_mib: float = 0.0
+    peak_device_mib: float = 0.0
+
+    def add(self, cost: EventCost) -> None:
+        self.events += 1
+        self.spectrum_events += bool(cost.spectrum)
+        self.critical_s += cost.critical_s
+        self.wait_s += cost.wait_s
+        self.decompose_s += cost.decompose_s
+        self.peak_host_mib = max(self.peak_host_mib, cost.host_mib)
+        self.peak_device_mib = max(self.peak_device_mib, cost.device_mib)
 
 
 class Telemetry:
-    """FFN eigenspectrum telemetry of one run (a no-op when disabled)."""
+    """FFN eigenspectrum telemetry of one run (a no-op when disabled).
+
+    Every rank of a DDP run builds one (the event pipeline is a collective); only the one built
+    with ``write=True`` (rank 0) writes records and costs. ``state``: what ``state_dict`` returned
+    at the checkpoint the run resumes from (cadence, decomposition place, totals).
+    ``decompose``: records of a spectrum snapshot (``metrics.finalize_snapshot``; picklable when
+    the pool is a process pool).
+    """
 
     def __init__(self, model: torch.nn.Module, spec: TelemetrySpec, counts: Optional[np.ndarray], *,
                  total_steps: int, spectra_file: Path, eigen_dir: Path,
-                 sink: Optional[RecordSink] = None, background: bool = True,
-                 eigen_sink: Optional[EigenSink] = None, write: bool = True) -> None:
-        # write=False: a DDP rank > 0, which takes part in the covariance all-reduce of every event
-        # (FFNProbe.snapshot is a collective) and leaves decomposing and writing to rank 0.
+                 sink: Optional[RecordSink] = None, eigen_sink: Optional[EigenSink] = None,
+                 cost_sink: Optional[CostSink] = None, write: bool = True,
+                 state: Optional[Mapping[str, Any]] = None, decompose: Optional[Decompose] = None) -> None:
         self.write = write
         self.spec = spec
         self.total_steps = total_steps
         self.eigen_dir = eigen_dir
         self.sink = sink
         self.eigen_sink = eigen_sink
+        self.cost_sink = cost_sink
         self.logged_metrics = metric_keys(spec.renyi_alphas)
+        self.totals = TelemetryTotals()
         self.probe: Optional[FFNProbe] = None
+        self.cadence: Optional[SpectrumCadence] = None
+        self.pipeline: Optional[EventPipeline] = None
         self._writer: Optional[JsonlAppender] = None
-        self._finalizer: Optional[BackgroundFinalizer] = None
         self._last: list[dict] = []
+        self._step_s: Optional[float] = None  # seconds per step, from the time between events
         if not spec.enabled:
             return
         buckets = None
@@ -60,16 +118,117 @@ class Telemetry:
             min_bucket_rows=spec.min_bucket_rows, subsample=float(spec.subsample),
             renyi_alphas=[float(a) for a in spec.renyi_alphas], keep_eigenvalues=spec.log_eigenvalues,
         )
-        if not write:
-            return
-        self._writer = JsonlAppender(spectra_file)
-        self._finalizer = BackgroundFinalizer("thread") if background else None
+        self._decompose = decompose or finalize_snapshot
+        self.cuda = next(model.parameters()).device.type == "cuda"
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        adaptive = spec.spectrum_every == "auto"
+        self.cadence = SpectrumCadence(total_steps, spec.every, None if adaptive else int(spec.spectrum_every))
+        state = state or {}
+        if state.get("totals"):
+            known = {f.name for f in dataclasses.fields(TelemetryTotals)}
+            self.totals = TelemetryTotals(**{k: v for k, v in state["totals"].items() if k in known})
+        if state.get("cadence"):
+            self.cadence.load_state_dict(state["cadence"])
+        self.on, self.reason, self._provisional = self._initial_place(state)
+        self.cadence.budget = cm.cadence_budget(self.on)
+        self.pipeline = self._pipeline(self.on)
+        if write:
+            self._writer = JsonlAppender(spectra_file)
+            k = self.cadence.spectrum_every
+            when = ("at every event" if k == 1 and not adaptive else
+                    f"on the last {len(self.cadence.window)} events and every "
+                    + ("k-th before them (k chosen from measured costs)" if adaptive else f"{k}-th before them"))
+            log.info("telemetry: spectra %s, decomposed on %s (%s); at most %d event(s) in flight",
+                     when, self.on, self.reason, spec.max_in_flight)
 
+    @property
+    def enabled(self) -> bool:
+        return self.probe is not None
+
+    # ---- where spectra are decomposed ------------------------------------------------------------
+    def _initial_place(self, state: Mapping[str, Any]) -> tuple[str, str, bool]:
+        """(place, reason, provisional). ``auto`` on CUDA decomposes on the GPU until the time
+        between two events is measured, then decides once (``_decide_place``); a resumed run keeps
+        the decision of its first attempt."""
+        requested = self.spec.decompose_on
+        if requested != "auto" or not self.cuda:
+            # the rule's own messages: "no accelerator", or gpu refused on a CPU-only run
+            try:
+                decision = cm.decide_decompose_on(requested, accelerator=self.cuda, cpu_decompose_s=0.0,
+                                                  interval_s=1.0, host_bytes_needed=0, host_bytes_available=1)
+            except ValueError as e:
+                raise ValueError(f"telemetry.decompose_on: {e}") from None
+            return decision.on, decision.reason, False
+        if state.get("decompose_on") in ("cpu", "gpu"):
+            return state["decompose_on"], f"{state.get('reason')} (decided before the resume)", False
+        return "gpu", "until the time between events is measured", True
+
+    def _workers(self) -> int:
+        """CPU pool size: telemetry.decompose_workers, or the cores this rank may use minus the
+        trainer's, at most one per (layer, bucket) unit (an event is not split finer)."""
+        if self.spec.decompose_workers != "auto":
+            return int(self.spec.decompose_workers)
+        cores = cm.host_resources().cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        busy = 1 if self.cuda else torch.get_num_threads()
+        assert self.probe is not None
+        units = len(self.probe.layers) * (4 if self.probe.collector.buckets else 1)  # GLOBAL + HEAD/MID/TAIL
+        return max(1, min(cores - busy, units))
+
+    def _pipeline(self, on: str) -> EventPipeline:
+        assert self.probe is not None
+        return EventPipeline(
+            self.probe.collector, self.probe.options, decompose_on="cpu" if on == "cpu" else "device",
+            workers=self._workers() if on == "cpu" else 1,
+            # a CUDA run keeps its trainer's GIL free (process pool); a CPU run's accumulators are
+            # host tensors already, which threads use without a copy (LAPACK releases the GIL)
+            pool="process" if self.cuda else "thread",
+            max_in_flight=int(self.spec.max_in_flight), bucket_scope=self.spec.bucket_scope,
+            decompose=self._decompose, on_wait=self._on_wait,
+        )
+
+    def _decide_place(self) -> None:
+        """decompose_on=auto on CUDA: the cost model's rule, with this host's cores and memory and
+        the measured time between events; the same answer on every rank."""
+        assert self.probe is not None and self.cadence is not None and self._step_s is not None
+        dims = [d for d in self.probe.collector.dims().values() if d]
+        world = dist.get_world_size() if self.distributed else 1
+        shape = cm.EventShape(layers=len(self.probe.layers), width=max(dims), rows=1,
+                              sites=len(self.probe.sites), buckets=self.probe.collector.buckets,
+                              ranks=world)
+        workers = self._workers()
+        est = cm.event_estimate(shape, cm.H100, workers=workers, max_in_flight=int(self.spec.max_in_flight))
+        res = cm.host_resources()
+        interval = self._step_s * self.spec.every
+        decision = cm.decide_decompose_on(
+            "auto", accelerator=True, cpu_decompose_s=est.decompose_cpu_s, interval_s=interval,
+            host_bytes_needed=est.host_bytes["cpu"], host_bytes_available=res.mem_available_bytes)
+        on, reason = decision.on, decision.reason + " (CPU eig time from the cost model's host anchors)"
+        if self.distributed:  # the CPU pool only where every rank can keep up
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            flag = torch.tensor([1.0 if on == "cpu" else 0.0], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            if flag.item() < 1.0 and on == "cpu":
+                on, reason = "gpu", "another rank's CPU pool would not keep up"
+        self._provisional = False
+        if self.write:
+            log.info("telemetry: decompose_on=auto -> %s: %s", on, reason)
+        self.reason = reason
+        if on != self.on:
+            assert self.pipeline is not None and self.pipeline.in_flight == 0  # synchronous so far
+            self.pipeline.close()
+            self.on = on
+            self.pipeline = self._pipeline(on)
+            self.cadence.budget = cm.cadence_budget(on)
+
+    def _on_wait(self, step: int) -> None:
+        if self.write:
+            log.info("telemetry: waiting for the decomposition of step %d (max_in_flight=%d)",
+                     step, self.spec.max_in_flight)
+
+    # ---- the loop's calls ---------------------------------------------------------------------------
     def due(self, step: int) -> bool:
         """First step, every ``every`` steps, and the last step."""
-        if self.probe is None:
-            return False
-        return step == 1 or step % self.spec.every == 0 or step == self.total_steps
+        return self.cadence is not None and self.cadence.is_event(step)
 
     @contextlib.contextmanager
     def capturing(self, active: bool) -> Iterator[None]:
@@ -99,23 +258,47 @@ class Telemetry:
         model.train(was_training)
 
     def finish_event(self, step: int) -> None:
-        """Snapshot this step's covariances and queue their decomposition."""
-        assert self.probe is not None
-        snapshot = self.probe.snapshot(step, device="cpu")
-        if not self.write:
-            return
-        if self._finalizer is None:
-            self._emit(finalize_snapshot(snapshot))
-            return
-        self._finalizer.submit(snapshot)
-        for records in self._finalizer.ready():
-            self._emit(records)
+        """Close this step's event (hard ranks now, the spectrum when the cadence says so), and
+        write the events finished so far. Under DDP a collective on every rank; may wait for an
+        earlier event's decomposition (max_in_flight)."""
+        assert self.pipeline is not None and self.cadence is not None
+        self._handle(self.pipeline.end_event(step, self.cadence.decide(step)))
+        if self._provisional and self._step_s is not None:
+            self._decide_place()
 
     def drain(self) -> None:
-        """Write every pending event (before a checkpoint and before DONE)."""
-        if self._finalizer is not None:
-            for records in self._finalizer.drain():
-                self._emit(records)
+        """Write every pending event (before a checkpoint and before DONE); a collective under DDP."""
+        if self.pipeline is not None:
+            self._handle(self.pipeline.drain())
+
+    def _handle(self, events: list[FinishedEvent]) -> None:
+        for event in events:  # in step order; costs are the same on every rank
+            self._observe(event)
+            if self.write:
+                self._emit(event.records)
+                if self.cost_sink is not None:
+                    self.cost_sink(cost_row(event.cost, self._place_of(event.cost)))
+
+    @staticmethod
+    def _place_of(cost: EventCost) -> str:
+        return "gpu" if cost.sync_decompose_s > 0 else "cpu"
+
+    def _observe(self, event: FinishedEvent) -> None:
+        """Totals, seconds per step, and (spectrum_every=auto) the cadence from measured costs."""
+        assert self.cadence is not None
+        cost = event.cost
+        self.totals.add(cost)
+        i = self.cadence.events.index(cost.step)
+        if cost.interval_s is not None and i > 0:
+            self._step_s = cost.interval_s / (cost.step - self.cadence.events[i - 1])
+        if (event.spectrum and self.cadence.adaptive and self._step_s is not None
+                and self._place_of(cost) == self.on and cost.matrices > 0):
+            spent = cost.sync_decompose_s if self.on == "gpu" else cost.decompose_s
+            before = self.cadence.spectrum_every
+            k = self.cadence.observe(spent, self._step_s * self.spec.every)
+            if k != before and self.write:
+                log.info("telemetry: spectra every %d event(s) from now on (decomposition %.3g s, %.3g s "
+                         "between events, on %s)", k, spent, self._step_s * self.spec.every, self.on)
 
     def _emit(self, records: list[dict]) -> None:
         if not records:
@@ -136,6 +319,28 @@ class Telemetry:
         if eigen and self.eigen_sink is not None:
             self.eigen_sink(int(records[0]["step"]), eigen)
 
+    # ---- state and summaries ------------------------------------------------------------------------
+    def state_dict(self) -> Optional[dict]:
+        """Plain data for the checkpoint (take it after ``drain``): cadence, place, totals."""
+        if self.cadence is None:
+            return None
+        return {"cadence": self.cadence.state_dict(),
+                "decompose_on": None if self._provisional else self.on, "reason": self.reason,
+                "totals": dataclasses.asdict(self.totals)}
+
+    def run_summary(self, wall_s: float) -> Optional[dict]:
+        """The whole run's telemetry: its share of wall time ((critical path + waits) / wall), the
+        seconds behind it, the counts of events with and without spectra, peak memory."""
+        if self.cadence is None:
+            return None
+        t = self.totals
+        added = t.critical_s + t.wait_s
+        return {"share": added / wall_s if wall_s > 0 else None, "critical_s": t.critical_s, "wait_s": t.wait_s,
+                "decompose_s": t.decompose_s, "events": t.events, "spectrum_events": t.spectrum_events,
+                "hard_rank_only_events": t.events - t.spectrum_events, "decompose_on": self.on,
+                "spectrum_every": self.cadence.spectrum_every, "peak_host_mib": t.peak_host_mib,
+                "peak_device_mib": t.peak_device_mib}
+
     def summary(self) -> dict[str, float]:
         """Median over layers of the last event's ranks, per site and bucket (for run summaries)."""
         out: dict[str, float] = {}
@@ -150,12 +355,18 @@ class Telemetry:
             out[f"final/{site}/{bucket}/{m}"] = float(np.median(values))
         return out
 
-    def close(self) -> None:
+    def close(self, drain: bool = True) -> None:
+        """Stop the pool, close the file, remove the hooks. ``drain``: first write what is pending,
+        on one process only (under DDP that is a collective, which a failing rank must not enter;
+        the loop drains before every normal ending)."""
         try:
-            self.drain()
+            if drain and not self.distributed:
+                self.drain()
+        except Exception as e:  # noqa: BLE001 - called in error paths too: never mask the first error
+            log.warning("telemetry: pending events not written (%s: %s)", type(e).__name__, e)
         finally:
-            if self._finalizer is not None:
-                self._finalizer.close()
+            if self.pipeline is not None:
+                self.pipeline.close()
             if self._writer is not None:
                 self._writer.close()
             if self.probe is not None:
