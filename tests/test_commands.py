@@ -59,7 +59,7 @@ def test_every_command_is_declared_in_pyproject() -> None:
 def _copy_source(dest: Path) -> Path:
     """The project's source tree without its virtualenv, runs, caches and build leftovers."""
     ignore = shutil.ignore_patterns(".venv", ".git", "runs", "data_cache", "build", "dist", "*.egg-info",
-                                    "__pycache__", ".pytest_cache", "wandb", "outputs", "multirun", "local")
+                                    "__pycache__", ".pytest_cache", "wandb", "outputs", "multirun")
     shutil.copytree(ROOT, dest, ignore=ignore)
     return dest
 
@@ -70,6 +70,9 @@ def test_a_wheel_install_works_from_another_directory(tmp_path: Path, data_cache
     """``pip install .`` (not editable), configs included: built as a wheel, installed into a folder of
     its own that is put first on PYTHONPATH (this venv provides the dependencies), run from elsewhere."""
     src = _copy_source(tmp_path / "src")
+    # A site's own settings (git-ignored conf/local/) never go into a wheel.
+    (src / "conf" / "local").mkdir(exist_ok=True)
+    (src / "conf" / "local" / "default.yaml").write_text("# site paths\n")
     wheels = tmp_path / "wheels"
     # No build isolation: the build uses this venv's setuptools (tests never touch the network).
     build = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, src],
