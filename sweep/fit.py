@@ -1,4 +1,4 @@
-"""Scaling-law analysis of a sweep: ``python -m sweep.fit SWEEP_DIR [...]``.
+"""Scaling-law analysis of a sweep: ``specsweep-fit SWEEP_DIR [...]`` (= ``python -m sweep.fit``).
 
 Reads the run directories (docs/contracts.md), reduces each run's telemetry to one value per
 metric × bucket × site (paper rule by default), fits β with ``metrics.fit`` and writes, into the
@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from sweep.commands import prog
 from sweep.grid import sweepdir
 from sweep.analysis import wandb_io, workspace
 from sweep.analysis.pipeline import default_out, run_fit
@@ -31,11 +32,23 @@ from sweep.analysis.watch import watch
 
 __all__ = ["SweepError", "main", "run_fit"]
 _MAX_NOTES = 5  # the terminal gets the first few; report.md has them all
+_EXAMPLES = """examples:
+  {prog} runs/demo                          finished runs: beta table, figures, report (runs/demo/analysis/)
+  {prog} runs/demo --watch --every 300      refit while the sweep runs ("as of step S, N of M runs")
+  {prog} runs/demo --watch --once           one live refit (cron, scripts)
+  {prog} runs/demo --rule layer:5 --out /tmp/fit5   another aggregation rule, another folder
+  {prog} runs/paper_160m --compare paper    published beta beside ours where the sweep matches
+  {prog} --points points.csv                fit a points table (e.g. the paper's released points)
+  {prog} runs/demo --wandb offline          also log the analysis as a W&B run (upload: wandb sync)
+  {prog} --from-wandb ENTITY/PROJECT/GROUP  rebuild the runs from W&B, then fit
+"""
 _MAX_EXCLUDED = 10
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m sweep.fit", description=__doc__.split("\n\n")[0])
+    name = prog("fit")
+    p = argparse.ArgumentParser(prog=name, description=__doc__.split("\n\n")[0],
+                                epilog=_EXAMPLES.format(prog=name), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep_dirs", nargs="*", help="sweep directories (or single run directories)")
     p.add_argument("--out", help="analysis folder (default: SWEEP_DIR/analysis, or FILE_fit/ "
                    "next to a --points file)")

@@ -1,10 +1,11 @@
-"""Prepare token data ahead of training: ``python -m sweep.prepare data=<config> [data.* overrides]``.
+"""Prepare token data ahead of training: ``specsweep-prepare data=<config> [data.* overrides]``
+(= ``python -m sweep.prepare``; ``--help`` shows examples: conf/hydra/help/specsweep_prepare.yaml).
 
-    python -m sweep.prepare data=fineweb_edu                       # FineWeb-Edu sample-10BT, GPT-2 tokens
-    python -m sweep.prepare data=fineweb_edu data.path=/shared/fwe workers=32
-    python -m sweep.prepare data=fineweb_edu data.source=/corpus data.tokenizer=bpe data.path=/shared/mine
-    python -m sweep.prepare data=fineweb10b data.source=/shared/fineweb10B   # existing .bin shards: index only
-    python -m sweep.prepare data=text data.path=corpus.txt         # the trainer's cached folder, built now
+    specsweep-prepare data=fineweb_edu                       # FineWeb-Edu sample-10BT, GPT-2 tokens
+    specsweep-prepare data=fineweb_edu data.path=/shared/fwe workers=32
+    specsweep-prepare data=fineweb_edu data.source=/corpus data.tokenizer=bpe data.path=/shared/mine
+    specsweep-prepare data=fineweb10b data.source=/shared/fineweb10B   # existing .bin shards: index only
+    specsweep-prepare data=text data.path=corpus.txt         # the trainer's cached folder, built now
 
 One path per data kind: kind "shards" configs (fineweb_edu, fineweb10b, local) are streamed from
 ``data.source`` into the folder ``data.path`` that training then reads (sweep.data.streaming; a
@@ -24,6 +25,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from sweep.commands import CONF_DIR
 from sweep.credentials import exit_if_credentials_in
 from sweep.data.cache import prepare_dataset
 from sweep.data.frequency import FREQUENCY_FILE, format_frequency
@@ -34,7 +36,7 @@ from sweep.errors import DataError
 log = logging.getLogger("specsweep.prepare")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
 def main(cfg: DictConfig) -> Any:
     try:
         spec = DataSpec.from_mapping(OmegaConf.to_container(cfg.data, resolve=True))
@@ -53,6 +55,11 @@ def main(cfg: DictConfig) -> Any:
     return str(data.root)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``specsweep-prepare`` console script (and ``python -m sweep.prepare``)."""
     exit_if_credentials_in(sys.argv[1:])  # before Hydra echoes the arguments
     main()
+
+
+if __name__ == "__main__":
+    cli()

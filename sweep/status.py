@@ -1,7 +1,8 @@
-"""State of every run of a sweep, and relaunch of the unfinished ones.
+"""State of every run of a sweep, and relaunch of the unfinished ones (``specsweep-status``).
 
     python -m sweep.status SWEEP_DIR                      # one line per run, then counts
-    python -m sweep.status SWEEP_DIR --json               # the same as JSON lines
+    python -m sweep.status SWEEP_DIR --json               # the same as JSON lines (with each id's overrides)
+    python -m sweep.status SWEEP_DIR --ids                # each run id and the overrides behind it
     python -m sweep.status SWEEP_DIR --resubmit           # relaunch failed / stale / interrupted / never started runs
     python -m sweep.status SWEEP_DIR --resubmit resources.timeout_min=600   # ... with changed overrides
 
@@ -35,12 +36,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
-from sweep.cluster.states import STALE_AFTER_S, collect, format_table, resubmit
+from sweep.commands import prog
+from sweep.cluster.states import STALE_AFTER_S, collect, format_ids, format_table, resubmit
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sweep.status", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    name = prog("status")
+    examples = "\n".join(line.replace("python -m sweep.status", name).replace("SWEEP_DIR", "runs/demo")
+                         for line in __doc__.split("\n\n")[1].splitlines())
+    ap = argparse.ArgumentParser(prog=name, description=__doc__.split("\n\n")[0],
+                                 epilog=f"examples:\n{examples}", formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep_dir", type=Path)
     ap.add_argument("overrides", nargs="*", help="extra overrides for --resubmit (e.g. resources.timeout_min=600)")
     ap.add_argument("--resubmit", action="store_true",
@@ -53,6 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "job (no heartbeat, SLURM state unknown, or a recent heartbeat), for runs you know are dead")
     ap.add_argument("--dry-run", action="store_true", help="print the relaunch command only")
     ap.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    ap.add_argument("--ids", action="store_true",
+                    help="each run id with the overrides behind it (spelled out, or in its hash)")
     a = ap.parse_args(argv)
     if not a.sweep_dir.is_dir():
         print(f"no such sweep directory: {a.sweep_dir}", file=sys.stderr)
@@ -63,6 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.json:
         for r in rows:
             print(json.dumps({k: v for k, v in asdict(r).items() if k != "launch"}))
+    elif a.ids:
+        print(format_ids(rows))
     else:
         print(format_table(rows))
     if a.overrides and not a.resubmit:

@@ -1,21 +1,22 @@
-"""Entry point: ``python -m sweep.train [overrides]`` (one run) or ``-m`` (a grid).
+"""Entry point: ``specsweep-train [overrides]`` (= ``python -m sweep.train``; one run) or ``-m`` (a grid).
 
-    python -m sweep.train model.ffn_mult=2 optim=muon
-    python -m sweep.train -m optim=adamw,muon model.ffn_mult=1,2,4
-    python -m sweep.train -m +sweep=demo            # a named grid from conf/sweep/
+    specsweep-train model.ffn_mult=2 optim=muon
+    specsweep-train -m optim=adamw,muon model.ffn_mult=1,2,4
+    specsweep-train -m +sweep=demo            # a named grid from conf/sweep/
+
+``--help`` shows more examples (conf/hydra/help/specsweep_train.yaml).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import sweep.grid.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
+from sweep.commands import CONF_DIR
 from sweep.credentials import exit_if_credentials_in
 from sweep.rundir import RunDir
 
@@ -31,11 +32,16 @@ def _job_record(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
     }
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> Any:
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Train one run; return its objective (train.objective) for sweepers that optimise it.
+
+    Our own sweeper reads each run's state from its run directory; Optuna-style sweepers take the
+    float: the final eval loss by default, +inf for a diverged run (sweep/run/trainer.py objective).
+    """
     # These import torch: only the job pays for it, not `--help` or `--cfg`.
     from sweep.grid.spec import build_run_spec
-    from sweep.run.trainer import train_run
+    from sweep.run.trainer import objective, train_run
 
     hydra_cfg = HydraConfig.get()
     run_path = Path(hydra_cfg.runtime.output_dir)
@@ -44,11 +50,17 @@ def main(cfg: DictConfig) -> Any:
     except BaseException:
         RunDir(run_path).remove_if_empty()  # Hydra made it for a job that will not run
         raise
-    return train_run(spec, run_path, _job_record(cfg, hydra_cfg))
+    result = train_run(spec, run_path, _job_record(cfg, hydra_cfg))
+    return objective(result, spec.train.objective)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``specsweep-train`` console script (and ``python -m sweep.train``)."""
     # Before Hydra sees the arguments: it would echo them (job labels, launcher log lines,
     # .hydra/overrides.yaml, multirun.yaml, grid.json).
     exit_if_credentials_in(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

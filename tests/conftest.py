@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -18,6 +19,19 @@ SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 # Small, fast settings for end-to-end runs of the tiny model on the synthetic corpus
 # (conf/preset/smoke.yaml; the run ids get the tag "smoke").
 FAST = ["+preset=smoke", "logger=none"]
+
+
+@functools.lru_cache(maxsize=None)
+def run_id_for(*overrides: str) -> str:
+    """The run id the code gives a job with these task overrides (a grid job: the overrides of one
+    grid point). Tests ask for ids instead of spelling their hashes (sweep/grid/run_id.py)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    import sweep.grid.resolvers  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+        return str(cfg.run_id)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from models import GPTConfig
 from sweep.data import DataSpec
 from sweep.errors import ConfigError
 from sweep.grid.identity import container, identity_of
+from sweep.grid.run_id import digest_of
 from sweep.grid.spec import build_run_spec
 from tests.conftest import CONF, ROOT
 
@@ -83,7 +84,8 @@ def test_run_spec_is_typed_all_the_way_down(compose) -> None:
     assert spec.vocab_from_data and spec.model_config(512).vocab_size == 512
     assert spec.axes["ffn_width"] == 128 and spec.axes["optimizer"] == "muon" and spec.axes["optim.lr"] == 0.01
     assert spec.identity == identity_of(cfg) and "logger" not in spec.identity and "logger" in spec.config
-    assert "run_id: gpt-tiny_muon_w2_lr0.01_s0" in spec.config_yaml()
+    assert f"run_id: gpt-tiny_muon_w2_s0_{spec.run_id_record['hash']}" in spec.config_yaml()
+    assert spec.run_id_record == {"hash": spec.run_id[-6:], "tags": {}, "hashed": {"optim.lr": 0.01}}
     fixed = build_run_spec(compose(["model.vocab_size=600"]))
     assert not fixed.vocab_from_data and fixed.model_config(512).vocab_size == 600
     with pytest.raises(ValueError, match="model.vocab_size=600 < data vocabulary 700"):
@@ -121,7 +123,7 @@ def test_default_run_id_and_dirs_have_no_timestamp(compose) -> None:
 
 def test_run_id_follows_axes_and_extra_overrides(compose) -> None:
     cfg = compose(["optim=muon", "model.ffn_mult=2", "seed=3", "model.n_head=2", "logger=none"])
-    assert cfg.run_id == "gpt-tiny_muon_w2_h2_s3"
+    assert cfg.run_id == f"gpt-tiny_muon_w2_s3_{digest_of({'model.n_head': 2})}"
     assert compose(["model.ffn_width=96"]).run_id == "gpt-tiny_adamw_D96_s0"
 
 

@@ -19,7 +19,8 @@ from sweep.data.run_data import load_run_data
 from sweep.data.spec import DataSpec
 from sweep.data.shards import write_shard
 from sweep.errors import DataError
-from tests.conftest import FAST, run_train
+from sweep.rundir import RunDir
+from tests.conftest import FAST, run_id_for, run_train
 
 SHARD = 20_000
 
@@ -215,7 +216,8 @@ def test_sequential_order_and_eval_budget_train_end_to_end(env: dict, tmp_path: 
     run_train([*common, "data.eval_tokens=4096", "train.eval_batches=2", "sweep_name=budget"], env)
     run_train([*common, "train.eval_batches=8", "sweep_name=batches"], env)
     (budget,), (batches,) = [list((tmp_path / "runs" / name).iterdir()) for name in ("budget", "batches")]
-    assert "ordersequential" in budget.name
+    assert budget.name == run_id_for(*common)  # data.order identifies the run (its hash); the eval budget does not
+    assert RunDir(budget).read_run_id_record()["hashed"]["data.order"] == "sequential"
     done = json.loads((budget / "DONE").read_text())
     assert done["final_step"] == 12 and np.isfinite(done["final_eval_loss"])
     assert done["final_eval_loss"] == pytest.approx(json.loads((batches / "DONE").read_text())["final_eval_loss"],

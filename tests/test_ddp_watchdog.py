@@ -17,7 +17,7 @@ import torch.distributed as dist
 from sweep import liveness
 from sweep.run.distributed import DistEnv, Watchdog, peer_timeout
 from sweep.rundir import RunDir
-from tests.conftest import FAST, ROOT, ended, wait_until_held
+from tests.conftest import FAST, ROOT, ended, run_id_for, wait_until_held
 
 
 # ---- the watchdog on a store in this process, with a clock the test moves ---------------------------------------
@@ -128,7 +128,7 @@ def _free_port() -> int:
 # Generous bound: the watchdog needs about one poll (2 s) to notice a dead process on this host; the
 # process group's own timeout, the behaviour before it, is 600 s.
 PROMPT_S = 120
-RUN_ID = "gpt-tiny_adamw_w4_smoke_steps10_s0"
+RUN_ID = run_id_for(*FAST, "train.steps=10")
 
 
 def _ranks(env: dict, tmp_path: Path, holds: dict[int, str], **extra: str) -> list[subprocess.Popen]:

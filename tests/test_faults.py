@@ -26,9 +26,9 @@ from sweep.run.checkpoint import save_checkpoint
 from sweep.run.signals import StopRequest
 from sweep.rundir import (JsonlError, RunConfigChanged, RunDir, config_hash, iter_jsonl, load_checkpoint,
                           load_latest_checkpoint)
-from tests.conftest import FAST, ROOT, ended, run_train, wait_until_held
+from tests.conftest import FAST, ROOT, ended, run_id_for, run_train, wait_until_held
 
-RUN_ID = "gpt-tiny_adamw_w4_smoke_s0"
+RUN_ID = run_id_for(*FAST)
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -461,7 +461,8 @@ def test_finished_read_only_run_is_skipped(env: dict, finished: RunDir, multirun
     drop = _obeying_permissions()
     _make_read_only(run.path)
     try:
-        proc = _launch(["-m", *FAST] if multirun else FAST, env, preexec_fn=drop)
+        # the grid names its sweep `default` so that it holds the copied run
+        proc = _launch(["-m", *FAST, "sweep_name=default"] if multirun else FAST, env, preexec_fn=drop)
     finally:
         _make_writable(run.path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -473,7 +474,7 @@ def test_finished_read_only_run_is_skipped(env: dict, finished: RunDir, multirun
 @pytest.mark.slow
 def test_non_finite_gradient_stops_before_the_update(env: dict, tmp_path: Path) -> None:
     run_train([*FAST, "optim.lr=1e6", "train.steps=12", "train.log_every=1", "train.ckpt_every=1"], env)
-    run = RunDir(tmp_path / "runs" / "default" / "gpt-tiny_adamw_w4_lr1e6_smoke_steps12_s0")
+    run = RunDir(tmp_path / "runs" / "default" / run_id_for(*FAST, "optim.lr=1e6", "train.steps=12"))
     status = run.read_status()
     assert status["status"] == "diverged"
     rows = [r for r in iter_jsonl(run.metrics_file) if "train_loss" in r]

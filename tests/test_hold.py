@@ -10,7 +10,7 @@ import pytest
 
 from sweep.run.hold import Hold
 from sweep.rundir import RunDir, iter_jsonl
-from tests.conftest import FAST, RUN_TIMEOUT_S, ROOT, ended, hold_env, release, wait_until_held
+from tests.conftest import FAST, RUN_TIMEOUT_S, ROOT, ended, hold_env, release, run_id_for, wait_until_held
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_run_waits_at_the_step_until_released(env: dict, tmp_path: Path) -> None
                             stderr=subprocess.STDOUT, text=True)
     try:
         assert wait_until_held(gate, 5, ended(proc)) == proc.pid
-        run = RunDir(tmp_path / "runs" / "default" / "gpt-tiny_adamw_w4_smoke_s0")
+        run = RunDir(tmp_path / "runs" / "default" / run_id_for(*FAST))
         # Held: step 5 is written and nothing after it, however long we look.
         assert max(r["step"] for r in iter_jsonl(run.metrics_file)) == 5 and proc.poll() is None
         release(gate, 5)

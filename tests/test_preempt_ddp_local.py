@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sweep.rundir import RunDir, iter_jsonl
-from tests.conftest import FAST, ROOT, RUN_TIMEOUT_S, ended, hold_env, run_train, wait_until_held
+from tests.conftest import FAST, ROOT, RUN_TIMEOUT_S, ended, hold_env, run_id_for, run_train, wait_until_held
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,8 @@ def _train(run: RunDir) -> list[tuple[int, float]]:
 def test_usr2_checkpoints_at_the_step_boundary_and_a_relaunch_resumes(env: dict, tmp_path: Path) -> None:
     common = [*FAST, "train.steps=40", "train.log_every=1", "train.ckpt_every=1000"]
     run_train([*common, "sweep_name=straight"], env)
-    straight = RunDir(tmp_path / "runs" / "straight" / "gpt-tiny_adamw_w4_smoke_steps40_s0")
-    run = RunDir(tmp_path / "runs" / "usr2" / "gpt-tiny_adamw_w4_smoke_steps40_s0")
+    straight = RunDir(tmp_path / "runs" / "straight" / run_id_for(*common))
+    run = RunDir(tmp_path / "runs" / "usr2" / run_id_for(*common))
     gate = tmp_path / "gate"
     # Held after step 20 until the signal lands: the signal reaches a run mid-way, however fast it trains.
     proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *common, "sweep_name=usr2"], cwd=ROOT,
@@ -121,8 +121,8 @@ def test_two_local_ranks_match_one_process(env: dict, tmp_path: Path, compose) -
     common = [*FAST, "train.steps=10", "train.log_every=1", "telemetry.every=5"]
     run_train([*common, "sweep_name=one"], env)
     _two_ranks([*common, "sweep_name=two"], env)
-    one = RunDir(tmp_path / "runs" / "one" / "gpt-tiny_adamw_w4_smoke_steps10_s0")
-    two = RunDir(tmp_path / "runs" / "two" / "gpt-tiny_adamw_w4_smoke_steps10_s0")
+    one = RunDir(tmp_path / "runs" / "one" / run_id_for(*common))
+    two = RunDir(tmp_path / "runs" / "two" / run_id_for(*common))
     assert two.is_done() and [s for s, _ in _train(two)] == list(range(1, 11))
     assert [v for _, v in _train(two)] == pytest.approx([v for _, v in _train(one)], rel=1e-4)
     s1, s2 = _records(one), _records(two)
@@ -133,7 +133,7 @@ def test_two_local_ranks_match_one_process(env: dict, tmp_path: Path, compose) -
     assert [r["step"] for r in costs] == [1, 5, 10]
 
     _two_ranks([*common, "sweep_name=rank0", "telemetry.bucket_scope=rank0"], env)
-    rank0 = RunDir(tmp_path / "runs" / "rank0" / "gpt-tiny_adamw_w4_smoke_steps10_s0")
+    rank0 = RunDir(tmp_path / "runs" / "rank0" / run_id_for(*common))
     s0 = _records(rank0)
     # the global matrices still pool every rank's rows: the same records as bucket_scope=all
     _assert_same_records({k: r for k, r in s0.items() if k[3] == "global"},

@@ -26,8 +26,8 @@ import pytest
 
 from sweep.rundir import RunDir, iter_jsonl
 from sweep.grid.sweepdir import latest_jobs
-from tests.conftest import (FAST, HELD_TIMEOUT_S, ROOT, RUN_TIMEOUT_S, hold_env, pid_alive, release, run_train,
-                            wait_until_held)
+from tests.conftest import (FAST, HELD_TIMEOUT_S, ROOT, RUN_TIMEOUT_S, hold_env, pid_alive, release, run_id_for,
+                            run_train, wait_until_held)
 from tests.slurm_cluster import Cluster, ClusterUnavailable
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("time_limit_run", "reference_started")]
@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("time_limit_run", "refe
 SLURM = ["hydra/launcher=slurm", "resources=smoke"]
 # Interrupted mid-run by holding it at a step (never by hoping it is still training).
 RUN = [*FAST, "train.steps=40", "train.log_every=1"]
-RUN_ID = "gpt-tiny_adamw_w4_smoke_steps40_s0"
+RUN_ID = run_id_for(*RUN)
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------
@@ -211,8 +211,8 @@ def test_grid_is_one_job_array_and_finishes(senv: dict, tmp_path: Path) -> None:
     args = ["optim=adamw,muon", "model.ffn_mult=1,2", *FAST, "train.steps=8"]
     proc = submit(args, senv, out, wait=True)
     names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert names == ["gpt-tiny_adamw_w1_smoke_steps8_s0", "gpt-tiny_adamw_w2_smoke_steps8_s0",
-                     "gpt-tiny_muon_w1_smoke_steps8_s0", "gpt-tiny_muon_w2_smoke_steps8_s0"]
+    assert names == sorted(run_id_for(f"optim={o}", f"model.ffn_mult={w}", *FAST, "train.steps=8")
+                           for o in ("adamw", "muon") for w in (1, 2))
     assert all(RunDir(out / n).is_done() for n in names)
     jobs = latest_jobs(out)
     arrays = {j["job_id"].split("_")[0] for j in jobs.values()}
@@ -241,8 +241,7 @@ def test_failing_run_is_reported_while_the_others_finish(senv: dict, tmp_path: P
     proc = submit(["model.vocab_size=100,512,600", *FAST, "train.steps=6", "cluster.max_array_size=2"],
                   senv, out, wait=True, check=False)
     text = proc.stdout + proc.stderr
-    bad = "gpt-tiny_adamw_w4_vocab-size100_smoke_steps6_s0"
-    good = ["gpt-tiny_adamw_w4_vocab-size512_smoke_steps6_s0", "gpt-tiny_adamw_w4_vocab-size600_smoke_steps6_s0"]
+    bad, *good = (run_id_for(f"model.vocab_size={v}", *FAST, "train.steps=6") for v in (100, 512, 600))
     assert proc.returncode != 0
     assert "1 of 3 runs failed" in text and bad in text, text[-3000:]
     assert all(RunDir(out / g).is_done() for g in good)
@@ -325,7 +324,7 @@ def test_two_tasks_train_one_run_with_ddp(senv: dict, tmp_path: Path) -> None:
     run_train(["-m", f"hydra.sweep.dir={local}", *common], senv)
     out = tmp_path / "ddp"
     submit([*common, "resources.tasks_per_node=2"], senv, out, wait=True)
-    run_id = "gpt-tiny_adamw_w4_smoke_steps12_s0"
+    run_id = run_id_for(*common)
     one, two = RunDir(local / run_id), RunDir(out / run_id)
     assert two.is_done()
     log = (two.path / "train.log").read_text()

@@ -16,7 +16,7 @@ from sweep import liveness, status
 from sweep.cluster import slurm, states
 from sweep.grid import sweepdir
 from sweep.rundir import RunDir, iter_jsonl
-from tests.conftest import FAST, ROOT, ended, run_train, wait_until_held
+from tests.conftest import FAST, ROOT, ended, run_id_for, run_train, wait_until_held
 
 
 def _run_dir(root: Path, run_id: str, **status_fields) -> RunDir:
@@ -110,9 +110,9 @@ def _train(run: RunDir) -> list[tuple[int, float]]:
 def test_a_killed_run_is_stale_and_its_resubmission_matches_an_uninterrupted_run(env: dict, tmp_path: Path) -> None:
     common = [*FAST, "train.steps=12", "train.log_every=1", "train.ckpt_every=4"]
     run_train([*common, "sweep_name=straight"], env)
-    straight = RunDir(tmp_path / "runs" / "straight" / "gpt-tiny_adamw_w4_smoke_steps12_s0")
+    straight = RunDir(tmp_path / "runs" / "straight" / run_id_for(*common))
     sweep_dir = tmp_path / "runs" / "killed"
-    run = RunDir(sweep_dir / "gpt-tiny_adamw_w4_smoke_steps12_s0")
+    run = RunDir(sweep_dir / run_id_for(*common))
     gate = tmp_path / "gate"
     # Held after step 6: checkpoint 4 is on disk, step 5 and 6 are trained and logged, run.json says running.
     proc = subprocess.Popen([sys.executable, "-m", "sweep.train", "-m", *common, "sweep_name=killed"], cwd=ROOT,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sweep.rundir import RunDir, iter_jsonl
-from tests.conftest import FAST, ROOT, ended, hold_env, run_train, wait_until_held
+from tests.conftest import FAST, ROOT, ended, hold_env, run_id_for, run_train, wait_until_held
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def _rows(path: Path, key: str) -> list[dict]:
 
 def test_single_run_writes_a_complete_run_directory(env: dict, tmp_path: Path) -> None:
     run_train(FAST, env)
-    run = RunDir(tmp_path / "runs" / "default" / "gpt-tiny_adamw_w4_smoke_s0")
+    run = RunDir(tmp_path / "runs" / "default" / run_id_for(*FAST))
     assert run.is_done(), list(run.path.parent.iterdir())
     done = run.read_done()
     assert done["final_step"] == 30 and done["final_eval_loss"] < 6.0
@@ -49,22 +49,39 @@ def test_single_run_writes_a_complete_run_directory(env: dict, tmp_path: Path) -
     assert [s for _, s in run.checkpoints()] and len(run.checkpoints()) <= 2
 
 
-def test_grid_puts_one_directory_per_run_under_sweep_dir(env: dict, tmp_path: Path) -> None:
-    out = tmp_path / "grid"
-    args = ["-m", "optim=adamw,muon", "model.ffn_mult=1,2", f"hydra.sweep.dir={out}", *FAST, "train.steps=6"]
-    run_train(args, env)
-    names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert names == ["gpt-tiny_adamw_w1_smoke_steps6_s0", "gpt-tiny_adamw_w2_smoke_steps6_s0",
-                     "gpt-tiny_muon_w1_smoke_steps6_s0", "gpt-tiny_muon_w2_smoke_steps6_s0"]
-    assert all(RunDir(out / n).is_done() for n in names)
-    assert RunDir(out / names[3]).read_status()["axes"]["ffn_width"] == 128
+def _sweep_folders(runs: Path) -> list[str]:
+    return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
 
-    # Relaunching the same grid trains nothing: every run is skipped before launch.
+
+def test_grid_puts_one_directory_per_run_under_sweep_dir(env: dict, tmp_path: Path) -> None:
+    """An ad-hoc grid (no sweep_name) gets its own folder, grid-<swept keys>-<hash>: the same grid
+    (in any order) lands there again, a different grid elsewhere, never in runs/default."""
+    runs = tmp_path / "runs"
+    args = ["-m", "optim=adamw,muon", "model.ffn_mult=1,2", *FAST, "train.steps=6"]
+    run_train(args, env)
+    (folder,) = _sweep_folders(runs)
+    assert folder.startswith("grid-ffn_mult-optim-") and len(folder) == len("grid-ffn_mult-optim-") + 6, folder
+    out = runs / folder
+    names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert names == sorted(run_id_for(f"optim={o}", f"model.ffn_mult={w}", *FAST, "train.steps=6")
+                           for o in ("adamw", "muon") for w in (1, 2))
+    assert all(RunDir(out / n).is_done() for n in names)
+    assert RunDir(out / names[-1]).read_status()["axes"]["ffn_width"] == 128
+    assert {RunDir(out / n).read_status()["sweep"] for n in names} == {folder}  # also the W&B group
+
+    # Relaunching the same grid (axes typed in another order) trains nothing: every run is skipped.
     stamps = {n: (out / n / "DONE").stat().st_mtime_ns for n in names}
-    proc = run_train(args, env)
+    proc = run_train(["-m", "model.ffn_mult=1,2", "optim=muon,adamw", *FAST, "train.steps=6"], env)
     assert "4 finished and skipped" in proc.stdout + proc.stderr
     assert "Launching 0 jobs" in proc.stdout + proc.stderr or "Launching" not in proc.stdout + proc.stderr
     assert stamps == {n: (out / n / "DONE").stat().st_mtime_ns for n in names}
+    assert _sweep_folders(runs) == [folder]
+
+    # Another grid, even one whose runs are a subset of the first, is another sweep.
+    run_train(["-m", "optim=adamw", "model.ffn_mult=1,2", *FAST, "train.steps=6"], env)
+    (other,) = set(_sweep_folders(runs)) - {folder}
+    assert other.startswith("grid-ffn_mult-") and other != folder
+    assert sorted(p.name for p in (runs / other).iterdir() if p.is_dir() and not p.name.startswith(".")) == names[:2]
 
 
 def test_named_grid_with_command_line_axis_override(env: dict, tmp_path: Path) -> None:
@@ -72,7 +89,9 @@ def test_named_grid_with_command_line_axis_override(env: dict, tmp_path: Path) -
     run_train(["-m", "+sweep=demo", "optim=adamw", "model.ffn_mult=1,2", f"hydra.sweep.dir={out}",
                *FAST, "train.steps=4"], env)
     names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert names == ["gpt-tiny_adamw_w1_smoke_steps4_s0", "gpt-tiny_adamw_w2_smoke_steps4_s0"]
+    assert names == [run_id_for("+sweep=demo", "optim=adamw", f"model.ffn_mult={w}", *FAST, "train.steps=4")
+                     for w in (1, 2)]
+    assert names[0].startswith("gpt-tiny_adamw_w1_s0_")  # the prefix stays readable
 
 
 def _train_losses(run: RunDir) -> list[tuple[int, float]]:
@@ -82,9 +101,9 @@ def _train_losses(run: RunDir) -> list[tuple[int, float]]:
 def test_resume_after_kill_matches_an_uninterrupted_run(env: dict, tmp_path: Path) -> None:
     common = [*FAST, "train.steps=40", "train.log_every=1"]
     run_train([*common, "sweep_name=straight"], env)
-    straight = RunDir(tmp_path / "runs" / "straight" / "gpt-tiny_adamw_w4_smoke_steps40_s0")
+    straight = RunDir(tmp_path / "runs" / "straight" / run_id_for(*common))
 
-    killed = RunDir(tmp_path / "runs" / "killed" / "gpt-tiny_adamw_w4_smoke_steps40_s0")
+    killed = RunDir(tmp_path / "runs" / "killed" / run_id_for(*common))
     gate = tmp_path / "gate"
     # Held after step 25, between the checkpoints at 20 and 30, until the kill: rows 21-25 are on disk
     # beyond the checkpoint the relaunch resumes from, however fast the run trains.
@@ -101,7 +120,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(env: dict, tmp_path: Pat
     assert killed.read_status()["status"] == "running"
 
     proc = run_train([*common, "sweep_name=killed"], env)
-    assert "resumed gpt-tiny_adamw_w4_smoke_steps40_s0 from step 20 " in proc.stdout + proc.stderr
+    assert f"resumed {killed.path.name} from step 20 " in proc.stdout + proc.stderr
     assert killed.is_done()
     a, b = _train_losses(straight), _train_losses(killed)
     assert [s for s, _ in b] == list(range(1, 41))  # the same curve, no gap, no duplicate
@@ -125,8 +144,8 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(env: dict, tmp_path: Pat
     out = tmp_path / "div"
     run_train(["-m", "train.diverge_loss=100,1.0", f"hydra.sweep.dir={out}", *FAST, "train.steps=12",
                "train.ckpt_every=2"], env, check=True)
-    bad = RunDir(out / "gpt-tiny_adamw_w4_smoke_diverge-loss1.0_steps12_s0")
-    good = RunDir(out / "gpt-tiny_adamw_w4_smoke_diverge-loss100_steps12_s0")
+    bad, good = (RunDir(out / run_id_for(f"train.diverge_loss={v}", *FAST, "train.steps=12", "train.ckpt_every=2"))
+                 for v in ("1.0", "100"))
     assert good.is_done()
     assert not bad.is_done() and bad.read_status()["status"] == "diverged"
     assert "train loss" in bad.read_status()["error"]
@@ -180,7 +199,9 @@ def test_bad_input_full_error_env_still_shows_the_traceback(env: dict, tmp_path:
 def test_bad_input_changed_config_is_a_short_error(env: dict, tmp_path: Path) -> None:
     run_train([*FAST, "train.steps=2"], env)
     short = _short_error_env(env)
-    for argv in ([*FAST, "train.steps=2", "telemetry.every=5"], ["-m", *FAST, "train.steps=2", "telemetry.every=5"]):
+    # (the grid names its sweep `default`, the folder of the single run)
+    for argv in ([*FAST, "train.steps=2", "telemetry.every=5"],
+                 ["-m", *FAST, "train.steps=2", "telemetry.every=5", "sweep_name=default"]):
         proc = run_train(argv, short, check=False)
         assert proc.returncode != 0, proc.stdout[-2000:]
         assert "different config" in proc.stderr and "telemetry.every: 10 -> 5" in proc.stderr
@@ -192,8 +213,9 @@ def test_rank_fraction_axis_only_multiplies_low_rank_optimizers(env: dict, tmp_p
     proc = run_train(["-m", "optim=adamw,dion", "optim.rank_fraction=0.5,0.25", f"hydra.sweep.dir={out}",
                       *FAST, "train.steps=3"], env)
     names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert names == ["gpt-tiny_adamw_w4_smoke_steps3_s0", "gpt-tiny_dion-r0.25_w4_smoke_steps3_s0",
-                     "gpt-tiny_dion-r0.5_w4_smoke_steps3_s0"]
+    assert names == sorted(run_id_for(f"optim={o}", f"optim.rank_fraction={r}", *FAST, "train.steps=3")
+                           for o, r in (("adamw", 0.5), ("dion", 0.25), ("dion", 0.5)))
+    assert [n.split("_")[1] for n in names] == ["adamw", "dion-r0.25", "dion-r0.5"]
     assert "launched once" in proc.stdout + proc.stderr
     axes = RunDir(out / names[1]).read_status()["axes"]
     assert axes["optimizer"] == "dion" and axes["rank_fraction"] == 0.25

@@ -21,7 +21,7 @@ from sweep.run.wandb_logger import (NullLogger, WandbLogger, layer_table, make_l
                                     resolve_mode, spectral_rows, wandb_config)
 from sweep.rundir import RunDir, iter_jsonl
 from sweep.wandb_keys import LAYER_TABLE_KEY, metric_from_wandb, record_key, stable_wandb_id
-from tests.conftest import ROOT, ended, hold_env, run_train, wait_until_held
+from tests.conftest import ROOT, ended, hold_env, run_id_for, run_train, wait_until_held
 
 FAKE_KEY = "0123456789abcdef" * 2 + "feedbeef"  # 40 hex characters, the shape of a W&B key
 SMOKE_TELEMETRY_STEPS = [1, 10, 20, 30]
@@ -333,14 +333,16 @@ def test_offline_grid_is_one_wandb_run_per_job(env: dict, tmp_path: Path) -> Non
                       f"hydra.sweep.dir={out}", "telemetry.log_eigenvalues=true"], _wandb_env(env))
     ids = set()
     for opt in ("adamw", "muon"):
-        run = RunDir(out / f"gpt-tiny_{opt}_w4_smoke_s0")
+        run = RunDir(out / run_id_for(f"optim={opt}", "+preset=smoke"))
         assert run.is_done()
         (folder,) = _folders(run)
         parsed = wandb_io.read_offline_run(folder)
         meta, summary = parsed["run"], parsed["summary"]
-        wid = stable_wandb_id("default", run.path.name)
+        group = run.read_status()["sweep"]  # the grid's default name (no sweep_name given)
+        assert group.startswith("grid-optim-")
+        wid = stable_wandb_id(group, run.path.name)
         assert meta["run_id"] == wid == run.read_status()["wandb_id"] and folder.name.endswith(wid)
-        assert meta["display_name"] == run.path.name and meta["run_group"] == "default"
+        assert meta["display_name"] == run.path.name and meta["run_group"] == group
         assert meta["job_type"] == "train"
         assert {f"optimizer:{opt}", "ffn_width:256", "seed:0"} <= set(meta["tags"])
         cfg = summary["config"]
@@ -448,7 +450,7 @@ def test_resume_logs_again_what_the_killed_attempt_never_wrote(env: dict, tmp_pa
 def test_resume_after_kill_continues_the_same_wandb_run(env: dict, tmp_path: Path) -> None:
     env = _wandb_env(env)
     args = ["+preset=smoke", "logger=wandb_offline", "sweep_name=killed"]
-    run = RunDir(tmp_path / "runs" / "killed" / "gpt-tiny_adamw_w4_smoke_s0")
+    run = RunDir(tmp_path / "runs" / "killed" / run_id_for("+preset=smoke"))
     gate = tmp_path / "gate"
     # Held after step 25 (checkpoints at 10 and 20, rows to 25 written) until the kill, however fast it trains.
     proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *args], cwd=ROOT, env=hold_env(env, gate, 25),
@@ -463,7 +465,7 @@ def test_resume_after_kill_continues_the_same_wandb_run(env: dict, tmp_path: Pat
     assert len(first) == 1
 
     out = run_train(args, env)
-    assert run.is_done() and "resumed gpt-tiny_adamw_w4_smoke_s0 from step" in out.stdout + out.stderr
+    assert run.is_done() and f"resumed {run.path.name} from step" in out.stdout + out.stderr
     folders = _folders(run)
     assert len(folders) == 2 and folders[0] == first[0]
     wid = stable_wandb_id("killed", run.path.name)
@@ -477,7 +479,7 @@ def test_resume_after_kill_continues_the_same_wandb_run(env: dict, tmp_path: Pat
     # The relaunch replays the last checkpoint interval (the rows in flight when the process died
     # never reached the first attempt's file), then goes on.
     resumed_from = 20
-    assert f"resumed gpt-tiny_adamw_w4_smoke_s0 from step {resumed_from} " in out.stdout + out.stderr
+    assert f"resumed {run.path.name} from step {resumed_from} " in out.stdout + out.stderr
     local = [r["step"] for r in iter_jsonl(run.metrics_file) if "train_loss" in r]
     steps = [h["trainer/step"] for h in _history(parsed[1], "train/loss")]
     # ... and whatever the first attempt's W&B file lacks (it may hold nothing: see above).
@@ -504,13 +506,13 @@ def test_unreachable_server_trains_and_keeps_local_files(env: dict, tmp_path: Pa
     env = {k: v for k, v in _wandb_env(env).items() if k != "WANDB_MODE"}
     env["WANDB_BASE_URL"] = f"http://127.0.0.1:{port}"
     proc = run_train(["-m", "+preset=smoke", "logger=wandb", "logger.init_timeout=2", "train.steps=10",
-                      "model.ffn_mult=2,4"], env, timeout=300)
+                      "model.ffn_mult=2,4", "sweep_name=default"], env, timeout=300)
     log = proc.stdout + proc.stderr
     assert log.count("W&B online could not start") == 1, log[-3000:]
     assert log.count("W&B online failed earlier in this process") == 1, log[-3000:]
     assert "Traceback" not in log
     for width in (2, 4):
-        run = RunDir(tmp_path / "runs" / "default" / f"gpt-tiny_adamw_w{width}_smoke_steps10_s0")
+        run = RunDir(tmp_path / "runs" / "default" / run_id_for("+preset=smoke", "train.steps=10", f"model.ffn_mult={width}"))
         assert run.is_done() and run.read_status()["status"] == "done"
         assert [r["step"] for r in iter_jsonl(run.metrics_file) if "train_loss" in r] == [1, 5, 10]
         assert sorted({r["step"] for r in iter_jsonl(run.spectra_file)}) == [1, 10]

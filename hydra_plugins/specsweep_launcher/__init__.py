@@ -159,9 +159,21 @@ class SpecsweepSlurmLauncher(BaseSubmititLauncher):
             first = submitted[0].job_id
             log.info("submitted %d runs as SLURM %s %s", len(submitted), "job array" if "_" in first else "job",
                      first.split("_")[0])
-        if not self.params.get("wait", False):
+        if not self.params.get("wait", False) and not self._results_needed():
             return [_submitted(o, j.job_id) for o, j in zip(job_overrides, jobs)]
         return [_result(o, j) for o, j in zip(job_overrides, jobs)]
+
+
+    def _results_needed(self) -> bool:
+        """Whether the sweeper needs each job's result (an Optuna-style sweeper proposes the next
+        trials from them): then launch() waits for the jobs even with wait=false."""
+        assert self.config is not None
+        sweeper = str(self.config.hydra.sweeper.get("_target_", ""))
+        if sweeper.startswith("hydra_plugins.specsweep_sweeper."):
+            return False
+        log.info("waiting for the jobs (hydra.launcher.wait=false does not apply): %s needs their results",
+                 sweeper.rsplit(".", 1)[-1] or "the sweeper")
+        return True
 
 
 class Submitted(str):

@@ -1,8 +1,9 @@
 """Hydra sweeper plugin for specsweep.
 
 Hydra only instantiates plugins that live in the ``hydra_plugins`` namespace, so this package is a
-thin shell: the grid expansion is Hydra's basic one, and the preflight (validation, run-id
-collisions, skipping finished runs) and the end-of-sweep summary live in ``sweep.grid.preflight``.
+thin shell: the grid expansion is Hydra's basic one, the preflight (validation, run-id
+collisions, skipping finished runs) and the end-of-sweep summary live in ``sweep.grid.preflight``,
+and the default sweep name of a grid in ``sweep.grid.sweep_name``.
 """
 
 from __future__ import annotations
@@ -14,18 +15,61 @@ from typing import Any, List, Optional, Sequence
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
-from omegaconf import OmegaConf
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, read_write
+
+from sweep.errors import UserError
+from sweep.grid.sweep_name import DEFAULT, default_sweep_name
 
 log = logging.getLogger(__name__)
+
+# hydra-submitit-launcher's stock SLURM launcher (hydra/launcher=submitit_slurm).
+_STOCK_SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+STOCK_SLURM_REFUSED = (
+    "hydra/launcher=submitit_slurm (hydra-submitit-launcher's stock launcher) is not supported: it ignores "
+    "cluster= and resources=, waits until every job has ended, and records no job ids for "
+    "`python -m sweep.status`. Use hydra/launcher=slurm (also submitit: job arrays from cluster= and "
+    "resources=, checked against sinfo, returns once queued), or a cluster= site file that selects it "
+    "(conf/cluster/example.yaml)."
+)
 
 
 class SpecSweeper(BasicSweeper):
     """Basic grid sweeper that checks the whole grid before launching any job."""
 
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict] = None,
-                 only: Optional[List[str]] = None) -> None:
+                 only: Optional[List[str]] = None, **foreign: Any) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params or {})
+        # Settings of another sweeper (e.g. +sweep=lr_search without hydra/sweeper=optuna): refused
+        # in setup(), where the message reaches the user as a short error.
+        self.foreign = sorted(foreign)
         self.only = list(only) if only else None  # launch only these run ids (sweep.status --resubmit)
+        self.sweep_name: Optional[str] = None       # the grid's default name, when the launch gives none
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        if config.hydra.launcher.get("_target_") == _STOCK_SLURM:
+            raise UserError(STOCK_SLURM_REFUSED)
+        if self.foreign:
+            raise UserError(
+                f"hydra.sweeper.{', hydra.sweeper.'.join(self.foreign)}: not settings of specsweep's sweeper but of "
+                "another one (a file such as conf/sweep/lr_search.yaml needs hydra/sweeper=optuna on the command line)")
+        # The grid's name must be on the config before the launcher is made (its job name) and
+        # before hydra.sweep.dir (${paths.runs_root}/${sweep_name}) is read.
+        self.sweep_name = self._default_sweep_name(hydra_context, config)
+        if self.sweep_name is not None:
+            with read_write(config):
+                config.sweep_name = self.sweep_name
+            log.info("sweep_name not given: this grid's runs go to %s (sweep_name=%s)",
+                     config.hydra.sweep.dir, self.sweep_name)
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _default_sweep_name(self, hydra_context: HydraContext, config: DictConfig) -> Optional[str]:
+        task = list(config.hydra.overrides.task)
+        parser = OverridesParser.create(config_loader=hydra_context.config_loader)
+        jobs = [job for batch in self.split_arguments(parser.parse_overrides(self._parse_config() + task), None)
+                for job in batch]
+        name = default_sweep_name(task, str(config.sweep_name), jobs, list(config.get("run_id_exclude") or []))
+        return None if name in (None, DEFAULT) else name
 
     def sweep(self, arguments: List[str]) -> Any:
         from sweep.grid import sweepdir
@@ -34,6 +78,8 @@ class SpecSweeper(BasicSweeper):
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
         params = self._parse_config() + list(arguments)
+        if self.sweep_name is not None:  # every job composes its own config: it gets the name too
+            params.append(f"sweep_name={self.sweep_name}")
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         batches = self.split_arguments(parser.parse_overrides(params), None)
         jobs: List[Sequence[str]] = [job for batch in batches for job in batch]
@@ -43,7 +89,8 @@ class SpecSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         sweepdir.record_launch(sweep_dir, [(j.run_id, j.overrides) for j in plan.jobs],
-                               list(self.config.hydra.overrides.task), list(self.config.hydra.overrides.hydra))
+                               list(self.config.hydra.overrides.task), list(self.config.hydra.overrides.hydra),
+                               id_records={j.run_id: j.id_record for j in plan.jobs})
         if self.only is not None:
             restrict_plan(plan, self.only)
 

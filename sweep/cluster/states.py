@@ -35,6 +35,8 @@ class RunState:
     job_state: Optional[str] = None
     detail: str = ""
     launch: Optional[int] = field(default=None, repr=False)
+    # The overrides behind the run id (sweep/grid/run_id.py RunIdParts.record): {"hash", "tags", "hashed"}
+    id: dict = field(default_factory=dict, repr=False)
 
 
 def _last_error_line(text: str) -> str:
@@ -133,8 +135,9 @@ def collect(sweep_dir: Path, stale_after: float = STALE_AFTER_S, now: Optional[f
         job_id = job_ids[run_id]
         js = states.get(job_id) if job_id else None
         steps = (status.get("axes") or {}).get("steps")
-        rs = RunState(run_id, "not started", status.get("step"), steps, job_id, js,
-                      launch=(grid["runs"].get(run_id) or {}).get("launch"))
+        point = grid["runs"].get(run_id) or {}
+        rs = RunState(run_id, "not started", status.get("step"), steps, job_id, js, launch=point.get("launch"),
+                      id=point.get("id") or rd.read_run_id_record() or {})
         s = status.get("status")
         if rd.is_done():
             done = rd.read_done()
@@ -185,6 +188,22 @@ def format_table(rows: Sequence[RunState]) -> str:
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     lines.append(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+    return "\n".join(lines)
+
+
+def format_ids(rows: Sequence[RunState]) -> str:
+    """One line per run: its id, then every identifying override behind it (tags and hash)."""
+    if not rows:
+        return "no runs"
+    width = max(len(r.run_id) for r in rows)
+    lines = [f"{'RUN':<{width}}  {'HASH':<6}  OVERRIDES BEHIND THE ID"]
+    for r in rows:
+        if not r.id:
+            lines.append(f"{r.run_id:<{width}}  {'?':<6}  (not recorded: run claimed before ids were recorded)")
+            continue
+        shown = {**(r.id.get("tags") or {}), **(r.id.get("hashed") or {})}
+        text = " ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "-"
+        lines.append(f"{r.run_id:<{width}}  {r.id.get('hash') or '-':<6}  {text}")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -117,8 +117,10 @@ def check_identity(run: RunDir, identity: Mapping[str, Any]) -> str:
     )
 
 
-def claim(run: RunDir, identity: Mapping[str, Any], config_yaml: str) -> str:
-    """Check the identity (see check_identity), then record it and the resolved config; its hash."""
+def claim(run: RunDir, identity: Mapping[str, Any], config_yaml: str,
+          run_id_record: Optional[Mapping[str, Any]] = None) -> str:
+    """Check the identity (see check_identity), then record it (with the overrides behind the run
+    id) and the resolved config; its hash."""
     digest = check_identity(run, identity)
-    run.record_identity(identity, config_yaml)
+    run.record_identity(identity, config_yaml, run_id_record)
     return digest

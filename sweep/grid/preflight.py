@@ -31,6 +31,7 @@ class PlannedJob:
     run_id: str
     run_dir: Path
     state: str  # "todo" | "resume" | "left" (not in hydra.sweeper.only) | the run's status done/diverged
+    id_record: dict = field(default_factory=dict)  # the overrides behind the run id (RunIdParts.record)
 
 
 @dataclass
@@ -75,7 +76,7 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
             by_id[spec.run_id].append((label, digest))
             continue
         by_id[spec.run_id].append((label, digest))
-        plan.jobs.append(PlannedJob(list(overrides), spec.run_id, run_dir, _job_state(run_dir)))
+        plan.jobs.append(PlannedJob(list(overrides), spec.run_id, run_dir, _job_state(run_dir), spec.run_id_record))
     for run_id, entries in by_id.items():
         if len({d for _, d in entries}) > 1:
             errors.append(

@@ -1,26 +1,46 @@
-"""Deterministic run ids built from a run's swept axes.
+"""Short, deterministic run ids built from what identifies a run.
 
-A run id names a run directory, a checkpoint lineage and a W&B run, so it must depend only on
-what makes the run different from its siblings, never on time. It is built from the model name,
-the optimizer tag, the FFN width and the seed, plus a short tag for every other override given to
-the job (``train.steps=12000`` -> ``steps12000``) unless that key is declared non-identifying in
-``run_id_exclude`` (logging, paths, cadence of checkpoints, ...).
+A run id names a run directory, a checkpoint lineage and a W&B run, so it depends only on what
+makes the run different from its siblings, never on time or on how the run is watched::
+
+    <model>_<optimizer>_<width>[_<tags>]_s<seed>[_<hash>]
+
+    gpt-tiny_adamw_w4_s0                   no other identifying override
+    gpt2-160m_dion-r0.0625_w8_s1337        Dion's rank fraction is part of the optimizer tag
+    gpt2-160m_adamw_w1_h6_s1337            a named grid sweeps model.n_head: spelled out (h6)
+    gpt-tiny_adamw_w4_s0_7c1e2a            any other identifying override: a 6-hex hash
+
+- model name, optimizer tag, FFN width (``w<mult>``, or ``D<width>`` when given directly), seed;
+- a readable tag for each key that the config's sweeper declares in ``hydra.sweeper.params`` (the
+  axes of a named grid, an Optuna search space): ``h6``, ``lr0.001``;
+- a 6-hex hash of every other identifying override (key -> value), and of a tagged key whose tag
+  cannot show its value exactly (a rounded number, a path); no hash when there is none.
+
+Overrides of keys listed in ``run_id_exclude`` (logging, paths, cadences, cluster, resources, ...)
+never enter the id. Values are hashed as the composed config holds them (``optim.lr=1e-3`` and
+``optim.lr=0.001`` are the same run); a config-group choice (``data=text``, ``+preset=smoke``) by its
+name. The mapping behind an id (:class:`RunIdParts`) is recorded in identity.json and grid.json.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from sweep.credentials import secrets_in
 
-# Keys that the base of the id already encodes (model, optimizer, width, seed).
+# Keys that the prefix of the id already encodes (model, optimizer, width, seed), or that name the
+# grid rather than the run.
 _BASE_KEYS = {
     "model", "optim", "model.ffn_mult", "model.ffn_width", "optim.rank_fraction", "optim.name",
     "seed", "sweep", "run_id",
 }
 
-# Short, readable names for common axes; any other key uses its last dotted component.
+# Short, readable names of common axes in tags; any other key uses its last dotted component.
 _SHORT = {
     "model.n_head": "h",
     "model.n_layer": "L",
@@ -34,10 +54,12 @@ _SHORT = {
     "optim.lr": "lr",
     "optim.weight_decay": "wd",
     "data": "data",
-    "preset": "",      # +preset=smoke -> "smoke"
+    "preset": "",      # a swept +preset=smoke -> "smoke"
 }
 
+HASH_CHARS = 6
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-]+")
+_ABSENT = object()
 
 
 def format_number(value: Any) -> str:
@@ -61,7 +83,8 @@ def parse_override(override: str) -> tuple[str, str]:
     return key.lstrip("+~"), value
 
 
-def _excluded(key: str, exclude: Iterable[str]) -> bool:
+def excluded(key: str, exclude: Iterable[str]) -> bool:
+    """Whether ``key`` is covered by a ``run_id_exclude`` entry (the key, a parent, or a ``prefix*``)."""
     for pattern in exclude:
         if key == pattern or key.startswith(pattern + "."):
             return True
@@ -86,29 +109,57 @@ def _refuse_credentials(key: str, value: str) -> None:
 
 
 def identity_overrides(overrides: Sequence[str], exclude: Iterable[str]) -> dict[str, str]:
-    """Overrides that identify a run beyond the id's base (key -> value), sorted by key."""
+    """Overrides that identify a run beyond the id's prefix (key -> value text), sorted by key."""
     exclude = list(exclude)
     found: dict[str, str] = {}
     for override in overrides:
         key, value = parse_override(override)
         _refuse_credentials(key, value)
-        if key in _BASE_KEYS or key.startswith("hydra.") or _excluded(key, exclude):
+        if key in _BASE_KEYS or key.startswith("hydra.") or excluded(key, exclude):
             continue
         found[key] = value
     return dict(sorted(found.items()))
 
 
-def extra_tags(overrides: Sequence[str], exclude: Iterable[str]) -> list[str]:
-    """Short tags (``h6``, ``lr0.001``) for the identifying overrides, sorted by key."""
-    tags = []
-    for key, value in identity_overrides(overrides, exclude).items():
-        short = _SHORT.get(key, key.rsplit(".", 1)[-1].rsplit("/", 1)[-1])
-        value = value.rstrip("/").rsplit("/", 1)[-1]  # a path is named by its last component
-        tags.append(_clean(f"{short}{value}"))
-    return tags
+@dataclass(frozen=True)
+class RunIdParts:
+    """A run id and the mapping behind it."""
+
+    run_id: str
+    tags: dict[str, Any] = field(default_factory=dict)    # key -> value spelled out in the id
+    hashed: dict[str, Any] = field(default_factory=dict)  # key -> value the hash covers
+    digest: str = ""                                      # the hash ('' when ``hashed`` is empty)
+
+    def record(self) -> dict[str, Any]:
+        """What identity.json, grid.json and ``sweep.status --ids`` show."""
+        return {"hash": self.digest, "tags": dict(self.tags), "hashed": dict(self.hashed)}
+
+    def overrides(self) -> dict[str, Any]:
+        """Every identifying override behind the id beyond its prefix, tagged or hashed."""
+        return dict(sorted({**self.tags, **self.hashed}.items()))
 
 
-def make_run_id(
+def _tag(key: str, value: Any) -> tuple[str, bool]:
+    """The tag of ``key=value`` and whether it shows the value exactly."""
+    short = _SHORT.get(key, key.rsplit(".", 1)[-1].rsplit("/", 1)[-1])
+    if isinstance(value, bool) or isinstance(value, int):
+        return _clean(f"{short}{format_number(value)}"), True
+    if isinstance(value, float):
+        text = format_number(value)
+        exact = math.isfinite(value) and float(text) == value
+        return _clean(f"{short}{text}"), exact
+    text = str(value)
+    shown = _clean(text.rstrip("/").rsplit("/", 1)[-1])  # a path is named by its last component
+    return _clean(f"{short}{shown}"), shown == text and shown != ""
+
+
+def digest_of(mapping: Mapping[str, Any]) -> str:
+    """Short stable hash of a key -> value mapping (sorted JSON, SHA-256)."""
+    blob = json.dumps(dict(mapping), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:HASH_CHARS]
+
+
+def run_id_parts(
     model_name: str,
     optim_tag: str,
     ffn_mult: float | None,
@@ -116,22 +167,63 @@ def make_run_id(
     seed: int,
     overrides: Sequence[str] = (),
     exclude: Iterable[str] = (),
-) -> str:
-    """Build e.g. ``gpt-tiny_adamw_w4_s0`` or ``gpt2-160m_muon_w2_h6_s1337``."""
-    parts = [_clean(model_name), _clean(optim_tag), width_tag(ffn_mult, ffn_width)]
-    parts += extra_tags(overrides, exclude)
-    parts.append(f"s{seed}")
-    return "_".join(parts)
+    tag_keys: Iterable[str] = (),
+    value_of: Optional[Callable[[str, str], Any]] = None,
+) -> RunIdParts:
+    """Build the id (see the module doc). ``tag_keys``: keys spelled out as tags (the sweeper's
+    params); ``value_of(key, text)``: the value an override gave its key (default: the text)."""
+    value_of = value_of or (lambda key, text: text)
+    wanted = {parse_override(k)[0] for k in tag_keys}
+    tags: dict[str, Any] = {}
+    tag_text: list[str] = []
+    hashed: dict[str, Any] = {}
+    for key, text in identity_overrides(overrides, exclude).items():
+        value = value_of(key, text)
+        if key in wanted:
+            tag, exact = _tag(key, value)
+            tags[key] = value
+            tag_text.append(tag)
+            if exact:
+                continue
+        hashed[key] = value
+    digest = digest_of(hashed) if hashed else ""
+    parts = [_clean(model_name), _clean(optim_tag), width_tag(ffn_mult, ffn_width), *tag_text, f"s{seed}"]
+    if digest:
+        parts.append(digest)
+    return RunIdParts("_".join(parts), tags, hashed, digest)
 
 
-def run_id_from_config(cfg: Mapping[str, Any], overrides: Sequence[str]) -> str:
-    """Run id of a composed task config (a DictConfig or nested dict) and its job overrides."""
+def make_run_id(*args: Any, **kwargs: Any) -> str:
+    """The id of :func:`run_id_parts` (same arguments), e.g. ``gpt-tiny_adamw_w4_s0``."""
+    return run_id_parts(*args, **kwargs).run_id
+
+
+def _config_value(cfg: Any, key: str, text: str) -> Any:
+    """The value the composed config holds at ``key`` (a scalar), else the override's text (a
+    config-group choice such as ``data=text``, a key the config does not have)."""
+    node: Any = cfg
+    try:
+        for part in key.split("."):
+            node = node[part] if part in node else _ABSENT
+            if node is _ABSENT:
+                return text
+    except Exception:  # noqa: BLE001 - an unresolvable value: the text still identifies it
+        return text
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    return text
+
+
+def run_id_parts_from_config(cfg: Mapping[str, Any], overrides: Sequence[str],
+                             tag_keys: Iterable[str] = ()) -> RunIdParts:
+    """Run id (and its mapping) of a composed task config (a DictConfig or nested dict), its job
+    overrides and the keys its sweeper declares."""
     from optim import optimizer_tag  # torch: kept out of `sweep.prepare` and `sweep.train --help`
 
     optim_cfg = dict(cfg["optim"])
     name = optim_cfg.pop("name")
     model = cfg["model"]
-    return make_run_id(
+    return run_id_parts(
         model_name=model["name"],
         optim_tag=optimizer_tag(name, optim_cfg),
         ffn_mult=model.get("ffn_mult"),
@@ -139,4 +231,11 @@ def run_id_from_config(cfg: Mapping[str, Any], overrides: Sequence[str]) -> str:
         seed=int(cfg["seed"]),
         overrides=overrides,
         exclude=list(cfg.get("run_id_exclude") or []),
+        tag_keys=tag_keys,
+        value_of=lambda key, text: _config_value(cfg, key, text),
     )
+
+
+def run_id_from_config(cfg: Mapping[str, Any], overrides: Sequence[str], tag_keys: Iterable[str] = ()) -> str:
+    """Run id of a composed task config and its job overrides (see run_id_parts_from_config)."""
+    return run_id_parts_from_config(cfg, overrides, tag_keys).run_id

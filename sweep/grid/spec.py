@@ -24,7 +24,12 @@ from sweep.data import DataSpec
 from sweep.data.checks import TokenNeeds, check_data
 from sweep.errors import ConfigError
 from sweep.grid.identity import container, identity_of, optimizer_hparams
-from sweep.grid.run_id import identity_overrides
+from sweep.grid.resolvers import sweeper_keys
+from sweep.grid.run_id import identity_overrides, run_id_parts_from_config
+
+
+# train.objective: the run's final eval loss or final train loss (a diverged run returns +inf).
+OBJECTIVES = ("eval_loss", "train_loss")
 
 
 @dataclass
@@ -46,6 +51,8 @@ class TrainSpec:
     compile: bool
     progress: Any
     num_threads: Optional[int]
+    # What the task returns to a Hydra sweeper that minimises a float (Optuna, Ax, ...): OBJECTIVES.
+    objective: str = "eval_loss"
 
 
 @dataclass
@@ -112,6 +119,7 @@ class RunSpec:
     config: dict           # the resolved task config (config.yaml, the W&B run config)
     identity: dict         # what identifies the run (sweep/grid/identity.py)
     axes: dict             # the run's coordinates in the grid (run.json, W&B): what the fits group by
+    run_id_record: dict = field(default_factory=dict)  # the overrides behind the run id (RunIdParts.record)
 
     def model_config(self, data_vocab: int) -> GPTConfig:
         """The GPTConfig to build once the data is prepared (its vocabulary size known)."""
@@ -164,6 +172,8 @@ def _check_train(t: TrainSpec, errors: list[str]) -> None:
         errors.append(f"train.device: auto | cpu | cuda | cuda:N, got {t.device!r}")
     if t.progress not in ("auto", True, False):
         errors.append(f"train.progress: auto | true | false, got {t.progress!r}")
+    if t.objective not in OBJECTIVES:
+        errors.append(f"train.objective: {' | '.join(OBJECTIVES)}, got {t.objective!r}")
 
 
 def _check_telemetry(t: TelemetrySpec, errors: list[str]) -> None:
@@ -329,4 +339,5 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str]
         vocab_from_data=raw["model"].get("vocab_size") is None, optimizer=optimizer, data=data,
         data_root=Path(raw["paths"]["data_root"]), train=train, telemetry=telemetry, logger=logger,
         config=raw, identity=identity_of(cfg), axes=axes,
+        run_id_record=run_id_parts_from_config(raw, overrides, sweeper_keys(cfg)).record(),
     )

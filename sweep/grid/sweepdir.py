@@ -1,7 +1,8 @@
 """What was launched into a sweep directory, kept next to the runs for ``python -m sweep.status``.
 
 ``SWEEP_DIR/.specsweep/grid.json``
-    every grid point ever launched into the directory (run id -> overrides, launch) and every
+    every grid point ever launched into the directory (run id -> overrides, launch, and the
+    overrides behind the run id: ``id``, see sweep/grid/run_id.py RunIdParts.record) and every
     distinct launch command (command-line task and hydra overrides, working directory, SPECSWEEP_*
     environment), so the status command knows the runs that never started and can relaunch them;
 ``SWEEP_DIR/.specsweep/jobs.jsonl``
@@ -14,7 +15,7 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from sweep.credentials import is_secret_name, refuse_secret_arguments
 from sweep.errors import SweepError
@@ -50,8 +51,11 @@ def read_grid(sweep_dir: Path) -> dict[str, Any]:
 
 
 def record_launch(sweep_dir: Path, runs: Iterable[tuple[str, Sequence[str]]], task_overrides: Sequence[str],
-                  hydra_overrides: Sequence[str]) -> int:
-    """Add a launch and its grid points to grid.json; returns the launch's index."""
+                  hydra_overrides: Sequence[str], id_records: Optional[Mapping[str, Mapping[str, Any]]] = None) -> int:
+    """Add a launch and its grid points to grid.json; returns the launch's index.
+
+    ``id_records``: run id -> the overrides behind it (RunIdParts.record), shown by ``sweep.status --ids``.
+    """
     grid = read_grid(sweep_dir)
     launch = {
         "task_overrides": list(task_overrides),
@@ -72,6 +76,8 @@ def record_launch(sweep_dir: Path, runs: Iterable[tuple[str, Sequence[str]]], ta
     grid["launches"][index]["time"] = _now()
     for run_id, overrides in runs:
         grid["runs"][run_id] = {"overrides": list(overrides), "launch": index}
+        if id_records and run_id in id_records:
+            grid["runs"][run_id]["id"] = dict(id_records[run_id])
     atomic_write_text(grid_file(sweep_dir), json.dumps(grid, indent=1, sort_keys=True))
     return index
 

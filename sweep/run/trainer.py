@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -21,6 +22,21 @@ from sweep.run.state import TrainingState
 from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir, config_hash
 
 log = logging.getLogger("specsweep.train")
+
+
+def objective(result: RunResult, name: str) -> float:
+    """The number a Hydra sweeper that minimises a float (Optuna, Ax, Nevergrad) gets for a run.
+
+    ``name`` is train.objective: ``eval_loss`` or ``train_loss``, the run's final value (of its DONE
+    record when it had finished before); +inf for a diverged run (worse than any finished one), NaN
+    for a run that stopped before its end or never evaluated (a sweeper fails such a trial).
+    """
+    if result.status == STATUS_DIVERGED:
+        return math.inf
+    value = result.final_eval_loss if name == "eval_loss" else result.final_train_loss
+    if result.status != STATUS_DONE or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
 
 
 def train_run(spec: RunSpec, run_path: Path, job_record: Optional[Mapping[str, str]] = None) -> RunResult:
@@ -61,7 +77,7 @@ def train_run(spec: RunSpec, run_path: Path, job_record: Optional[Mapping[str, s
             contextlib.ExitStack() as beating:
         try:
             if dist_env.is_main:
-                digest = claim(run_dir, spec.identity, spec.config_yaml())
+                digest = claim(run_dir, spec.identity, spec.config_yaml(), spec.run_id_record)
                 run_dir.write_job_record(job_record or {})
                 claimed = True
                 # heartbeat.json lets sweep.status tell this live run from a killed one

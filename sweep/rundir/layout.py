@@ -29,6 +29,9 @@ STATUS_INTERRUPTED = "interrupted"
 STATUS_REQUEUED = "requeued"      # stopped by SLURM preemption/time limit, checkpointed, job requeued
 
 _CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
+# identity.json also holds the overrides behind the run id (sweep/grid/run_id.py RunIdParts.record)
+# under this key, which is not part of the identity.
+_RUN_ID_KEY = "_run_id"
 
 
 class RunConfigChanged(UserError):
@@ -103,6 +106,22 @@ class RunDir:
     # (sweep/grid/identity.py); this class only reads and writes the files.
     def read_identity(self) -> Optional[dict[str, Any]]:
         """identity.json as recorded at the claim, None if there is none; RunDirError if unreadable."""
+        recorded = self._read_identity_file()
+        if recorded is not None:
+            recorded.pop(_RUN_ID_KEY, None)
+        return recorded
+
+    def read_run_id_record(self) -> Optional[dict[str, Any]]:
+        """The overrides behind the run id, as recorded at the claim (None for runs claimed before
+        it was recorded, or not claimed)."""
+        try:
+            recorded = self._read_identity_file()
+        except RunDirError:
+            return None
+        record = (recorded or {}).get(_RUN_ID_KEY)
+        return record if isinstance(record, dict) else None
+
+    def _read_identity_file(self) -> Optional[dict[str, Any]]:
         if not self.identity_file.exists():
             return None
         try:
@@ -120,12 +139,15 @@ class RunDir:
             return None
         return recorded if isinstance(recorded, dict) else None
 
-    def record_identity(self, identity: Mapping[str, Any], config_yaml: str) -> None:
-        """Write identity.json (once: the first claim's stays) and config.yaml."""
+    def record_identity(self, identity: Mapping[str, Any], config_yaml: str,
+                        run_id_record: Optional[Mapping[str, Any]] = None) -> None:
+        """Write identity.json (once: the first claim's stays), with the overrides behind the run id
+        (``run_id_record``), and config.yaml."""
+        record = {**identity, **({_RUN_ID_KEY: dict(run_id_record)} if run_id_record is not None else {})}
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             if not self.identity_file.exists():
-                atomic_write_text(self.identity_file, json.dumps(json_safe(dict(identity)), indent=2, sort_keys=True))
+                atomic_write_text(self.identity_file, json.dumps(json_safe(record), indent=2, sort_keys=True))
             atomic_write_text(self.config_file, config_yaml)
         except OSError as e:
             raise RunDirError(f"cannot write to the run directory {self.path}: {e.strerror or e}") from e

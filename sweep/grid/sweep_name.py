@@ -1,0 +1,72 @@
+"""The default name of a sweep: the folder of its runs and their W&B group.
+
+- ``sweep_name=NAME`` on the command line, or set by a named grid's file (``+sweep=demo`` sets
+  ``demo``): that name.
+- a grid (``-m``) without one: ``grid-<swept keys>-<hash>``, e.g. ``grid-ffn_mult-optim-3fa2c1``:
+  the keys whose value differs between its runs (sorted, at most four shown) and a hash of all its
+  runs' identifying overrides (order-free: the same grid typed in another order or as a ``range()``
+  is the same grid). Two different grids never share a folder; the same grid launched again (or
+  relaunched by ``sweep.status --resubmit``, whatever extra non-identifying overrides it adds)
+  lands in the same one. A grid with no identifying override at all is the default run: ``default``.
+- a single run: ``default``.
+
+The name is chosen before any run directory is resolved (``hydra.sweep.dir`` is
+``${paths.runs_root}/${sweep_name}``): the sweeper sets it on the launch's config and passes it to
+every job as ``sweep_name=<name>`` (hydra_plugins/specsweep_sweeper).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Optional, Sequence
+
+from sweep.grid.run_id import digest_of, excluded, parse_override
+
+DEFAULT = "default"      # conf/train.yaml's sweep_name
+MAX_KEYS_SHOWN = 4
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def name_given(task_overrides: Sequence[str], composed_name: str) -> bool:
+    """Whether the launch names its sweep: ``sweep_name=`` on the command line, or a config
+    (a named grid's file) that sets another name than the default."""
+    return composed_name != DEFAULT or any(parse_override(o)[0] == "sweep_name" for o in task_overrides)
+
+
+def _identifying(job: Sequence[str], exclude: Iterable[str]) -> dict[str, str]:
+    found = {}
+    for override in job:
+        key, value = parse_override(override)
+        if key.startswith("hydra.") or key == "sweep_name" or excluded(key, exclude):
+            continue
+        found[key] = value
+    return found
+
+
+def _short(key: str) -> str:
+    return _UNSAFE.sub("_", key.rsplit(".", 1)[-1].rsplit("/", 1)[-1]).strip("_") or "key"
+
+
+def grid_sweep_name(jobs: Sequence[Sequence[str]], exclude: Iterable[str]) -> str:
+    """``grid-<swept keys>-<hash>`` of a grid given as its jobs' overrides (see the module doc)."""
+    exclude = list(exclude)
+    points = [_identifying(job, exclude) for job in jobs]
+    if not any(points):
+        return DEFAULT
+    keys = sorted({k for p in points for k in p})
+    swept = [k for k in keys if len({p.get(k) for p in points}) > 1] or keys
+    shown: list[str] = []
+    for key in swept:
+        short = _short(key)
+        if short not in shown:
+            shown.append(short)
+    digest = digest_of({"grid": sorted(sorted(f"{k}={v}" for k, v in p.items()) for p in points)})
+    return "-".join(["grid", *shown[:MAX_KEYS_SHOWN], digest])
+
+
+def default_sweep_name(task_overrides: Sequence[str], composed_name: str, jobs: Sequence[Sequence[str]],
+                       exclude: Iterable[str]) -> Optional[str]:
+    """The name a multirun's sweep gets when the launch does not name it; None when it does."""
+    if name_given(task_overrides, composed_name):
+        return None
+    return grid_sweep_name(jobs, exclude)
