@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from metrics.fit import RANK_METRICS
+from sweep.analysis.points import read_table
 from sweep.analysis.result import Comparison
 from sweep.errors import SweepError
 
@@ -311,12 +312,7 @@ def load_published(source: str | Path) -> Published:
     path = Path(source)
     if not path.is_file():
         raise SweepError(f"--compare: {path} is neither 'paper' nor a CSV file")
-    try:
-        frame = pd.read_csv(path)
-    except Exception as err:  # noqa: BLE001
-        raise SweepError(f"--compare: cannot read {path}: {err}") from None
-    if frame.empty:
-        raise SweepError(f"--compare: {path} has no rows")
+    frame = read_table(path, "--compare table")
     return Published(_merge_duplicates(_rows_of(frame, path.name, path.name)), f"the table {path}")
 
 

@@ -112,15 +112,24 @@ def build_step_points(runs: Sequence[FinishedRun], k: int,
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def read_points_file(path: str | Path) -> pd.DataFrame:
-    """A user-supplied points table; aliases (ffn_hidden_dim) are renamed, labels lower-cased."""
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """A user-supplied CSV table (``what`` names it in errors); a missing, unreadable or empty file
+    is a SweepError, a short message naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise SweepError(f"points file not found: {path}")
+        raise SweepError(f"{what} not found: {path}")
     try:
-        points = pd.read_csv(path)
+        frame = pd.read_csv(path)
     except Exception as err:  # noqa: BLE001
-        raise SweepError(f"cannot read points file {path}: {err}") from None
+        raise SweepError(f"cannot read {what} {path}: {err}") from None
+    if frame.empty:
+        raise SweepError(f"{what} {path} has no rows")
+    return frame
+
+
+def read_points_file(path: str | Path) -> pd.DataFrame:
+    """A user-supplied points table; aliases (ffn_hidden_dim) are renamed, labels lower-cased."""
+    points = read_table(path, "points file")
     for alias, name in POINT_ALIASES.items():
         if alias in points.columns and name not in points.columns:
             points = points.rename(columns={alias: name})
@@ -128,8 +137,6 @@ def read_points_file(path: str | Path) -> pd.DataFrame:
     if missing:
         raise SweepError(f"points file {path} lacks column(s) {missing}; needs at least "
                          f"{list(REQUIRED_POINT_COLUMNS)}")
-    if points.empty:
-        raise SweepError(f"points file {path} has no rows")
     for col in ("metric", "bucket", "site"):
         points[col] = points[col].astype(str).str.strip().str.lower()
     if "err" not in points.columns and {"err_low", "err_high"} <= set(points.columns):
