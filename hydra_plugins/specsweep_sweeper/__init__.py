@@ -1,7 +1,8 @@
 """Hydra sweeper plugin for specsweep.
 
 Hydra only instantiates plugins that live in the ``hydra_plugins`` namespace, so this package is a
-thin shell: the grid expansion is Hydra's basic one, and the preflight (validation, run-id
+thin shell: the grid expansion (Hydra's basic one, optionally over ``arms``) is
+``sweep.grid.expand``, which ``sweep.plan`` shares, and the preflight (validation, run-id
 collisions, skipping finished runs) and the end-of-sweep summary live in ``sweep.grid.preflight``.
 """
 
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
@@ -23,20 +23,19 @@ class SpecSweeper(BasicSweeper):
     """Basic grid sweeper that checks the whole grid before launching any job."""
 
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict] = None,
-                 only: Optional[List[str]] = None) -> None:
+                 only: Optional[List[str]] = None, arms: Optional[list] = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params or {})
         self.only = list(only) if only else None  # launch only these run ids (sweep.status --resubmit)
+        self.arms = arms  # alternatives that set several keys at once (sweep.grid.expand)
 
     def sweep(self, arguments: List[str]) -> Any:
         from sweep.grid import sweepdir
+        from sweep.grid.expand import grid_jobs
         from sweep.grid.preflight import plan_sweep, restrict_plan, summarize_results
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
-        params = self._parse_config() + list(arguments)
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        batches = self.split_arguments(parser.parse_overrides(params), None)
-        jobs: List[Sequence[str]] = [job for batch in batches for job in batch]
+        jobs = grid_jobs(self.params, arguments, self.hydra_context.config_loader, self.arms)
 
         plan = plan_sweep(self.hydra_context.config_loader, self.config, jobs)
         sweep_dir = Path(self.config.hydra.sweep.dir)
