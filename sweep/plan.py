@@ -64,15 +64,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     exit_if_credentials_in(argv)
     # torch and Hydra only past --help
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     from sweep.grid.planning import make_plan, plan_json, plan_text
 
     try:
         options, overrides = split_options(argv)
         plan = make_plan(overrides, tokens_per_s=options.get("tokens_per_s"))
-    except UserError as e:
+    except UserError as e:  # a bad plan option, an invalid job (as the launch would refuse it)
         print(f"sweep.plan: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # Hydra's composition errors (an unknown key or group option)
+    except (HydraException, OmegaConfBaseException) as e:  # composition: an unknown key or group option
         print(f"sweep.plan: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print(plan_text(plan))

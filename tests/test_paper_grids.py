@@ -163,3 +163,13 @@ def test_paper_350m_micro_batch_and_gpu_count_keep_the_global_batch(plans: dict)
     r = plans["paper_350m_tail"]["runs"][0]
     assert (r["micro_batch"], r["grad_accum"], r["ranks"]) == (16, 64, 1)  # one GPU by default (resources=gpu)
     assert Path(plans["paper_350m_tail"]["sweep_dir"]).name == "paper_350m_tail"
+
+
+def test_runs_shared_between_grids_are_the_same_runs(compose) -> None:
+    from sweep.grid.identity import identity_of
+
+    job = ["optim=dion", "optim.rank_fraction=0.5", "model.ffn_mult=3"]
+    main = compose(["+sweep=paper_160m", *job])
+    ranks = compose(["+sweep=paper_dion_ranks", "sweep_name=paper_160m", *job])
+    assert main.run_id == ranks.run_id == "gpt2-160m_dion-r0.5_w3_s1337"
+    assert identity_of(main) == identity_of(ranks)  # launched into paper_160m, skipped there as done

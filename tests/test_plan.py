@@ -92,3 +92,25 @@ def test_the_plan_lists_what_the_sweeper_launches(env: dict, tmp_path: Path, cap
     assert main([*grid, f"plan.out={tmp_path / 'after.json'}"]) == 0
     after = json.loads((tmp_path / "after.json").read_text())
     assert {r["state"] for r in after["runs"]} == {"done"} and after["totals"]["to_train"] == 0
+
+
+@pytest.mark.parametrize("optim", ["adamw", "muon", "normuon", "dion", "lion"])
+def test_checkpoint_estimate_counts_the_optimizer_state_a_step_creates(compose, optim: str) -> None:
+    import torch
+
+    from models import GPT
+    from optim import build_optimizer
+    from sweep.grid.estimate import state_bytes
+    from sweep.grid.spec import build_run_spec
+
+    spec = build_run_spec(compose([f"optim={optim}", "model.vocab_size=300", "model.ffn_mult=3"]))
+    model = GPT(spec.model)
+    bundle = build_optimizer(model, optim, **spec.optimizer.hparams)
+    x = torch.randint(0, 300, (2, 16))
+    model(x, x)[1].backward()
+    bundle.step()
+    real = sum(v.numel() * v.element_size() for o in bundle.optimizers for st in o.state.values()
+               for v in st.values() if torch.is_tensor(v) and v.dim() > 0)
+    params, estimated = state_bytes(spec.model, optim, spec.optimizer.hparams)
+    assert params == model.num_params()
+    assert estimated == pytest.approx(real, rel=0.02)

@@ -93,7 +93,8 @@ def _check_text(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[st
         return ["data.path: required for data=text (a .txt file or a folder of .txt files)"]
     root = Path(str(path)).expanduser()
     if not root.exists():
-        return [f"data.path: no such file or directory: {root}"]
+        return [f"data.path: no such file or directory: {root} (relative to {Path.cwd()}; "
+                f"give a .txt file or folder: data.path=/path/to/text.txt)"]
     try:
         files = find_text_files(root)
     except (DataError, OSError) as e:
