@@ -68,6 +68,15 @@ def test_every_config_file_composes_and_validates(compose, group: str, option: s
         with pytest.raises(ConfigError, match="data"):
             build_run_spec(compose(overrides + ["data.path=/nonexistent/prepared"]))
         return
+    if cfg.data.kind != "synthetic" and group != "data":
+        # Presets and grids on real corpora (paper: FineWeb, mini: a text file) validate apart from
+        # their data files, which are a clear error while they are not there.
+        spec = build_run_spec(cfg, check_files=False)
+        missing = compose(overrides + ["data.path=/nonexistent/prepared"])
+        with pytest.raises(ConfigError, match="data.path: .*/nonexistent/prepared"):
+            build_run_spec(missing)
+        assert spec.run_id == cfg.run_id
+        return
     spec = build_run_spec(cfg)
     assert spec.run_id == cfg.run_id
     assert spec.optimizer.name == cfg.optim.name

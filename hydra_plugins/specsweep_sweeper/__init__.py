@@ -1,7 +1,8 @@
 """Hydra sweeper plugin for specsweep.
 
 Hydra only instantiates plugins that live in the ``hydra_plugins`` namespace, so this package is a
-thin shell: the grid expansion is Hydra's basic one, the preflight (validation, run-id
+thin shell: the grid expansion (Hydra's basic one, optionally over ``arms``) is
+``sweep.grid.expand``, which ``sweep.plan`` shares; the preflight (validation, run-id
 collisions, skipping finished runs) and the end-of-sweep summary live in ``sweep.grid.preflight``,
 and the default sweep name of a grid in ``sweep.grid.sweep_name``.
 """
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, read_write
@@ -38,12 +38,13 @@ class SpecSweeper(BasicSweeper):
     """Basic grid sweeper that checks the whole grid before launching any job."""
 
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict] = None,
-                 only: Optional[List[str]] = None, **foreign: Any) -> None:
+                 only: Optional[List[str]] = None, arms: Optional[list] = None, **foreign: Any) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params or {})
         # Settings of another sweeper (e.g. +sweep=lr_search without hydra/sweeper=optuna): refused
         # in setup(), where the message reaches the user as a short error.
         self.foreign = sorted(foreign)
         self.only = list(only) if only else None  # launch only these run ids (sweep.status --resubmit)
+        self.arms = arms  # alternatives that set several keys at once (sweep.grid.expand)
         self.sweep_name: Optional[str] = None       # the grid's default name, when the launch gives none
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -64,25 +65,24 @@ class SpecSweeper(BasicSweeper):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def _default_sweep_name(self, hydra_context: HydraContext, config: DictConfig) -> Optional[str]:
+        from sweep.grid.expand import grid_jobs
+
         task = list(config.hydra.overrides.task)
-        parser = OverridesParser.create(config_loader=hydra_context.config_loader)
-        jobs = [job for batch in self.split_arguments(parser.parse_overrides(self._parse_config() + task), None)
-                for job in batch]
+        jobs = grid_jobs(self.params, task, hydra_context.config_loader, self.arms)
         name = default_sweep_name(task, str(config.sweep_name), jobs, list(config.get("run_id_exclude") or []))
         return None if name in (None, DEFAULT) else name
 
     def sweep(self, arguments: List[str]) -> Any:
         from sweep.grid import sweepdir
+        from sweep.grid.expand import grid_jobs
         from sweep.grid.preflight import plan_sweep, restrict_plan, summarize_results
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
-        params = self._parse_config() + list(arguments)
+        arguments = list(arguments)
         if self.sweep_name is not None:  # every job composes its own config: it gets the name too
-            params.append(f"sweep_name={self.sweep_name}")
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        batches = self.split_arguments(parser.parse_overrides(params), None)
-        jobs: List[Sequence[str]] = [job for batch in batches for job in batch]
+            arguments.append(f"sweep_name={self.sweep_name}")
+        jobs = grid_jobs(self.params, arguments, self.hydra_context.config_loader, self.arms)
 
         plan = plan_sweep(self.hydra_context.config_loader, self.config, jobs)
         sweep_dir = Path(self.config.hydra.sweep.dir)

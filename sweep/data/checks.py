@@ -41,8 +41,9 @@ class TokenNeeds:
         return (rows + 1) * self.seq_len + 1
 
 
-def check_data(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[str]:
-    """Problems with the data of a run config (``data.*``), each naming the key and the file."""
+def check_data(data: Mapping[str, Any], needs: Optional[TokenNeeds], files: bool = True) -> list[str]:
+    """Problems with the data of a run config (``data.*``), each naming the key and the file;
+    ``files=False``: the settings only (kind, reading options), no file looked at."""
     try:
         DataSpec.from_mapping({k: v for k, v in data.items() if v != "???"})
     except (TypeError, ValueError) as e:
@@ -51,6 +52,8 @@ def check_data(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[str
     if kind not in KINDS:
         return [f"data.kind: {' | '.join(KINDS)}, got {kind!r}"]
     errors = _check_reading(data, needs)
+    if not files:
+        return errors
     if errors:
         needs = None  # the sizes are checked against valid reading settings only
     return errors + {"synthetic": _check_synthetic, "text": _check_text, "shards": _check_shards}[kind](data, needs)
@@ -90,7 +93,8 @@ def _check_text(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[st
         return ["data.path: required for data=text (a .txt file or a folder of .txt files)"]
     root = Path(str(path)).expanduser()
     if not root.exists():
-        return [f"data.path: no such file or directory: {root}"]
+        return [f"data.path: no such file or directory: {root} (relative to {Path.cwd()}; "
+                f"give a .txt file or folder: data.path=/path/to/text.txt)"]
     try:
         files = find_text_files(root)
     except (DataError, OSError) as e:

@@ -66,17 +66,19 @@ class TokenBatches:
         """Tokens per rank per batch."""
         return self.batch_size * self.seq_len
 
-    def get(self, k: int) -> Batch:
-        """Global micro-batch ``k``, this rank's rows: int64 tensors x, y of shape [batch_size, seq_len]."""
+    def get(self, k: int, part: int | None = None) -> Batch:
+        """Global micro-batch ``k``, this rank's rows: int64 tensors x, y of shape [batch_size, seq_len].
+        ``part``: take the rows of that slice of the global micro-batch instead of this rank's."""
+        part = self.rank if part is None else part
         if self.order == "sequential":
             shard, start = self.stream.position(k)
-            # [rows * seq_len + 1] global run -> this rank's [batch_size * seq_len + 1] slice
-            lo = start + self.rank * self.batch_size * self.seq_len
+            # [rows * seq_len + 1] global run -> this part's [batch_size * seq_len + 1] slice
+            lo = start + part * self.batch_size * self.seq_len
             buf = torch.from_numpy(self.shards[shard][lo:lo + self.batch_size * self.seq_len + 1].astype(np.int64))
             return buf[:-1].view(self.batch_size, self.seq_len), buf[1:].view(self.batch_size, self.seq_len)
         rng = np.random.default_rng([self.seed, _TRAIN, int(k)])
         picked = rng.choice(self.n_windows, size=self.world_size * self.batch_size, replace=False)
-        return self._rows(self._mine(picked), shift=int(rng.integers(self.seq_len)))
+        return self._rows(self._mine(picked, part), shift=int(rng.integers(self.seq_len)))
 
     def probe_batch(self, n_rows: int | None = None) -> Batch:
         """A fixed random set of ``n_rows`` windows (default batch_size), identical on every call."""
@@ -126,8 +128,9 @@ class TokenBatches:
             out.append(self._cut(shard_of[idx], start_of[idx]))
         return out
 
-    def _mine(self, picked: np.ndarray) -> np.ndarray:
-        return picked[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+    def _mine(self, picked: np.ndarray, part: int | None = None) -> np.ndarray:
+        part = self.rank if part is None else part
+        return picked[part * self.batch_size:(part + 1) * self.batch_size]
 
     def _rows(self, picked: np.ndarray, shift: int) -> Batch:
         """Random-order windows number ``picked`` (each shard's aligned grid), moved by ``shift``."""
@@ -140,3 +143,34 @@ class TokenBatches:
         for row, (s, start) in enumerate(zip(shard_idx, starts)):
             buf[row] = self.shards[s][int(start):int(start) + self.seq_len + 1]
         return torch.from_numpy(buf[:, :-1].copy()), torch.from_numpy(buf[:, 1:].copy())
+
+
+class StepBatches:
+    """The batches of a run with a fixed global batch (``train.global_batch``): step s reads ONE
+    global batch of ``grad_accum * world_size * batch_size`` rows (``steps.get(s)``), cut into
+    ``grad_accum`` micro-batches of ``world_size * batch_size`` rows; rank r takes its
+    ``batch_size`` rows of each. Which rows a step reads depends only on the step, never on how it
+    is split, so the run means the same thing (and resumes) on any number of ranks.
+
+    ``get(k)`` with ``k = s * grad_accum + micro``: the indexing of TokenBatches, so the training
+    loop draws from either the same way. In the sequential order the stream's stride is then the
+    whole step (global_batch x seq_len tokens), where the paper's loader strode by its 4 GPUs'
+    micro-batches: the same tokens in the same order up to the first shard end, where each skips
+    the remainder that its own stride leaves (at most one step here, 0.5% of a 100M-token shard).
+    """
+
+    def __init__(self, steps: TokenBatches, grad_accum: int, rank: int = 0, world_size: int = 1) -> None:
+        if steps.world_size != grad_accum * world_size:
+            raise ValueError(f"the step batches are cut into {steps.world_size} parts, "
+                             f"not grad_accum x world_size = {grad_accum} x {world_size}")
+        self.steps, self.grad_accum, self.rank, self.world_size = steps, grad_accum, rank, world_size
+        self.batch_size, self.seq_len = steps.batch_size, steps.seq_len
+
+    @property
+    def n_tokens(self) -> int:
+        return self.steps.n_tokens
+
+    def get(self, k: int) -> Batch:
+        """Micro-batch ``k % grad_accum`` of step ``k // grad_accum``, this rank's rows [batch_size, seq_len]."""
+        step, micro = divmod(int(k), self.grad_accum)
+        return self.steps.get(step, part=micro * self.world_size + self.rank)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from sweep.data.cache import prepare_dataset
-from sweep.data.loader import TokenBatches
+from sweep.data.loader import StepBatches, TokenBatches
 from sweep.data.prepared import PreparedData
 from sweep.data.spec import DataSpec
 from sweep.errors import DataError
@@ -24,7 +24,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 @dataclass
 class RunData:
     prepared: PreparedData
-    train: TokenBatches          # global micro-batch k is a pure function of k: the resume position is the step
+    train: TokenBatches | StepBatches  # batch k is a pure function of k: the resume position is the step
     val: TokenBatches
     eval_batches: list[Batch]    # identical at every evaluation
     counts: Optional[np.ndarray]  # corpus unigram counts (training tokens), for HEAD/MID/TAIL
@@ -45,10 +45,13 @@ class RunData:
 
 
 def load_run_data(data: DataSpec, data_root: Path, *, seed: int, batch_size: int, seq_len: int,
-                  eval_batches: int, rank: int = 0, world_size: int = 1) -> RunData:
+                  eval_batches: int, rank: int = 0, world_size: int = 1,
+                  step_accum: Optional[int] = None) -> RunData:
     """Prepare (or reuse) ``data`` under ``data_root`` and build this rank's batch sources
     (``batch_size``: this rank's rows of a micro-batch; ``seed``: the training order of
     ``data.order=random``; ``eval_batches``: used unless ``data.eval_tokens`` sets the eval set).
+    ``step_accum``: a fixed global batch (``train.global_batch``) read one step at a time and cut
+    into that many micro-batches per rank (StepBatches); None: batch k is global micro-batch k.
 
     ``spec.train.batch_size`` is this rank's share of the global micro-batch. Data that is missing
     or unusable here (deleted since the preflight, not mounted on this node, damaged) raises
@@ -56,8 +59,13 @@ def load_run_data(data: DataSpec, data_root: Path, *, seed: int, batch_size: int
     """
     try:
         prepared = prepare_dataset(data, data_root)
-        train = TokenBatches(prepared.train_paths, batch_size, seq_len, seed=seed,
-                             rank=rank, world_size=world_size, order=data.order)
+        if step_accum is None:
+            train: TokenBatches | StepBatches = TokenBatches(prepared.train_paths, batch_size, seq_len, seed=seed,
+                                                             rank=rank, world_size=world_size, order=data.order)
+        else:  # one [step_accum * world_size * batch_size]-row batch per step, cut into parts
+            steps = TokenBatches(prepared.train_paths, batch_size, seq_len, seed=seed, rank=rank,
+                                 world_size=step_accum * world_size, order=data.order)
+            train = StepBatches(steps, step_accum, rank=rank, world_size=world_size)
         val = TokenBatches(prepared.val_paths, batch_size, seq_len, seed=0, rank=rank, world_size=world_size)
         evals = val.first_tokens(data.eval_tokens) if data.eval_tokens is not None else val.eval_batches(eval_batches)
     except DataError:

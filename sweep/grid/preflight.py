@@ -12,14 +12,14 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig
 
 from sweep.credentials import redact_text
 from sweep.errors import SweepError, UserError
 from sweep.grid.identity import check_identity
-from sweep.grid.spec import build_run_spec
+from sweep.grid.spec import RunSpec, build_run_spec
 from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir
 
 log = logging.getLogger("specsweep.sweep")
@@ -32,6 +32,7 @@ class PlannedJob:
     run_dir: Path
     state: str  # "todo" | "resume" | "left" (not in hydra.sweeper.only) | the run's status done/diverged
     id_record: dict = field(default_factory=dict)  # the overrides behind the run id (RunIdParts.record)
+    spec: Optional[RunSpec] = None  # the validated run (sweep.plan estimates from it)
 
 
 @dataclass
@@ -52,8 +53,12 @@ def _job_state(run_dir: Path) -> str:
     return "resume" if rd.checkpoints() else "todo"
 
 
-def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Sequence[str]]) -> SweepPlan:
-    """Compose and validate every job; raise SweepError on any invalid job or run-id collision."""
+def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Sequence[str]],
+               check_files: bool = True) -> SweepPlan:
+    """Compose and validate every job; raise SweepError on any invalid job or run-id collision.
+
+    ``check_files=False``: the data files are not looked at (``sweep.plan`` reports them apart).
+    """
     plan = SweepPlan()
     errors: list[str] = []
     by_id: dict[str, list[tuple[str, str]]] = defaultdict(list)  # run id -> [(label, identity hash)]
@@ -61,7 +66,7 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
         label = redact_text(" ".join(overrides))  # a refused override may carry a credential
         try:
             cfg = config_loader.load_sweep_config(master_config, list(overrides))
-            spec = build_run_spec(cfg, list(overrides))
+            spec = build_run_spec(cfg, list(overrides), check_files=check_files)
             run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
             digest = check_identity(RunDir(run_dir), spec.identity)
         except UserError as e:  # ConfigError, RunConfigChanged
@@ -76,7 +81,8 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
             by_id[spec.run_id].append((label, digest))
             continue
         by_id[spec.run_id].append((label, digest))
-        plan.jobs.append(PlannedJob(list(overrides), spec.run_id, run_dir, _job_state(run_dir), spec.run_id_record))
+        plan.jobs.append(PlannedJob(list(overrides), spec.run_id, run_dir, _job_state(run_dir), spec.run_id_record,
+                                    spec))
     for run_id, entries in by_id.items():
         if len({d for _, d in entries}) > 1:
             errors.append(

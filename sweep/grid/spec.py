@@ -34,9 +34,15 @@ OBJECTIVES = ("eval_loss", "train_loss")
 
 @dataclass
 class TrainSpec:
+    """The ``train.*`` section. A step's batch is either ``batch_size`` x ``grad_accum`` (the global
+    micro-batch, split over the ranks, and the micro-batches per step) or, when ``global_batch`` is
+    set, ``global_batch`` sequences cut into micro-batches of ``micro_batch`` sequences per rank: the
+    accumulation then follows from the number of ranks (``split``), so a run keeps its global batch,
+    and can resume, on any number of GPUs."""
+
     steps: int
-    batch_size: int
-    grad_accum: int
+    batch_size: Optional[int]
+    grad_accum: Optional[int]
     seq_len: int
     grad_clip: Optional[float]
     warmup_steps: int
@@ -53,6 +59,26 @@ class TrainSpec:
     num_threads: Optional[int]
     # What the task returns to a Hydra sweeper that minimises a float (Optuna, Ax, ...): OBJECTIVES.
     objective: str = "eval_loss"
+    global_batch: Optional[int] = None  # sequences per optimizer step, all ranks and micro-batches
+    micro_batch: Optional[int] = None   # with global_batch: sequences per rank per forward (volatile)
+    eval_at_start: bool = False         # also evaluate before the first step (a step-0 eval row)
+
+    def split(self, world_size: int) -> "TrainSpec":
+        """This spec with ``batch_size`` (the global micro-batch, all ranks) and ``grad_accum`` set
+        for ``world_size`` ranks; ValueError when ``global_batch`` does not split evenly."""
+        if self.global_batch is None:
+            return self
+        micro = self.micro_batch or max(1, self.global_batch // world_size)
+        if self.global_batch % (micro * world_size):
+            raise ValueError(f"train.global_batch={self.global_batch} does not split into micro-batches of "
+                             f"train.micro_batch={micro} sequences on {world_size} ranks")
+        return dataclasses.replace(self, batch_size=micro * world_size,
+                                   grad_accum=self.global_batch // (micro * world_size))
+
+    @property
+    def sequences_per_step(self) -> int:
+        """Sequences of one optimizer step (all ranks, all micro-batches)."""
+        return self.global_batch if self.global_batch is not None else self.batch_size * self.grad_accum
 
 
 @dataclass
@@ -156,12 +182,37 @@ def _required(cls: type, fname: str) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
-def _check_train(t: TrainSpec, errors: list[str]) -> None:
-    for k in ("steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_batches",
+def resource_ranks(resources: Optional[Mapping[str, Any]]) -> int:
+    """Ranks (tasks) of one job as ``resources`` asks for them: nodes x tasks_per_node (1 if unset)."""
+    r = resources or {}
+    nodes, tasks = r.get("nodes", 1), r.get("tasks_per_node", 1)
+    return nodes * tasks if _is_int(nodes) and _is_int(tasks) and nodes > 0 and tasks > 0 else 1
+
+
+def _check_train(t: TrainSpec, errors: list[str], ranks: int = 1) -> None:
+    sizes = ("batch_size", "grad_accum") if t.global_batch is None else ("global_batch",)
+    for k in ("steps", *sizes, "seq_len", "eval_every", "eval_batches",
               "log_every", "ckpt_every", "keep_checkpoints"):
         v = getattr(t, k)
         if not _is_int(v) or v <= 0:
             errors.append(f"train.{k}: must be a positive integer, got {v!r}")
+    if t.global_batch is None:
+        if t.micro_batch is not None:
+            errors.append("train.micro_batch: only with train.global_batch (else train.batch_size is the micro-batch)")
+    else:
+        for k in ("batch_size", "grad_accum"):
+            if getattr(t, k) is not None:
+                errors.append(f"train.{k}: must be null with train.global_batch (the split into micro-batches "
+                              f"follows from train.micro_batch and the number of ranks), got {getattr(t, k)!r}")
+        if t.micro_batch is not None and (not _is_int(t.micro_batch) or t.micro_batch <= 0):
+            errors.append(f"train.micro_batch: a positive integer or null, got {t.micro_batch!r}")
+        elif _is_int(t.global_batch) and t.global_batch > 0:
+            try:
+                t.split(ranks)
+            except ValueError as e:
+                errors.append(f"{e} (resources: nodes x tasks_per_node = {ranks})")
+    if not isinstance(t.eval_at_start, bool):
+        errors.append(f"train.eval_at_start: true | false, got {t.eval_at_start!r}")
     if not _is_int(t.warmup_steps) or t.warmup_steps < 0:
         errors.append(f"train.warmup_steps: must be an integer >= 0, got {t.warmup_steps!r}")
     if not isinstance(t.decay_frac, (int, float)) or not 0 <= t.decay_frac <= 1:
@@ -228,18 +279,29 @@ def _check_optim(name: str, hparams: dict, errors: list[str]) -> None:
         errors.append(f"optim: {e}")
 
 
+def _token_needs(train: TrainSpec, telemetry: Optional[TelemetrySpec], ranks: int) -> TokenNeeds:
+    val_batches = train.eval_batches
+    if (telemetry is not None and telemetry.enabled and telemetry.tokens == "probe"
+            and _is_int(telemetry.probe_batches)):
+        val_batches = max(val_batches, telemetry.probe_batches)
+    rows = train.split(ranks).batch_size  # the global micro-batch (eval batches have as many rows)
+    # with train.global_batch the loader cuts each step's whole batch at once (sweep.data.loader.StepBatches)
+    return TokenNeeds(seq_len=train.seq_len, train_rows=train.global_batch or rows, val_rows=val_batches * rows)
+
+
+def data_file_problems(spec: "RunSpec") -> list[str]:
+    """What ``build_run_spec(..., check_files=False)`` left out: the data files of a validated run
+    (there, readable, big enough for its batches on the ranks its resources ask for)."""
+    needs = _token_needs(spec.train, spec.telemetry, resource_ranks(spec.config.get("resources")))
+    return check_data(dict(spec.config["data"]), needs)
+
+
 def _data(raw: Mapping[str, Any], errors: list[str], train: Optional[TrainSpec] = None,
-          telemetry: Optional[TelemetrySpec] = None) -> Optional[DataSpec]:
-    """Data files there, readable, text, and big enough for the batches of ``train`` (when valid)."""
-    needs = None
-    if train is not None:
-        val_batches = train.eval_batches
-        if (telemetry is not None and telemetry.enabled and telemetry.tokens == "probe"
-                and _is_int(telemetry.probe_batches)):
-            val_batches = max(val_batches, telemetry.probe_batches)
-        needs = TokenNeeds(seq_len=train.seq_len, train_rows=train.batch_size,
-                           val_rows=val_batches * train.batch_size)
-    problems = check_data(raw, needs)
+          telemetry: Optional[TelemetrySpec] = None, ranks: int = 1, files: bool = True) -> Optional[DataSpec]:
+    """Data files there, readable, text, and big enough for the batches of ``train`` (when valid);
+    ``files=False`` checks the data settings only (sweep.plan before the data is prepared)."""
+    needs = _token_needs(train, telemetry, ranks) if train is not None else None
+    problems = check_data(raw, needs, files=files)
     if problems:
         errors += problems
         return None
@@ -285,11 +347,13 @@ def _leaves(node: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix[:-1], node)] if isinstance(node, str) else []
 
 
-def build_run_spec(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = ()) -> RunSpec:
+def build_run_spec(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = (), *,
+                   check_files: bool = True) -> RunSpec:
     """Validate a composed task config; raise ConfigError listing every problem found.
 
     ``overrides``: the job's task overrides (Hydra's ``overrides.task``); those that identify the
-    run beyond its id's base become axes.
+    run beyond its id's base become axes. ``check_files=False`` leaves out the checks of the data
+    files (there, readable, big enough): ``sweep.plan`` reports those apart.
     """
     raw = container(cfg)
     errors: list[str] = []
@@ -309,8 +373,9 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str]
         _check_optim(optim_name, optim_raw, errors)
     train = _section(TrainSpec, raw["train"], "train", errors)
     n_errors = len(errors)
+    ranks = resource_ranks(raw.get("resources"))
     if train is not None:
-        _check_train(train, errors)
+        _check_train(train, errors, ranks)
     train_ok = train is not None and len(errors) == n_errors
     telemetry = _section(TelemetrySpec, raw["telemetry"], "telemetry", errors)
     n_errors = len(errors)
@@ -320,7 +385,8 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str]
     if telemetry_ok and train_ok and telemetry.decompose_on == "gpu" and train.device == "cpu":
         errors.append("telemetry.decompose_on: gpu needs a CUDA device, but train.device=cpu (use cpu or auto)")
     # The data's size is only checked against valid batch settings (else the data is not the problem).
-    data = _data(dict(raw["data"]), errors, train if train_ok else None, telemetry if telemetry_ok else None)
+    data = _data(dict(raw["data"]), errors, train if train_ok else None, telemetry if telemetry_ok else None,
+                 ranks=ranks, files=check_files)
     logger = _section(LoggerSpec, raw["logger"], "logger", errors)
     if logger is not None and logger.backend not in ("none", "wandb"):
         errors.append(f"logger.backend: none | wandb, got {logger.backend!r}")

@@ -206,6 +206,8 @@ class TrainingLoop:
         eval_loss: Optional[float] = None
         if st.step >= t.steps:  # resumed after the last checkpoint, before DONE: the final eval again
             eval_loss = evaluate(model, st.data, st.data.n_eval_batches, device, st.autocast)
+        elif st.step == 0 and t.eval_at_start:  # the initial model's loss (the paper evaluates at step 0)
+            self._write_eval(0, evaluate(model, st.data, st.data.n_eval_batches, device, st.autocast), logger, metrics)
         model.train()
         t_start = time.perf_counter() - st.elapsed
         while st.step < t.steps:
@@ -254,10 +256,7 @@ class TrainingLoop:
                          train_loss, row["lr"], row["tokens_per_s"])
             if step % t.eval_every == 0 or last:
                 eval_loss = evaluate(model, st.data, st.data.n_eval_batches, device, st.autocast)
-                row = {"step": step, "eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50.0)),
-                       "tokens": step * st.tokens_per_step}
-                metrics.write(row)
-                logger.log(row, step)
+                self._write_eval(step, eval_loss, logger, metrics)
             if step % t.ckpt_every == 0 or last:
                 telemetry.drain()  # spectra up to this step are on disk before the checkpoint is
                 if self.main:
@@ -276,6 +275,12 @@ class TrainingLoop:
         if bar is not None:
             bar.close()
         return self._done(train_loss, eval_loss, logger, telemetry)
+
+    def _write_eval(self, step: int, eval_loss: float, logger: NullLogger, metrics: JsonlAppender) -> None:
+        row = {"step": step, "eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50.0)),
+               "tokens": step * self.state.tokens_per_step}
+        metrics.write(row)
+        logger.log(row, step)
 
     def _reduce_step(self, loss_sum: torch.Tensor) -> tuple[float, bool]:
         """Mean train loss over micro-batches and ranks, and whether any rank was asked to stop.

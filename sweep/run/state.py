@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -29,6 +30,9 @@ class TrainingState:
     """Device, data, model (DDP-wrapped with several ranks), optimizer and the position of one run."""
 
     def __init__(self, spec: RunSpec, run_dir: RunDir, digest: str, dist_env: DistEnv = SINGLE) -> None:
+        # train.global_batch: the micro-batches per step follow from this job's ranks (the loop
+        # reads train.batch_size and train.grad_accum of the split spec)
+        spec = dataclasses.replace(spec, train=spec.train.split(dist_env.world_size))
         self.spec, self.run_dir, self.digest = spec, run_dir, digest
         self.dist, self.main = dist_env, dist_env.is_main
         t = spec.train
@@ -40,9 +44,13 @@ class TrainingState:
         if t.batch_size % dist_env.world_size:
             raise ValueError(f"train.batch_size={t.batch_size} (sequences per micro-batch, all ranks together) "
                              f"is not divisible by the {dist_env.world_size} tasks of this job")
+        if t.global_batch is not None:
+            log.info("global batch %d sequences = %d micro-batches x %d ranks x %d sequences",
+                     t.global_batch, t.grad_accum, dist_env.world_size, t.batch_size // dist_env.world_size)
         self.data = load_run_data(spec.data, spec.data_root, seed=spec.seed,
                                   batch_size=t.batch_size // dist_env.world_size, seq_len=t.seq_len,
-                                  eval_batches=t.eval_batches, rank=dist_env.rank, world_size=dist_env.world_size)
+                                  eval_batches=t.eval_batches, rank=dist_env.rank, world_size=dist_env.world_size,
+                                  step_accum=t.grad_accum if t.global_batch is not None else None)
         torch.manual_seed(spec.seed)
         self.model = GPT(spec.model_config(self.data.vocab_size)).to(self.device)
         # With several ranks, forward/backward go through DDP (gradients averaged across ranks).
