@@ -95,28 +95,27 @@ CMD_d=("$PY" -m pytest -m gpu -q -rs -p no:cacheprovider "${GPU_TEST_FILES[@]}")
 
 # Part c: the overrides by key, so that --smoke can shrink the sizes and keep everything else.
 C_KEYS=(model model.ffn_mult optim data data.vocab_size data.train_tokens data.val_tokens data.eval_tokens
-        train.steps train.batch_size train.grad_accum train.eval_every train.eval_batches train.ckpt_every
+        train.steps train.global_batch train.micro_batch train.eval_every train.eval_batches train.ckpt_every
         train.log_every train.compile train.device train.progress telemetry.every telemetry.decompose_on
         logger sweep_name paths.runs_root paths.data_root)
 declare -A C=(
     [model]=gpt2_160m [model.ffn_mult]=8 [optim]=muon
     [data]=synthetic [data.vocab_size]=50304 [data.train_tokens]=4000000 [data.val_tokens]=131072
     [data.eval_tokens]=null
-    [train.steps]=50 [train.batch_size]=32 [train.grad_accum]=2 [train.eval_every]=25 [train.eval_batches]=2
+    [train.steps]=50 [train.global_batch]=64 [train.micro_batch]=32 [train.eval_every]=25 [train.eval_batches]=2
     [train.ckpt_every]=50 [train.log_every]=5 [train.compile]=true [train.device]=cuda [train.progress]=false
     [telemetry.every]=25 [telemetry.decompose_on]=gpu
     [logger]=none [sweep_name]=gpu_check_c [paths.runs_root]=$WORK/runs [paths.data_root]=$WORK/data
 )
 if [ $SMOKE = 1 ]; then
-    C[train.steps]=6; C[train.batch_size]=4; C[train.eval_every]=3; C[train.ckpt_every]=6; C[train.log_every]=1
-    C[train.compile]=false; C[train.device]=cpu; C[telemetry.every]=3
+    C[train.steps]=6; C[train.global_batch]=4; C[train.micro_batch]=4; C[train.eval_every]=3; C[train.ckpt_every]=6; C[train.log_every]=1
+    C[train.compile]=false; C[train.device]=cpu; C[telemetry.every]=3; C[telemetry.decompose_on]=cpu
     C[data.train_tokens]=200000; C[data.val_tokens]=16384
     C_KEYS+=(model.n_layer model.d_model model.n_head model.context_len telemetry.min_bucket_rows)
     C[model.n_layer]=2; C[model.d_model]=64; C[model.n_head]=2; C[model.context_len]=64
     C[telemetry.min_bucket_rows]=64
 fi
-C_ARGS=()
-[ -f conf/preset/paper.yaml ] && C_ARGS+=(+preset=paper)  # the paper's protocol (issue 15 item 1), when present
+C_ARGS=(+preset=paper)  # the paper's protocol (conf/preset/paper.yaml): 64 sequences per step, 2 micro-batches of 32
 for k in "${C_KEYS[@]}"; do C_ARGS+=("$k=${C[$k]}"); done
 CMD_c=("$PY" -m sweep.train "${C_ARGS[@]}")
 CMD_c_check=("$PY" benchmarks/check_run.py "${C[paths.runs_root]}/${C[sweep_name]}")
@@ -142,14 +141,18 @@ if [ $DRY = 1 ]; then
         esac
     done
     if [ -n "${WANT[c]:-}" ]; then
-        # Hydra composition of part c's overrides, here (no training): catches a key that does not exist
+        # Hydra composition and validation of part c's overrides, here (no training): catches a key that
+        # does not exist and a value the run would refuse (sweep.plan validates as the launch does)
         if "$PY" -c "import hydra" 2>/dev/null; then
-            if out=$(timeout 120 "${CMD_c[@]}" --cfg job 2>&1); then
+            if timeout 300 "$PY" -m sweep.plan "${C_ARGS[@]}" >/dev/null 2>"$WORK.plan_err" \
+                    && out=$(timeout 120 "${CMD_c[@]}" --cfg job 2>&1); then
+                rm -f "$WORK.plan_err"
                 echo "(c) overrides compose: model.n_layer=$(grep -m1 -E '^  n_layer:' <<<"$out" | awk '{print $2}')" \
                      "ffn_mult=$(grep -m1 -E '^  ffn_mult:' <<<"$out" | awk '{print $2}')" \
                      "telemetry.every=$(awk '/^telemetry:/{t=1} t&&/^  every:/{print $2; exit}' <<<"$out")"
             else
-                echo "(c) overrides do NOT compose:"; tail -n 15 <<<"$out" | sed 's/^/    /'; exit 1
+                echo "(c) overrides do NOT compose or validate:"
+                { cat "$WORK.plan_err"; echo "${out:-}"; } | tail -n 15 | sed 's/^/    /'; rm -f "$WORK.plan_err"; exit 1
             fi
         else
             echo "(c) composition not checked: hydra is not importable by $PY"

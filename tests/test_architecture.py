@@ -52,6 +52,7 @@ LOCAL_IMPORTS = {
     ("sweep.grid.run_id", "optim"): "the ${run_id:} resolver runs in sweep.prepare and sweep.train --help",
     ("sweep.train", "sweep.grid.spec"): "only the job builds models; not --help, --cfg",
     ("sweep.train", "sweep.run.trainer"): "only the job trains; not --help, --cfg",
+    ("sweep.plan", "sweep.grid.planning"): "the planner builds models on the meta device (torch); not --help",
     ("sweep.data.frequency", "metrics.buckets"): "preparation processes stay torch-free (metrics imports torch)",
 }
 LOCAL_IMPORTS_UNCHECKED: tuple[str, ...] = ()

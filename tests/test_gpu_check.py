@@ -58,7 +58,8 @@ def test_dry_run_prints_every_part_in_order_and_part_c_composes():
     assert train[1:3] == ["-m", "sweep.train"] and check[1] == "benchmarks/check_run.py"
     for override in ("model=gpt2_160m", "model.ffn_mult=8", "optim=muon", "train.steps=50", "train.compile=true",
                      "train.device=cuda", "data=synthetic", "data.vocab_size=50304", "logger=none",
-                     "telemetry.decompose_on=gpu", "train.grad_accum=2"):
+                     "telemetry.decompose_on=gpu", "+preset=paper", "train.global_batch=64",
+                     "train.micro_batch=32"):
         assert override in train, override
     assert "(c) overrides compose: model.n_layer=12 ffn_mult=8 telemetry.every=25" in proc.stdout
     (pytest_cmd,) = cmds["d"]

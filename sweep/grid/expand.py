@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.errors import SweepError
+from sweep.grid import resolvers  # noqa: F401  (registers ${run_id:} for the composition)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -63,8 +64,6 @@ def compose_multirun(overrides: Sequence[str], config_dir: Path = CONF_DIR,
     written and nothing runs."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
-    import sweep.grid.resolvers  # noqa: F401  (registers ${run_id:})
 
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         gh = GlobalHydra.instance()

@@ -162,8 +162,8 @@ def _assumptions(plan: GridPlan) -> dict[str, str]:
         "throughput": rate + ("; data-parallel ranks assumed to scale linearly" if plan.gpus_per_node else ""),
         "device": "GPU-hours: GPUs per run x wall hours" if plan.gpus_per_node else "CPU job-hours (resources has no GPU)",
         "evaluation": "forward only, a third of a training token's FLOPs",
-        "checkpoints": "fp32 weights + optimizer state, train.keep_checkpoints kept per run",
-        "spectra": f"{RECORD_BYTES} bytes per telemetry record (spectra.jsonl line)",
+        "checkpoint_disk": "fp32 weights + optimizer state, train.keep_checkpoints kept per run",
+        "spectra_disk": f"{RECORD_BYTES} bytes per telemetry record (one line of the spectra file)",
         "telemetry": ("metrics.costmodel.estimate_run, H100 profile (telemetry-cost.md anchors)" if plan.gpus_per_node
                       else "events counted; their time is not estimated (the cost model's profile is an H100)"),
     }

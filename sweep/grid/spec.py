@@ -316,20 +316,11 @@ def run_axes(model: GPTConfig, optimizer: OptimizerSpec, train: TrainSpec, seed:
              overrides: Sequence[str], exclude: Sequence[str]) -> dict[str, Any]:
     """The run's coordinates in the grid: what the fits group and plot by."""
     axes: dict[str, Any] = {
-        "model": model.name,
-        "optimizer": optimizer.name,
-        "rank_fraction": optimizer.hparams.get("rank_fraction"),
-        "ffn_width": model.ffn_hidden_dim,
-        "ffn_mult": model.ffn_hidden_dim / model.d_model,
-        "d_model": model.d_model,
-        "n_layer": model.n_layer,
-        "n_head": model.n_head,
-        "activation": model.activation,
-        "pos_encoding": model.pos_encoding,
-        "norm_placement": model.norm_placement,
-        "postln_frac": model.postln_frac,
-        "steps": train.steps,
-        "seed": seed,
+        "model": model.name, "optimizer": optimizer.name, "rank_fraction": optimizer.hparams.get("rank_fraction"),
+        "ffn_width": model.ffn_hidden_dim, "ffn_mult": model.ffn_hidden_dim / model.d_model,
+        "d_model": model.d_model, "n_layer": model.n_layer, "n_head": model.n_head, "activation": model.activation,
+        "pos_encoding": model.pos_encoding, "norm_placement": model.norm_placement,
+        "postln_frac": model.postln_frac, "steps": train.steps, "seed": seed,
     }
     # Other identifying overrides (e.g. optim.lr) become axes too, under their dotted name.
     for key, value in identity_overrides(overrides, exclude).items():
