@@ -79,7 +79,8 @@ columns: seconds per event on one rank: capture (critical path) and its ratio to
   device MiB (measured: RSS / CUDA allocation over one event's capture, snapshot and decomposition sample;
   projected: in-flight snapshot + pool workers, where the largest cadence decomposes); share of wall time
   over a run with a spectrum at every event (all) and with sparse spectra (last 5 events + every k-th,
-  k from the cost model), decomposed where `on` says (decompose_on rule).
+  k from the cost model), decomposed where `on` says (decompose_on=auto: the cheaper place over the run;
+  with the cpu pool, events needed before the pool would finish them go to the accelerator when faster).
 tags: m measured; n measured on fewer rows, linear in rows; i interpolated between measured widths;
   x extrapolated in D (capture per row and snapshot as D^2, decomposition as D^3); a assumed; p projected"""
 OPTIONS = TelemetryOptions(min_bucket_rows=1)  # measured rows are few: decompose every bucket anyway

@@ -28,6 +28,7 @@ MEASURED = "measured"
 INTERPOLATED = "interpolated"
 ASSUMED = "assumed"
 MIB = 2**20
+MEM_HEADROOM = 0.8  # share of available host memory a CPU pool may plan to use
 GIB = 2**30
 DECOMPOSE_ON = ("auto", "cpu", "gpu")
 
@@ -397,7 +398,7 @@ def decide_decompose_on(
     interval_s: float,
     host_bytes_needed: int,
     host_bytes_available: int,
-    mem_headroom: float = 0.8,
+    mem_headroom: float = MEM_HEADROOM,
 ) -> DecomposeDecision:
     """The `telemetry.decompose_on` rule. Pure function.
 
@@ -424,6 +425,29 @@ def decide_decompose_on(
             "gpu", f"the CPU pool needs {cpu_decompose_s:.1f} s per event, {interval_s:.1f} s between events")
     return DecomposeDecision(
         "cpu", f"the CPU pool keeps up ({cpu_decompose_s:.1f} s per event, {interval_s:.1f} s between events)")
+
+
+def needed_at(step: int, total_steps: int, ckpt_every: int | None, next_spectra: Sequence[int],
+              max_in_flight: int = 1) -> int:
+    """The step at which the trainer waits, at the latest, for the records of the spectrum event at
+    `step`: the last step (DONE), the next checkpoint (at or after `step`), or the
+    `max_in_flight`-th next spectrum event (it needs a free slot in the pool)."""
+    steps = [total_steps]
+    if ckpt_every:
+        steps.append(-(-step // ckpt_every) * ckpt_every)  # the first multiple of ckpt_every >= step
+    if len(next_spectra) >= max_in_flight:
+        steps.append(next_spectra[max_in_flight - 1])
+    return min(steps)
+
+
+def decompose_on_device_now(device_s: float | None, pool_s: float, copy_s: float, until_needed_s: float) -> bool:
+    """A run whose spectra go to the CPU pool, on an accelerator: whether this one event is better
+    decomposed on the device at once. The pool costs the trainer the host copy plus the wait when
+    the records are needed before the pool is done (`until_needed_s` after the event: 0 before a
+    checkpoint or DONE); the device costs its decomposition time."""
+    if device_s is None:
+        return False
+    return device_s < copy_s + max(0.0, pool_s - until_needed_s)
 
 
 # --------------------------------------------------------------------------- cadence budget
@@ -520,6 +544,7 @@ def estimate_run(
     gemm_passes: int = 1,
     gpu_budget: float = GPU_SHARE_BUDGET,
     micro_batch_rows: int = 32_768,
+    per_event_device: bool | None = None,
 ) -> RunTelemetryCost:
     """Telemetry cost of a run of `steps` steps with an event every `every` steps.
 
@@ -531,6 +556,12 @@ def estimate_run(
     Events without a spectrum cost their critical path only (capture, snapshot, hard ranks). With
     decomposition on the GPU a spectrum costs its full time inline; on the CPU pool the trainer
     waits when `max_in_flight` events are still being decomposed, before a checkpoint and at the end.
+    per_event_device: on the CPU pool of an accelerator machine, decompose an event on the device
+        instead when the pool would make the trainer wait longer (`decompose_on_device_now`: the
+        last event, one before a checkpoint, consecutive window events the pool cannot keep up
+        with); None: as a run does, i.e. with decompose_on=auto.
+    decompose_on=auto on an accelerator: the CPU pool (with per-event device decompositions) or
+    the device, whichever this estimate finds cheaper, unless host memory rules the pool out.
     """
     prof = profile(device)
     if steps < 1 or every < 1 or tokens_per_step < 1 or ranks < 1:
@@ -556,46 +587,66 @@ def estimate_run(
         decompose_on, accelerator=prof.accelerator, cpu_decompose_s=ev.decompose_cpu_s, interval_s=interval,
         host_bytes_needed=ev.host_bytes["cpu"], host_bytes_available=res.mem_available_bytes,
     )
-    on = decision.on
-    decomp = ev.decomposition_s(on)
-    if spectrum_every == "auto":
-        k = keep_up_every(decomp, interval, cadence_budget(on, gpu_budget))
-    elif isinstance(spectrum_every, int) and spectrum_every >= 1:
-        k = spectrum_every
-    else:
+    if not (spectrum_every == "auto" or (isinstance(spectrum_every, int) and spectrum_every >= 1)):
         raise ValueError(f"spectrum_every must be 'auto' or a positive int, got {spectrum_every!r}")
-
+    if per_event_device is None:
+        per_event_device = decompose_on == "auto"
     ev_steps = event_steps(steps, every)
-    with_spectra = set(spectrum_steps(steps, every, k, window))
-    flags = [s in with_spectra for s in ev_steps]
-    spectra_at = dict(zip(ev_steps, flags))
     ckpts = set(range(ckpt_every, steps + 1, ckpt_every)) if ckpt_every else set()
-    clock, prev, added, wait = 0.0, 0, 0.0, 0.0
-    finishes: list[float] = []  # CPU pool: when each submitted event's decomposition ends
-    for s in sorted(set(ev_steps) | ckpts):
-        clock += (s - prev) * step_seconds
-        prev = s
-        if s in spectra_at:
-            spectra = spectra_at[s]
-            cost = ev.critical_path_s(on, spectra)
-            if spectra and on == "gpu":
-                cost += decomp
-            elif spectra:  # at most max_in_flight decompositions running: wait for the oldest
-                if len(finishes) >= max_in_flight:
-                    w = max(0.0, finishes[-max_in_flight] - clock)
-                    wait, cost = wait + w, cost + w
-                start = max(clock + cost, finishes[-1] if finishes else 0.0)
-                finishes.append(start + decomp)
-            clock += cost
-            added += cost
-        if s in ckpts or s == steps:  # records are written before a checkpoint and before DONE
-            w = max(0.0, (finishes[-1] if finishes else 0.0) - clock)
-            clock, added, wait = clock + w, added + w, wait + w
+
+    def timeline(on: str) -> tuple[int, list[bool], float, float]:
+        """(k, spectrum flag per event, telemetry seconds added, of which waits) with spectra on `on`."""
+        decomp = ev.decomposition_s(on)
+        k = (keep_up_every(decomp, interval, cadence_budget(on, gpu_budget)) if spectrum_every == "auto"
+             else int(spectrum_every))
+        with_spectra = spectrum_steps(steps, every, k, window)
+        spectra_at = {s: s in set(with_spectra) for s in ev_steps}
+        here = per_event_device and on == "cpu" and prof.accelerator
+        clock, prev, added, wait = 0.0, 0, 0.0, 0.0
+        finishes: list[float] = []  # CPU pool: when each submitted event's decomposition ends
+        for s in sorted(set(ev_steps) | ckpts):
+            clock += (s - prev) * step_seconds
+            prev = s
+            if s in spectra_at:
+                spectra = spectra_at[s]
+                cost = ev.critical_path_s(on, spectra)
+                if spectra and here:
+                    later = [t for t in with_spectra if t > s]
+                    until = (needed_at(s, steps, ckpt_every, later, max_in_flight) - s) * step_seconds
+                    if decompose_on_device_now(ev.decompose_gpu_s, decomp, ev.copy_s, until):
+                        cost = ev.critical_path_s("gpu", True) + ev.decomposition_s("gpu")
+                        spectra = False  # nothing handed to the pool
+                if spectra and on == "gpu":
+                    cost += decomp
+                elif spectra:  # at most max_in_flight decompositions running: wait for the oldest
+                    if len(finishes) >= max_in_flight:
+                        w = max(0.0, finishes[-max_in_flight] - clock)
+                        wait, cost = wait + w, cost + w
+                    start = max(clock + cost, finishes[-1] if finishes else 0.0)
+                    finishes.append(start + decomp)
+                clock += cost
+                added += cost
+            if s in ckpts or s == steps:  # records are written before a checkpoint and before DONE
+                w = max(0.0, (finishes[-1] if finishes else 0.0) - clock)
+                clock, added, wait = clock + w, added + w, wait + w
+        return k, [spectra_at[s] for s in ev_steps], added, wait
+
+    on, reason = decision.on, decision.reason
+    memory_ok = ev.host_bytes["cpu"] <= MEM_HEADROOM * res.mem_available_bytes
+    if decompose_on == "auto" and prof.accelerator and memory_ok:  # both places: the cheaper one
+        runs = {place: timeline(place) for place in ("cpu", "gpu")}
+        on = min(runs, key=lambda place: (runs[place][2], place != "gpu"))  # a tie: the pool would sit idle
+        k, flags, added, wait = runs[on]
+        pool = " (an event goes to the device when the pool would make the trainer wait longer)" if per_event_device else ""
+        reason = (f"the cheaper place by the cost model: {runs['cpu'][2]:.0f} s of telemetry over the run with "
+                  f"the CPU pool{pool}, {runs['gpu'][2]:.0f} s on the device")
+    else:
+        k, flags, added, wait = timeline(on)
     basis.update({f"event.{k_}": v for k_, v in ev.basis.items()})
     return RunTelemetryCost(
-        decompose_on=on, reason=decision.reason, spectrum_every=k, n_events=len(ev_steps),
+        decompose_on=on, reason=reason, spectrum_every=k, n_events=len(ev_steps),
         n_spectrum_events=sum(flags), step_s=step_seconds, train_s=steps * step_seconds, telemetry_s=added,
-        wait_s=wait, critical_path_s=ev.critical_path_s(on, True), decomposition_s=decomp,
+        wait_s=wait, critical_path_s=ev.critical_path_s(on, True), decomposition_s=ev.decomposition_s(on),
         peak_host_mib=ev.peak_host_mib(on), peak_device_mib=ev.peak_device_mib(on), event=ev, basis=basis,
     )
 

@@ -264,15 +264,18 @@ class EventPipeline:
                 self._pool = ThreadPoolExecutor(workers, thread_name_prefix="telemetry")
 
     # ------------------------------------------------------------------ the event
-    def end_event(self, step: int, spectrum: bool) -> list[FinishedEvent]:
+    def end_event(self, step: int, spectrum: bool, on_device: bool = False) -> list[FinishedEvent]:
         """Close the event whose rows the collector holds; returns the events finished so far.
 
         Waits first (recorded as the waited event's wait_s) while max_in_flight spectrum events
         are decomposing, then pools, snapshots and starts or does the decomposition. The collector
-        is reset. Under DDP a collective, with the same step and spectrum flag on every rank.
+        is reset. ``on_device``: decompose this event now on the accumulators' device even when
+        the pipeline decomposes on the CPU pool (an event whose records are needed at once, before
+        a checkpoint or DONE, where waiting for the pool would take longer). Under DDP a
+        collective, with the same step, spectrum flag and on_device on every rank.
         """
         if self.world > 1:
-            self._check_same_event(int(step), bool(spectrum))
+            self._check_same_event(int(step), bool(spectrum), bool(on_device))
         t_start = time.perf_counter()
         cost = EventCost(step=int(step), spectrum=bool(spectrum))
         cost.interval_s = t_start - self._last_end if self._last_end is not None else None
@@ -283,7 +286,7 @@ class EventPipeline:
         acc_host = acc_bytes.get("cpu", 0)
         acc_device = sum(v for k, v in acc_bytes.items() if k != "cpu")
         host_before = acc_host + self._held_host()
-        asynchronous = spectrum and self.asynchronous
+        asynchronous = spectrum and self.asynchronous and not on_device
 
         # 1. a free slot before anything is copied to the host: memory bounded by max_in_flight
         while asynchronous and self.in_flight >= self.max_in_flight:
@@ -454,17 +457,19 @@ class EventPipeline:
             raise event.error
         return FinishedEvent(cost.step, cost.spectrum, records, cost)
 
-    def _check_same_event(self, step: int, spectrum: bool) -> None:
+    def _check_same_event(self, step: int, spectrum: bool, on_device: bool = False) -> None:
         """Every rank must close the same event the same way, or the collectives that follow pair
         up wrongly (a hang or wrong numbers); one tiny all-reduce turns that into an error everywhere."""
-        values = torch.tensor([step, float(spectrum), -step, -float(spectrum)], dtype=torch.float64,
-                              device=self._comm_device())
+        how = float(spectrum) + 2.0 * float(on_device)  # one number for (spectrum, on_device)
+        values = torch.tensor([step, how, -step, -how], dtype=torch.float64, device=self._comm_device())
         dist.all_reduce(values, op=dist.ReduceOp.MAX, group=self.group)
-        hi_step, hi_spec, lo_step, lo_spec = values.tolist()
-        if hi_step != -lo_step or hi_spec != -lo_spec:
+        hi_step, hi_how, lo_step, lo_how = values.tolist()
+        if hi_step != -lo_step or hi_how != -lo_how:
+            lo, hi = int(-lo_how), int(hi_how)
             raise ValueError(
                 f"ranks disagree on the telemetry event: steps {-lo_step:g}..{hi_step:g}, spectrum "
-                f"{bool(-lo_spec)}..{bool(hi_spec)}; decide it from values agreed over ranks (EventCost)"
+                f"{bool(lo & 1)}..{bool(hi & 1)}, on_device {bool(lo & 2)}..{bool(hi & 2)}; decide it from "
+                f"values agreed over ranks (EventCost)"
             )
 
     def _comm_device(self) -> torch.device:

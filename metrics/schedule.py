@@ -127,6 +127,22 @@ class SpectrumCadence:
             self.last_spectrum_step = step
         return carries
 
+    def upcoming(self, step: int, n: int = 1) -> list[int]:
+        """The next `n` (or fewer) spectrum events after `step` as the current k decides them, `step`
+        taken to carry one; changes nothing (for planning where the next spectrum goes)."""
+        i = self._index(step)
+        out: list[int] = []
+        last = i
+        for j in range(i + 1, len(self.events)):
+            if len(out) == n:
+                break
+            s = self.events[j]
+            every_kth = (j - last >= self.spectrum_every) if self.adaptive else (j % self.spectrum_every == 0)
+            if s >= self.window[0] or every_kth:
+                out.append(s)
+                last = j
+        return out
+
     def observe(self, decompose_s: float, interval_s: float) -> int:
         """Adaptive mode: re-choose k from one spectrum event's decomposition seconds and the
         seconds between events (`keep_up_every`); returns k. A no-op for a fixed k."""

@@ -108,8 +108,14 @@ def test_run_decision_uses_the_given_resources():
     shape = cm.ModelShape(12, 768, 3072)
     roomy = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", resources=cm.HostResources(16, 256 * GIB))
     assert roomy.decompose_on == "cpu"  # 7 × 8.9 s on 15 workers < 180 s between events
+    assert roomy.spectrum_every == 1 and "cheaper place by the cost model" in roomy.reason
     few_cores = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", resources=cm.HostResources(2, 256 * GIB))
-    assert few_cores.decompose_on == "gpu"  # 96 × 8.9 s on one worker does not keep up
+    # 96 × 8.9 s on one worker does not keep up with every event: the pool takes every 5th event
+    # before the window, the window's events (needed sooner than the pool finishes) go to the GPU
+    assert few_cores.decompose_on == "cpu" and few_cores.spectrum_every == 5
+    on_gpu = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", resources=cm.HostResources(2, 256 * GIB),
+                             decompose_on="gpu")
+    assert few_cores.telemetry_s < on_gpu.telemetry_s
     small_ram = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", resources=cm.HostResources(16, 4 * GIB))
     assert small_ram.decompose_on == "gpu"
 
@@ -162,13 +168,52 @@ def test_cpu_pool_timeline_bounded_by_in_flight(in_flight, ckpt_every, telemetry
 def test_sparse_spectra_cost_less_and_auto_keeps_up():
     shape = cm.ModelShape(12, 768, 6144)
     dense = cm.estimate_run(shape, 6000, 200, 524_288, 1.4, "h100", spectrum_every=1)
-    sparse = cm.estimate_run(shape, 6000, 200, 524_288, 1.4, "h100")
-    assert dense.decompose_on == sparse.decompose_on == "gpu"
+    sparse = cm.estimate_run(shape, 6000, 200, 524_288, 1.4, "h100", decompose_on="gpu")
+    assert dense.decompose_on == sparse.decompose_on == "gpu"  # the pool (7 min per event) cannot keep up
     assert sparse.spectrum_every > 1 and sparse.n_spectrum_events >= 5
     assert sparse.telemetry_s < dense.telemetry_s / 2
     # outside the window the GPU decompositions stay within the 1% budget of training time
     outside = sparse.n_spectrum_events - 5
     assert outside * sparse.decomposition_s <= 0.01 * sparse.train_s * 1.05
+    # auto: the pool every 2nd event before the window (it keeps up), the window on the GPU: cheaper
+    auto = cm.estimate_run(shape, 6000, 200, 524_288, 1.4, "h100")
+    assert (auto.decompose_on, auto.spectrum_every) == ("cpu", 2) and auto.telemetry_s < sparse.telemetry_s
+    assert auto.share < 0.03
+
+
+def test_an_event_waited_for_at_once_is_decomposed_on_the_gpu_when_that_is_faster():
+    # 160M, D=3072, every 200 steps on one H100: the CPU pool keeps up between events, but DONE
+    # (and a checkpoint at a spectrum event) would wait for a whole pool decomposition (~60 s)
+    shape = cm.ModelShape(12, 768, 3072)
+    kw = dict(spectrum_every=1, ckpt_every=1000)
+    pool_only = cm.estimate_run(shape, 6000, 200, 524_288, 0.97, "h100", decompose_on="cpu", **kw)
+    auto = cm.estimate_run(shape, 6000, 200, 524_288, 0.97, "h100", **kw)
+    assert pool_only.decompose_on == auto.decompose_on == "cpu"
+    ev = auto.event
+    assert ev.decompose_gpu_s < ev.decompose_cpu_s < 200 * 0.97
+    # 6 events needed at once (checkpoints at 1000..5000 and the end) cost the GPU decomposition
+    # instead of the host copy and the wait for the pool; the others are the pool's
+    saved = 6 * (ev.decompose_cpu_s + ev.copy_s - ev.decompose_gpu_s)
+    assert pool_only.telemetry_s - auto.telemetry_s == pytest.approx(saved, rel=1e-6)
+    assert auto.share < 0.01 < pool_only.share
+    forced_off = cm.estimate_run(shape, 6000, 200, 524_288, 0.97, "h100", per_event_device=False, **kw)
+    # without per-event placement the pool loses to the GPU here; with it the pool wins
+    assert forced_off.decompose_on == "gpu" and auto.telemetry_s < forced_off.telemetry_s < pool_only.telemetry_s
+
+
+def test_when_the_trainer_needs_an_event_and_where_it_is_decomposed():
+    # the end, the next checkpoint (at or after the step), the max_in_flight-th next spectrum event
+    assert cm.needed_at(6000, 6000, 1000, []) == 6000
+    assert cm.needed_at(800, 6000, 1000, [1200, 1600]) == 1000
+    assert cm.needed_at(1000, 6000, 1000, [1200]) == 1000
+    assert cm.needed_at(1200, 6000, 1000, [1400, 1600], max_in_flight=1) == 1400
+    assert cm.needed_at(1200, 6000, None, [1400, 1600], max_in_flight=2) == 1600
+    assert cm.needed_at(1200, 6000, None, [1400], max_in_flight=2) == 6000
+    # device 29 s vs pool 496 s: needed at once or 284 s later -> device; 568 s later -> pool
+    assert cm.decompose_on_device_now(29.0, 496.0, 1.45, 0.0)
+    assert cm.decompose_on_device_now(29.0, 496.0, 1.45, 284.0)
+    assert not cm.decompose_on_device_now(29.0, 496.0, 1.45, 568.0)
+    assert not cm.decompose_on_device_now(None, 496.0, 1.45, 0.0)  # no accelerator
 
 
 def test_estimate_run_for_a_grid_point_and_bad_input():

@@ -49,6 +49,21 @@ def test_spectrum_event_records_equal_probe_compute(mode):
     assert all(r["spectrum"] is True for r in want)
 
 
+def test_an_event_needed_at_once_is_decomposed_in_place_beside_the_pool():
+    """on_device: an event a checkpoint or DONE waits for is decomposed now, on the accumulators'
+    device, by a CPU-pool pipeline; the records are the pool's, the event is settled on return."""
+    probe, capture = _setup(min_bucket_rows=30, accum_dtype=torch.float64)
+    with EventPipeline(probe.collector, probe.options, decompose_on="cpu", pool="thread", workers=2) as pipe:
+        capture()
+        pooled = pipe.end_event(1, spectrum=True) + pipe.drain()
+        capture()
+        now = pipe.end_event(2, spectrum=True, on_device=True)
+        assert pipe.in_flight == 0 and [e.step for e in now] == [2]  # nothing left for drain()
+    assert now[0].records == _restep(pooled[0].records, 2)
+    assert now[0].cost.sync_decompose_s > 0 and now[0].cost.decompose_s == 0
+    assert pooled[0].cost.sync_decompose_s == 0 and pooled[0].cost.decompose_s > 0
+
+
 def test_hard_rank_only_event_carries_the_same_hard_ranks_and_nothing_else():
     # min_bucket_rows=100 flags HEAD (~60 rows): flagged records carry the flag too
     probe, capture = _setup(min_bucket_rows=100)

@@ -72,3 +72,21 @@ def test_adaptive_cadence_keeps_up_and_keeps_the_window():
     resumed = SpectrumCadence(6000, 200, None)
     resumed.load_state_dict(state.state_dict())
     assert [resumed.decide(s) for s in events[4:10]] == [state.decide(s) for s in events[4:10]]
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_upcoming_spectra_are_what_decide_will_say(adaptive):
+    """upcoming() plans without deciding: the next spectrum events are those decide() then picks."""
+    cadence = SpectrumCadence(6000, 200, spectrum_every=None if adaptive else 5)
+    if adaptive:
+        cadence.spectrum_every = 5
+    events = event_steps(6000, 200)
+    for step in events:
+        if cadence.decide(step):
+            planned = cadence.upcoming(step, 2)
+            later = [s for s in events if s > step]
+            probe = SpectrumCadence(6000, 200, spectrum_every=None if adaptive else 5)
+            probe.load_state_dict(cadence.state_dict())
+            assert planned == [s for s in later if probe.decide(s)][:2], step
+    assert SpectrumCadence(6000, 200, 5).upcoming(4000, 3) == [5000, 5200, 5400]
+    assert SpectrumCadence(6000, 200, 5).upcoming(6000) == []

@@ -62,9 +62,9 @@ def _collector(shards) -> SpectrumCollector:
     return collector
 
 
-def _event(collector, spectrum=True, **kwargs):
+def _event(collector, spectrum=True, on_device=False, **kwargs):
     with EventPipeline(collector, OPTIONS, **kwargs) as pipe:
-        done = pipe.end_event(7, spectrum=spectrum) + pipe.drain()
+        done = pipe.end_event(7, spectrum=spectrum, on_device=on_device) + pipe.drain()
     assert [e.step for e in done] == [7]
     return done[0]
 
@@ -89,6 +89,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         event = _event(_collector(mine), decompose_on="cpu", pool="thread", workers=2, decompose=counting)
         out["sharded"], out["cost"], out["seen"] = event.records, event.cost, seen
         out["device"] = _event(_collector(mine), decompose_on="device").records
+        # a pool pipeline that decomposes one event in place (needed at once): the same records
+        out["in_place"] = _event(_collector(mine), decompose_on="cpu", pool="thread", on_device=True)
         out["hard"] = _event(_collector(mine), spectrum=False, decompose_on="cpu", pool="thread").records
         out["rank0"] = _event(_collector(mine), decompose_on="device", bucket_scope="rank0").records
         try:  # a rank that decides differently: an error on every rank, not a hang
@@ -96,6 +98,11 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             out["mismatch"] = None
         except ValueError as exc:
             out["mismatch"] = str(exc)
+        try:  # ... also on where the event is decomposed
+            _event(_collector(mine), decompose_on="cpu", pool="thread", on_device=rank == 1)
+            out["place_mismatch"] = None
+        except ValueError as exc:
+            out["place_mismatch"] = str(exc)
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -138,6 +145,14 @@ def test_sharded_equals_all_reduce_on_two_gloo_ranks(two_ranks):
 
 def test_ranks_that_disagree_on_an_event_fail_clearly(two_ranks):
     assert all("ranks disagree" in (r["mismatch"] or "") for r in two_ranks)
+    assert all("on_device False..True" in (r["place_mismatch"] or "") for r in two_ranks)
+
+
+def test_an_event_decomposed_in_place_by_a_pool_pipeline_equals_the_pool(two_ranks):
+    rank0, rank1 = two_ranks
+    _assert_close(rank0["in_place"].records, rank0["sharded"])
+    assert rank1["in_place"].records == []
+    assert rank0["in_place"].cost.sync_decompose_s > 0 and rank0["in_place"].cost.decompose_s == 0
 
 
 def test_two_ranks_equal_one_rank_with_all_rows(two_ranks):

@@ -81,8 +81,9 @@ def test_max_in_flight_bounds_the_backlog_and_the_loop_records_its_wait(env, com
     backlog: list[tuple[int, int]] = []  # (event, events handed to the pool and not yet collected)
 
     class Pipeline(telemetry_mod.EventPipeline):
-        def end_event(self, step, spectrum):
-            out = super().end_event(step, spectrum)
+        def end_event(self, step, spectrum, on_device=False):
+            assert not on_device  # decompose_on=cpu asked for: every spectrum goes to the pool
+            out = super().end_event(step, spectrum, on_device)
             backlog.append((step, self.in_flight))
             return out
 
@@ -229,7 +230,7 @@ def test_decompose_on_auto_decides_once_from_the_measured_time_between_events(tm
         tel._observe(FinishedEvent(1, True, [], EventCost(step=1, spectrum=True, interval_s=None)))
         tel._observe(FinishedEvent(10, True, [], EventCost(step=10, spectrum=True, interval_s=9.0)))
         tel._decide_place()
-        assert tel.on == "cpu" and not tel._provisional and "keeps up" in tel.reason
+        assert tel.on == "cpu" and not tel._provisional and "cheaper place by the cost model" in tel.reason
         assert tel.pipeline.asynchronous and tel.pipeline.pool_kind == "process" and tel.pipeline.workers == 2
         assert tel.cadence.budget == 1.0
         # a real event through the spawned process pool, as on a CUDA run
@@ -245,10 +246,28 @@ def test_decompose_on_auto_decides_once_from_the_measured_time_between_events(tm
         state = tel.state_dict()
         assert state["decompose_on"] == "cpu"
         assert tel._initial_place(state)[0] == "cpu"  # a resumed run does not decide again
+        # where later spectra go, with measured times of 5 s in the pool and 0.1 s on the device:
+        # the pool when it is done before the trainer needs the records, else the device
+        assert tel.per_event_device and state["per_event_device"]
+        tel._pool_s, tel._device_s = 5.0, 0.1
+        assert not tel._device_now(100)  # the next spectrum event is 10 s away
+        assert tel._device_now(200)  # DONE waits for the last event at once
+        tel.ckpt_every = 50
+        assert tel._device_now(50) and not tel._device_now(140)  # a checkpoint at once / 10 s later
+        tel.ckpt_every = None
+        costs: list[dict] = []
+        tel.cost_sink = costs.append
+        with tel.capturing(True):
+            tel.set_tokens(idx)
+            gpt(idx)
+        tel.finish_event(200)
+        assert tel.pipeline.in_flight == 0 and {r["step"] for r in records} == {20, 200}
+        assert costs[-1]["telemetry_on"] == "gpu" and costs[-1]["telemetry_sync_decompose_s"] > 0
         # events close together: the CPU pool would fall behind, spectra stay on the device
         tel._step_s, tel._provisional = 1e-6, True
         tel._decide_place()
-        assert tel.on == "gpu" and "CPU pool needs" in tel.reason and not tel.pipeline.asynchronous
+        assert tel.on == "gpu" and "cheaper place" in tel.reason and not tel.pipeline.asynchronous
+        assert not tel.per_event_device
         assert tel.cadence.budget == 0.01
     finally:
         tel.close(drain=False)

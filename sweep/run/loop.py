@@ -164,7 +164,7 @@ class TrainingLoop:
                 logger.log(row, row["step"])
 
             telemetry = Telemetry(
-                st.model, spec.telemetry, st.data.counts, total_steps=t.steps,
+                st.model, spec.telemetry, st.data.counts, total_steps=t.steps, ckpt_every=t.ckpt_every,
                 spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
                 sink=lambda records: logger.log_spectra(records, int(records[0]["step"]), telemetry.logged_metrics),
                 eigen_sink=logger.log_eigenvalues, cost_sink=log_cost, state=st.telemetry_state,
@@ -190,7 +190,7 @@ class TrainingLoop:
         """The loop of a rank > 0: same steps and collectives as rank 0, no files, no logger."""
         st = self.state
         telemetry = Telemetry(st.model, self.spec.telemetry, st.data.counts, total_steps=self.spec.train.steps,
-                              spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
+                              ckpt_every=self.spec.train.ckpt_every, spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
                               write=False, state=st.telemetry_state)
         try:
             return self._loop(NullLogger(), _NullAppender(), telemetry)  # type: ignore[arg-type]

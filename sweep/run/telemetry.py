@@ -29,6 +29,7 @@ from metrics import costmodel as cm
 from metrics import frequency_buckets, metric_keys
 from sweep.grid.spec import TelemetrySpec
 from sweep.rundir import JsonlAppender
+from sweep.run.telemetry_costs import TelemetryTotals, cost_row
 
 log = logging.getLogger("specsweep.telemetry")
 
@@ -38,42 +39,6 @@ EigenSink = Callable[[int, dict], None]
 # One metrics.jsonl row per event: {"step", "telemetry_<field>": ...} (cost_row).
 CostSink = Callable[[dict], None]
 Decompose = Callable[[Any], list[dict]]
-
-COST_PREFIX = "telemetry_"
-"""Prefix of the cost keys in metrics.jsonl; W&B shows ``telemetry_wait_s`` as ``telemetry/wait_s``."""
-
-
-def cost_row(cost: EventCost, on: str) -> dict:
-    """The metrics.jsonl row of one event's cost: ``step`` and ``telemetry_<field>`` for every
-    EventCost field (critical_s, decompose_s, wait_s, host_mib, device_mib, spectrum, matrices,
-    ...), plus ``telemetry_on``: where its spectra were decomposed (cpu | gpu; none without)."""
-    row: dict[str, Any] = {"step": cost.step}
-    row.update({COST_PREFIX + k: v for k, v in cost.as_dict().items() if k != "step"})
-    row[COST_PREFIX + "on"] = on if cost.spectrum else "none"
-    return row
-
-
-@dataclasses.dataclass
-class TelemetryTotals:
-    """What telemetry cost over the whole run (kept in checkpoints, so a resumed run adds up)."""
-
-    events: int = 0
-    spectrum_events: int = 0
-    critical_s: float = 0.0  # added to the steps by the events themselves
-    wait_s: float = 0.0  # the loop waiting for decompositions (next event due, checkpoint, end)
-    decompose_s: float = 0.0  # asynchronous decomposition (off the critical path)
-    peak_host_mib: float = 0.0
-    peak_device_mib: float = 0.0
-
-    def add(self, cost: EventCost) -> None:
-        self.events += 1
-        self.spectrum_events += bool(cost.spectrum)
-        self.critical_s += cost.critical_s
-        self.wait_s += cost.wait_s
-        self.decompose_s += cost.decompose_s
-        self.peak_host_mib = max(self.peak_host_mib, cost.host_mib)
-        self.peak_device_mib = max(self.peak_device_mib, cost.device_mib)
-
 
 class Telemetry:
     """FFN eigenspectrum telemetry of one run (a no-op when disabled).
@@ -86,13 +51,20 @@ class Telemetry:
     """
 
     def __init__(self, model: torch.nn.Module, spec: TelemetrySpec, counts: Optional[np.ndarray], *,
-                 total_steps: int, spectra_file: Path, eigen_dir: Path,
+                 total_steps: int, spectra_file: Path, eigen_dir: Path, ckpt_every: Optional[int] = None,
                  sink: Optional[RecordSink] = None, eigen_sink: Optional[EigenSink] = None,
                  cost_sink: Optional[CostSink] = None, write: bool = True,
                  state: Optional[Mapping[str, Any]] = None, decompose: Optional[Decompose] = None) -> None:
         self.write = write
         self.spec = spec
         self.total_steps = total_steps
+        self.ckpt_every = ckpt_every
+        # decompose_on=auto on CUDA resolved to the CPU pool: an event whose records are needed
+        # before the pool would finish them goes to the GPU (_device_now)
+        self.per_event_device = False
+        self._event_est: Optional[cm.EventEstimate] = None
+        self._pool_s: Optional[float] = None    # measured seconds of one event in the pool
+        self._device_s: Optional[float] = None  # ... and on the device
         self.eigen_dir = eigen_dir
         self.sink = sink
         self.eigen_sink = eigen_sink
@@ -130,6 +102,7 @@ class Telemetry:
         if state.get("cadence"):
             self.cadence.load_state_dict(state["cadence"])
         self.on, self.reason, self._provisional = self._initial_place(state)
+        self.per_event_device = bool(state.get("per_event_device")) and self.on == "cpu" and self.cuda
         self.cadence.budget = cm.cadence_budget(self.on)
         self.pipeline = self._pipeline(self.on)
         if write:
@@ -186,30 +159,38 @@ class Telemetry:
             decompose=self._decompose, on_wait=self._on_wait,
         )
 
+    def _event_estimate(self) -> cm.EventEstimate:
+        """The cost model's event on this rank's shape (H100 anchors, this host's pool size)."""
+        if self._event_est is None:
+            assert self.probe is not None
+            dims = [d for d in self.probe.collector.dims().values() if d]
+            shape = cm.EventShape(layers=len(self.probe.layers), width=max(dims), rows=1,
+                                  sites=len(self.probe.sites), buckets=self.probe.collector.buckets,
+                                  ranks=dist.get_world_size() if self.distributed else 1)
+            self._event_est = cm.event_estimate(shape, cm.H100, workers=self._workers(),
+                                                max_in_flight=int(self.spec.max_in_flight))
+        return self._event_est
+
     def _decide_place(self) -> None:
-        """decompose_on=auto on CUDA: the cost model's rule, with this host's cores and memory and
-        the measured time between events; the same answer on every rank."""
+        """decompose_on=auto on CUDA: the cheaper place over the whole run by the cost model (CPU pool
+        with per-event GPU decompositions, or the GPU), with this host's cores and memory and the
+        measured time between events; the same answer on every rank."""
         assert self.probe is not None and self.cadence is not None and self._step_s is not None
-        dims = [d for d in self.probe.collector.dims().values() if d]
-        world = dist.get_world_size() if self.distributed else 1
-        shape = cm.EventShape(layers=len(self.probe.layers), width=max(dims), rows=1,
-                              sites=len(self.probe.sites), buckets=self.probe.collector.buckets,
-                              ranks=world)
-        workers = self._workers()
-        est = cm.event_estimate(shape, cm.H100, workers=workers, max_in_flight=int(self.spec.max_in_flight))
+        est = self._event_estimate()
         res = cm.host_resources()
-        interval = self._step_s * self.spec.every
-        decision = cm.decide_decompose_on(
-            "auto", accelerator=True, cpu_decompose_s=est.decompose_cpu_s, interval_s=interval,
-            host_bytes_needed=est.host_bytes["cpu"], host_bytes_available=res.mem_available_bytes)
-        on, reason = decision.on, decision.reason + " (CPU eig time from the cost model's host anchors)"
-        if self.distributed:  # the CPU pool only where every rank can keep up
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-            flag = torch.tensor([1.0 if on == "cpu" else 0.0], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            if flag.item() < 1.0 and on == "cpu":
-                on, reason = "gpu", "another rank's CPU pool would not keep up"
+        run = cm.estimate_run(
+            cm.ModelShape(n_layer=len(self.probe.layers), d_model=1, ffn_width=est.shape.width,
+                          sites=len(self.probe.sites), buckets=self.probe.collector.buckets),
+            self.total_steps, self.spec.every, 1, step_seconds=self._step_s, device=cm.H100,
+            ranks=est.shape.ranks, decompose_on="auto",
+            spectrum_every=self.spec.spectrum_every if self.spec.spectrum_every == "auto" else int(self.spec.spectrum_every),
+            resources=cm.HostResources(self._workers() + 1, res.mem_available_bytes, source=res.source),
+            max_in_flight=int(self.spec.max_in_flight), ckpt_every=self.ckpt_every)
+        on, reason = run.decompose_on, run.reason + " (eig times from the cost model's anchors)"
+        if self.distributed and not self._agreed(on == "cpu", dist.ReduceOp.MIN) and on == "cpu":
+            on, reason = "gpu", "another rank's CPU pool would cost more"
         self._provisional = False
+        self.per_event_device = on == "cpu"
         if self.write:
             log.info("telemetry: decompose_on=auto -> %s: %s", on, reason)
         self.reason = reason
@@ -219,6 +200,34 @@ class Telemetry:
             self.on = on
             self.pipeline = self._pipeline(on)
             self.cadence.budget = cm.cadence_budget(on)
+        if self.cadence.adaptive and on == "cpu":  # the pool's k from the model until the pool is measured
+            self.cadence.spectrum_every = run.spectrum_every
+
+    def _device_now(self, step: int) -> bool:
+        """Whether this spectrum event goes to the GPU although the run decomposes on the CPU pool:
+        the trainer will need its records (at a checkpoint, DONE, or for the pool's next event)
+        sooner than the pool would deliver them, by more than the GPU takes (cost-model rule
+        ``decompose_on_device_now``, with measured times where there are some)."""
+        if not (self.per_event_device and self.on == "cpu") or self._step_s is None:
+            return False
+        assert self.cadence is not None
+        slots = int(self.spec.max_in_flight)
+        need = cm.needed_at(step, self.total_steps, self.ckpt_every, self.cadence.upcoming(step, slots), slots)
+        est = self._event_estimate()
+        pool_s = self._pool_s if self._pool_s is not None else est.decompose_cpu_s
+        device_s = self._device_s if self._device_s is not None else est.decompose_gpu_s
+        now = cm.decompose_on_device_now(device_s, pool_s, est.copy_s, (need - step) * self._step_s)
+        if self.distributed:  # every rank must close the event the same way: the device if any rank says so
+            now = self._agreed(now, dist.ReduceOp.MAX)
+        return now
+
+    @staticmethod
+    def _agreed(flag: bool, op: Any) -> bool:
+        """One flag agreed over the ranks (ReduceOp.MIN: every rank's, MAX: any rank's); a collective."""
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        value = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(value, op=op)
+        return value.item() > 0.0
 
     def _on_wait(self, step: int) -> None:
         if self.write:
@@ -262,7 +271,8 @@ class Telemetry:
         write the events finished so far. Under DDP a collective on every rank; may wait for an
         earlier event's decomposition (max_in_flight)."""
         assert self.pipeline is not None and self.cadence is not None
-        self._handle(self.pipeline.end_event(step, self.cadence.decide(step)))
+        spectrum = self.cadence.decide(step)
+        self._handle(self.pipeline.end_event(step, spectrum, on_device=spectrum and self._device_now(step)))
         if self._provisional and self._step_s is not None:
             self._decide_place()
 
@@ -291,6 +301,11 @@ class Telemetry:
         i = self.cadence.events.index(cost.step)
         if cost.interval_s is not None and i > 0:
             self._step_s = cost.interval_s / (cost.step - self.cadence.events[i - 1])
+        if event.spectrum and cost.matrices > 0:  # measured decomposition times, for _device_now
+            if cost.sync_decompose_s > 0:
+                self._device_s = cost.sync_decompose_s
+            elif cost.decompose_s > 0:
+                self._pool_s = cost.decompose_s
         if (event.spectrum and self.cadence.adaptive and self._step_s is not None
                 and self._place_of(cost) == self.on and cost.matrices > 0):
             spent = cost.sync_decompose_s if self.on == "gpu" else cost.decompose_s
@@ -326,6 +341,7 @@ class Telemetry:
             return None
         return {"cadence": self.cadence.state_dict(),
                 "decompose_on": None if self._provisional else self.on, "reason": self.reason,
+                "per_event_device": self.per_event_device,
                 "totals": dataclasses.asdict(self.totals)}
 
     def run_summary(self, wall_s: float) -> Optional[dict]:
