@@ -599,8 +599,9 @@ def estimate_run(
         decomp = ev.decomposition_s(on)
         k = (keep_up_every(decomp, interval, cadence_budget(on, gpu_budget)) if spectrum_every == "auto"
              else int(spectrum_every))
-        with_spectra = spectrum_steps(steps, every, k, window)
-        spectra_at = {s: s in set(with_spectra) for s in ev_steps}
+        with_spectra = spectrum_steps(steps, every, k, window)  # in step order
+        chosen = set(with_spectra)
+        spectra_at = {s: s in chosen for s in ev_steps}
         here = per_event_device and on == "cpu" and prof.accelerator
         clock, prev, added, wait = 0.0, 0, 0.0, 0.0
         finishes: list[float] = []  # CPU pool: when each submitted event's decomposition ends
