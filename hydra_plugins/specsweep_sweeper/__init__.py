@@ -19,7 +19,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from sweep.errors import UserError
-from sweep.grid.sweep_name import DEFAULT, default_sweep_name
+from sweep.grid.sweep_name import launch_sweep_name
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,8 @@ class SpecSweeper(BasicSweeper):
     def _default_sweep_name(self, hydra_context: HydraContext, config: DictConfig) -> Optional[str]:
         from sweep.grid.expand import grid_jobs
 
-        task = list(config.hydra.overrides.task)
-        jobs = grid_jobs(self.params, task, hydra_context.config_loader, self.arms)
-        name = default_sweep_name(task, str(config.sweep_name), jobs, list(config.get("run_id_exclude") or []))
-        return None if name in (None, DEFAULT) else name
+        jobs = grid_jobs(self.params, list(config.hydra.overrides.task), hydra_context.config_loader, self.arms)
+        return launch_sweep_name(config, jobs)
 
     def sweep(self, arguments: List[str]) -> Any:
         from sweep.grid import sweepdir

@@ -18,7 +18,7 @@ every job as ``sweep_name=<name>`` (hydra_plugins/specsweep_sweeper).
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from sweep.grid.run_id import digest_of, excluded, parse_override
 
@@ -70,3 +70,12 @@ def default_sweep_name(task_overrides: Sequence[str], composed_name: str, jobs: 
     if name_given(task_overrides, composed_name):
         return None
     return grid_sweep_name(jobs, exclude)
+
+
+def launch_sweep_name(config: Any, jobs: Sequence[Sequence[str]]) -> Optional[str]:
+    """The name to give a multirun composed as ``config`` (its ``hydra.overrides.task``,
+    ``sweep_name``, ``run_id_exclude``) with these jobs; None when the launch names its sweep or
+    the grid is the default run. The sweeper and ``sweep.plan`` both ask this."""
+    name = default_sweep_name(list(config.hydra.overrides.task), str(config.sweep_name), jobs,
+                              list(config.get("run_id_exclude") or []))
+    return None if name in (None, DEFAULT) else name
