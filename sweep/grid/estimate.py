@@ -32,6 +32,7 @@ from models import GPT, GPTConfig
 from optim.dion import dion_rank
 from optim.routing import role_of
 from sweep.data.spec import DEFAULT_BPE_VOCAB
+from sweep.data.tokenizer import ByteTokenizer, TiktokenTokenizer
 from sweep.grid.spec import RunSpec
 
 ANCHOR_TOKENS_PER_S = 393_000.0
@@ -47,8 +48,6 @@ CPU_ANCHOR = ("conf/sweep/mini.yaml's runs, about 20 GFLOP/s on one thread of a 
 # One spectra.jsonl line: 502 bytes measured with the 4 default Rényi orders; about 20 more per order.
 RECORD_BYTES = 520
 WEIGHT_BYTES = 4  # fp32 master weights in every checkpoint
-GPT2_VOCAB = 50_257
-BYTE_VOCAB = 257
 
 
 def train_flops_per_token(model: GPTConfig, seq_len: int) -> float:
@@ -73,9 +72,9 @@ def planned_vocab(spec: RunSpec) -> int:
         return int(data.vocab_size or 512)
     tokenizer = data.tokenizer or ("byte" if data.kind == "text" else "gpt2")
     if tokenizer == "gpt2":
-        return GPT2_VOCAB
+        return TiktokenTokenizer().vocab_size  # known without loading the vocabulary
     if tokenizer == "byte":
-        return BYTE_VOCAB
+        return ByteTokenizer().vocab_size
     return int(data.vocab_size or DEFAULT_BPE_VOCAB)
 
 
