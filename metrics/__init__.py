@@ -41,7 +41,7 @@ from metrics.schedule import (
     keep_up_every,
     spectrum_steps,
 )
-from metrics.sharding import BUCKET_SCOPES, matrix_owners, reduce_to_owners
+from metrics.sharding import BUCKET_SCOPES, collective_device, matrix_owners, reduce_to_owners
 from metrics.snapshot import TelemetryOptions, TelemetrySnapshot
 from metrics.spectral import (
     DEFAULT_RENYI_ALPHAS,
@@ -74,6 +74,7 @@ __all__ = [
     "keep_up_every",
     "matrix_owners",
     "reduce_to_owners",
+    "collective_device",
     "spectrum_steps",
     "split_snapshot",
     "DEFAULT_POST_PATTERNS",

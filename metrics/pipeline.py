@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from metrics.collector import SpectrumCollector
 from metrics.records import entry_status, finalize_snapshot, record_order_key
-from metrics.sharding import BUCKET_SCOPES, decomposition_cost, matrix_owners, reduce_to_owners
+from metrics.sharding import BUCKET_SCOPES, collective_device, decomposition_cost, matrix_owners, reduce_to_owners
 from metrics.snapshot import CovarianceSnapshot, TelemetryOptions, TelemetrySnapshot, snapshot_accumulator
 
 DECOMPOSE_ON: tuple[str, ...] = ("cpu", "gpu", "device")  # gpu = device: the accumulators' device
@@ -473,9 +473,7 @@ class EventPipeline:
             )
 
     def _comm_device(self) -> torch.device:
-        if dist.get_backend(self.group) == "nccl":
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
+        return collective_device(self.group)
 
     def _agree_and_gather(self, event: _Event) -> list[dict]:
         """Max of every cost field and an error flag over ranks; this event's records to rank 0."""

@@ -67,6 +67,14 @@ def matrix_owners(
     return {(layer, site, bucket): unit_owner[(layer, bucket)] for layer, site, bucket in keys}
 
 
+def collective_device(group: dist.ProcessGroup | None = None) -> torch.device:
+    """Where a tensor sent through a collective of `group` must live: the current CUDA device
+    under NCCL, the CPU otherwise (gloo)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _global_rank(group: dist.ProcessGroup | None, group_rank: int) -> int:
     return group_rank if group is None else dist.get_global_rank(group, group_rank)
 

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from metrics import EventCost, EventPipeline, FFNProbe, FinishedEvent, SpectrumCadence, finalize_snapshot
 from metrics import costmodel as cm
-from metrics import frequency_buckets, metric_keys
+from metrics import collective_device, frequency_buckets, metric_keys
 from sweep.grid.spec import TelemetrySpec
 from sweep.rundir import JsonlAppender
 from sweep.run.telemetry_costs import TelemetryTotals, cost_row
@@ -224,8 +224,7 @@ class Telemetry:
     @staticmethod
     def _agreed(flag: bool, op: Any) -> bool:
         """One flag agreed over the ranks (ReduceOp.MIN: every rank's, MAX: any rank's); a collective."""
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        value = torch.tensor([1.0 if flag else 0.0], device=device)
+        value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
         dist.all_reduce(value, op=op)
         return value.item() > 0.0
 
