@@ -163,11 +163,9 @@ class TrainingLoop:
                 metrics.write(row)
                 logger.log(row, row["step"])
 
-            telemetry = Telemetry(
-                st.model, spec.telemetry, st.data.counts, total_steps=t.steps, ckpt_every=t.ckpt_every,
-                spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
+            telemetry = self._telemetry(
                 sink=lambda records: logger.log_spectra(records, int(records[0]["step"]), telemetry.logged_metrics),
-                eigen_sink=logger.log_eigenvalues, cost_sink=log_cost, state=st.telemetry_state,
+                eigen_sink=logger.log_eigenvalues, cost_sink=log_cost,
             )
             if st.step:  # resumed: W&B may have lost the rows in flight when the last attempt died
                 replay_after_resume(logger, self.run_dir.metrics_file, self.run_dir.spectra_file,
@@ -188,14 +186,18 @@ class TrainingLoop:
 
     def _run_worker(self) -> tuple[str, RunResult]:
         """The loop of a rank > 0: same steps and collectives as rank 0, no files, no logger."""
-        st = self.state
-        telemetry = Telemetry(st.model, self.spec.telemetry, st.data.counts, total_steps=self.spec.train.steps,
-                              ckpt_every=self.spec.train.ckpt_every, spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
-                              write=False, state=st.telemetry_state)
+        telemetry = self._telemetry(write=False)
         try:
             return self._loop(NullLogger(), _NullAppender(), telemetry)  # type: ignore[arg-type]
         finally:
             telemetry.close()  # no collective here: the loop drained before every normal ending
+
+    def _telemetry(self, **io: Any) -> Telemetry:
+        """This run's telemetry (every rank builds one; ``io``: where rank 0 writes, or write=False)."""
+        st, t = self.state, self.spec.train
+        return Telemetry(st.model, self.spec.telemetry, st.data.counts, total_steps=t.steps, ckpt_every=t.ckpt_every,
+                         spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
+                         state=st.telemetry_state, **io)
 
     def _loop(self, logger: NullLogger, metrics: JsonlAppender, telemetry: Telemetry) -> tuple[str, RunResult]:
         spec, t, st = self.spec, self.spec.train, self.state
