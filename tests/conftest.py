@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = ROOT / "sweep" / "data" / "corpus" / "tinyshakespeare.txt"  # data.path=builtin:tinyshakespeare.txt
 
 # Small, fast settings for end-to-end runs of the tiny model on the synthetic corpus
 # (conf/preset/smoke.yaml; the run ids get the tag "smoke").

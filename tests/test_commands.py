@@ -85,6 +85,7 @@ def test_a_wheel_install_works_from_another_directory(tmp_path: Path, data_cache
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
     assert (target / "conf" / "train.yaml").is_file() and (target / "conf" / "sweep" / "demo.yaml").is_file()
     assert not (target / "conf" / "local").exists()
+    assert (target / "sweep" / "data" / "corpus" / "tinyshakespeare.txt").is_file()  # data.path=builtin:...
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -25,8 +25,7 @@ from sweep.data.tokenizer import EOT_TEXT, ByteTokenizer, train_bpe
 from sweep.errors import DataError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-needs_text = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} not available")
+SHAKESPEARE = ROOT / "sweep" / "data" / "corpus" / "tinyshakespeare.txt"  # data.path=builtin:tinyshakespeare.txt
 
 
 def regime_shares(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +130,6 @@ def test_synthetic_has_learnable_structure() -> None:
 
 # ---------------------------------------------------------------- tokenizers and text preparation
 
-@needs_text
 def test_byte_and_bpe_round_trip() -> None:
     text = SHAKESPEARE.read_text(encoding="utf-8")[:200_000] + " héllo wörld ✓\n"
     byte = ByteTokenizer()
@@ -148,7 +146,6 @@ def bpe_prepared(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
                            tmp_path_factory.mktemp("cache"))
 
 
-@needs_text
 @pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
 def test_text_preparation(tokenizer: str, bpe_prepared: PreparedData, tmp_path: Path) -> None:
     data = bpe_prepared if tokenizer == "bpe" else prepare_dataset(

@@ -29,7 +29,6 @@ from tests.conftest import ROOT, SHAKESPEARE, run_train
 needs_datasets = pytest.mark.skipif(
     find_spec("datasets") is None or find_spec("pyarrow") is None,
     reason="the `datasets` package is not installed (pip install -e '.[data]')")
-needs_text = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} not available")
 BYTE = ByteTokenizer()
 
 
@@ -158,7 +157,6 @@ def check_against_direct(data: PreparedData, docs: list[str], val_tokens: int, s
 # ---------------------------------------------------------------- preparation through `datasets`
 
 @needs_datasets
-@needs_text
 def test_tinyshakespeare_txt_matches_direct_tokenization(tmp_path: Path) -> None:
     text = SHAKESPEARE.read_text(encoding="utf-8")
     data = prepare_corpus(spec_for(SHAKESPEARE, tmp_path / "out", val_tokens=120_000, shard_tokens=400_000),

@@ -74,7 +74,7 @@ def test_ids_hash_config_values_not_their_spelling(compose) -> None:
 
 
 def test_the_issue_example_is_short_now(compose) -> None:
-    long = ["data=text", "data.path=/work/shared/data/tinyshakespeare.txt", "model.context_len=128",
+    long = ["data=text", "data.path=builtin:tinyshakespeare.txt", "model.context_len=128",
             "model.d_model=128", "model.n_layer=4", "train.batch_size=16", "train.eval_every=100",
             "train.steps=500"]
     rid = compose(long).run_id

@@ -29,7 +29,7 @@ from sweep.data.shard_index import index_shards, shards_in
 from sweep.data.shards import write_shard
 from sweep.data.spec import DEFAULT_BPE_VOCAB, KINDS, DataSpec, normalize_source, prepare_command
 from sweep.data.synthetic import GENERATOR_VERSION, build_chain, entropy_stats, generate_tokens
-from sweep.data.text import encode_documents, find_text_files, read_documents
+from sweep.data.text import encode_documents, find_text_files, local_text_path, read_documents
 from sweep.data.tokenizer import ByteTokenizer, Tokenizer, train_bpe
 from sweep.errors import DataError
 
@@ -123,7 +123,7 @@ def _check_source(spec: DataSpec, data: PreparedData) -> PreparedData:
 def _existing_path(spec: DataSpec) -> Path:
     if not spec.path:
         raise DataError(f"data kind {spec.kind!r} needs a path")
-    path = Path(spec.path).expanduser().resolve()
+    path = (local_text_path(spec.path) if spec.kind == "text" else Path(spec.path).expanduser()).resolve()
     if not path.exists():
         hint = f"; prepare it first with: {prepare_command(spec)}" if spec.kind == "shards" else ""
         raise DataError(f"{spec.kind} data path not found: {path}{hint}")
@@ -149,7 +149,7 @@ def _spec_key(spec: DataSpec) -> dict:
         key.update(dataclasses.asdict(cfg), generator=GENERATOR_VERSION, train_tokens=spec.train_tokens, **split)
     elif spec.kind == "text":
         files = find_text_files(_existing_path(spec))
-        root = Path(spec.path).expanduser().resolve()
+        root = local_text_path(spec.path).resolve()
         tok = spec.tokenizer or "byte"
         # Content digests, not paths or mtimes: moving or touching the text keeps the cache valid.
         key.update(files=[[str(f.relative_to(root)) if f != root else f.name, _file_digest(f)] for f in files],

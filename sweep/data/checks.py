@@ -21,7 +21,7 @@ from sweep.data.prepared import META_FILE, PROGRESS_FILE
 from sweep.data.shard_index import shards_in
 from sweep.data.shards import read_header
 from sweep.data.spec import KINDS, DataSpec, prepare_command
-from sweep.data.text import find_text_files
+from sweep.data.text import find_text_files, local_text_path
 from sweep.errors import DataError
 
 SAMPLE_BYTES = 1 << 16  # the head of each text file that is checked for binary content
@@ -91,7 +91,10 @@ def _check_text(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[st
     path = data.get("path")
     if path in UNSET:
         return ["data.path: required for data=text (a .txt file or a folder of .txt files)"]
-    root = Path(str(path)).expanduser()
+    try:
+        root = local_text_path(path)
+    except DataError as e:
+        return [f"data.path: {e}"]
     if not root.exists():
         return [f"data.path: no such file or directory: {root} (relative to {Path.cwd()}; "
                 f"give a .txt file or folder: data.path=/path/to/text.txt)"]
@@ -155,7 +158,10 @@ def _check_shards(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[
     hint = f"prepare it first: {prepare_command(data)}"
     if path in UNSET:
         return [f"data.path: missing: the folder of prepared shards (training never downloads; {hint})"]
-    root = Path(str(path)).expanduser()
+    try:
+        root = local_text_path(path)
+    except DataError as e:
+        return [f"data.path: {e}"]
     if not root.exists():
         return [f"data.path: prepared shard folder not found: {root} (training never downloads; {hint})"]
     if not root.is_dir():

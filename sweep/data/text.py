@@ -12,9 +12,28 @@ from sweep.data.tokenizer import Tokenizer
 from sweep.errors import DataError
 
 
+# Corpora shipped inside the package, named in configs as ``builtin:<file>`` so that a config (and
+# so a run's identity) does not depend on where the package is installed.
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DIR = Path(__file__).resolve().parent / "corpus"
+
+
+def local_text_path(path: str | Path) -> Path:
+    """The file or folder a ``data.path`` names: ``builtin:<file>`` is a corpus shipped with the
+    package (``sweep/data/corpus/``), anything else a local path (``~`` expanded)."""
+    text = str(path)
+    if text.startswith(BUILTIN_PREFIX):
+        name = text[len(BUILTIN_PREFIX):]
+        shipped = sorted(p.name for p in BUILTIN_DIR.glob("*.txt"))
+        if name not in shipped:
+            raise DataError(f"no built-in corpus {name!r} (built-in: {', '.join(shipped)})")
+        return BUILTIN_DIR / name
+    return Path(text).expanduser()
+
+
 def find_text_files(path: str | Path) -> list[Path]:
     """The .txt files at ``path`` (the file itself, or every *.txt below a folder, sorted)."""
-    path = Path(path).expanduser()
+    path = local_text_path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
