@@ -1,4 +1,9 @@
-"""Spectral telemetry of FFN activations: plain PyTorch/NumPy, no configs, files or logging.
+"""Spectral telemetry of FFN activations and the statistics of its fits: plain PyTorch/NumPy, no
+configs, files or logging.
+
+The statistics (fit, power, schedule) import NumPy/pandas/SciPy only, never torch, so the analysis
+(`sweep.fit`, `sweep.status`, `sweep.plan`) starts without it; this package therefore imports its
+modules lazily (`from metrics import fit` loads the fit module alone).
 
 - spectral:   metrics of one spectrum (entropy, soft/hard/Rényi ranks, EEE, JS)
 - covariance: streaming, exactly mergeable centred covariance (micro-batches, DDP ranks)
@@ -11,98 +16,37 @@
 - pipeline:   EventPipeline: pool, snapshot, hard ranks, bounded decomposition, cost per event
 """
 
-from metrics.background import BackgroundFinalizer
-from metrics.buckets import (
-    BUCKETS,
-    assign_buckets,
-    bucket_summary,
-    frequency_buckets,
-    occurrence_tertiles,
-    token_counts,
-)
-from metrics.collector import CaptureTimer, SpectrumCollector
-from metrics.covariance import CovarianceAccumulator
-from metrics.pipeline import DECOMPOSE_ON, EventCost, EventPipeline, FinishedEvent, split_snapshot
-from metrics.probes import DEFAULT_POST_PATTERNS, DEFAULT_PRE_PATTERNS, FFNProbe, attach_probes
-from metrics.records import (
-    TRACE_METRICS,
-    finalize_snapshot,
-    metric_keys,
-    record_order_key,
-    sampling_label,
-    spectral_records,
-)
-from metrics.schedule import (
-    AGGREGATION_EVENTS,
-    SpectrumCadence,
-    aggregation_window,
-    event_steps,
-    is_event,
-    keep_up_every,
-    spectrum_steps,
-)
-from metrics.sharding import BUCKET_SCOPES, collective_device, matrix_owners, reduce_to_owners
-from metrics.snapshot import TelemetryOptions, TelemetrySnapshot
-from metrics.spectral import (
-    DEFAULT_RENYI_ALPHAS,
-    eee,
-    hard_rank_of_matrix,
-    js_divergence,
-    participation_ratio,
-    renyi_key,
-    renyi_rank,
-    soft_rank,
-    spectral_entropy,
-    spectrum_metrics,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "AGGREGATION_EVENTS",
-    "BUCKETS",
-    "BUCKET_SCOPES",
-    "DECOMPOSE_ON",
-    "TRACE_METRICS",
-    "CaptureTimer",
-    "EventCost",
-    "EventPipeline",
-    "FinishedEvent",
-    "SpectrumCadence",
-    "SpectrumCollector",
-    "aggregation_window",
-    "event_steps",
-    "is_event",
-    "keep_up_every",
-    "matrix_owners",
-    "reduce_to_owners",
-    "collective_device",
-    "spectrum_steps",
-    "split_snapshot",
-    "DEFAULT_POST_PATTERNS",
-    "DEFAULT_PRE_PATTERNS",
-    "DEFAULT_RENYI_ALPHAS",
-    "BackgroundFinalizer",
-    "CovarianceAccumulator",
-    "FFNProbe",
-    "TelemetryOptions",
-    "TelemetrySnapshot",
-    "assign_buckets",
-    "attach_probes",
-    "bucket_summary",
-    "eee",
-    "finalize_snapshot",
-    "frequency_buckets",
-    "hard_rank_of_matrix",
-    "js_divergence",
-    "metric_keys",
-    "occurrence_tertiles",
-    "participation_ratio",
-    "record_order_key",
-    "renyi_key",
-    "renyi_rank",
-    "sampling_label",
-    "soft_rank",
-    "spectral_entropy",
-    "spectral_records",
-    "spectrum_metrics",
-    "token_counts",
-]
+# name -> the module that holds it
+_HOME = {
+    "BackgroundFinalizer": "background",
+    "BUCKETS": "buckets", "assign_buckets": "buckets", "bucket_summary": "buckets",
+    "frequency_buckets": "buckets", "occurrence_tertiles": "buckets", "token_counts": "buckets",
+    "CaptureTimer": "collector", "SpectrumCollector": "collector",
+    "CovarianceAccumulator": "covariance",
+    "DECOMPOSE_ON": "pipeline", "EventCost": "pipeline", "EventPipeline": "pipeline",
+    "FinishedEvent": "pipeline", "split_snapshot": "pipeline",
+    "DEFAULT_POST_PATTERNS": "probes", "DEFAULT_PRE_PATTERNS": "probes", "FFNProbe": "probes",
+    "attach_probes": "probes",
+    "TRACE_METRICS": "records", "finalize_snapshot": "records", "metric_keys": "records",
+    "record_order_key": "records", "sampling_label": "records", "spectral_records": "records",
+    "AGGREGATION_EVENTS": "schedule", "SpectrumCadence": "schedule",
+    "aggregation_window": "schedule", "event_steps": "schedule", "is_event": "schedule",
+    "keep_up_every": "schedule", "spectrum_steps": "schedule",
+    "BUCKET_SCOPES": "sharding", "collective_device": "sharding", "matrix_owners": "sharding",
+    "reduce_to_owners": "sharding",
+    "TelemetryOptions": "snapshot", "TelemetrySnapshot": "snapshot",
+    "DEFAULT_RENYI_ALPHAS": "spectral", "eee": "spectral", "hard_rank_of_matrix": "spectral",
+    "js_divergence": "spectral", "participation_ratio": "spectral", "renyi_key": "spectral",
+    "renyi_rank": "spectral", "soft_rank": "spectral", "spectral_entropy": "spectral",
+    "spectrum_metrics": "spectral",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'metrics' has no attribute {name!r}")
+    return getattr(import_module(f"metrics.{_HOME[name]}"), name)

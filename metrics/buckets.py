@@ -7,11 +7,13 @@ occurrences, MID the next ~1/3 of occurrences, TAIL the rest (most of the vocabu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-import torch
 
 BUCKETS: tuple[str, ...] = ("head", "mid", "tail")  # bucket id = index here
+GLOBAL = "global"  # the "bucket" of all rows
+SITES: tuple[str, ...] = ("pre", "post")  # FFN probe sites: up-projection output, down-projection input
 HEAD, MID, TAIL = 0, 1, 2
 
 
@@ -74,9 +76,10 @@ def bucket_summary(counts: np.ndarray | Sequence[int], bucket_of_token: np.ndarr
     return out
 
 
-def token_counts(token_ids: np.ndarray | torch.Tensor, vocab_size: int) -> np.ndarray:
-    """Unigram counts (int64, [vocab_size]) of a token-id array, e.g. a training corpus shard."""
-    ids = token_ids.detach().cpu().numpy() if isinstance(token_ids, torch.Tensor) else np.asarray(token_ids)
+def token_counts(token_ids: Any, vocab_size: int) -> np.ndarray:
+    """Unigram counts (int64, [vocab_size]) of a token-id array or tensor, e.g. a training corpus shard."""
+    # A torch tensor is read through .detach().cpu() without importing torch (analysis runs without it).
+    ids = np.asarray(token_ids.detach().cpu()) if hasattr(token_ids, "detach") else np.asarray(token_ids)
     ids = ids.ravel().astype(np.int64)
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ValueError(f"token ids must lie in [0, {vocab_size})")

@@ -1,6 +1,17 @@
-"""The GPT family used by specsweep: plain PyTorch, no configs, files or logging."""
+"""The GPT family used by specsweep: plain PyTorch, no configs, files or logging.
 
-from models.config import GPTConfig
-from models.gpt import GPT
+``models.config`` (GPTConfig, the FFN width rule) is plain Python, so the analysis can use it
+without torch; ``GPT`` (models.gpt) is imported on first use.
+"""
 
+from importlib import import_module
+from typing import Any
+
+_HOME = {"GPTConfig": "config", "GPT": "gpt"}
 __all__ = ["GPTConfig", "GPT"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    return getattr(import_module(f"models.{_HOME[name]}"), name)

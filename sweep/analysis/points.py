@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 
 from metrics import fit as mfit
-from metrics.buckets import BUCKETS
-from metrics.snapshot import GLOBAL, SITES
+from metrics.buckets import BUCKETS, GLOBAL, SITES
 from sweep.analysis.read import WIDTH_COL, FinishedRun, SweepError
 
 REQUIRED_POINT_COLUMNS = ("optimizer", WIDTH_COL, "metric", "bucket", "site", "value")
