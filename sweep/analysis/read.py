@@ -49,7 +49,6 @@ class SweepContents:
     runs: list[FinishedRun]
     excluded: list[tuple[str, str]]  # (run path, reason)
     warnings: list[str]
-    n_run_dirs: int
     run_names: dict[str, list[str]] = field(default_factory=dict)  # sweep dir -> its run folders' names
     ended: set[str] = field(default_factory=set)  # paths of run dirs whose run has ended
 
@@ -165,4 +164,4 @@ def load_sweeps(sweep_dirs: Sequence[str | Path], live: bool = False) -> SweepCo
             warnings.append(f"run_id {run.run_id} appears in {seen[run.run_id]} and {run.run_dir}; "
                             "both are kept")
         seen.setdefault(run.run_id, run.run_dir)
-    return SweepContents(runs, excluded, warnings, n_dirs, run_names, ended)
+    return SweepContents(runs, excluded, warnings, run_names, ended)

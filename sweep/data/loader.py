@@ -61,11 +61,6 @@ class TokenBatches:
     def n_tokens(self) -> int:
         return int(sum(s.size for s in self.shards))
 
-    @property
-    def tokens_per_batch(self) -> int:
-        """Tokens per rank per batch."""
-        return self.batch_size * self.seq_len
-
     def get(self, k: int, part: int | None = None) -> Batch:
         """Global micro-batch ``k``, this rank's rows: int64 tensors x, y of shape [batch_size, seq_len].
         ``part``: take the rows of that slice of the global micro-batch instead of this rank's."""

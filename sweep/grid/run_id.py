@@ -234,8 +234,3 @@ def run_id_parts_from_config(cfg: Mapping[str, Any], overrides: Sequence[str],
         tag_keys=tag_keys,
         value_of=lambda key, text: _config_value(cfg, key, text),
     )
-
-
-def run_id_from_config(cfg: Mapping[str, Any], overrides: Sequence[str], tag_keys: Iterable[str] = ()) -> str:
-    """Run id of a composed task config and its job overrides (see run_id_parts_from_config)."""
-    return run_id_parts_from_config(cfg, overrides, tag_keys).run_id
