@@ -123,7 +123,57 @@ def test_beta_over_steps_is_small_multiples_and_phase_map_explains_marker_size(f
     fig = figures["beta_over_steps_post"]
     assert len(fig.axes) == 4 * 2  # one row per optimizer, one column per bucket
     texts = [t.get_text() for t in figures["phase_map_post"].legends[0].get_texts()]
-    assert "marker size: D = 64" in texts and "marker size: D = 256" in texts
+    assert "marker size: D = 64 … 256" in texts  # smallest and largest width, one entry
+
+
+def test_phase_map_legend_holds_only_the_groups_and_the_marker_sizes(figures):
+    """The forbidden region and the frontier are labelled in the panels, not in the legend."""
+    fig = figures["phase_map_post"]
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts == [*OPTIMIZERS, "marker size: D = 64 … 256"]
+    for ax in fig.axes:
+        inside = " ".join(t.get_text() for t in ax.texts)
+        assert "forbidden" in inside and "R_hard = R_soft" in inside
+
+
+def test_beta_over_steps_legend_has_a_swatch_per_band(figures):
+    fig = figures["beta_over_steps_post"]
+    legend = fig.legends[0]
+    entries = dict(zip((t.get_text() for t in legend.get_texts()), legend.legend_handles))
+    soft = next(h for k, h in entries.items() if k.startswith("β_soft band"))
+    hard = next(h for k, h in entries.items() if k.startswith("β_hard band"))
+    assert (soft.get_alpha(), soft.get_hatch()) != (hard.get_alpha(), hard.get_hatch())
+    # Each swatch looks like the band it names: the panels' two fills carry the same styles.
+    fills = fig.axes[0].collections
+    assert sorted((c.get_alpha(), c.get_hatch() or "") for c in fills) == sorted(
+        (h.get_alpha(), h.get_hatch() or "") for h in (soft, hard))
+
+
+def test_rank_vs_width_beta_notes_never_cover_a_point_or_an_error_bar(tmp_path):
+    """Ranks that fall with the width put the highest points top left, where the β notes go."""
+    from sweep.analysis.figures import figure_rank_vs_width
+
+    root = tmp_path / "falling"
+    for mult in (1, 2, 4):
+        for opt in ("adamw", "muon"):
+            write_run(root, optimizer=opt, mult=mult, seed=0, noise=0.2, beta_scale=-1.5, **SMALL)
+    fig = figure_rank_vs_width(run_fit([root], figures=False, n_boot=0, window_k=3), "post")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    checked = 0
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts if t.get_text().startswith("β=")]
+        if not boxes:
+            continue
+        segments = [seg for coll in ax.collections for seg in coll.get_segments()]  # error bars, data coords
+        points = [np.column_stack([ln.get_xdata(), ln.get_ydata()]) for ln in ax.get_lines()
+                  if ln.get_linestyle() == "None"]
+        data = np.vstack([*segments, *points]).astype(float)
+        for x, y in ax.transData.transform(data):
+            for box in boxes:
+                assert not (box.x0 <= x <= box.x1 and box.y0 <= y <= box.y1), (ax.get_title(), box, x, y)
+        checked += 1
+    assert checked == len(fig.axes)
 
 
 def test_phase_map_drops_buckets_without_both_ranks(tmp_path):

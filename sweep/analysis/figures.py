@@ -19,22 +19,21 @@ import pandas as pd
 from metrics import fit as mfit
 from sweep.analysis.points import BUCKET_ORDER, SITE_ORDER, WIDTH_COL
 from sweep.analysis.result import FitResult
-from sweep.analysis.style import caption, optimizer_of_labels, ordered_labels, palette, width_offsets
+from sweep.analysis.figure_frame import (
+    NOTE_STEP,
+    errorbar_handle,
+    finish,
+    group_handles,
+    plain_log_ticks,
+    pyplot,
+    reserve_top,
+)
+from sweep.analysis.style import optimizer_of_labels, ordered_labels, palette, width_offsets
 
 COMBINED_PDF = "all_figures.pdf"
 _METRIC_TITLES = {"soft_rank": "soft rank R_soft", "hard_rank": "hard rank R_hard",
                   mfit.DELTA_METRIC: "Δβ = β_soft − β_hard"}
 _DPI = 110
-
-
-def _pyplot():
-    # Imported here: matplotlib is slow to import and only needed when figures are drawn.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def colours_of(result: FitResult) -> dict[str, str]:
@@ -45,51 +44,6 @@ def colours_of(result: FitResult) -> dict[str, str]:
 def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
     values = list(dict.fromkeys(values))
     return sorted(values, key=lambda v: (order.index(v) if v in order else len(order), v))
-
-
-def _plain_log_ticks(ax: Any, axis: str = "both", widths: Sequence[float] | None = None) -> None:
-    """'%g' labels on log axes: mathtext tick labels dominate drawing time for small figures."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
-
-    targets = [ax.xaxis, ax.yaxis] if axis == "both" else [getattr(ax, f"{axis}axis")]
-    for target in targets:
-        if target is ax.xaxis and widths is not None:
-            target.set_major_locator(FixedLocator(sorted(set(widths))))  # ticks at the swept widths
-        else:
-            target.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        target.set_minor_locator(NullLocator())
-
-
-def _finish(fig: Any, result: FitResult, handles: list, labels: list[str]) -> Any:
-    """Title on top, one legend centred below the panels (the same place in every figure)."""
-    width, height = fig.get_size_inches()
-    fig.suptitle(caption(result), fontsize=8.5)
-    ncol = max(1, min(len(labels), int(width // 2.4)))
-    rows = -(-len(labels) // ncol) if labels else 0
-    bottom = (0.25 + 0.2 * rows) / height
-    if labels:
-        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7.5, frameon=False,
-                   bbox_to_anchor=(0.5, 0.0))
-    fig.tight_layout(rect=(0, bottom, 1, 1 - 0.32 / height))
-    return fig
-
-
-def _group_handles(colours: dict[str, str], labels: Sequence[str], marker: str = "o") -> tuple[list, list[str]]:
-    from matplotlib.lines import Line2D
-
-    labels = ordered_labels(colours, labels)
-    return [Line2D([], [], color=colours[lab], marker=marker, lw=1.4) for lab in labels], list(labels)
-
-
-def _errorbar_handle(text: str) -> tuple[Any, str]:
-    from matplotlib.container import ErrorbarContainer
-    from matplotlib.collections import LineCollection
-    from matplotlib.lines import Line2D
-
-    line = Line2D([], [], color="0.4", marker="o", ls="none", ms=4)
-    bars = LineCollection([[(0, -1), (0, 1)]], colors="0.4")
-    return ErrorbarContainer((line, (), [bars]), has_xerr=False, has_yerr=True), f"error bar: {text}"
 
 
 def _geo_mean_by_width(sub: pd.DataFrame) -> pd.DataFrame:
@@ -103,7 +57,7 @@ def _geo_mean_by_width(sub: pd.DataFrame) -> pd.DataFrame:
 def figure_rank_vs_width(result: FitResult, site: str) -> Any:
     """Rank vs width (log-log) per bucket, soft and hard, with the fitted power law per group;
     groups offset along x so their points and bars stay apart."""
-    plt = _pyplot()
+    plt = pyplot()
     pts = result.points[(result.points["site"] == site) & result.points["metric"].isin(mfit.RANK_METRICS)]
     buckets = _ordered(pts["bucket"].unique(), BUCKET_ORDER)
     if not buckets:
@@ -135,25 +89,26 @@ def figure_rank_vs_width(result: FitResult, site: str) -> Any:
                     ax.plot(d * offsets[label], np.exp(row["intercept"].iloc[0]) * d ** row["beta"].iloc[0],
                             color=colours[label], lw=1.3)
                     notes.append((label, f"β={row['beta'].iloc[0]:.2f}"))
-            for k, (label, text) in enumerate(notes):  # β of each group, in its colour, top left
-                ax.text(0.03, 0.95 - 0.085 * k, text, transform=ax.transAxes, fontsize=7,
-                        color=colours[label], va="top")
             ax.set_xscale("log")
             ax.set_yscale("log")
-            _plain_log_ticks(ax, widths=widths)
+            reserve_top(ax, NOTE_STEP * len(notes) + 0.06)
+            for k, (label, text) in enumerate(notes):  # β of each group, in its colour, top left
+                ax.text(0.03, 0.97 - NOTE_STEP * k, text, transform=ax.transAxes, fontsize=7,
+                        color=colours[label], va="top")
+            plain_log_ticks(ax, widths=widths)
             ax.set_ylabel(_METRIC_TITLES[metric])
             ax.set_title(f"{bucket} · {site} · {metric}", fontsize=9)
             ax.grid(True, alpha=0.25)
         for ax in axes[-1]:
             ax.set_xlabel("FFN width D (groups offset for legibility)")
-    handles, names = _group_handles(colours, labels)
-    bar, bar_text = _errorbar_handle(f"{result.err_meaning or 'err of the points table'}"
+    handles, names = group_handles(colours, labels)
+    bar, bar_text = errorbar_handle(f"{result.err_meaning or 'err of the points table'}"
                                      + (", mean over seeds" if _has_seeds(result) else ""))
     from matplotlib.lines import Line2D
 
     handles += [Line2D([], [], color="0.4", lw=1.3), bar]
     names += ["fit: R = A·D^β (OLS of ln R on ln D)", bar_text]
-    return _finish(fig, result, handles, names)
+    return finish(fig, result, handles, names)
 
 
 def _has_seeds(result: FitResult) -> bool:
@@ -177,7 +132,7 @@ def _draw_published(ax: Any, rows: pd.DataFrame, buckets: list[str], x_of: Calla
 def figure_beta_by_bucket(result: FitResult, site: str) -> Any:
     """β per group × bucket with 95 % intervals: soft, hard and Δβ panels; with --compare, the
     published β (hollow, dashed interval) beside ours."""
-    plt = _pyplot()
+    plt = pyplot()
     table = result.beta_table[result.beta_table["site"] == site]
     metrics = [m for m in (*mfit.RANK_METRICS, mfit.DELTA_METRIC) if m in set(table["metric"])]
     if table.empty or not metrics:
@@ -212,8 +167,8 @@ def figure_beta_by_bucket(result: FitResult, site: str) -> Any:
                      + f" ({site})", fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("β")
-    handles, names = _group_handles(colours, labels)
-    bar, _ = _errorbar_handle("")
+    handles, names = group_handles(colours, labels)
+    bar, _ = errorbar_handle("")
     handles, names = [*handles, bar], [*names, f"error bar: {result.ci_method or '95% interval'}"]
     if not published.empty:
         from matplotlib.lines import Line2D
@@ -221,7 +176,7 @@ def figure_beta_by_bucket(result: FitResult, site: str) -> Any:
         cited = dict.fromkeys(c for text in published["published_in"] for c in str(text).split("; "))
         handles.append(Line2D([], [], color="0.4", marker="o", mfc="none", ls="--"))
         names.append(f"hollow: published β [95% CI] ({'; '.join(list(cited)[:3])})")
-    return _finish(fig, result, handles, names)
+    return finish(fig, result, handles, names)
 
 
 def figure_phase_map(result: FitResult, site: str) -> Any:
@@ -232,7 +187,7 @@ def figure_phase_map(result: FitResult, site: str) -> Any:
     growing with the width (smallest to largest D, as in the legend). Buckets without both ranks
     get no panel.
     """
-    plt = _pyplot()
+    plt = pyplot()
     pts = result.points[(result.points["site"] == site) & result.points["metric"].isin(mfit.RANK_METRICS)]
     pts = pts[pd.to_numeric(pts["value"], errors="coerce") > 0]
     colours = colours_of(result)
@@ -250,8 +205,13 @@ def figure_phase_map(result: FitResult, site: str) -> Any:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 4.4), squeeze=False)
     for ax, (bucket, wide) in zip(axes[0], panels):
+        # The forbidden region and the frontier are labelled in place, which keeps the legend to
+        # the groups and the marker sizes.
         ax.fill_between([0, 1], [0, 1], [1, 1], color="0.88")
         ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.text(0.05, 0.93, "forbidden\nR_hard > R_soft", fontsize=7, color="0.35", va="top")
+        ax.text(0.62, 0.58, "R_hard = R_soft", fontsize=7, color="0.2", rotation=45, rotation_mode="anchor",
+                ha="left", va="bottom", transform_rotates_text=True)
         for label in ordered_labels(colours, wide["label"].unique()):
             g = wide[wide["label"] == label].sort_values(WIDTH_COL)
             ln_d = np.log(g[WIDTH_COL].astype(float))
@@ -264,17 +224,16 @@ def figure_phase_map(result: FitResult, site: str) -> Any:
         ax.set_xlabel("ln R_soft / ln D")
         ax.set_title(f"phase map · {bucket} · {site}", fontsize=9)
     axes[0, 0].set_ylabel("ln R_hard / ln D")
+    from matplotlib.legend_handler import HandlerTuple
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     labels = ordered_labels(colours, pd.concat([w["label"] for _, w in panels]).unique())
-    handles, names = _group_handles(colours, labels)
-    handles += [Patch(color="0.88"), Line2D([], [], color="k", ls="--", lw=1)]
-    names += ["forbidden: R_hard > R_soft", "frontier R_hard = R_soft"]
-    for w in (all_widths[0], all_widths[-1]) if len(all_widths) > 1 else all_widths[:1]:
-        handles.append(Line2D([], [], color="0.5", marker="o", ls="none", ms=np.sqrt(size[w])))
-        names.append(f"marker size: D = {w:g}")
-    return _finish(fig, result, handles, names)
+    handles, names = group_handles(colours, labels)
+    ends = (all_widths[0], all_widths[-1]) if len(all_widths) > 1 else all_widths[:1]
+    # One entry for the marker sizes: the smallest and the largest width side by side.
+    handles.append(tuple(Line2D([], [], color="0.5", marker="o", ls="none", ms=np.sqrt(size[w])) for w in ends))
+    names.append("marker size: D = " + " … ".join(f"{w:g}" for w in ends))
+    return finish(fig, result, handles, names, handler_map={tuple: HandlerTuple(ndivide=None)})
 
 
 def figure_loss_vs_width(result: FitResult) -> Any:
@@ -282,7 +241,7 @@ def figure_loss_vs_width(result: FitResult) -> Any:
     runs = result.runs
     if "eval_loss" not in runs.columns or not np.isfinite(pd.to_numeric(runs["eval_loss"], errors="coerce")).any():
         return None
-    plt = _pyplot()
+    plt = pyplot()
     colours = colours_of(result)
     labels = ordered_labels(colours, [lab for lab in runs["label"].unique() if lab in colours])
     widths = runs[WIDTH_COL].astype(float).tolist()
@@ -294,16 +253,20 @@ def figure_loss_vs_width(result: FitResult) -> Any:
         ax.errorbar(agg[WIDTH_COL] * offsets[label], agg["mean"], yerr=agg["std"].fillna(0), fmt="o-",
                     ms=4, capsize=2, color=colours[label])
     ax.set_xscale("log")
-    _plain_log_ticks(ax, "x", widths=widths)
+    plain_log_ticks(ax, "x", widths=widths)
     ax.set_xlabel("FFN width D (groups offset for legibility)")
     ax.set_ylabel("final eval loss")
     ax.set_title("final eval loss vs width", fontsize=9)
     ax.grid(True, alpha=0.25)
-    handles, names = _group_handles(colours, labels)
+    handles, names = group_handles(colours, labels)
     if _has_seeds(result):
-        bar, text = _errorbar_handle("±1 SD over seeds")
+        bar, text = errorbar_handle("±1 SD over seeds")
         handles, names = [*handles, bar], [*names, text]
-    return _finish(fig, result, handles, names)
+    return finish(fig, result, handles, names)
+
+
+# The two 95% bands of one panel: β_soft's filled, β_hard's lighter and hatched, each with its swatch.
+BAND_STYLE = {"soft_rank": {"alpha": 0.18}, "hard_rank": {"alpha": 0.10, "hatch": "////"}}
 
 
 def figure_beta_over_steps(result: FitResult, site: str) -> Any:
@@ -316,7 +279,7 @@ def figure_beta_over_steps(result: FitResult, site: str) -> Any:
     bs = bs[(bs["site"] == site) & bs["metric"].isin(mfit.RANK_METRICS)]
     if bs.empty or not np.isfinite(bs["beta"]).any():
         return None
-    plt = _pyplot()
+    plt = pyplot()
     colours = colours_of(result)
     buckets = _ordered(bs["bucket"].unique(), BUCKET_ORDER)
     labels = ordered_labels(colours, [lab for lab in bs["label"].unique() if lab in colours])
@@ -332,7 +295,7 @@ def figure_beta_over_steps(result: FitResult, site: str) -> Any:
                     continue
                 ax.plot(g["end_step"], g["beta"], style, color=colours[label], lw=1.3)
                 ax.fill_between(g["end_step"], g["beta_lower"], g["beta_upper"], color=colours[label],
-                                alpha=0.15 if metric == "soft_rank" else 0.08, lw=0)
+                                lw=0, **BAND_STYLE[metric])
             ax.grid(True, alpha=0.3)
             if i == 0:
                 ax.set_title(f"{bucket} · {site}", fontsize=9)
@@ -343,11 +306,12 @@ def figure_beta_over_steps(result: FitResult, site: str) -> Any:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles, names = _group_handles(colours, labels, marker="")
+    handles, names = group_handles(colours, labels, marker="")
+    band = result.ci_method or "95% interval"
     handles += [Line2D([], [], color="0.3", ls="-"), Line2D([], [], color="0.3", ls="--"),
-                Patch(color="0.3", alpha=0.15)]
-    names += ["β_soft", "β_hard", f"band: {result.ci_method or '95% interval'}"]
-    return _finish(fig, result, handles, names)
+                Patch(color="0.3", lw=0, **BAND_STYLE["soft_rank"]), Patch(color="0.3", lw=0, **BAND_STYLE["hard_rank"])]
+    names += ["β_soft", "β_hard", f"β_soft band: {band}", f"β_hard band: {band}"]
+    return finish(fig, result, handles, names)
 
 
 def build_figures(result: FitResult, sites: Sequence[str] | None = None) -> list[tuple[str, Any]]:
@@ -369,7 +333,7 @@ def build_figures(result: FitResult, sites: Sequence[str] | None = None) -> list
             fig = make()
         except Exception as err:  # noqa: BLE001
             result.messages.append(f"figure {stem} failed: {type(err).__name__}: {err}")
-            _pyplot().close("all")
+            pyplot().close("all")
             continue
         if fig is not None:
             built.append((stem, fig))
@@ -381,7 +345,7 @@ def write_figures(result: FitResult, sites: Sequence[str] | None = None) -> list
     as ``figures/all_figures.pdf``; returns the paths."""
     from matplotlib.backends.backend_pdf import PdfPages
 
-    plt = _pyplot()
+    plt = pyplot()
     fig_dir = Path(result.out_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
