@@ -59,9 +59,8 @@ def test_the_option_list_covers_the_main_groups() -> None:
 def test_every_config_file_composes_and_validates(compose, group: str, option: str) -> None:
     overrides = [_override(group, option)]
     if (group, option) == ("data", "text"):
-        # Any text file big enough for the default batches validates: README.md is, with half of it
-        # held out (the default eval batches need ~8k validation tokens).
-        overrides += [f"data.path={ROOT / 'README.md'}", "data.val_fraction=0.5"]
+        # Any text file big enough for the default batches validates: the built-in corpus is.
+        overrides += ["data.path=builtin:tinyshakespeare.txt"]
     cfg = compose(overrides)
     if group == "data" and option != "synthetic" and "path" in cfg.data.keys() and (group, option) != ("data", "text"):
         # Corpora prepared elsewhere: composition works, and a missing folder is a clear error.

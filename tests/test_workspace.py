@@ -20,8 +20,8 @@ from sweep.analysis import workspace
 from sweep.analysis.points import BUCKET_ORDER
 from sweep.fit import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SECTION = "### The width-scaling comparison view"
+README = Path(__file__).resolve().parents[1] / "docs" / "wandb.md"  # the W&B reference page
+SECTION = "## The width-scaling comparison view"
 
 
 def _readme_rows() -> list[tuple[str, str, str, str, str]]:
