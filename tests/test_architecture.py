@@ -70,7 +70,7 @@ OTHER_VOCABULARIES = {
     ("sweep/run/distributed.py", "failed"): "the watchdog's value in the process group's store",
     ("sweep/run/loop.py", "diverged"): "a field of the divergence row in metrics.jsonl and a W&B key",
 }
-ANALYSIS_IMPORTED_BY = ("sweep.fit",)  # the command users type
+ANALYSIS_IMPORTED_BY = ("sweep.fit", "sweep.plan")  # the commands users type (plan: resolution from a pilot)
 
 
 def _module_name(path: Path) -> str:
