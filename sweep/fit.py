@@ -3,7 +3,7 @@
 Reads the run directories (docs/contracts.md), reduces each run's telemetry to one value per
 metric × bucket × site (paper rule by default), fits β with ``metrics.fit`` and writes, into the
 analysis folder (replaced whole, never half-written): points.csv, runs.csv, beta_table.csv (long,
-with delta_beta rows), beta_summary.csv (wide), beta_steps.csv, optimizer_comparison.csv,
+with delta_beta rows), beta_summary.csv (wide), beta_steps.csv, optimizer_comparison.csv, power.csv,
 optional matched-loss and architecture tables, paper_comparison.csv (--compare), figures (PNG + PDF, and all in one PDF),
 report.md and status.json. One bad run never stops the analysis: it is listed with its reason
 and left out. Without --watch only finished runs are fitted; --watch refits while the sweep runs.
