@@ -231,3 +231,21 @@ def test_fit_report_and_console_say_what_the_sweep_can_and_cannot_show(fitted, t
     assert "can show:" in block and "cannot show: differences below its MDD" in block
     assert main([str(fitted.out_dir.parent), "--no-figures", "--resolve", "-1"]) == 2
     assert "--resolve must be" in capsys.readouterr().err
+
+
+def test_a_sweep_that_resolves_nothing_says_so():
+    from sweep.analysis.power import summary_lines, verdict
+
+    rows = pd.DataFrame([{"optimizer_a": "muon", "optimizer_b": "adamw", "metric": m, "bucket": "global",
+                          "site": "post", "delta": d, "lower": d - 0.3, "upper": d + 0.3, "mdd": 0.42,
+                          "resolved": False, "seeds": 1, "resolve": 0.1, "seeds_needed": 12.0,
+                          "widths_needed": "64;128;256;512", "note": ""}
+                         for m, d in (("hard_rank", 0.05), ("soft_rank", -0.001))])
+    assert summary_lines(rows) == [
+        "can show: no optimizer difference: none of the 2 intervals excludes 0",
+        "cannot show: differences below its MDD, 0.42 to 0.42 (median 0.42); a true difference that small "
+        "is missed more than 1 time in 5"]
+    assert verdict(rows.iloc[0]) == ("muon − adamw β_hard (global, post) = +0.05 ± 0.30 (not resolved); this sweep "
+                                     "resolves |Δβ| ≥ 0.42; to resolve 0.1: 12 seeds per width (now 1) or 4 widths "
+                                     "D=64..512")
+    assert "= +0.00 ± 0.30" in verdict(rows.iloc[1])

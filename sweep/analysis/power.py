@@ -131,8 +131,9 @@ def verdict(r: pd.Series) -> str:
     if not math.isfinite(r["mdd"]):
         return f"{what} = {r['delta']:+.2f}, no interval ({r['note']}); this sweep cannot resolve any Δβ"
     half = (r["upper"] - r["lower"]) / 2.0
+    delta = f"{r['delta']:+.2f}".replace("-0.00", "+0.00")  # below display precision: no sign
     said = "resolved: the interval excludes 0" if r["resolved"] else "not resolved"
-    return (f"{what} = {r['delta']:+.2f} ± {half:.2f} ({said}); this sweep resolves |Δβ| ≥ {r['mdd']:.2f}; "
+    return (f"{what} = {delta} ± {half:.2f} ({said}); this sweep resolves |Δβ| ≥ {r['mdd']:.2f}; "
             + _need_text(r))
 
 
@@ -158,7 +159,8 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
                       for r in shown.head(4).itertuples()) + (" ..." if len(res) > 4 else "")
     m = known["mdd"].astype(float)
     lines = [f"can show: {len(res)} of {len(known)} optimizer differences are resolved (95% interval excludes 0)"
-             + (f": {named}" if len(res) else "")]
+             + f": {named}" if len(res) else
+             f"can show: no optimizer difference: none of the {len(known)} intervals excludes 0"]
     lines.append(f"cannot show: differences below its MDD, {m.min():.2f} to {m.max():.2f} (median {m.median():.2f}); "
                  "a true difference that small is missed more than 1 time in 5")
     return lines
@@ -184,7 +186,7 @@ def report_section(table: pd.DataFrame, md_table) -> list[str]:
     cols = [c for c in ("optimizer_a", "optimizer_b", "metric", "bucket", "site", "delta", "lower", "upper",
                         "df", "mdd", "seeds", "seeds_needed", "widths_needed", "note") if c in table.columns]
     return ["## What this sweep can resolve", "",
-            *summary_lines(table), "",
+            *[f"- {line}" for line in summary_lines(table)], "",
             "Δβ = β_a − β_b of two independent OLS fits of ln R on ln D; SE(Δβ) = sqrt(SE_a² + SE_b²); "
             "df = min(df_a, df_b) (n_widths − 2 each); interval Δβ ± t(0.975, df)·SE. MDD: the smallest "
             "|Δβ| that a two-sided 5% test detects with 80% power (noncentral t, exact). `seeds_needed` "
