@@ -129,7 +129,9 @@ def test_published_noise_is_the_published_interval():
     lw = [math.log(768 * k) for k in range(1, 9)]
     assert adamw.sigma == pytest.approx(0.1650610545536493 * math.sqrt(mpow.sxx(lw)))
     assert ("dion r=1/16", "soft_rank", "tail", "post") in noises
-    assert ("muon", "hard_rank", "tail", "post") in published_noises("350m")
+    big = published_noises("350m")
+    assert ("muon", "hard_rank", "tail", "post") in big and ("dion r=1/16", "hard_rank", "tail", "post") in big
+    assert big[("muon", "hard_rank", "tail", "post")].df == 2  # 1024·{1..4}
 
 
 def _spec(optimizer: str, width: int, seed: int, rank_fraction=None):
@@ -249,3 +251,4 @@ def test_a_sweep_that_resolves_nothing_says_so():
                                      "resolves |Δβ| ≥ 0.42; to resolve 0.1: 12 seeds per width (now 1) or 4 widths "
                                      "D=64..512")
     assert "= +0.00 ± 0.30" in verdict(rows.iloc[1])
+    assert verdict(rows.iloc[1].copy().replace({0.42: 0.08})).endswith("to resolve 0.1: this sweep already does")

@@ -109,6 +109,8 @@ def power_table(points: pd.DataFrame, group_cols: Sequence[str], *, target: floa
 # ---- words --------------------------------------------------------------------------------------
 
 def _need_text(r: pd.Series) -> str:
+    if r["mdd"] <= r["resolve"]:
+        return f"to resolve {r['resolve']:g}: this sweep already does"
     parts = []
     if pd.notna(r.get("seeds_needed")):
         n = int(r["seeds_needed"])

@@ -3,14 +3,15 @@ its optimizers it could resolve, and the seeds or widths that would resolve ``pl
 
 The noise comes from a pilot: an existing sweep directory (its runs' scatter about their power
 laws, seeds included) or ``paper``, the published fits bundled in ``published/`` (one run per
-width: σ = std_err · sqrt(Σ (ln D − mean ln D)²) over the paper's widths, D = 768·{1..8} at 160M,
-1024·{1..4} at 350M). The design (widths and seeds per optimizer) is the planned grid's.
+width: σ = std_err · sqrt(Σ (ln D − mean ln D)²) over the paper's widths, D = 768·{1..8} at 160M
+(Table 2 and the Dion rank sweep), 1024·{1..4} at 350M). The design (widths and seeds per optimizer) is the planned grid's.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,7 +27,8 @@ from sweep.errors import SweepError
 
 PAPER = "paper"
 # scale -> (d_model of its width ladder, tables with its fits)
-PUBLISHED = {"160m": (768, ("main_beta_table.csv", "frequency_bucket_beta_table.csv")),
+PUBLISHED = {"160m": (768, ("main_beta_table.csv", "frequency_bucket_beta_table.csv",
+                            "dion_tail_rank_sweep_beta_table.csv")),
              "350m": (1024, ("tail_350m_beta_table.csv",))}
 Key = tuple[str, str, str, str]  # optimizer label, metric, bucket, site
 
@@ -41,7 +43,10 @@ def published_noises(scale: str = "160m") -> dict[Key, mpow.SeriesNoise]:
             frame = pd.read_csv(path)
         for r in frame.itertuples():
             rf = getattr(r, "dion_rank_fraction", None)
-            key = (opt_label(r.optimizer, None if pd.isna(rf) else rf), r.metric,
+            if rf is None or pd.isna(rf):  # the 350M table names Dion's rank only as "Dion (1/16)"
+                found = re.search(r"\((\d+/\d+)\)", str(getattr(r, "optimizer_display_name", "")))
+                rf = found.group(1) if found else None
+            key = (opt_label(r.optimizer, rf), r.metric,
                    getattr(r, "bucket", "global"), "post")
             lw = [math.log(d_model * k) for k in range(1, int(r.n_widths) + 1)]
             out.setdefault(key, mpow.noise_from_published(float(r.beta), float(r.std_err), lw))
@@ -95,7 +100,7 @@ def plan_resolution(design: Mapping[str, tuple[Sequence[float], int]], noises: M
     for a, b in pairs:
         missing = [o for o in (a, b) if not any(k[0] == o for k in noises)]
         if missing:
-            rows.append({"optimizer_a": a, "optimizer_b": b, "note": f"the pilot has no runs of {', '.join(missing)}"})
+            rows.append({"optimizer_a": a, "optimizer_b": b, "note": f"the pilot has no fits of {', '.join(missing)}"})
             continue
         for metric, bucket, site in series:
             na, nb = noises.get((a, metric, bucket, site)), noises.get((b, metric, bucket, site))
@@ -106,7 +111,7 @@ def plan_resolution(design: Mapping[str, tuple[Sequence[float], int]], noises: M
             lw = [math.log(w) for w in widths]
             row = {"optimizer_a": a, "optimizer_b": b, "metric": metric, "bucket": bucket, "site": site,
                    "widths": widths, "seeds": seeds,
-                   "mdd": mpow.design_mdd(na, nb, lw, lw, seeds, seeds),
+                   "mdd": mpow.design_mdd(na, nb, lw, lw, seeds, seeds),  # NaN -> None below (plan.out is JSON)
                    "seed_noise": "measured" if na.seed_split and nb.seed_split else "assumed (1 seed: all scatter)",
                    "resolve": target}
             if math.isfinite(row["mdd"]):
@@ -114,7 +119,7 @@ def plan_resolution(design: Mapping[str, tuple[Sequence[float], int]], noises: M
                 row |= {"seeds_needed": need.seeds, "widths_needed": need.widths,
                         "note": "; ".join(x for x in (need.why_seeds, need.why_widths) if x)}
             else:
-                row["note"] = "no interval: the grid needs >= 3 widths per optimizer"
+                row |= {"mdd": None, "note": "no interval: the grid needs >= 3 widths per optimizer"}
             rows.append(row)
     return rows
 
@@ -136,7 +141,7 @@ def resolution_text(rows: Sequence[Mapping[str, Any]], source: str, target: floa
             lines.append(f"  {what}: {group[0]['note']}")
             continue
         what += f" {METRIC_SHORT.get(metric, metric)}"
-        mdds = ", ".join(f"{r['bucket']} {r['mdd']:.2f}" for r in group if math.isfinite(r["mdd"]))
+        mdds = ", ".join(f"{r['bucket']} {r['mdd']:.2f}" for r in group if r["mdd"] is not None)
         first = group[0]
         if not mdds:
             lines.append(f"  {what}: {first['note']}")
@@ -147,6 +152,8 @@ def resolution_text(rows: Sequence[Mapping[str, Any]], source: str, target: floa
         if first.get("widths_needed"):
             w = first["widths_needed"]
             need.append(f"{len(w)} widths D={w[0]:.0f}..{w[-1]:.0f} at {first['seeds']} seed(s)")
+        if first["mdd"] is not None and first["mdd"] <= target:
+            need = ["this grid already does"]
         lines.append(f"  {what}: resolves |Δβ| ≥ {mdds}; to resolve {target:g} ({first['bucket']}): "
                      + (" or ".join(need) if need else first.get("note") or "out of reach"))
     if len(groups) > limit:
