@@ -80,7 +80,8 @@ def pair_row(a: mpow.SeriesNoise, b: mpow.SeriesNoise, target: float) -> dict[st
            "seed_noise": "measured" if a.seed_split and b.seed_split else "assumed (1 seed: all scatter)",
            "resolve": target, "seeds_needed": np.nan, "widths_needed": "", "note": ""}
     if not math.isfinite(d.mdd):
-        row["note"] = "no interval: each fit needs >= 3 widths"
+        row["note"] = ("no interval: each fit needs >= 3 widths" if min(len(a.ln_widths), len(b.ln_widths)) < 3
+                       else "no interval: both fits go through their points exactly (no residual scatter)")
         return row
     need = mpow.needed_for(target, a, b, widths, seeds)
     row["seeds_needed"] = need.seeds if need.seeds is not None else np.nan
