@@ -3,7 +3,7 @@
 Reads the run directories (docs/contracts.md), reduces each run's telemetry to one value per
 metric × bucket × site (paper rule by default), fits β with ``metrics.fit`` and writes, into the
 analysis folder (replaced whole, never half-written): points.csv, runs.csv, beta_table.csv (long,
-with delta_beta rows), beta_summary.csv (wide), beta_steps.csv, optimizer_comparison.csv,
+with delta_beta rows), beta_summary.csv (wide), beta_steps.csv, optimizer_comparison.csv, power.csv,
 optional matched-loss and architecture tables, paper_comparison.csv (--compare), figures (PNG + PDF, and all in one PDF),
 report.md and status.json. One bad run never stops the analysis: it is listed with its reason
 and left out. Without --watch only finished runs are fitted; --watch refits while the sweep runs.
@@ -24,6 +24,7 @@ from sweep.commands import prog
 from sweep.grid import sweepdir
 from sweep.analysis import wandb_io, workspace
 from sweep.analysis.pipeline import default_out, run_fit
+from sweep.analysis.power import DEFAULT_RESOLVE, power_block
 from sweep.errors import SweepError
 from sweep.analysis.report import format_beta_table, format_comparison
 from sweep.analysis.result import FitResult
@@ -60,6 +61,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--window-k", type=int, default=3, help="checkpoints per sliding window for β(t)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples over seeds")
     p.add_argument("--reference", default="adamw", help="reference optimizer for comparisons")
+    p.add_argument("--resolve", type=float, default=DEFAULT_RESOLVE, metavar="DBETA",
+                   help=f"say how many seeds or widths would resolve this |Δβ| between optimizers "
+                        f"(default {DEFAULT_RESOLVE}; docs/power.md)")
     p.add_argument("--arch-baseline", metavar="AXIS=VALUE",
                    help="architecture axis and baseline for the gain-vs-shift rule (default: auto)")
     p.add_argument("--compare", metavar="paper|FILE.csv",
@@ -103,6 +107,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return "--apply-spec goes with --wandb-workspace"
     if args.watch and args.every <= 0:
         return "--every must be > 0 seconds"
+    if not args.resolve > 0:
+        return f"--resolve must be a difference of β > 0, got {args.resolve:g}"
     if args.arch_baseline and "=" not in args.arch_baseline:
         return "--arch-baseline must look like AXIS=VALUE (e.g. n_head=12)"
     return None
@@ -130,6 +136,8 @@ def _show(result: FitResult, header: str = "") -> None:
     if len(result.messages) > _MAX_NOTES:
         print(f"note: ... {len(result.messages) - _MAX_NOTES} more notes in {result.report}", file=sys.stderr)
     print(format_beta_table(result))
+    if not result.power.empty:
+        print("\n" + power_block(result.power))
     if result.comparison is not None:
         print("\n" + format_comparison(result))
     fig = next((p for p in result.figures if p.suffix == ".png"), None)
@@ -201,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = dict(rule=rule, matched_loss=args.matched_loss, figures=not args.no_figures,
                        points_file=args.points, window_k=args.window_k, n_boot=args.n_boot,
                        arch_baseline=arch, reference_optimizer=args.reference, compare=args.compare,
+                       resolve=args.resolve,
                        extra_files=workspace.spec_files(spec) if spec else None)
         out = Path(args.out) if args.out else default_out(args.sweep_dirs, args.points)
         if args.watch:

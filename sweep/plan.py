@@ -23,6 +23,8 @@ from sweep.errors import UserError
 OPTIONS = {
     "out": "write the plan as JSON to this file",
     "tokens_per_s": "training tokens per second per GPU (default: an estimate from a measured anchor)",
+    "pilot": "noise for the resolution block: a finished sweep directory, or paper (default: the published fits)",
+    "resolve": "the |Δβ| between optimizers to resolve: seeds or widths that would (default 0.1; docs/power.md)",
 }
 USAGE = __doc__.split("\n\n")[0] + "\n\nOptions (plan.KEY=VALUE; every other argument is a Hydra override, as for sweep.train -m):\n" + \
     "\n".join(f"  plan.{k:<13} {v}" for k, v in OPTIONS.items())
@@ -42,7 +44,14 @@ def split_options(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
         if key not in OPTIONS or not sep:
             raise UserError(f"{arg}: unknown plan option (known: {', '.join('plan.' + k for k in OPTIONS)}; "
                             f"each as plan.KEY=VALUE)")
-        if key == "tokens_per_s":
+        if key == "resolve":
+            try:
+                options[key] = float(value)
+            except ValueError:
+                options[key] = -1.0
+            if not options[key] > 0:
+                raise UserError(f"plan.resolve: a difference of β > 0, e.g. plan.resolve=0.1, got {value!r}")
+        elif key == "tokens_per_s":
             try:
                 options[key] = float(value)
             except ValueError:
@@ -51,7 +60,7 @@ def split_options(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
                 raise UserError(f"plan.tokens_per_s: a positive number of tokens per second per GPU, got {value!r}")
         else:
             if not value:
-                raise UserError("plan.out: a file name, e.g. plan.out=plan.json")
+                raise UserError(f"plan.{key}: a value, e.g. plan.out=plan.json or plan.pilot=runs/demo")
             options[key] = value
     return options, overrides
 
@@ -67,11 +76,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from sweep.analysis.power_plan import grid_resolution
     from sweep.grid.planning import make_plan, plan_json, plan_text
 
     try:
         options, overrides = split_options(argv)
         plan = make_plan(overrides, tokens_per_s=options.get("tokens_per_s"))
+        rows, resolution = grid_resolution([r.spec for r in plan.runs], options.get("pilot", "paper"),
+                                           options.get("resolve", 0.1))
     except UserError as e:  # a bad plan option, an invalid job (as the launch would refuse it)
         print(f"sweep.plan: {e}", file=sys.stderr)
         return 2
@@ -79,9 +91,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"sweep.plan: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print(plan_text(plan))
+    if resolution:
+        print("\n" + resolution)
     if "out" in options:
         out = Path(options["out"])
-        out.write_text(json.dumps(plan_json(plan), indent=1) + "\n")
+        out.write_text(json.dumps(plan_json(plan) | {"resolution": rows}, indent=1, default=str) + "\n")
         print(f"plan written to {out}")
     return 0
 

@@ -53,6 +53,7 @@ LOCAL_IMPORTS = {
     ("sweep.train", "sweep.grid.spec"): "only the job builds models; not --help, --cfg",
     ("sweep.train", "sweep.run.trainer"): "only the job trains; not --help, --cfg",
     ("sweep.plan", "sweep.grid.planning"): "the planner builds models on the meta device (torch); not --help",
+    ("sweep.plan", "sweep.analysis.power_plan"): "the resolution block reads pilot runs (metrics imports torch); not --help",
     ("sweep.data.frequency", "metrics.buckets"): "preparation processes stay torch-free (metrics imports torch)",
 }
 LOCAL_IMPORTS_UNCHECKED: tuple[str, ...] = ()
@@ -69,7 +70,7 @@ OTHER_VOCABULARIES = {
     ("sweep/run/distributed.py", "failed"): "the watchdog's value in the process group's store",
     ("sweep/run/loop.py", "diverged"): "a field of the divergence row in metrics.jsonl and a W&B key",
 }
-ANALYSIS_IMPORTED_BY = ("sweep.fit",)  # the command users type
+ANALYSIS_IMPORTED_BY = ("sweep.fit", "sweep.plan")  # the commands users type (plan: resolution from a pilot)
 
 
 def _module_name(path: Path) -> str:

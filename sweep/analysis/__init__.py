@@ -7,6 +7,8 @@
 - result:    FitResult, everything one analysis computed and wrote
 - fitting:   β tables, optimizer comparisons, matched loss, gain vs shift (no files, no figures)
 - report:    the CSV tables, the printed β table and report.md
+- power:     what a sweep can resolve: Δβ of every optimizer pair, interval, MDD (power.csv,
+             docs/power.md); power_plan: sweep.plan's prediction from a pilot or the published fits
 - compare:   ``--compare paper|FILE.csv``: our β beside published β (published/: the tables
              released with paper 1, README there)
 - figures:   the PNG/PDF figures (matplotlib, imported only when drawing); style: their colours,

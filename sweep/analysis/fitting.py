@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from metrics import fit as mfit
+from sweep.analysis.power import DEFAULT_RESOLVE, power_table
 from sweep.analysis.points import (BUCKET_ORDER, SITE_ORDER, WIDTH_COL, fmt_key, group_columns,
                                    group_labels, run_columns)
 from sweep.analysis.read import FinishedRun
@@ -31,6 +32,7 @@ def fit_points(
     step_points: pd.DataFrame | None = None, rule: str = "", level: float = 0.95,
     n_boot: int = 1000, matched_loss: float | None = None,
     arch_baseline: tuple[str, str] | None = None, reference_optimizer: str = "adamw",
+    resolve: float = DEFAULT_RESOLVE,
 ) -> FitResult:
     """Fit β for every group of ``points`` (plus Δβ rows), compare each optimizer with the
     reference, fit β over training from ``step_points`` (sliding windows), and, when asked, the
@@ -67,6 +69,8 @@ def fit_points(
     # Optimizer vs reference: pooled interaction test per metric × bucket × site.
     if "optimizer" in group_cols and points["optimizer"].nunique() > 1:
         _compare_optimizers(result, reference_optimizer, level)
+    if "optimizer" in group_cols:  # every pair: Δβ, interval, MDD, what would resolve ``resolve``
+        result.power = power_table(points, group_cols, target=resolve, reference=reference_optimizer)
 
     if step_points is not None and not step_points.empty:
         steps = mfit.fit_beta_table(step_points, [*group_cols, "end_step"], level=level, bootstrap=False)

@@ -25,6 +25,7 @@ from sweep.analysis.compare import compare_published, load_published
 from sweep.analysis.figures import write_figures
 from sweep.analysis.fitting import fit_points
 from sweep.analysis.live import Census, NothingToFit, at_common_step, live_label, take_census
+from sweep.analysis.power import DEFAULT_RESOLVE
 from sweep.analysis.points import build_points, build_step_points, read_points_file
 from sweep.analysis.read import FinishedRun, NoRunDirectories, SweepError, load_sweeps
 from sweep.analysis.report import write_report, write_tables
@@ -73,7 +74,7 @@ def run_fit(
     reference_optimizer: str = "adamw", metrics: Sequence[str] = RANK_METRICS,
     figure_sites: Sequence[str] | None = None, live: bool = False,
     planned: Mapping[str, Sequence[str]] | None = None, extra_files: Mapping[str, str] | None = None,
-    compare: str | Path | None = None,
+    compare: str | Path | None = None, resolve: float = DEFAULT_RESOLVE,
 ) -> FitResult:
     """The whole analysis of sweeps (or of a points CSV): read, aggregate, fit, then write the
     tables, figures, report.md and status.json and publish them as ``out_dir`` in one swap.
@@ -121,7 +122,8 @@ def run_fit(
                        else pd.DataFrame())
         result = fit_points(points, staging, runs=loaded, step_points=step_points, rule=provenance["rule"],
                             level=level, n_boot=n_boot, matched_loss=matched_loss,
-                            arch_baseline=arch_baseline, reference_optimizer=reference_optimizer)
+                            arch_baseline=arch_baseline, reference_optimizer=reference_optimizer,
+                            resolve=resolve)
         result.messages[:0] = messages  # what reading found comes first, as it happened first
         if published is not None:
             result.comparison = compare_published(result.beta_table, result.points, result.group_cols,

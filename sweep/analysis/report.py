@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from sweep.analysis.points import WIDTH_COL
+from sweep.analysis.power import POWER_FILE, report_section
 from sweep.analysis.result import FitResult
 
 
@@ -41,6 +42,7 @@ def write_tables(result: FitResult) -> None:
         "beta_summary.csv": result.summary,
         "beta_steps.csv": result.beta_steps,
         "optimizer_comparison.csv": result.comparisons,
+        POWER_FILE: result.power,
         "matched_pairs.csv": result.matched_pairs,
         "matched_loss.csv": result.matched,
         "gain_vs_shift.csv": result.gain_shift,
@@ -220,6 +222,7 @@ def write_report(result: FitResult, provenance: dict[str, Any]) -> Path:
                             "diff_lower", "diff_upper", "p_value") if c in result.comparisons.columns]
         lines += ["## Optimizer vs reference (pooled ln R ~ ln D × optimizer, t-test on the interaction)",
                   "", _md_table(result.comparisons[cols]), ""]
+    lines += report_section(result.power, _md_table)
     if result.matched is not None:
         lines += ["## Matched-loss comparison", "", _md_table(result.matched.drop(columns=["ci_method"], errors="ignore")), ""]
     if result.gain_shift is not None:

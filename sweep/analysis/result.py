@@ -30,6 +30,7 @@ class FitResult:
     summary: pd.DataFrame
     group_cols: list[str]
     comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)
+    power: pd.DataFrame = field(default_factory=pd.DataFrame)  # power.csv (sweep/analysis/power.py)
     beta_steps: pd.DataFrame = field(default_factory=pd.DataFrame)
     matched_pairs: pd.DataFrame | None = None
     matched: pd.DataFrame | None = None

@@ -77,6 +77,8 @@ class Telemetry:
         self._writer: Optional[JsonlAppender] = None
         self._last: list[dict] = []
         self._step_s: Optional[float] = None  # seconds per step, from the time between events
+        # set before the early return: close() reads it on a telemetry=off run too
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if not spec.enabled:
             return
         buckets = None
@@ -92,7 +94,6 @@ class Telemetry:
         )
         self._decompose = decompose or finalize_snapshot
         self.cuda = next(model.parameters()).device.type == "cuda"
-        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         adaptive = spec.spectrum_every == "auto"
         self.cadence = SpectrumCadence(total_steps, spec.every, None if adaptive else int(spec.spectrum_every))
         state = state or {}
