@@ -90,7 +90,8 @@ class SpecSweeper(BasicSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         sweepdir.record_launch(sweep_dir, [(j.run_id, j.overrides) for j in plan.jobs],
                                given_overrides(self.config), given_overrides(self.config, "hydra"),
-                               id_records={j.run_id: j.id_record for j in plan.jobs})
+                               id_records={j.run_id: j.id_record for j in plan.jobs},
+                               run_dirs={j.run_id: j.run_dir for j in plan.jobs})
         if self.only is not None:
             restrict_plan(plan, self.only)
 
