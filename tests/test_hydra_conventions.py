@@ -18,10 +18,15 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from hydra._internal.callbacks import Callbacks
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
 from sweep.grid import sweepdir
@@ -37,6 +42,34 @@ HYDRA_KEYS = ["+note=${hydra:runtime.choices.optim}", "+cwd=${hydra:runtime.cwd}
 def _plan(overrides: list[str]):
     master, loader, jobs = compose_multirun(overrides)
     return plan_sweep(loader, master, jobs, check_files=False)
+
+
+class _Launcher:
+    """Stands in for a launcher: what Hydra's launchers are given (job overrides, initial_job_idx)
+    and the job config they compose from them through the sweeper's context."""
+
+    def __init__(self, sweeper: Any) -> None:
+        self.hydra_context, self.config = sweeper.hydra_context, sweeper.config
+        self.jobs: list[tuple[int, list[str], str]] = []  # (hydra.job.num, overrides, sweep_name)
+
+    def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
+        for i, overrides in enumerate(job_overrides):
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            self.jobs.append((initial_job_idx + i, list(overrides), str(cfg.sweep_name)))
+        return [JobReturn(overrides=list(o)) for o in job_overrides]
+
+
+def _sweep(overrides: list[str]) -> tuple[_Launcher, str]:
+    """Our sweeper on ``-m OVERRIDES`` as Hydra runs it (setup, then sweep with the overrides as
+    typed), with a launcher that records instead of training; (the launcher, the sweep's folder)."""
+    master, loader, _ = compose_multirun(overrides)
+    sweeper = Plugins.instance().instantiate_sweeper(
+        config=master, hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks(master)),
+        task_function=lambda cfg: None)
+    assert type(sweeper).__name__ == "SpecSweeper"
+    sweeper.launcher = launcher = _Launcher(sweeper)
+    sweeper.sweep(OmegaConf.to_container(master.hydra.overrides.task, resolve=False))
+    return launcher, str(sweeper.config.hydra.sweep.dir)
 
 
 # ---- 13: the job number exists before the folder is read ----------------------------------------------
@@ -59,6 +92,15 @@ def test_a_relaunch_keeps_each_runs_job_number() -> None:
     assert [[j.num for j in b] for b in launch_batches(todo, None, numbered=True)] == [[0, 2, 3, 4]]
 
 
+def test_the_sweeper_keeps_each_runs_job_number_on_relaunch(env: dict) -> None:
+    launcher, sweep_dir = _sweep(["optim=adamw,muon,lion", NUM_LAYOUT, *FAST])
+    assert [(num, o[0]) for num, o, _ in launcher.jobs] == [(0, "optim=adamw"), (1, "optim=muon"), (2, "optim=lion")]
+    (Path(sweep_dir) / "1").mkdir(parents=True)
+    (Path(sweep_dir) / "1" / "DONE").write_text("{}")  # the middle run finished
+    launcher, _ = _sweep(["optim=adamw,muon,lion", NUM_LAYOUT, *FAST])
+    assert [(num, o[0]) for num, o, _ in launcher.jobs] == [(0, "optim=adamw"), (2, "optim=lion")]
+
+
 # ---- 14: ${hydra:...} resolves as in the job ------------------------------------------------------------
 def test_hydra_interpolations_resolve_in_the_preflight(env: dict) -> None:
     master, loader, jobs = compose_multirun(["optim=adamw,muon", *HYDRA_KEYS, *FAST])
@@ -70,6 +112,15 @@ def test_hydra_interpolations_resolve_in_the_preflight(env: dict) -> None:
 
 
 # ---- 15: the sweep name is not a job override -----------------------------------------------------------
+def test_the_sweeper_sets_the_sweep_name_on_each_job_not_in_its_overrides(env: dict) -> None:
+    launcher, sweep_dir = _sweep(["optim=adamw,muon", *FAST])
+    name = Path(sweep_dir).name
+    assert name.startswith("grid-optim-")
+    assert [(o, n) for _, o, n in launcher.jobs] == [(["optim=adamw", *FAST], name), (["optim=muon", *FAST], name)]
+    recorded = sweepdir.read_grid(Path(sweep_dir))["runs"].values()
+    assert all(not any("sweep_name" in o for o in r["overrides"]) for r in recorded)
+
+
 def test_the_sweep_name_is_set_on_the_job_not_in_its_overrides(env: dict) -> None:
     master, loader, jobs = compose_multirun(["optim=adamw,muon", *FAST])
     name = launch_sweep_name(master, jobs)
