@@ -178,3 +178,25 @@ def test_a_grid_in_hydras_layout_with_hydra_interpolations_resubmits_as_launched
     assert sorted(p.name for p in sweep_dir.iterdir() if not p.name.startswith(".")) == ["0", "1", "multirun.yaml"]
     shown = subprocess.run(status, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S).stdout
     assert "2 runs: 2 done" in shown, shown
+
+
+def test_the_slurm_launcher_gives_each_job_its_grid_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relaunch that skips finished runs is one array whose jobs keep their hydra.job.num."""
+    from hydra_plugins.specsweep_launcher import SpecsweepSlurmLauncher
+
+    class Executor:
+        def map_array(self, fn, overrides, dir_keys, nums, *rest):
+            self.nums = list(nums)
+            return [type("Job", (), {"job_id": f"7_{i}"})() for i in range(len(nums))]
+
+    executor = Executor()
+    launcher = SpecsweepSlurmLauncher(wait=False, max_array_size=1000)
+    launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
+                                                  "sweeper": {"_target_": "hydra_plugins.specsweep_sweeper.SpecSweeper"}}})
+    monkeypatch.setattr(launcher, "_check", lambda: None)
+    monkeypatch.setattr(launcher, "_executor", lambda: executor)
+    launcher.set_run_ids(["a", "c"], [0, 2])
+    launcher.launch([["seed=0"], ["seed=2"]], initial_job_idx=0)
+    assert executor.nums == [0, 2]
+    launcher.launch([["seed=3"]], initial_job_idx=3)  # no numbers given: from initial_job_idx on
+    assert executor.nums == [3]
