@@ -77,10 +77,13 @@ class SpecsweepSlurmLauncher(BaseSubmititLauncher):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)  # resolves every value to plain containers
         self.run_ids: Optional[List[str]] = None
+        self.job_nums: Optional[List[int]] = None
 
-    def set_run_ids(self, run_ids: Sequence[str]) -> None:
-        """Run ids of the next launch(), in order (the sweeper knows them; used for the job record)."""
+    def set_run_ids(self, run_ids: Sequence[str], job_nums: Optional[Sequence[int]] = None) -> None:
+        """Run ids of the next launch(), in order (the sweeper knows them; used for the job record),
+        and their grid positions (hydra.job.num; default: initial_job_idx on)."""
         self.run_ids = list(run_ids)
+        self.job_nums = list(job_nums) if job_nums is not None else None
 
     # ---- submission ------------------------------------------------------------------------------
     def _executor(self) -> Any:
@@ -130,7 +133,8 @@ class SpecsweepSlurmLauncher(BaseSubmititLauncher):
         n = len(job_overrides)
         assert n > 0
         run_ids = self.run_ids if self.run_ids and len(self.run_ids) == n else [None] * n
-        self.run_ids = None
+        nums = self.job_nums if self.job_nums and len(self.job_nums) == n else [initial_job_idx + i for i in range(n)]
+        self.run_ids = self.job_nums = None
         self._check()
         executor = self._executor()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -141,7 +145,7 @@ class SpecsweepSlurmLauncher(BaseSubmititLauncher):
             chunk = list(range(start, min(n, start + size)))
             args = []
             for i in chunk:
-                idx = initial_job_idx + i
+                idx = nums[i]
                 log.info("\t#%d : %s", idx, " ".join(filter_overrides(job_overrides[i])))
                 args.append((list(job_overrides[i]), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
                              Singleton.get_state()))

@@ -19,7 +19,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from sweep.errors import UserError
-from sweep.grid.sweep_name import launch_sweep_name
+from sweep.grid.expand import given_overrides
+from sweep.grid.sweep_name import NamedSweepLoader, launch_sweep_name
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,14 @@ class SpecSweeper(BasicSweeper):
                 f"hydra.sweeper.{', hydra.sweeper.'.join(self.foreign)}: not settings of specsweep's sweeper but of "
                 "another one (a file such as conf/sweep/lr_search.yaml needs hydra/sweeper=optuna on the command line)")
         # The grid's name must be on the config before the launcher is made (its job name) and
-        # before hydra.sweep.dir (${paths.runs_root}/${sweep_name}) is read.
+        # before hydra.sweep.dir (${paths.runs_root}/${sweep_name}) is read; every job composed
+        # through the context's loader (the preflight's and the launcher's) gets it on its config.
         self.sweep_name = self._default_sweep_name(hydra_context, config)
         if self.sweep_name is not None:
             with read_write(config):
                 config.sweep_name = self.sweep_name
+            hydra_context = HydraContext(config_loader=NamedSweepLoader(hydra_context.config_loader, self.sweep_name),
+                                         callbacks=hydra_context.callbacks)
             log.info("sweep_name not given: this grid's runs go to %s (sweep_name=%s)",
                      config.hydra.sweep.dir, self.sweep_name)
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -67,19 +71,17 @@ class SpecSweeper(BasicSweeper):
     def _default_sweep_name(self, hydra_context: HydraContext, config: DictConfig) -> Optional[str]:
         from sweep.grid.expand import grid_jobs
 
-        jobs = grid_jobs(self.params, list(config.hydra.overrides.task), hydra_context.config_loader, self.arms)
+        jobs = grid_jobs(self.params, given_overrides(config), hydra_context.config_loader, self.arms)
         return launch_sweep_name(config, jobs)
 
     def sweep(self, arguments: List[str]) -> Any:
         from sweep.grid import sweepdir
         from sweep.grid.expand import grid_jobs
-        from sweep.grid.preflight import plan_sweep, restrict_plan, summarize_results
+        from sweep.grid.preflight import launch_batches, plan_sweep, restrict_plan, summarize_results
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
         arguments = list(arguments)
-        if self.sweep_name is not None:  # every job composes its own config: it gets the name too
-            arguments.append(f"sweep_name={self.sweep_name}")
         jobs = grid_jobs(self.params, arguments, self.hydra_context.config_loader, self.arms)
 
         plan = plan_sweep(self.hydra_context.config_loader, self.config, jobs)
@@ -87,18 +89,20 @@ class SpecSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         sweepdir.record_launch(sweep_dir, [(j.run_id, j.overrides) for j in plan.jobs],
-                               list(self.config.hydra.overrides.task), list(self.config.hydra.overrides.hydra),
-                               id_records={j.run_id: j.id_record for j in plan.jobs})
+                               given_overrides(self.config), given_overrides(self.config, "hydra"),
+                               id_records={j.run_id: j.id_record for j in plan.jobs},
+                               run_dirs={j.run_id: j.run_dir for j in plan.jobs})
         if self.only is not None:
             restrict_plan(plan, self.only)
 
-        todo = plan.to_launch
-        size = self.max_batch_size or len(todo) or 1
+        # Each job keeps its grid position as hydra.job.num (hydra.sweep.subdir=${hydra.job.num}),
+        # also when finished runs are skipped. The SLURM launcher records job id -> run id and
+        # takes the numbers; any other launcher numbers a call's jobs from initial_job_idx on.
+        ours = hasattr(self.launcher, "set_run_ids")
         returns: List[Sequence[JobReturn]] = []
-        for start in range(0, len(todo), size):
-            batch = [job.overrides for job in todo[start:start + size]]
-            if hasattr(self.launcher, "set_run_ids"):  # the SLURM launcher records job id -> run id
-                self.launcher.set_run_ids([job.run_id for job in todo[start:start + size]])
-            returns.append(self.launcher.launch(batch, initial_job_idx=start))
+        for batch in launch_batches(plan.to_launch, self.max_batch_size, numbered=ours):
+            if ours:
+                self.launcher.set_run_ids([job.run_id for job in batch], [job.num for job in batch])
+            returns.append(self.launcher.launch([job.overrides for job in batch], initial_job_idx=batch[0].num))
         summarize_results(plan, [r for batch in returns for r in batch])
         return returns

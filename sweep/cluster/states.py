@@ -120,16 +120,20 @@ def collect(sweep_dir: Path, stale_after: float = STALE_AFTER_S, now: Optional[f
     sweep_dir = Path(sweep_dir)
     now = time.time() if now is None else now
     grid = sweepdir.read_grid(sweep_dir)
-    order = list(grid["runs"]) + [r for r in _run_dirs(sweep_dir) if r not in grid["runs"]]
+    # A grid point lives in SWEEP_DIR/<run id> unless its folder is recorded (hydra.sweep.subdir).
+    folders = {r: sweepdir.run_folder(sweep_dir, r, grid) for r in grid["runs"]}
+    recorded = {f.name for f in folders.values() if f.parent == sweep_dir}
+    order = list(grid["runs"]) + [r for r in _run_dirs(sweep_dir) if r not in grid["runs"] and r not in recorded]
+    folders.update({r: sweep_dir / r for r in order if r not in folders})
     jobs = sweepdir.latest_jobs(sweep_dir)
-    beats = {r: RunDir(sweep_dir / r).read_heartbeat() for r in order}
+    beats = {r: RunDir(folders[r]).read_heartbeat() for r in order}
     # The job a run's heartbeat names counts when jobs.jsonl has none (a job submitted by hand).
     job_ids = {r: (jobs.get(r) or {}).get("job_id") or beats[r].get("slurm_job") for r in order}
     wanted = [j for j in job_ids.values() if j]
     states = slurm.job_states(wanted) if wanted and slurm.available() else {}
     out = []
     for run_id in order:
-        rd = RunDir(sweep_dir / run_id)
+        rd = RunDir(folders[run_id])
         status = rd.read_status()
         beat = beats[run_id]
         job_id = job_ids[run_id]

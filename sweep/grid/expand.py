@@ -43,6 +43,13 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def given_overrides(config: Any, group: str = "task") -> list[str]:
+    """A launch's ``hydra.overrides.<group>`` as typed: an interpolation (``train.steps=${seed}``)
+    stays unresolved, as Hydra passes it to the sweeper and keeps it in multirun.yaml (iterating
+    the list would resolve it against the launch's config, where a swept key has no value yet)."""
+    return [str(o) for o in OmegaConf.to_container(config.hydra.overrides[group], resolve=False)]
+
+
 def grid_jobs(params: Optional[Mapping[str, Any]], arguments: Sequence[str], config_loader: Any,
               arms: Optional[Sequence[Any]] = None) -> list[list[str]]:
     """The override list of every job of the grid, in launch order (as Hydra's basic sweeper makes
@@ -71,5 +78,5 @@ def compose_multirun(overrides: Sequence[str], config_dir: Path = CONF_DIR,
                                          run_mode=RunMode.MULTIRUN, with_log_configuration=False)
         loader = gh.config_loader()
         sweeper = master.hydra.sweeper
-        jobs = grid_jobs(sweeper.get("params"), list(master.hydra.overrides.task), loader, sweeper.get("arms"))
+        jobs = grid_jobs(sweeper.get("params"), given_overrides(master), loader, sweeper.get("arms"))
     return master, loader, jobs

@@ -17,7 +17,7 @@ from omegaconf import read_write
 from sweep.grid.estimate import ANCHOR, CPU_ANCHOR, RECORD_BYTES, RunEstimate, estimate
 from sweep.grid.expand import compose_multirun
 from sweep.grid.preflight import PlannedJob, plan_sweep, restrict_plan
-from sweep.grid.sweep_name import launch_sweep_name
+from sweep.grid.sweep_name import NamedSweepLoader, launch_sweep_name
 from sweep.grid.spec import RunSpec, data_file_problems, resource_ranks
 from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, RunDir
 
@@ -60,12 +60,12 @@ def make_plan(overrides: Sequence[str], tokens_per_s: Optional[float] = None) ->
     """Compose, expand and check the grid of ``overrides``; estimate every run. Writes nothing."""
     master, loader, jobs = compose_multirun(overrides)
     # The folder the launch would use: as the sweeper does, a grid without a sweep_name gets its
-    # default name on the launch's config and on every job.
+    # default name on the launch's config and on every job's config.
     name = launch_sweep_name(master, jobs)
     if name is not None:
         with read_write(master):
             master.sweep_name = name
-        jobs = [[*job, f"sweep_name={name}"] for job in jobs]
+        loader = NamedSweepLoader(loader, name)
     plan = plan_sweep(loader, master, jobs, check_files=False)
     only = master.hydra.sweeper.get("only")
     if only:

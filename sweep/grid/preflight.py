@@ -8,13 +8,16 @@ skipped, so relaunching a grid only runs what is left.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sweep.credentials import redact_text
 from sweep.errors import SweepError, UserError
@@ -33,6 +36,7 @@ class PlannedJob:
     state: str  # "todo" | "resume" | "left" (not in hydra.sweeper.only) | the run's status done/diverged
     id_record: dict = field(default_factory=dict)  # the overrides behind the run id (RunIdParts.record)
     spec: Optional[RunSpec] = None  # the validated run (sweep.plan estimates from it)
+    num: int = 0  # hydra.job.num: the grid point's position in the grid, as Hydra's basic sweeper numbers it
 
 
 @dataclass
@@ -53,6 +57,30 @@ def _job_state(run_dir: Path) -> str:
     return "resume" if rd.checkpoints() else "todo"
 
 
+@contextlib.contextmanager
+def job_config(config_loader: Any, master_config: DictConfig, overrides: Sequence[str], num: int) -> Any:
+    """Yield (the job's composed config, its run directory) as a launcher and Hydra's ``run_job``
+    make them: ``hydra.job.num``/``id`` set before the folder (``hydra.sweep.subdir``) is read, and
+    HydraConfig set to the job's config while it is read, so ``${hydra:...}`` resolves as in the job
+    (``hydra.runtime.output_dir`` included). HydraConfig is restored afterwards."""
+    cfg = config_loader.load_sweep_config(master_config, list(overrides))
+    with open_dict(cfg):
+        cfg.hydra.job.id = num
+        cfg.hydra.job.num = num
+    hydra_config = HydraConfig.instance()
+    before = hydra_config.cfg
+    try:
+        hydra_config.set_config(cfg)
+        run_dir = Path(os.path.abspath(os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")),
+                                                    str(OmegaConf.select(cfg, "hydra.sweep.subdir")))))
+        with read_write(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+        hydra_config.set_config(cfg)
+        yield cfg, run_dir
+    finally:
+        hydra_config.cfg = before
+
+
 def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Sequence[str]],
                check_files: bool = True) -> SweepPlan:
     """Compose and validate every job; raise SweepError on any invalid job or run-id collision.
@@ -62,12 +90,11 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
     plan = SweepPlan()
     errors: list[str] = []
     by_id: dict[str, list[tuple[str, str]]] = defaultdict(list)  # run id -> [(label, identity hash)]
-    for overrides in jobs:
+    for num, overrides in enumerate(jobs):
         label = redact_text(" ".join(overrides))  # a refused override may carry a credential
         try:
-            cfg = config_loader.load_sweep_config(master_config, list(overrides))
-            spec = build_run_spec(cfg, list(overrides), check_files=check_files)
-            run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+            with job_config(config_loader, master_config, overrides, num) as (cfg, run_dir):
+                spec = build_run_spec(cfg, list(overrides), check_files=check_files)
             digest = check_identity(RunDir(run_dir), spec.identity)
         except UserError as e:  # ConfigError, RunConfigChanged
             errors.append(f"job [{label}]: {e}")
@@ -82,7 +109,7 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
             continue
         by_id[spec.run_id].append((label, digest))
         plan.jobs.append(PlannedJob(list(overrides), spec.run_id, run_dir, _job_state(run_dir), spec.run_id_record,
-                                    spec))
+                                    spec, num))
     for run_id, entries in by_id.items():
         if len({d for _, d in entries}) > 1:
             errors.append(
@@ -116,6 +143,23 @@ def restrict_plan(plan: SweepPlan, only: Sequence[str]) -> None:
         if j.run_id not in wanted and j.state in ("todo", "resume"):
             j.state = "left"
     log.info("hydra.sweeper.only: launching %d of the grid's runs", len(plan.to_launch))
+
+
+def launch_batches(todo: Sequence[PlannedJob], max_batch_size: Optional[int],
+                   numbered: bool = False) -> list[list[PlannedJob]]:
+    """The launcher calls for ``todo``: at most ``max_batch_size`` jobs each. A launcher numbers a
+    call's jobs from its ``initial_job_idx`` on, so a call holds consecutive grid positions (a
+    relaunch that skips finished runs keeps every run's ``hydra.job.num``) unless the launcher takes
+    each job's number (``numbered``: the SLURM launcher, one array for the whole call)."""
+    size = max_batch_size or len(todo) or 1
+    batches: list[list[PlannedJob]] = []
+    for job in todo:
+        last = batches[-1] if batches else None
+        if last is not None and len(last) < size and (numbered or job.num == last[-1].num + 1):
+            last.append(job)
+        else:
+            batches.append([job])
+    return batches
 
 
 def summarize_results(plan: SweepPlan, results: Sequence[Any]) -> None:

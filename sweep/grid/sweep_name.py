@@ -11,8 +11,9 @@
 - a single run: ``default``.
 
 The name is chosen before any run directory is resolved (``hydra.sweep.dir`` is
-``${paths.runs_root}/${sweep_name}``): the sweeper sets it on the launch's config and passes it to
-every job as ``sweep_name=<name>`` (hydra_plugins/specsweep_sweeper).
+``${paths.runs_root}/${sweep_name}``): the sweeper sets it on the launch's config and on every
+job's composed config (``NamedSweepLoader``), not as an override, so Hydra does not echo it in the
+job's overrides (hydra_plugins/specsweep_sweeper).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Optional, Sequence
 
+from omegaconf import read_write
+
+from sweep.grid.expand import given_overrides
 from sweep.grid.run_id import digest_of, excluded, parse_override
 
 DEFAULT = "default"      # conf/train.yaml's sweep_name
@@ -76,6 +80,31 @@ def launch_sweep_name(config: Any, jobs: Sequence[Sequence[str]]) -> Optional[st
     """The name to give a multirun composed as ``config`` (its ``hydra.overrides.task``,
     ``sweep_name``, ``run_id_exclude``) with these jobs; None when the launch names its sweep or
     the grid is the default run. The sweeper and ``sweep.plan`` both ask this."""
-    name = default_sweep_name(list(config.hydra.overrides.task), str(config.sweep_name), jobs,
+    name = default_sweep_name(given_overrides(config), str(config.sweep_name), jobs,
                               list(config.get("run_id_exclude") or []))
     return None if name in (None, DEFAULT) else name
+
+
+class NamedSweepLoader:
+    """Hydra's config loader, giving every job it composes the grid's default sweep name.
+
+    The name is set on the job's config, not added to its overrides: Hydra would echo an override
+    in ``hydra.job.override_dirname``, ``.hydra/overrides.yaml`` and the job's returned overrides.
+    Launchers compose each job with ``load_sweep_config`` (the SLURM launcher on the node, so this
+    is pickled with it); everything else is the wrapped loader's.
+    """
+
+    def __init__(self, loader: Any, sweep_name: str) -> None:
+        self.loader = loader
+        self.sweep_name = sweep_name
+
+    def load_sweep_config(self, master_config: Any, sweep_overrides: Sequence[str]) -> Any:
+        cfg = self.loader.load_sweep_config(master_config, list(sweep_overrides))
+        with read_write(cfg):
+            cfg.sweep_name = self.sweep_name
+        return cfg
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("loader", "sweep_name") or name.startswith("__"):  # unpickling: not set yet
+            raise AttributeError(name)
+        return getattr(self.loader, name)

@@ -51,10 +51,14 @@ def read_grid(sweep_dir: Path) -> dict[str, Any]:
 
 
 def record_launch(sweep_dir: Path, runs: Iterable[tuple[str, Sequence[str]]], task_overrides: Sequence[str],
-                  hydra_overrides: Sequence[str], id_records: Optional[Mapping[str, Mapping[str, Any]]] = None) -> int:
+                  hydra_overrides: Sequence[str], id_records: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                  run_dirs: Optional[Mapping[str, Path]] = None) -> int:
     """Add a launch and its grid points to grid.json; returns the launch's index.
 
-    ``id_records``: run id -> the overrides behind it (RunIdParts.record), shown by ``sweep.status --ids``.
+    ``task_overrides``/``hydra_overrides``: as typed (interpolations unresolved), so that a relaunch
+    is the same grid. ``id_records``: run id -> the overrides behind it (RunIdParts.record), shown by
+    ``sweep.status --ids``. ``run_dirs``: run id -> its folder, recorded ("dir") when it is not
+    ``SWEEP_DIR/<run id>`` (e.g. ``hydra.sweep.subdir=${hydra.job.num}``).
     """
     grid = read_grid(sweep_dir)
     launch = {
@@ -78,8 +82,24 @@ def record_launch(sweep_dir: Path, runs: Iterable[tuple[str, Sequence[str]]], ta
         grid["runs"][run_id] = {"overrides": list(overrides), "launch": index}
         if id_records and run_id in id_records:
             grid["runs"][run_id]["id"] = dict(id_records[run_id])
+        folder = run_dir_name(sweep_dir, run_dirs[run_id]) if run_dirs and run_id in run_dirs else run_id
+        if folder != run_id:
+            grid["runs"][run_id]["dir"] = folder
     atomic_write_text(grid_file(sweep_dir), json.dumps(grid, indent=1, sort_keys=True))
     return index
+
+
+def run_dir_name(sweep_dir: Path, run_dir: Path) -> str:
+    """A run's folder as grid.json keeps it: relative to the sweep directory when inside it."""
+    try:
+        return str(Path(run_dir).resolve().relative_to(Path(sweep_dir).resolve()))
+    except ValueError:
+        return str(Path(run_dir).resolve())
+
+
+def run_folder(sweep_dir: Path, run_id: str, grid: Mapping[str, Any]) -> Path:
+    """Where a recorded run lives: its recorded folder, else ``SWEEP_DIR/<run id>``."""
+    return Path(sweep_dir) / ((grid.get("runs") or {}).get(run_id, {}).get("dir") or run_id)
 
 
 def record_jobs(sweep_dir: Path, rows: Iterable[tuple[Optional[str], Sequence[str], str]]) -> None:
