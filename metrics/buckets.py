@@ -13,6 +13,7 @@ import torch
 
 BUCKETS: tuple[str, ...] = ("head", "mid", "tail")  # bucket id = index here
 HEAD, MID, TAIL = 0, 1, 2
+REST = "rest"  # bucket id 3: rows pooled into the global covariance only (metrics.collector)
 
 
 def occurrence_tertiles(
