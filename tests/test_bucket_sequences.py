@@ -134,3 +134,25 @@ def test_the_paper_presets_set_the_papers_rank0_rows(compose) -> None:
 def test_bad_bucket_sequences_are_refused_before_work(compose, value, message) -> None:
     with pytest.raises(Exception, match=message):
         build_run_spec(compose(["+preset=paper", f"telemetry.bucket_sequences={value}"]), check_files=False)
+
+
+@pytest.mark.slow
+def test_a_training_run_measures_buckets_on_the_first_sequences_only(env: dict, tmp_path: Path) -> None:
+    # The trainer's loop: 8 sequences per step in 4 micro-batches of 2, the paper's stream laid out
+    # 2 ranks x 2; HEAD/MID/TAIL from the first 2 sequences (micro-batch 0), global from all 8.
+    import json
+
+    from tests.conftest import FAST, run_train
+
+    run_train([*FAST, "data.order=sequential", "data.stream_ranks=2", "data.stream_rows=2", "train.global_batch=8",
+               "train.batch_size=null", "train.grad_accum=null", "train.micro_batch=2", "train.steps=2",
+               "telemetry.every=1", "telemetry.bucket_sequences=2", "telemetry.min_bucket_rows=2",
+               "sweep_name=buckets"], env)
+    (run,) = list((tmp_path / "runs" / "buckets").iterdir())
+    records = [json.loads(line) for line in (run / "spectra.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in records} == {1, 2}
+    for step in (1, 2):
+        for layer, site in {(r["layer"], r["site"]) for r in records}:
+            rows = {r["bucket"]: r["n_rows"] for r in records
+                    if (r["step"], r["layer"], r["site"]) == (step, layer, site)}
+            assert rows["global"] == 4 * (rows["head"] + rows["mid"] + rows["tail"]), (step, layer, site)
