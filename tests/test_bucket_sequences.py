@@ -28,6 +28,15 @@ V, T, STEP_SEQS, FIRST = 64, 16, 16, 4  # vocabulary, sequence length, sequences
 COUNTS = (np.arange(V, 0, -1) ** 3).astype(np.int64)  # a Zipf-like table: all three buckets populated
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matrices: one torch thread (several only contend on a shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _model() -> GPT:
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=V, n_layer=2, n_head=2, d_model=8, context_len=T, ffn_mult=2)).eval()
@@ -119,14 +128,6 @@ def test_two_gloo_ranks_give_the_same_buckets_as_one() -> None:
     _check(rank0, _step_tokens()[:FIRST])
 
 
-def test_the_paper_presets_set_the_papers_rank0_rows(compose) -> None:
-    s160 = build_run_spec(compose(["+preset=paper"]), check_files=False)
-    assert (s160.telemetry.bucket_sequences, s160.telemetry.bucket_scope) == (256, "all")
-    assert (s160.data.stream_ranks, s160.data.stream_rows) == (4, 64)
-    s350 = build_run_spec(compose(["+sweep=paper_350m_tail", "optim=muon", "model.ffn_mult=1"]), check_files=False)
-    assert (s350.telemetry.bucket_sequences, s350.data.stream_ranks, s350.data.stream_rows) == (128, 8, 16)
-
-
 @pytest.mark.parametrize("value,message", [
     (0, "telemetry.bucket_sequences: a positive integer or null"),
     (2048, "telemetry.bucket_sequences: 2048 > the step's 1024 sequences"),
@@ -134,6 +135,7 @@ def test_the_paper_presets_set_the_papers_rank0_rows(compose) -> None:
 def test_bad_bucket_sequences_are_refused_before_work(compose, value, message) -> None:
     with pytest.raises(Exception, match=message):
         build_run_spec(compose(["+preset=paper", f"telemetry.bucket_sequences={value}"]), check_files=False)
+    # (the paper grids' 256 and 128: tests/test_paper_grids.py, every run of every grid)
 
 
 @pytest.mark.slow
