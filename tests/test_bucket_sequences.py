@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 
 from metrics import FFNProbe, frequency_buckets
 from models import GPT, GPTConfig
+from sweep.errors import ConfigError
 from sweep.grid.spec import TelemetrySpec, build_run_spec
 from sweep.run.telemetry import Telemetry
 
@@ -128,13 +129,14 @@ def test_two_gloo_ranks_give_the_same_buckets_as_one() -> None:
     _check(rank0, _step_tokens()[:FIRST])
 
 
-@pytest.mark.parametrize("value,message", [
-    (0, "telemetry.bucket_sequences: a positive integer or null"),
-    (2048, "telemetry.bucket_sequences: 2048 > the step's 1024 sequences"),
+@pytest.mark.parametrize("overrides,message", [
+    (["telemetry.bucket_sequences=0"], r"telemetry.bucket_sequences: a positive integer \(with telemetry.tokens=train\)"),
+    (["telemetry.bucket_sequences=2048"], "telemetry.bucket_sequences: 2048 > the step's 1024 sequences"),
+    (["telemetry.tokens=probe"], r"telemetry.bucket_sequences: a positive integer \(with telemetry.tokens=train\)"),
 ])
-def test_bad_bucket_sequences_are_refused_before_work(compose, value, message) -> None:
-    with pytest.raises(Exception, match=message):
-        build_run_spec(compose(["+preset=paper", f"telemetry.bucket_sequences={value}"]), check_files=False)
+def test_bad_bucket_sequences_are_refused_before_work(compose, overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_run_spec(compose(["+preset=paper", *overrides]), check_files=False)
     # (the paper grids' 256 and 128: tests/test_paper_grids.py, every run of every grid)
 
 

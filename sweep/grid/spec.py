@@ -247,8 +247,8 @@ def _check_telemetry(t: TelemetrySpec, errors: list[str]) -> None:
         errors.append(f"telemetry.max_in_flight: must be a positive integer, got {t.max_in_flight!r}")
     if t.bucket_scope not in ("all", "rank0"):
         errors.append(f"telemetry.bucket_scope: all | rank0, got {t.bucket_scope!r}")
-    if t.bucket_sequences is not None and (not _is_int(t.bucket_sequences) or t.bucket_sequences < 1):
-        errors.append(f"telemetry.bucket_sequences: a positive integer or null, got {t.bucket_sequences!r}")
+    if t.bucket_sequences is not None and (not _is_int(t.bucket_sequences) or t.bucket_sequences < 1 or t.tokens != "train"):
+        errors.append(f"telemetry.bucket_sequences: a positive integer (with telemetry.tokens=train) or null, got {t.bucket_sequences!r}")
 
 
 def _model(raw: Mapping[str, Any], errors: list[str]) -> Optional[GPTConfig]:
