@@ -15,6 +15,7 @@ BUCKETS: tuple[str, ...] = ("head", "mid", "tail")  # bucket id = index here
 GLOBAL = "global"  # the "bucket" of all rows
 SITES: tuple[str, ...] = ("pre", "post")  # FFN probe sites: up-projection output, down-projection input
 HEAD, MID, TAIL = 0, 1, 2
+REST = "rest"  # bucket id 3: rows pooled into the global covariance only (metrics.collector)
 
 
 def occurrence_tertiles(

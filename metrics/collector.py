@@ -9,22 +9,23 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from metrics.buckets import BUCKETS
+from metrics.buckets import BUCKETS, REST
 from metrics.covariance import CovarianceAccumulator
 from metrics.snapshot import GLOBAL, TelemetryOptions, TelemetrySnapshot, snapshot_accumulator
 
 
-def bucket_order(labels: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """Row order that groups rows by bucket id (0 HEAD, 1 MID, 2 TAIL) and the group sizes.
+def bucket_order(labels: torch.Tensor, groups: int = len(BUCKETS)) -> tuple[torch.Tensor, list[int]]:
+    """Row order that groups rows by bucket id (0 HEAD, 1 MID, 2 TAIL, 3 REST when ``groups`` = 4)
+    and the group sizes.
 
     Sorting once per batch lets every layer and site split its rows with one gather and views,
     and costs one host sync (the sizes) per batch instead of one per hook.
     """
     labels = labels.reshape(-1)
     order = torch.argsort(labels, stable=True)
-    sizes = torch.bincount(labels.to(torch.int64), minlength=len(BUCKETS))
-    if sizes.numel() > len(BUCKETS):
-        raise ValueError(f"bucket ids must lie in [0, {len(BUCKETS)})")
+    sizes = torch.bincount(labels.to(torch.int64), minlength=groups)
+    if sizes.numel() > groups:
+        raise ValueError(f"bucket ids must lie in [0, {groups})")
     return order, [int(s) for s in sizes.tolist()]
 
 
@@ -77,7 +78,9 @@ class SpectrumCollector:
     """Accumulators for each (layer, site) and bucket; the global one is derived exactly.
 
     With buckets, only HEAD/MID/TAIL are accumulated and GLOBAL is their Chan merge at snapshot
-    time: one GEMM per row instead of two.
+    time: one GEMM per row instead of two. ``rest``: a fourth group (bucket id 3, metrics.buckets.REST)
+    for rows that count in GLOBAL but in no HEAD/MID/TAIL matrix (rows outside the bucket rows of a
+    step, FFNProbe.set_tokens' ``bucket_rows``); it is never reported on its own.
     """
 
     def __init__(
@@ -90,10 +93,11 @@ class SpectrumCollector:
         bf16_matmul: bool | None = None,
         keep_rows: bool = True,
         device: torch.device | str | None = None,
+        rest: bool = False,
     ) -> None:
         self.keys = list(keys)
         self.buckets = buckets
-        self._groups = list(BUCKETS) if buckets else [GLOBAL]
+        self._groups = [*BUCKETS, *([REST] if rest else [])] if buckets else [GLOBAL]
         self.capture_timer = CaptureTimer()
         dims = dims or {}
         self.acc: dict[tuple[int, str, str], CovarianceAccumulator] = {
@@ -116,7 +120,7 @@ class SpectrumCollector:
             return
         if bucket_sizes is None:
             raise ValueError("bucketed collector needs bucket_sizes (rows grouped by bucket)")
-        for name, chunk in zip(BUCKETS, torch.split(x, list(bucket_sizes), dim=0)):
+        for name, chunk in zip(self._groups, torch.split(x, list(bucket_sizes), dim=0)):
             if chunk.shape[0]:
                 self.acc[(layer, site, name)].update(chunk)
 
@@ -127,7 +131,7 @@ class SpectrumCollector:
 
     @property
     def groups(self) -> list[str]:
-        """The accumulated groups per (layer, site): HEAD/MID/TAIL, or GLOBAL alone."""
+        """The accumulated groups per (layer, site): HEAD/MID/TAIL (and REST), or GLOBAL alone."""
         return list(self._groups)
 
     @property
@@ -166,7 +170,8 @@ class SpectrumCollector:
             if self.buckets:
                 out[(layer, site, GLOBAL)] = self._merged(parts)
             for group, part in zip(self._groups, parts):
-                out[(layer, site, group)] = part
+                if group != REST:
+                    out[(layer, site, group)] = part
         return out
 
     @staticmethod
@@ -199,7 +204,8 @@ class SpectrumCollector:
                 snap.entries.append(snapshot_accumulator(merged, layer, site, GLOBAL, device, take=True))
                 del merged
             for group, part in zip(self._groups, parts):
-                snap.entries.append(snapshot_accumulator(part, layer, site, group, device, take=reset))
+                if group != REST:
+                    snap.entries.append(snapshot_accumulator(part, layer, site, group, device, take=reset))
                 if reset:
                     part.reset()  # drop the reference now: the snapshot owns the tensors
         if reset:

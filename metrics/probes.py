@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from metrics.buckets import BUCKETS
 from metrics.collector import SpectrumCollector, bucket_order
 from metrics.records import finalize_snapshot
 from metrics.snapshot import SITES, TelemetryOptions, TelemetrySnapshot
@@ -79,6 +80,8 @@ class FFNProbe:
         bf16_matmul: None (default) = bf16 GEMM inputs with fp32 output on CUDA, exact fp32 on CPU;
             False forces IEEE fp32 (see CovarianceAccumulator).
         gram_below_dim: keep rows while n < D and decompose the n×n Gram matrix then.
+        limit_bucket_rows: allow `set_tokens(..., bucket_rows=k)`: only the first k sequences of a
+            forward go into HEAD/MID/TAIL, the others into the global covariance only.
     Activations must be laid out [B, S, D] (or [B·S, D]) in the same order as the ids passed to
     `set_tokens`; rows are labelled by the INPUT token id's bucket.
     """
@@ -100,6 +103,7 @@ class FFNProbe:
         accum_dtype: torch.dtype = torch.float32,
         bf16_matmul: bool | None = None,
         gram_below_dim: bool = True,
+        limit_bucket_rows: bool = False,
     ) -> None:
         bad = [s for s in sites if s not in SITES]
         if bad or not sites:
@@ -132,7 +136,7 @@ class FFNProbe:
         self.collector = SpectrumCollector(
             sorted(self.modules), dims=dims, buckets=self._table is not None,
             accum_dtype=accum_dtype, bf16_matmul=bf16_matmul, keep_rows=gram_below_dim,
-            device=device,
+            device=device, rest=limit_bucket_rows and self._table is not None,
         )
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._batch: _BatchRows | None = None
@@ -166,10 +170,15 @@ class FFNProbe:
             self._handles.clear()
             self._batch = None
 
-    def set_tokens(self, idx: torch.Tensor) -> None:
+    def set_tokens(self, idx: torch.Tensor, bucket_rows: int | None = None) -> None:
         """Declare the input token ids ([B, S]) of the next forward; required with buckets or
         subsampling. Each site then counts one forward per call; a repeated forward with the
-        same tokens (activation-checkpoint recompute) is ignored. A no-op when not capturing."""
+        same tokens (activation-checkpoint recompute) is ignored. A no-op when not capturing.
+        ``bucket_rows``: only sequences ``[0, bucket_rows)`` of this forward feed HEAD/MID/TAIL (all
+        feed the global covariance); needs ``limit_bucket_rows``. None: all of them."""
+        rest = self.collector.buckets and len(self.collector.groups) > len(BUCKETS)
+        if bucket_rows is not None and not rest:
+            raise ValueError("set_tokens(bucket_rows=...) needs a bucketed FFNProbe(limit_bucket_rows=True)")
         if not self.active:
             return
         if idx.dim() == 1:
@@ -188,7 +197,10 @@ class FFNProbe:
             if flat.numel() and int(flat.max()) >= self._table.numel():  # a clear error, not a CUDA assert
                 raise ValueError(f"token id {int(flat.max())} outside the bucket table ({self._table.numel()})")
             labels = self._table[flat if rows is None else flat[rows]]
-            order, sizes = bucket_order(labels)
+            if bucket_rows is not None and bucket_rows < b:  # later sequences: global rows only (id 3)
+                seq = (torch.arange(flat.numel(), device=idx.device) if rows is None else rows) // s
+                labels = torch.where(seq >= bucket_rows, len(BUCKETS), labels)
+            order, sizes = bucket_order(labels, len(self.collector.groups))
             rows = order if rows is None else rows[order]
         self._batch = _BatchRows(total=idx.numel(), rows=rows, sizes=sizes)
         self._generation += 1

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.distributed as dist
 
-from metrics.buckets import BUCKETS
+from metrics.buckets import BUCKETS, REST
 from metrics.collector import SpectrumCollector
 from metrics.covariance import CovarianceAccumulator
 from metrics.snapshot import GLOBAL, SITES
@@ -111,7 +111,7 @@ def reduce_to_owners(
     def local(key: MatrixKey) -> list[CovarianceAccumulator]:
         layer, site, bucket = key
         if collector.buckets and bucket == GLOBAL:
-            return [collector.acc[(layer, site, b)] for b in BUCKETS]
+            return [collector.acc[(layer, site, b)] for b in (*BUCKETS, REST) if (layer, site, b) in collector.acc]
         if rank0_buckets and rank != 0:
             return []  # these rows stay out of the bucket matrices (they are in the global one)
         return [collector.acc[key]]

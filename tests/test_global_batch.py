@@ -25,13 +25,14 @@ GLOBAL = ["train.global_batch=8", "train.batch_size=null", "train.grad_accum=nul
 
 
 def _step_rows(src: list[np.ndarray], order: str, step: int, micro: int, world: int, accum: int) -> torch.Tensor:
-    """The rows every rank reads at ``step``, in (micro-batch, rank) order: the step's global batch."""
+    """The rows every rank reads at ``step``, in (rank, micro-batch) order: the step's global batch
+    (rank r holds its rows' block of the step, the paper's order, sweep.data.order)."""
     parts = []
     for rank in range(world):
         steps = TokenBatches(src, micro, 16, seed=3, rank=rank, world_size=accum * world, order=order)
         loader = StepBatches(steps, accum, rank=rank, world_size=world)
         parts.append([loader.get(step * accum + m)[0] for m in range(accum)])
-    return torch.cat([parts[r][m] for m in range(accum) for r in range(world)])
+    return torch.cat([parts[r][m] for r in range(world) for m in range(accum)])
 
 
 @pytest.mark.parametrize("order", ["sequential", "random"])

@@ -59,11 +59,14 @@ def _check_protocol(run: dict, *, steps: int, every: int, eval_every: int, layer
     assert run["tokens"] == steps * 524_288, rid
     assert run["grad_clip"] is None and run["warmup_steps"] == 0 and run["decay_frac"] == 0.2, rid
     assert run["eval_at_start"] is True and run["eval_tokens"] == 10_485_760, rid
-    assert (run["data"], run["data_order"]) == ("fineweb10b", "sequential"), rid
+    assert (run["data"], run["data_order"]) == ("fineweb10b_gpt2", "sequential"), rid
+    assert (run["data_source"], run["vocab_size"]) == ("hf-bins:kjj0/fineweb10B-gpt2", 50304), rid
+    paper_rank0 = (256, [4, 64]) if d_model == 768 else (128, [8, 16])  # 4 GPUs x 64 | 8 GPUs x 16 (§4b)
+    assert (run["bucket_sequences"], run["data_stream"]) == paper_rank0, rid
     assert run["seed"] == 1337, rid
     assert run["telemetry_enabled"] and run["telemetry_tokens"] == "train", rid
     assert (run["telemetry_sites"], run["buckets"], run["min_bucket_rows"]) == (["pre", "post"], True, 1000), rid
-    assert (run["bucket_scope"], run["spectrum_every"]) == ("rank0", 1), rid
+    assert (run["bucket_scope"], run["spectrum_every"]) == ("all", 1), rid  # bucket_sequences picks the rows
     assert run["renyi_alphas"] == [0.5, 1.5, 2.0, 3.0, 5.0], rid
     hp = run["optimizer_hparams"]
     expected = dict(HPARAMS[run["optimizer"]])
@@ -152,7 +155,8 @@ def test_the_paper_preset_alone_is_the_160m_protocol(compose) -> None:
     assert (t.steps, t.global_batch, t.micro_batch, t.grad_clip, t.eval_every, t.eval_at_start) == \
         (6000, 1024, 64, None, 150, True)
     assert (tel.every, tel.bucket_scope, spec.data.order, spec.data.eval_tokens, spec.seed) == \
-        (200, "rank0", "sequential", 10_485_760, 1337)
+        (200, "all", "sequential", 10_485_760, 1337)
+    assert (tel.bucket_sequences, spec.data.stream(), spec.model.vocab_size) == (256, (4, 64), 50304)
     # the GPU check's shortened widest Muon point composes as well
     short = build_run_spec(compose(["+preset=paper", "model=gpt2_160m", "model.ffn_mult=8", "optim=muon",
                                     "train.steps=50", "train.micro_batch=256"]), check_files=False)

@@ -8,13 +8,15 @@ Modules (names are imported lazily, so that preparation-only processes do not im
     streaming     prepare_corpus: `python -m sweep.prepare` for hub / local corpora (resumable)
     documents     the documents of a corpus source, in a fixed resumable order
     shard_index   the one indexer of existing .bin shards (both routes use it)
+    hub_bins      existing .bin shards downloaded from a hub dataset repository (hf-bins:, the paper's kjj0)
     prepared      the prepared folder's files and PreparedData to read it
     shards        the .bin shard file format
     tokenizer     GPT-2 (tiktoken), local BPE, bytes
     synthetic     the built-in Zipf-Markov corpus
     text          local .txt documents
     frequency     HEAD/MID/TAIL table of a folder's unigram counts
-    order         where batches lie in the shards (random windows, the paper's sequential stream)
+    order         where batches lie in the shards (random windows, the paper's sequential stream and its
+                  per-rank shard ends)
     loader        TokenBatches: stateless batches as tensors
     run_data      load_run_data: from a run spec to its batch sources
 

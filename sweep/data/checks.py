@@ -63,6 +63,18 @@ def _check_reading(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list
     errors = []
     if data.get("order", "random") not in ORDERS:
         errors.append(f"data.order: {' | '.join(ORDERS)}, got {data.get('order')!r}")
+    for key in ("stream_ranks", "stream_rows"):
+        v = data.get(key)
+        if v is not None and (not _is_int(v) or v < 1):
+            errors.append(f"data.{key}: a positive integer or null, got {v!r}")
+    if (data.get("stream_ranks") is None) != (data.get("stream_rows") is None):
+        errors.append("data.stream_ranks and data.stream_rows: set both (the paper's ranks x sequences per "
+                      "micro-batch) or neither")
+    elif needs is not None and not errors and data.get("stream_ranks") is not None:
+        block = data["stream_ranks"] * data["stream_rows"]
+        if needs.train_rows % block:
+            errors.append(f"data.stream_ranks x data.stream_rows = {block} sequences must divide the "
+                          f"{needs.train_rows} sequences of a step (train.global_batch)")
     n = data.get("eval_tokens")
     if n is not None:
         if not _is_int(n) or n <= 0:
@@ -216,9 +228,10 @@ def _too_small(where: str, train: Sequence[int], val: Sequence[int], needs: Toke
 
     rows = needs.train_rows
     if data.get("order", "random") == "sequential":
-        if not sum(sequential_batches(n, rows * T) for n in train):
-            problem("training", train, f"data.order=sequential needs a shard of {rows * T + 1} tokens for one "
-                                       f"micro-batch of {rows} sequences of {T} (train.batch_size)")
+        stride = (data.get("stream_ranks") or 1) * (data.get("stream_rows") or rows)  # sequences per stream stride
+        if not sum(sequential_batches(n, stride * T) for n in train):
+            problem("training", train, f"data.order=sequential needs a shard of {stride * T + 1} tokens for one "
+                                       f"micro-batch of {stride} sequences of {T} (all stream ranks)")
     elif sum(windows(n, T) for n in train) < rows:
         problem("training", train, f"{needs.tokens(rows)} are needed for {rows} windows of {T + 1} tokens "
                                    f"(train.batch_size)")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from sweep.data.frequency import FREQUENCY_FILE
+from sweep.data.hub_bins import hub_repo, is_hub_bins
 from sweep.data.prepared import META_FILE, PROGRESS_FILE
 from sweep.data.spec import DataSpec
 from sweep.data.tokenizer import BPE_FILE
@@ -24,7 +25,7 @@ BUILDER_OF_SUFFIX = {".txt": "text", ".jsonl": "json", ".json": "json", ".parque
 class Source:
     """Where documents (or finished shards) come from."""
 
-    kind: str                    # "hub" | "files" | "bins"
+    kind: str                    # "hub" | "files" | "bins" | "hub-bins"
     label: str                   # normalized source string (recorded in meta.json)
     root: Optional[Path] = None  # local folder or file
     files: list[Path] = field(default_factory=list)
@@ -43,6 +44,9 @@ def resolve_source(spec: DataSpec) -> Source:
     if not raw:
         raise DataError("data.source is required: hf:<dataset>, a local .txt/.jsonl/.parquet file or folder, "
                            "or a folder of .bin shards")
+    if is_hub_bins(raw):  # pre-tokenized .bin shards in a hub dataset repository (sweep.data.hub_bins)
+        hub_repo(raw)
+        return Source("hub-bins", raw)
     if raw.startswith("hf:"):
         if len(raw) <= 3:
             raise DataError(f"data.source {raw!r}: expected hf:<dataset name>")

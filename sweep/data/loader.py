@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -28,11 +28,14 @@ _TRAIN, _PROBE = 0, 1  # separate random streams for training batches and the pr
 class TokenBatches:
     """(x, y) windows of ``seq_len`` tokens, y = x shifted by one, from a token stream.
 
-    ``batch_size`` is this rank's rows; ``order`` is "random" or "sequential" (sweep.data.order).
+    ``batch_size`` is this rank's rows; ``order`` is "random" or "sequential" (sweep.data.order);
+    ``stream``: the sequential stream's layout (stream ranks, sequences per stream micro-batch),
+    which must divide a global micro-batch; None: one stream rank holding the whole of it.
     """
 
     def __init__(self, source: Source | Sequence[Source], batch_size: int, seq_len: int, seed: int,
-                 rank: int = 0, world_size: int = 1, order: str = "random") -> None:
+                 rank: int = 0, world_size: int = 1, order: str = "random",
+                 stream: Optional[tuple[int, int]] = None) -> None:
         if batch_size <= 0 or seq_len <= 0:
             raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
         if not 0 <= rank < world_size:
@@ -48,7 +51,12 @@ class TokenBatches:
         self._window_ends = np.cumsum(per_shard)
         self.n_windows = int(self._window_ends[-1]) if per_shard.size else 0
         if order == "sequential":
-            self.stream = SequentialStream([s.size for s in self.shards], rows, seq_len)
+            ranks, per_rank = stream if stream is not None else (1, rows)
+            if ranks < 1 or per_rank < 1 or rows % (ranks * per_rank):
+                raise DataError(f"data.stream_ranks x data.stream_rows = {ranks} x {per_rank} must divide the "
+                                f"{rows} sequences of a step (or of a global micro-batch)")
+            self.stream = SequentialStream([s.size for s in self.shards], per_rank, seq_len, ranks=ranks,
+                                           accum=rows // (ranks * per_rank))
             if self.stream.n_batches == 0:
                 longest = max((s.size for s in self.shards), default=0)
                 raise DataError(f"data.order=sequential: no shard holds one global micro-batch of {rows} sequences "
@@ -65,12 +73,8 @@ class TokenBatches:
         """Global micro-batch ``k``, this rank's rows: int64 tensors x, y of shape [batch_size, seq_len].
         ``part``: take the rows of that slice of the global micro-batch instead of this rank's."""
         part = self.rank if part is None else part
-        if self.order == "sequential":
-            shard, start = self.stream.position(k)
-            # [rows * seq_len + 1] global run -> this part's [batch_size * seq_len + 1] slice
-            lo = start + part * self.batch_size * self.seq_len
-            buf = torch.from_numpy(self.shards[shard][lo:lo + self.batch_size * self.seq_len + 1].astype(np.int64))
-            return buf[:-1].view(self.batch_size, self.seq_len), buf[1:].view(self.batch_size, self.seq_len)
+        if self.order == "sequential":  # this part's sequences of block k, in the paper's order
+            return self._cut(*self.stream.block_rows(k, np.arange(part * self.batch_size, (part + 1) * self.batch_size)))
         rng = np.random.default_rng([self.seed, _TRAIN, int(k)])
         picked = rng.choice(self.n_windows, size=self.world_size * self.batch_size, replace=False)
         return self._rows(self._mine(picked, part), shift=int(rng.integers(self.seq_len)))
@@ -148,10 +152,10 @@ class StepBatches:
     is split, so the run means the same thing (and resumes) on any number of ranks.
 
     ``get(k)`` with ``k = s * grad_accum + micro``: the indexing of TokenBatches, so the training
-    loop draws from either the same way. In the sequential order the stream's stride is then the
-    whole step (global_batch x seq_len tokens), where the paper's loader strode by its 4 GPUs'
-    micro-batches: the same tokens in the same order up to the first shard end, where each skips
-    the remainder that its own stride leaves (at most one step here, 0.5% of a 100M-token shard).
+    loop draws from either the same way. Rank r's micro-batch m is part ``r * grad_accum + m`` of
+    the step, i.e. its rows ``[(r * grad_accum + m) * batch_size, ...)`` in the step's order
+    (sweep.data.order: the paper's, rank-major), so a run with the paper's ranks and micro-batch
+    gives each rank exactly the paper rank's sequences (leading_rows counts them).
     """
 
     def __init__(self, steps: TokenBatches, grad_accum: int, rank: int = 0, world_size: int = 1) -> None:
@@ -168,4 +172,4 @@ class StepBatches:
     def get(self, k: int) -> Batch:
         """Micro-batch ``k % grad_accum`` of step ``k // grad_accum``, this rank's rows [batch_size, seq_len]."""
         step, micro = divmod(int(k), self.grad_accum)
-        return self.steps.get(step, part=micro * self.world_size + self.rank)
+        return self.steps.get(step, part=self.rank * self.grad_accum + micro)

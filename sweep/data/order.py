@@ -9,25 +9,29 @@ Training order (``data.order``):
 - ``random`` (default): global micro-batch k draws ``rows`` distinct windows out of every shard's
   aligned windows (starts ``i * seq_len``, keeping ``seq_len`` tokens spare) from the random stream
   (seed, k), all moved by one random shift below ``seq_len`` (sweep.data.loader).
-- ``sequential``, the paper's stream (paper-notes §4 "Data order"): the training shards in name
-  order, read from the first. Global micro-batch g is ONE contiguous run of ``rows * seq_len + 1``
-  tokens cut into ``rows`` sequences (row i starts ``i * seq_len`` into it). The next one starts
-  ``rows * seq_len`` further; when it would pass the end of the shard, the rest of that shard is
-  skipped and the next shard starts; after the last shard the stream wraps to the first. A shard of
-  L tokens thus holds ``(L - 1) // (rows * seq_len)`` global micro-batches (SequentialStream).
+- ``sequential``, the paper's stream (paper-notes §4 "Data order", §4b): the training shards in
+  name order, read from the first, laid out as the paper's loader (modded-nanogpt's
+  DistributedDataLoader) read them with ``ranks`` data-parallel ranks of ``rows`` sequences per
+  micro-batch (``data.stream_ranks`` x ``data.stream_rows``; default one rank holding the whole
+  block). Stream rank p starts at ``p * rows * seq_len`` in the first shard, takes ``rows * seq_len
+  + 1`` contiguous tokens per micro-batch and moves on by ``stride = ranks * rows * seq_len``; each
+  stream rank checks the shard end before its next micro-batch on its own (advance when ``pos +
+  stride + 1`` passes the shard's end, the rest of the shard skipped, after the last shard the
+  first again). Stream rank p thus reads ``max(1, (L - 1 - p * rows * seq_len) // stride)``
+  micro-batches from a shard of L tokens: the same count for every rank except near a shard end,
+  where a rank p > 0 may leave a shard one micro-batch before rank 0, exactly as the paper's ranks
+  did (SequentialStream). A shard shorter than ``stride + 1`` tokens is skipped (the paper's loader
+  would fail on it).
 
-Both are stateless: batch g is a pure function of g (and the seed, for random), so a resumed run
-draws exactly the batches an uninterrupted one would, and the global batch does not depend on the
-number of ranks it is split over.
+  One block (a step, or a global micro-batch without train.global_batch) of ``accum * ranks *
+  rows`` sequences is numbered in the paper's order: stream rank p's sequences first (its ``accum``
+  micro-batches in turn, ``rows`` sequences each), then rank p + 1's. The first ``accum * rows``
+  sequences are therefore what the paper's rank 0 held (sweep.data.loader cuts the block into the
+  run's own ranks and micro-batches in that order).
 
-The paper's loader (modded-nanogpt's DistributedDataLoader) keeps a position per rank
-(``r * batch_size * seq_len`` into the global run) and advances to the next shard when
-``position + rows * seq_len + 1`` passes the shard's end. Rank 0 then advances after exactly
-``(L - 1) // (rows * seq_len)`` global micro-batches, as here, but rank r > 0 advances one earlier
-whenever ``(L - 1) % (rows * seq_len) < r * batch_size * seq_len``, and from then on the ranks read
-different shards. Here the whole global micro-batch is checked, so the ranks never desynchronise;
-with one rank the two streams are identical (except that a shard too short for even one global
-micro-batch is skipped here, where the paper's loader would fail on it).
+Both are stateless: block g is a pure function of g (and the seed, for random), so a resumed run
+draws exactly the batches an uninterrupted one would, and a block does not depend on the number
+of ranks or micro-batches it is split over (only on the stream's layout, a property of the data).
 """
 
 from __future__ import annotations
@@ -49,27 +53,61 @@ def sequential_windows(n_tokens: int, seq_len: int) -> int:
     return max(0, (n_tokens - 1) // seq_len)
 
 
-def sequential_batches(n_tokens: int, stride: int) -> int:
-    """Global micro-batches of ``stride = rows * seq_len`` tokens (+1) the sequential stream reads from one shard."""
-    return max(0, (n_tokens - 1) // stride)
+def sequential_batches(n_tokens, stride: int):
+    """Micro-batches of stream rank 0 (``stride = ranks * rows * seq_len`` tokens, +1) in a shard of
+    ``n_tokens`` tokens (an int, or an array of them)."""
+    return np.maximum(0, (np.asarray(n_tokens) - 1) // stride) if isinstance(n_tokens, np.ndarray) \
+        else max(0, (n_tokens - 1) // stride)
 
 
 class SequentialStream:
-    """The sequential order over shards of the given lengths: where global micro-batch g starts."""
+    """The sequential order over shards of the given lengths, laid out as ``ranks`` stream ranks of
+    ``rows`` sequences per micro-batch and ``accum`` micro-batches per block (module docstring).
 
-    def __init__(self, shard_tokens: Sequence[int], rows: int, seq_len: int) -> None:
-        self.stride = rows * seq_len
-        self.per_shard = np.array([sequential_batches(int(n), self.stride) for n in shard_tokens], dtype=np.int64)
-        self._ends = np.cumsum(self.per_shard)
-        self.n_batches = int(self._ends[-1]) if self.per_shard.size else 0  # in one pass over the shards
+    ``per_rank[p, i]``: micro-batches stream rank p reads from shard i; ``position(p, k)``: where
+    its micro-batch k starts; ``block_rows(g, j)``: where sequence j of block g starts.
+    """
 
-    def position(self, g: int) -> tuple[int, int]:
-        """(shard index, first token) of global micro-batch ``g`` >= 0."""
-        if g < 0:
-            raise ValueError(f"micro-batch index must be >= 0, got {g}")
-        c = int(g) % self.n_batches  # wrap after the last shard
-        s = int(np.searchsorted(self._ends, c, side="right"))
-        return s, int(c - (self._ends[s] - self.per_shard[s])) * self.stride
+    def __init__(self, shard_tokens: Sequence[int], rows: int, seq_len: int, ranks: int = 1, accum: int = 1) -> None:
+        if min(rows, seq_len, ranks, accum) < 1:
+            raise ValueError(f"rows, seq_len, ranks and accum must be >= 1, got {rows}, {seq_len}, {ranks}, {accum}")
+        self.rows, self.seq_len, self.ranks, self.accum = rows, seq_len, ranks, accum
+        self.stride = ranks * rows * seq_len
+        lengths = np.array([int(n) for n in shard_tokens], dtype=np.int64)
+        offsets = np.arange(ranks, dtype=np.int64)[:, None] * rows * seq_len  # [ranks, 1]
+        usable = sequential_batches(lengths, self.stride) > 0 if lengths.size else lengths.astype(bool)
+        counts = np.maximum(1, (lengths[None, :] - 1 - offsets) // self.stride)  # [ranks, shards]
+        self.per_rank = np.where(usable[None, :], counts, 0)
+        self.per_shard = self.per_rank[0]  # stream rank 0's (that of a one-rank stream)
+        self._ends = np.cumsum(self.per_rank, axis=1)  # [ranks, shards]
+        self.n_batches = int(self._ends[0, -1]) if lengths.size else 0  # rank 0's, in one pass over the shards
+
+    def position(self, rank: int | np.ndarray, k: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard index, first token) of stream rank ``rank``'s micro-batch ``k`` >= 0 (arrays broadcast)."""
+        rank, k = np.broadcast_arrays(np.asarray(rank, dtype=np.int64), np.asarray(k, dtype=np.int64))
+        if k.size and int(k.min()) < 0:
+            raise ValueError(f"micro-batch index must be >= 0, got {int(k.min())}")
+        ends = self._ends[rank]                      # [..., shards]
+        c = k % ends[..., -1]                        # wrap after the last shard
+        shard = (ends <= c[..., None]).sum(axis=-1)  # first shard whose end exceeds c
+        first = np.take_along_axis(ends - self.per_rank[rank], shard[..., None], axis=-1)[..., 0]
+        return shard, rank * self.rows * self.seq_len + (c - first) * self.stride
+
+    def block_rows(self, g: int, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard index, first token) of sequences ``index`` (paper order) of block ``g`` >= 0."""
+        index = np.asarray(index, dtype=np.int64)
+        rank, rest = np.divmod(index, self.accum * self.rows)
+        micro, row = np.divmod(rest, self.rows)
+        shard, start = self.position(rank, int(g) * self.accum + micro)
+        return shard, start + row * self.seq_len
+
+
+def leading_rows(n: int, rank: int, micro: int, accum: int, rows: int) -> int:
+    """How many of rank ``rank``'s ``rows`` sequences of micro-batch ``micro`` (of ``accum`` per step)
+    are among the first ``n`` sequences of the step in the paper's order (rank-major: rank r holds
+    sequences ``[r * accum * rows, (r + 1) * accum * rows)``, its micro-batch m the m-th ``rows`` of
+    them); they are the leading rows of that micro-batch."""
+    return max(0, min(rows, n - (rank * accum + micro) * rows))
 
 
 def window_positions(shard_tokens: Sequence[int], seq_len: int, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

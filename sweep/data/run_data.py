@@ -61,10 +61,11 @@ def load_run_data(data: DataSpec, data_root: Path, *, seed: int, batch_size: int
         prepared = prepare_dataset(data, data_root)
         if step_accum is None:
             train: TokenBatches | StepBatches = TokenBatches(prepared.train_paths, batch_size, seq_len, seed=seed,
-                                                             rank=rank, world_size=world_size, order=data.order)
+                                                             rank=rank, world_size=world_size, order=data.order,
+                                                             stream=data.stream())
         else:  # one [step_accum * world_size * batch_size]-row batch per step, cut into parts
             steps = TokenBatches(prepared.train_paths, batch_size, seq_len, seed=seed, rank=rank,
-                                 world_size=step_accum * world_size, order=data.order)
+                                 world_size=step_accum * world_size, order=data.order, stream=data.stream())
             train = StepBatches(steps, step_accum, rank=rank, world_size=world_size)
         val = TokenBatches(prepared.val_paths, batch_size, seq_len, seed=0, rank=rank, world_size=world_size)
         evals = val.first_tokens(data.eval_tokens) if data.eval_tokens is not None else val.eval_batches(eval_batches)

@@ -53,6 +53,11 @@ class DataSpec:
     # order: "random" windows drawn per step from (seed, step), or "sequential", the paper's stream
     # through the training shards sorted by name.
     order: str = "random"
+    # The sequential stream's layout (sweep.data.order): the paper's data-parallel ranks and their
+    # sequences per micro-batch (paper 160M: 4 x 64, 350M: 8 x 16); null: one rank, the whole step.
+    # A property of the data order only: the run may use any number of ranks and micro-batches.
+    stream_ranks: Optional[int] = None
+    stream_rows: Optional[int] = None
     # Evaluate on the first eval_tokens tokens of the validation split (a multiple of the sequence
     # length), instead of train.eval_batches batches; None: train.eval_batches.
     eval_tokens: Optional[int] = None
@@ -65,6 +70,14 @@ class DataSpec:
         if unknown:
             raise DataError(f"unknown data spec keys: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
         return cls(**dict(raw))
+
+    def stream(self) -> Optional[tuple[int, int]]:
+        """(stream ranks, sequences per stream micro-batch) of the sequential order; None: one block."""
+        if self.stream_ranks is None and self.stream_rows is None:
+            return None
+        if self.stream_ranks is None or self.stream_rows is None:
+            raise DataError("data.stream_ranks and data.stream_rows are set together (or both null)")
+        return int(self.stream_ranks), int(self.stream_rows)
 
     def synthetic_config(self) -> SyntheticConfig:
         return SyntheticConfig(vocab_size=self.vocab_size or SyntheticConfig.vocab_size,
@@ -93,6 +106,6 @@ def prepare_command(data: DataSpec | Mapping[str, Any]) -> str:
 
 def normalize_source(source: str) -> str:
     """``hf:<dataset>`` as it is, a local path made absolute."""
-    if source.startswith("hf:"):
+    if source.startswith(("hf:", "hf-bins:")):
         return source
     return str(Path(source).expanduser().resolve())

@@ -40,6 +40,7 @@ from sweep.data.frequency import FREQUENCY_FILE, format_frequency, write_frequen
 from sweep.data.prepared import (
     CORPUS_FORMAT, COUNTS_FILE, FORMAT_VERSION, META_FILE, PROGRESS_FILE, PreparedData, write_json,
 )
+from sweep.data.hub_bins import download_bins
 from sweep.data.shard_index import index_source
 from sweep.data.shards import TOKEN_DTYPE, check_vocab_fits, open_shard, read_header, write_shard
 from sweep.data.spec import DEFAULT_BPE_VOCAB, DataSpec
@@ -149,6 +150,8 @@ def prepare_corpus(spec: DataSpec, workers: Optional[int] = None, docs_per_task:
     out = Path(spec.path).expanduser().resolve()
     source = resolve_source(spec)
     workers = default_workers() if workers is None else int(workers)
+    if source.kind == "hub-bins":  # pre-tokenized shards on the hub: downloaded into data.path, then indexed
+        source = Source("bins", source.label, out, download_bins(source.label, out))
     if source.kind == "bins":
         return index_source(spec, source, out, workers)
     return _CorpusBuild(spec, source, out, workers, docs_per_task).run()

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -31,6 +33,8 @@ from metrics.schedule import event_steps, spectrum_steps
 from models import GPT, GPTConfig
 from optim.dion import dion_rank
 from optim.routing import role_of
+from sweep.data.hub_bins import is_hub_bins
+from sweep.data.prepared import META_FILE
 from sweep.data.spec import DEFAULT_BPE_VOCAB
 from sweep.data.tokenizer import ByteTokenizer, TiktokenTokenizer
 from sweep.grid.spec import RunSpec
@@ -63,6 +67,26 @@ def anchor_tokens_per_s(model: GPTConfig, seq_len: int) -> float:
     return ANCHOR_TOKENS_PER_S * anchor / train_flops_per_token(model, seq_len)
 
 
+def _prepared_vocab(data) -> Optional[int]:
+    """The vocabulary of an already prepared data folder (its meta.json), else None."""
+    meta = Path(data.path).expanduser() / META_FILE if data.path and "???" not in str(data.path) else None
+    try:
+        return int(json.loads(meta.read_text())["vocab_size"]) if meta is not None and meta.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _indexes_bins(data) -> bool:
+    """Whether preparing ``data`` indexes existing .bin shards (hub or local) rather than tokenizing text."""
+    src = data.source or data.path
+    if not src or str(src).startswith("hf:"):
+        return False
+    if is_hub_bins(src):
+        return True
+    p = Path(str(src)).expanduser()
+    return p.suffix == ".bin" or (p.is_dir() and any(p.glob("*.bin")))
+
+
 def planned_vocab(spec: RunSpec) -> int:
     """The vocabulary the run's model will have: model.vocab_size, else what its data's tokenizer gives."""
     if not spec.vocab_from_data:
@@ -71,6 +95,12 @@ def planned_vocab(spec: RunSpec) -> int:
     if data.kind == "synthetic":
         return int(data.vocab_size or 512)
     tokenizer = data.tokenizer or ("byte" if data.kind == "text" else "gpt2")
+    if data.kind == "shards":
+        prepared = _prepared_vocab(data)
+        if prepared is not None:
+            return prepared
+        if data.vocab_size and tokenizer in ("gpt2", "byte") and _indexes_bins(data):
+            return int(data.vocab_size)  # existing shards indexed with counts of this length (GPT-2 padded: 50,304)
     if tokenizer == "gpt2":
         return TiktokenTokenizer().vocab_size  # known without loading the vocabulary
     if tokenizer == "byte":

@@ -108,6 +108,14 @@ def _optimizer(spec: RunSpec) -> str:
     return spec.optimizer.name
 
 
+def bucket_sequences(s: RunSpec) -> int:
+    """Sequences per step the HEAD/MID/TAIL covariances take (telemetry.bucket_sequences, else all;
+    bucket_scope=rank0: at most this run's rank 0 share, which comes first in the step's order)."""
+    total, ranks = s.train.sequences_per_step, resource_ranks(s.config.get("resources"))
+    n = min(s.telemetry.bucket_sequences or total, total)
+    return min(n, total // ranks) if s.telemetry.bucket_scope == "rank0" else n
+
+
 def run_record(run: PlannedRun) -> dict[str, Any]:
     """One run of the plan as plain data (the JSON's ``runs`` rows)."""
     s, t, tel, m = run.spec, run.spec.train, run.spec.telemetry, run.spec.model
@@ -126,6 +134,8 @@ def run_record(run: PlannedRun) -> dict[str, Any]:
         "warmup_steps": t.warmup_steps, "decay_frac": t.decay_frac, "eval_every": t.eval_every,
         "eval_at_start": t.eval_at_start, "eval_tokens": s.data.eval_tokens,
         "data": s.config["data"].get("name") or s.data.kind, "data_order": s.data.order,
+        "data_source": s.data.source, "data_stream": list(s.data.stream() or []) or None, "vocab_size": run.cost.vocab,
+        "bucket_sequences": bucket_sequences(s) if tel.buckets else None,
         "telemetry_every": tel.every if tel.enabled else None, "telemetry_enabled": tel.enabled,
         "spectrum_every": tel.spectrum_every, "bucket_scope": tel.bucket_scope,
         "min_bucket_rows": tel.min_bucket_rows, "telemetry_tokens": tel.tokens,

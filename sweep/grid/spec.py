@@ -100,6 +100,7 @@ class TelemetrySpec:
     decompose_workers: Any = "auto"  # CPU pool size | "auto" (free cores)
     max_in_flight: int = 1           # events being decomposed at once; the next one waits
     bucket_scope: str = "all"        # all: buckets pooled over ranks | rank0: rank 0's rows (paper)
+    bucket_sequences: Optional[int] = None  # HEAD/MID/TAIL from the step's first N sequences (paper: 256/128) | all
 
 
 @dataclass
@@ -168,24 +169,18 @@ def _section(cls: type, raw: Mapping[str, Any], name: str, errors: list[str]) ->
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     missing = sorted(n for n in names if n not in raw and _required(cls, n))
-    for k in unknown:
-        errors.append(f"{name}.{k}: unknown key (known: {', '.join(sorted(names))})")
-    for k in missing:
-        errors.append(f"{name}.{k}: missing")
-    if unknown or missing:
-        return None
-    return cls(**{k: raw[k] for k in names if k in raw})
+    errors += [f"{name}.{k}: unknown key (known: {', '.join(sorted(names))})" for k in unknown]
+    errors += [f"{name}.{k}: missing" for k in missing]
+    return None if unknown or missing else cls(**{k: raw[k] for k in names if k in raw})
 
 
 def _required(cls: type, fname: str) -> bool:
-    f = next(f for f in dataclasses.fields(cls) if f.name == fname)
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    return next(f.default is f.default_factory is dataclasses.MISSING for f in dataclasses.fields(cls) if f.name == fname)
 
 
 def resource_ranks(resources: Optional[Mapping[str, Any]]) -> int:
     """Ranks (tasks) of one job as ``resources`` asks for them: nodes x tasks_per_node (1 if unset)."""
-    r = resources or {}
-    nodes, tasks = r.get("nodes", 1), r.get("tasks_per_node", 1)
+    nodes, tasks = (resources or {}).get("nodes", 1), (resources or {}).get("tasks_per_node", 1)
     return nodes * tasks if _is_int(nodes) and _is_int(tasks) and nodes > 0 and tasks > 0 else 1
 
 
@@ -252,6 +247,8 @@ def _check_telemetry(t: TelemetrySpec, errors: list[str]) -> None:
         errors.append(f"telemetry.max_in_flight: must be a positive integer, got {t.max_in_flight!r}")
     if t.bucket_scope not in ("all", "rank0"):
         errors.append(f"telemetry.bucket_scope: all | rank0, got {t.bucket_scope!r}")
+    if t.bucket_sequences is not None and (not _is_int(t.bucket_sequences) or t.bucket_sequences < 1 or t.tokens != "train"):
+        errors.append(f"telemetry.bucket_sequences: a positive integer (with telemetry.tokens=train) or null, got {t.bucket_sequences!r}")
 
 
 def _model(raw: Mapping[str, Any], errors: list[str]) -> Optional[GPTConfig]:
@@ -375,6 +372,8 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str]
     telemetry_ok = telemetry is not None and len(errors) == n_errors
     if telemetry_ok and train_ok and telemetry.decompose_on == "gpu" and train.device == "cpu":
         errors.append("telemetry.decompose_on: gpu needs a CUDA device, but train.device=cpu (use cpu or auto)")
+    if telemetry_ok and train_ok and (telemetry.bucket_sequences or 0) > train.sequences_per_step:
+        errors.append(f"telemetry.bucket_sequences: {telemetry.bucket_sequences} > the step's {train.sequences_per_step} sequences")
     # The data's size is only checked against valid batch settings (else the data is not the problem).
     data = _data(dict(raw["data"]), errors, train if train_ok else None, telemetry if telemetry_ok else None,
                  ranks=ranks, files=check_files)

@@ -197,7 +197,7 @@ class TrainingLoop:
         st, t = self.state, self.spec.train
         return Telemetry(st.model, self.spec.telemetry, st.data.counts, total_steps=t.steps, ckpt_every=t.ckpt_every,
                          spectra_file=self.run_dir.spectra_file, eigen_dir=self.run_dir.eigen_dir,
-                         state=st.telemetry_state, **io)
+                         state=st.telemetry_state, grad_accum=t.grad_accum, **io)
 
     def _loop(self, logger: NullLogger, metrics: JsonlAppender, telemetry: Telemetry) -> tuple[str, RunResult]:
         spec, t, st = self.spec, self.spec.train, self.state
@@ -225,7 +225,7 @@ class TrainingLoop:
                         x, y = st.data.train.get((step - 1) * t.grad_accum + micro)
                         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                         if on_train_tokens:
-                            telemetry.set_tokens(x)
+                            telemetry.set_tokens(x, micro)
                         with st.grad_sync(micro == t.grad_accum - 1):
                             with st.autocast():
                                 _, loss = fwd(x, y)

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from metrics import EventCost, EventPipeline, FFNProbe, FinishedEvent, SpectrumCadence, finalize_snapshot
 from metrics import costmodel as cm
 from metrics import collective_device, frequency_buckets, metric_keys
+from sweep.data.order import leading_rows
 from sweep.grid.spec import TelemetrySpec
 from sweep.rundir import JsonlAppender
 from sweep.run.telemetry_costs import TelemetryTotals, cost_row
@@ -54,8 +55,10 @@ class Telemetry:
                  total_steps: int, spectra_file: Path, eigen_dir: Path, ckpt_every: Optional[int] = None,
                  sink: Optional[RecordSink] = None, eigen_sink: Optional[EigenSink] = None,
                  cost_sink: Optional[CostSink] = None, write: bool = True,
-                 state: Optional[Mapping[str, Any]] = None, decompose: Optional[Decompose] = None) -> None:
+                 state: Optional[Mapping[str, Any]] = None, decompose: Optional[Decompose] = None,
+                 grad_accum: int = 1) -> None:
         self.write = write
+        self.grad_accum = grad_accum  # micro-batches per step (telemetry.bucket_sequences counts the step's rows)
         self.spec = spec
         self.total_steps = total_steps
         self.ckpt_every = ckpt_every
@@ -91,6 +94,7 @@ class Telemetry:
             model, sites=list(spec.sites), bucket_of_token=buckets,
             min_bucket_rows=spec.min_bucket_rows, subsample=float(spec.subsample),
             renyi_alphas=[float(a) for a in spec.renyi_alphas], keep_eigenvalues=spec.log_eigenvalues,
+            limit_bucket_rows=spec.bucket_sequences is not None,
         )
         self._decompose = decompose or finalize_snapshot
         self.cuda = next(model.parameters()).device.type == "cuda"
@@ -247,9 +251,15 @@ class Telemetry:
         else:
             yield
 
-    def set_tokens(self, idx: torch.Tensor) -> None:
-        if self.probe is not None:
-            self.probe.set_tokens(idx)
+    def set_tokens(self, idx: torch.Tensor, micro: Optional[int] = None) -> None:
+        """The ids of this rank's next forward, micro-batch ``micro`` of the step. telemetry.bucket_sequences
+        = n: HEAD/MID/TAIL take only the rows among the step's first n sequences in the paper's order
+        (sweep.data.order.leading_rows), whichever rank holds them; the global covariance takes all."""
+        n, probe = self.spec.bucket_sequences, self.probe
+        if probe is not None:
+            rank = dist.get_rank() if self.distributed else 0
+            limited = n is not None and micro is not None and probe.collector.buckets
+            probe.set_tokens(idx, leading_rows(n, rank, micro, self.grad_accum, idx.shape[0]) if limited else None)
 
     @torch.no_grad()
     def measure_probe(self, model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
