@@ -23,6 +23,7 @@ from sweep.errors import UserError
 OPTIONS = {
     "out": "write the plan as JSON to this file",
     "tokens_per_s": "training tokens per second per GPU (default: an estimate from a measured anchor)",
+    "calibration": "a calibration file (benchmarks/gpu_check.sh) read instead of the H100 constants",
 }
 USAGE = __doc__.split("\n\n")[0] + "\n\nOptions (plan.KEY=VALUE; every other argument is a Hydra override, as for sweep.train -m):\n" + \
     "\n".join(f"  plan.{k:<13} {v}" for k, v in OPTIONS.items())
@@ -51,7 +52,7 @@ def split_options(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
                 raise UserError(f"plan.tokens_per_s: a positive number of tokens per second per GPU, got {value!r}")
         else:
             if not value:
-                raise UserError("plan.out: a file name, e.g. plan.out=plan.json")
+                raise UserError(f"plan.{key}: a file name, e.g. plan.{key}=FILE.json")
             options[key] = value
     return options, overrides
 
@@ -71,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         options, overrides = split_options(argv)
-        plan = make_plan(overrides, tokens_per_s=options.get("tokens_per_s"))
+        plan = make_plan(overrides, tokens_per_s=options.get("tokens_per_s"), calibration=options.get("calibration"))
     except UserError as e:  # a bad plan option, an invalid job (as the launch would refuse it)
         print(f"sweep.plan: {e}", file=sys.stderr)
         return 2
