@@ -713,6 +713,121 @@ def training_main(args: argparse.Namespace) -> None:
 
 
 
+# =============================================================================== validate mode
+VALIDATE = {  # a run where telemetry is a clear share of wall time on 2 CPU cores, in about 1-2 minutes
+    "n_layer": 2, "d_model": 64, "n_head": 4, "ffn_mult": 8, "context_len": 64, "vocab": 512,
+    "steps": 100, "batch_size": 16, "every": 5, "spectrum_every": 4,
+}
+
+
+def validate_main(args: argparse.Namespace) -> None:
+    """Train a short CPU run with telemetry (python -m sweep.train), time this machine's kernels on the
+    same shape (capture through FFNProbe's hooks, the snapshot and hard ranks of an event, fp64
+    decomposition on one thread: EventPipeline, as the trainer runs them), feed them to
+    metrics.costmodel.estimate_run with the run's own non-telemetry seconds per step, and compare
+    the predicted telemetry share with the one the run's DONE records."""
+    import json
+    import subprocess
+    import tempfile
+
+    from metrics.costmodel import Anchors, DeviceProfile, HostResources, ModelShape, estimate_run, host_resources
+
+    v = dict(VALIDATE)
+    tokens_per_step = v["batch_size"] * v["context_len"]
+    width = v["ffn_mult"] * v["d_model"]
+    torch.set_num_threads(1)  # the run's trainer thread (train.num_threads=1); the pool gets the other cores
+    with tempfile.TemporaryDirectory(prefix="validate_") as tmp:
+        cmd = [sys.executable, "-m", "sweep.train", "logger=none", "data=synthetic", f"data.vocab_size={v['vocab']}",
+               "model=tiny", f"model.n_layer={v['n_layer']}", f"model.d_model={v['d_model']}",
+               f"model.n_head={v['n_head']}", f"model.ffn_mult={v['ffn_mult']}", f"model.context_len={v['context_len']}",
+               f"train.steps={v['steps']}", f"train.batch_size={v['batch_size']}", f"train.eval_every={v['steps']}",
+               f"train.ckpt_every={v['steps']}", "train.eval_batches=1", "train.num_threads=1", "train.device=cpu",
+               "train.progress=false", f"telemetry.every={v['every']}", f"telemetry.spectrum_every={v['spectrum_every']}",
+               "telemetry.decompose_on=cpu", "telemetry.min_bucket_rows=64", "sweep_name=validate",
+               f"paths.runs_root={tmp}/runs", f"paths.data_root={tmp}/data"]
+        print("run:", " ".join(cmd[1:]))
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"},
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        if proc.returncode != 0:
+            raise SystemExit(f"the validation run failed:\n{proc.stderr[-3000:]}")
+        (done_file,) = [p for p in __import__("pathlib").Path(tmp, "runs").rglob("DONE")]
+        done = json.loads(done_file.read_text())
+    tel, wall = done["telemetry"], float(done["wall_s"])
+    measured_s = tel["critical_s"] + tel["wait_s"]
+    print(f"run: {time.perf_counter() - t0:.0f} s wall (process), DONE: wall_s {wall:.1f}, telemetry "
+          f"{measured_s:.2f} s (critical {tel['critical_s']:.2f} + wait {tel['wait_s']:.2f}) over {tel['events']} "
+          f"events, {tel['spectrum_events']} with spectra, share {tel['share']:.3f}")
+    # this machine's kernel times on the run's shape, through the trainer's code paths
+    from models import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=v["vocab"], n_layer=v["n_layer"], n_head=v["n_head"], d_model=v["d_model"],
+                          context_len=v["context_len"], ffn_mult=v["ffn_mult"]))
+    gen = torch.Generator().manual_seed(args.seed)
+    probs = zipf_probs(v["vocab"])
+    table = frequency_buckets(np.bincount(torch.multinomial(probs, 200_000, replacement=True, generator=gen).numpy(),
+                                          minlength=v["vocab"]))
+    probe = attach_probes(model, bucket_of_token=table, min_bucket_rows=64)
+    idx = torch.multinomial(probs, tokens_per_step, replacement=True, generator=gen).view(v["batch_size"], -1)
+    pairs = v["n_layer"] * len(SITES)
+    matrices = pairs * 4
+    caps, snaps, eigs, steps = [], [], [], []
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def train_step() -> float:  # a plain step (forward, backward, update), as the run's steps without an event
+        t0 = time.perf_counter()
+        _, loss = model(idx, idx.roll(-1, 1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    for r in range(6):  # the first is a warm-up; steps and kernels alternate, so that load hits both alike
+        steps.append(train_step())
+        with torch.no_grad():
+            with EventPipeline(probe.collector, probe.options, decompose_on="device", pool="thread") as pipe:
+                with probe.capturing():
+                    probe.set_tokens(idx)
+                    model(idx)
+                (hard,) = pipe.end_event(1, spectrum=False)
+                with probe.capturing():
+                    probe.set_tokens(idx)
+                    model(idx)
+                (full,) = pipe.end_event(2, spectrum=True)
+        steps.append(train_step())
+        if r:
+            caps.append(hard.cost.capture_s)
+            snaps.append(hard.cost.reduce_s + hard.cost.snapshot_s + hard.cost.hard_rank_s)
+            eigs.append(full.cost.sync_decompose_s)
+    probe.detach()
+    cap, snap, eig = statistics.median(caps), statistics.median(snaps), statistics.median(eigs)
+    step_s = statistics.median(steps[2:])
+    print(f"kernels here (medians of 5, one thread, alternating with plain training steps of "
+          f"{step_s * 1e3:.1f} ms): capture {cap * 1e3:.1f} ms per event ({tokens_per_step} rows x "
+          f"{pairs} pairs), snapshot + hard ranks {snap * 1e3:.1f} ms, fp64 decomposition {eig * 1e3:.0f} ms "
+          f"({matrices} matrices of D={width})")
+    stamp = "validate: measured here"
+    res = host_resources()
+    prof = DeviceProfile(
+        name=f"cpu here ({stamp})", accelerator=False,
+        capture_row_s=Anchors(((width, cap / (pairs * tokens_per_step)),), 2.0, stamp), capture_rows=tokens_per_step,
+        snapshot_matrix_s=Anchors(((width, snap / matrices),), 2.0, stamp),
+        eig_core_s=Anchors(((width, eig / matrices),), 3.0, stamp), eig_device_s=None,
+        copy_bytes_per_s=1e12, flops_per_s=1e12, cores=res.cores, host_mem_bytes=res.mem_available_bytes,
+    )
+    # the step time measured here beside the kernels (not the run's): a shared machine's load then
+    # scales both alike, and the share compares like with like
+    pred = estimate_run(ModelShape(v["n_layer"], v["d_model"], width, vocab=v["vocab"]), v["steps"], v["every"],
+                        tokens_per_step, step_s, prof, decompose_on="cpu", spectrum_every=v["spectrum_every"],
+                        resources=HostResources(res.cores, res.mem_available_bytes), ckpt_every=v["steps"])
+    predicted = pred.telemetry_s / (step_s * v["steps"] + pred.telemetry_s)
+    measured = tel["share"]
+    print(f"predicted: telemetry {pred.telemetry_s:.2f} s (of which waits {pred.wait_s:.2f} s) over {pred.n_events} "
+          f"events, {pred.n_spectrum_events} with spectra, at {step_s * 1e3:.1f} ms per step measured here "
+          f"(the run: {(wall - measured_s) / v['steps'] * 1e3:.1f} ms per step without telemetry, evals included)")
+    print(f"predicted_share={predicted:.4f} measured_share={measured:.4f} ratio={measured / predicted:.3f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default=None, choices=("cpu", "cuda"),
@@ -720,10 +835,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default 1 on cpu: OpenMP spin-waits ruin timings on a busy host)")
+    ap.add_argument("--validate", action="store_true",
+                    help="train a short CPU run with telemetry and compare its measured telemetry share with the "
+                         "cost model's prediction from kernel times measured here (last line: predicted_share=..)")
     _paper_args(ap)
     _training_args(ap)
     args = ap.parse_args(argv)
-    if args.preset:
+    if args.validate:
+        validate_main(args)
+    elif args.preset:
         paper_main(args)
     else:
         training_main(args)
