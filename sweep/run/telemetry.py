@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
@@ -32,7 +31,7 @@ from metrics.pipeline import time_host_work
 from metrics.schedule import keep_up_every
 from sweep.grid.spec import TelemetrySpec
 from sweep.rundir import JsonlAppender
-from sweep.run.telemetry_costs import TelemetryTotals, cost_row
+from sweep.run.telemetry_costs import EagerSteps, TelemetryTotals, cost_row
 
 log = logging.getLogger("specsweep.telemetry")
 
@@ -83,8 +82,7 @@ class Telemetry:
         self._writer: Optional[JsonlAppender] = None
         self._last: list[dict] = []
         self._step_s: Optional[float] = None  # seconds per step, from the time between events
-        self._compiled_s: deque[float] = deque(maxlen=32)  # recent compiled steps (train.compile=true)
-        self._eager_step_s: dict[int, float] = {}  # telemetry step -> its time beyond a compiled step
+        self.eager = EagerSteps()  # train.compile=true: the telemetry steps' eager cost
         if not spec.enabled:
             return
         buckets = None
@@ -168,16 +166,18 @@ class Telemetry:
         )
 
     def _decide_place(self) -> None:
-        """decompose_on=auto on CUDA, once the time between events is measured: ``cm.decide_decompose_on``
-        fed with this run's own measurements only (the device's decomposition of the first spectrum
-        event, the time between events, one fp64 eigvalsh on one host core and one device→host copy
-        timed now, this host's cores and MemAvailable; no profile); the same answer on every rank."""
+        """decompose_on=auto on CUDA, once the time between events is known: ``cm.decide_decompose_on`` fed
+        only with this run's measurements (the device's decomposition of the first spectrum event, the
+        time between events, one fp64 eigvalsh on one host core and one device→host copy timed now,
+        this host's cores and MemAvailable); the same answer on every rank."""
         assert self.probe is not None and self.cadence is not None and self._step_s is not None
         dims = [d for d in self.probe.collector.dims().values() if d]
         shape = cm.EventShape(layers=len(self.probe.layers), width=max(dims), rows=1, sites=len(self.probe.sites),
                               buckets=self.probe.collector.buckets, ranks=dist.get_world_size() if self.distributed else 1)
         workers = self._workers()
         eig_s, copy_s = time_host_work(shape.width, self.device)
+        if self.distributed:  # every rank decides (and sets its cadence) from the same, slowest figures
+            eig_s, copy_s = self._agreed_max([eig_s, copy_s])
         self._pool_s = -(-shape.matrices_per_rank // workers) * eig_s  # until the pool itself is measured
         self._copy_s = shape.matrices_per_rank * copy_s
         _, host = cm.event_memory(shape, True, workers, int(self.spec.max_in_flight))
@@ -222,9 +222,14 @@ class Telemetry:
     @staticmethod
     def _agreed(flag: bool, op: Any) -> bool:
         """One flag agreed over the ranks (ReduceOp.MIN: every rank's, MAX: any rank's); a collective."""
-        value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
-        dist.all_reduce(value, op=op)
-        return value.item() > 0.0
+        return Telemetry._agreed_max([1.0 if flag else 0.0], op)[0] > 0.0
+
+    @staticmethod
+    def _agreed_max(values: list[float], op: Any = None) -> list[float]:
+        """Values reduced over the ranks (default: their maximum); a collective."""
+        t = torch.tensor(values, dtype=torch.float64, device=collective_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op is None else op)
+        return t.tolist()
 
     def _on_wait(self, step: int) -> None:
         if self.write:
@@ -278,21 +283,13 @@ class Telemetry:
             self._handle(self.pipeline.drain())
 
     def note_compiled_step(self, step: int, seconds: float, event: bool) -> None:
-        """train.compile=true: a compiled step's seconds, or a telemetry step's (run on the eager
-        module); the latter's excess over the recent compiled median, beyond its capture, is the
-        event's ``eager_s`` (part of critical_s)."""
-        if self.probe is None:
-            return
-        if not event:
-            self._compiled_s.append(seconds)
-        elif self._compiled_s:
-            self._eager_step_s[step] = seconds - float(np.median(self._compiled_s))
+        """train.compile=true: a step's seconds (a telemetry step's excess is its eager_s: EagerSteps)."""
+        if self.probe is not None:
+            self.eager.note(step, seconds, event)
 
     def _handle(self, events: list[FinishedEvent]) -> None:
         for event in events:  # in step order; costs are the same on every rank
-            extra = self._eager_step_s.pop(event.cost.step, None)
-            if extra is not None:
-                event.cost.eager_s = max(0.0, extra - (event.cost.capture_s or 0.0))
+            self.eager.settle(event.cost)
             self._observe(event)
             if self.write:
                 self._emit(event.records)
