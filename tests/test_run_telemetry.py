@@ -24,7 +24,7 @@ N_MATRICES = 2 * 2 * 4  # tiny GPT: layers × sites × (global, head, mid, tail)
 COST_KEYS = {"step", "telemetry_spectrum", "telemetry_capture_s", "telemetry_reduce_s", "telemetry_snapshot_s",
              "telemetry_hard_rank_s", "telemetry_sync_decompose_s", "telemetry_decompose_s", "telemetry_wait_s",
              "telemetry_interval_s", "telemetry_host_mib", "telemetry_device_mib", "telemetry_matrices",
-             "telemetry_critical_s", "telemetry_on"}
+             "telemetry_eager_s", "telemetry_critical_s", "telemetry_on"}
 
 
 def _train_here(compose, run_path: Path, overrides: list[str]) -> RunDir:
