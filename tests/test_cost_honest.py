@@ -139,3 +139,38 @@ def test_sweep_plan_reads_a_calibration_file_instead_of_the_constants(tmp_path):
     bad = subprocess.run(args + [f"plan.calibration={tmp_path}/missing.json"], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "plan.calibration" in bad.stderr and "does not exist" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_compiled_run_counts_its_eager_telemetry_steps_in_critical_s(env, compose, tmp_path, monkeypatch):
+    """The loop under train.compile=true (torch.compile stubbed: no compiler in a unit test) hands every
+    step's seconds to the telemetry; with step times fixed here (a compiled step 0.01 s, a telemetry
+    step 5 s) each event after the first compiled steps carries ~5 s of eager_s in its critical_s."""
+    from sweep.grid.spec import build_run_spec
+    from sweep.rundir import RunDir, iter_jsonl
+    from sweep.run.telemetry_costs import EagerSteps
+    from sweep.run.trainer import train_run
+    from tests.conftest import FAST
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: module)
+    seen: list[tuple[int, bool]] = []
+    note = EagerSteps.note
+
+    def fixed(self, step, seconds, event):
+        seen.append((step, event))
+        note(self, step, 5.0 if event else 0.01, event)
+
+    monkeypatch.setattr(EagerSteps, "note", fixed)
+    args = [*FAST, "train.compile=true", "train.steps=20", "telemetry.every=10"]
+    train_run(build_run_spec(compose(args), args), tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    assert [s for s, event in seen if event] == [1, 10, 20] and len(seen) == 20
+    costs = {r["step"]: r for r in iter_jsonl(run.metrics_file) if "telemetry_critical_s" in r}
+    assert costs[1]["telemetry_eager_s"] == 0.0  # no compiled step before it to compare with
+    for step in (10, 20):
+        c = costs[step]
+        assert c["telemetry_eager_s"] == pytest.approx(4.99 - c["telemetry_capture_s"])
+        assert c["telemetry_critical_s"] >= c["telemetry_eager_s"] > 4.0
+    done = json.loads((tmp_path / "run" / "DONE").read_text())["telemetry"]
+    assert done["critical_s"] == pytest.approx(sum(c["telemetry_critical_s"] for c in costs.values()))
