@@ -404,26 +404,18 @@ class HostResources:
 
 
 def host_resources() -> HostResources:
-    """Cores this process may run on (sched_getaffinity) and MemAvailable (psutil if installed,
-    else /proc/meminfo)."""
+    """Cores this process may run on (sched_getaffinity) and MemAvailable (/proc/meminfo, else the
+    free pages)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     mem = None
     try:
-        import psutil  # optional
-
-        mem = int(psutil.virtual_memory().available)
-    except Exception:  # noqa: BLE001 - not installed, or no /proc access: fall through
-        try:
-            with open("/proc/meminfo") as fh:
-                for line in fh:
-                    if line.startswith("MemAvailable:"):
-                        mem = int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            pass
+        with open("/proc/meminfo") as fh:
+            mem = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")), None)
+    except OSError:
+        pass
     if mem is None:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     return HostResources(cores=cores, mem_available_bytes=mem, source="measured (affinity, MemAvailable)")
