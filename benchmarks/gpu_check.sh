@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check (issue 15, item 5): one call on one H100/H200, no network, about 8 minutes, one
-# summary table at the end.
+# The GPU check (issue 15, item 5; issue 21, item 9): one call on one H100/H200, no network, at most
+# 480 s in the worst case (every part at its cap, the install included: --dry-run prints it as
+# `worst_case_s=<n>`), one summary table and a calibration file at the end.
 #
 # Once, on a machine with a package index, from the repository root (fills the git-ignored .whl/,
 # about 0.5 MB: Hydra and its pure-Python dependencies, which the GPU machine lacks):
@@ -11,6 +12,9 @@
 #
 # Parts, in this order, each under its own timeout inside one overall budget; a part that fails or
 # times out does not stop the next:
+#   b  benchmarks/telemetry_overhead.py --preset paper160m on the GPU (first: the cost model's inputs);
+#      it writes calibration.json: capture/floor ratios measured interleaved at paper shapes, the
+#      host-copy rate, eig times (GPU, one CPU thread), per-row capture and GEMM floor
 #   d  pytest -m gpu on the test files that hold gpu tests (tests/test_gpu.py: bf16 autocast step,
 #      the trainer's compiled path with telemetry vs eager, Muon's bf16 Newton–Schulz vs fp32, eig on
 #      CUDA vs CPU; tests/test_metrics_covariance.py: bf16-in/fp32-out capture vs fp64)
@@ -20,7 +24,9 @@
 #      bf16, compile, 2 accumulation steps, telemetry every 25 steps decomposed on the GPU, then
 #      benchmarks/check_run.py (finite losses, every layer x site x bucket at every event, the cost
 #      lines, DONE). Uses +preset=paper when conf/preset/paper.yaml exists.
-#   b  benchmarks/telemetry_overhead.py --preset paper160m on the GPU
+#   After (a) and (c), their tokens/s (ours, reference, ratio) and part c's step time are added to
+#   calibration.json; `sweep.plan plan.calibration=calibration.json` and
+#   `telemetry_overhead.py --calibration calibration.json` then read it instead of the constants.
 # Logs and the table go to $OUT when set (the device tool brings them back), else to --out DIR,
 # else to a fresh /tmp/gpu_check.* folder. Runs, data and the wheels' install go to a /tmp folder.
 #
@@ -40,7 +46,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 2
 PY=${PYTHON:-python3}
 PARTS=a,b,c,d
-ORDER=(d a c b)
+ORDER=(b d a c)
 BUDGET=480
 OUTDIR=${OUT:-}
 DRY=0
@@ -76,8 +82,12 @@ case "$BUDGET" in ''|*[!0-9]*) echo "gpu_check: --budget takes whole seconds, go
 declare -A NAME=([a]="throughput vs nanoGPT-style" [b]="telemetry cost model"
                   [c]="paper_160m widest Muon, 50 steps" [d]="pytest -m gpu")
 # Caps in seconds: measured nowhere yet (no GPU was lent while this was written); from the H100
-# figures in infra-facts.md and telemetry-cost.md plus compile time.
-declare -A CAP=([a]=170 [b]=110 [c]=240 [d]=100)
+# figures in infra-facts.md and telemetry-cost.md plus compile time. The worst case adds them,
+# the install, part c's record check, a kill grace per timeout and the set-up; it must stay <= 480.
+declare -A CAP=([a]=105 [b]=90 [c]=125 [d]=50)
+INSTALL_CAP=30 CHECK_CAP=30 KILL_GRACE=5 SETUP_S=15
+WORST=$((INSTALL_CAP + KILL_GRACE + CHECK_CAP + KILL_GRACE + SETUP_S))
+for p in "${!CAP[@]}"; do WORST=$((WORST + CAP[$p] + KILL_GRACE)); done
 WORK=/tmp/gpu_check_work.$$
 # test files that mark tests gpu (a quoted mention, as in tests/test_gpu_check.py, does not count)
 mapfile -t GPU_TEST_FILES < <(grep -lE "(^|[^\"'])pytest\.mark\.gpu\b" tests/test_*.py)
@@ -85,11 +95,13 @@ mapfile -t GPU_TEST_FILES < <(grep -lE "(^|[^\"'])pytest\.mark\.gpu\b" tests/tes
 if [ $SMOKE = 1 ]; then
     CMD_a=("$PY" benchmarks/throughput.py --device cpu --n-layer 1 --batch 1 --seq 64 --steps 1 --warmup 1)
     CMD_b=("$PY" benchmarks/telemetry_overhead.py --preset paper160m --device cpu --max-width 768 --rows 256
-           --cpu-eig-max-width 768)
+           --cpu-eig-max-width 768 --repeats 5 --write-calibration CALIBRATION)
 else
     CMD_a=("$PY" benchmarks/throughput.py --device cuda --steps 15 --warmup 3)
     # CPU decomposition timed up to D = 1536 (one thread), extrapolated as D^3 above: keeps (b) near a minute
-    CMD_b=("$PY" benchmarks/telemetry_overhead.py --preset paper160m --device cuda --cpu-eig-max-width 1536)
+    # 131,072 rows per (layer, site), 5 interleaved repetitions: capture and floor scale linearly to 524,288
+    CMD_b=("$PY" benchmarks/telemetry_overhead.py --preset paper160m --device cuda --cpu-eig-max-width 1536
+           --rows 131072 --repeats 5 --write-calibration CALIBRATION)
 fi
 CMD_d=("$PY" -m pytest -m gpu -q -rs -p no:cacheprovider "${GPU_TEST_FILES[@]}")
 
@@ -158,6 +170,9 @@ if [ $DRY = 1 ]; then
             echo "(c) composition not checked: hydra is not importable by $PY"
         fi
     fi
+    echo "worst case: install $INSTALL_CAP + caps $(for p in "${ORDER[@]}"; do printf '%s:%s ' "$p" "${CAP[$p]}"; done)+" \
+         "part c's check $CHECK_CAP + a kill grace of $KILL_GRACE per timeout (6) + set-up $SETUP_S"
+    echo "worst_case_s=$WORST"
     exit 0
 fi
 
@@ -182,7 +197,7 @@ SETUP="ok"
 if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
     if ls .whl/*.whl >/dev/null 2>&1; then
         # never the network: only the carried wheels, into a folder of their own
-        if timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        if timeout --kill-after=$KILL_GRACE $INSTALL_CAP "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
                 --target "$WORK/site" .whl/*.whl >"$OUTDIR/setup.log" 2>&1; then
             SETUP="wheels installed ($(ls .whl/*.whl | wc -l))"
         else
@@ -197,6 +212,36 @@ export PYTHONPATH=$WORK/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}
 echo "setup: $SETUP" | tee -a "$SUMMARY.head"
 
 # ---- running the parts -----------------------------------------------------------------------------------
+CALIBRATION=$OUTDIR/calibration.json
+
+add_to_calibration() {  # "key=value ..." -> the calibration file's "measured" figures (numbers only)
+    [ -f "$CALIBRATION" ] && [ -n "$1" ] || return 0
+    "$PY" - "$CALIBRATION" "$1" <<'PYEOF' || echo "gpu_check: could not add '$1' to the calibration"
+import json, sys
+path, pairs = sys.argv[1], sys.argv[2].split()
+data = json.load(open(path))
+for pair in pairs:
+    key, _, value = pair.partition("=")
+    try:
+        data.setdefault("measured", {})[key] = float(value)
+    except ValueError:
+        pass
+json.dump(data, open(path, "w"), indent=1)
+PYEOF
+}
+
+c_step_figures() {  # part c's median step seconds and tokens/s (compiled steps, from its metrics)
+    [ -f "$1/metrics.jsonl" ] || return 0
+    "$PY" - "$1/metrics.jsonl" <<'PYEOF'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+rates = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s") and r.get("step", 0) > 5]
+if rates:
+    tps = statistics.median(rates)
+    tokens = next(r["tokens"] / r["step"] for r in rows if r.get("tokens") and r.get("step"))
+    print(f"c_tokens_per_s={tps:.1f} c_step_s={tokens / tps:.4f}")
+PYEOF
+}
 declare -A STATUS=() SECS=() KEY=()
 
 # run_timed PART LOG CMD...: run under what is left of the part's time; sets RC
@@ -204,7 +249,7 @@ run_timed() {
     local part=$1 log=$2; shift 2
     local left=$((PART_END - $(date +%s)))
     if [ $left -lt 5 ]; then RC=124; echo "gpu_check: no time left" >>"$log"; return; fi
-    timeout --kill-after=20 "$left" "$@" >>"$log" 2>&1
+    timeout --kill-after=$KILL_GRACE "$left" "$@" >>"$log" 2>&1
     RC=$?
 }
 
@@ -217,7 +262,7 @@ key_numbers() {  # the part's key numbers, from its log
                             v["ours_ms"], v["ours_refarch_ms"], v["reference_ms"], v["ours_tok_s"], v["reference_tok_s"]
                      printf "ours/ref %s refarch/ref %s ours/refarch %s",
                             v["ratio_ours_ref"], v["ratio_refarch_ref"], v["ratio_ours_refarch"]}' ;;
-        b) grep -E '^critical_path_s=' "$log" | tail -1 ;;
+        b) grep -E '^capture_floor_x_' "$log" | tail -1 ;;
         c) grep -E '^check=' "$log" | tail -1 | sed 's/^check=[A-Z]* //' ;;
         d) grep -E '^[0-9]+ (passed|failed|skipped|error)|^=+ .*(passed|failed|skipped|error)' "$log" | tail -1 |
                sed 's/^=* *//; s/ *=*$//' ;;
@@ -236,17 +281,20 @@ for p in "${ORDER[@]}"; do
     PART_END=$((now + (left < CAP[$p] ? left : CAP[$p])))
     echo "== ($p) ${NAME[$p]}: up to $((PART_END - now))s, log $log"
     case $p in
-        a) run_timed a "$log" "${CMD_a[@]}" ;;
-        b) run_timed b "$log" "${CMD_b[@]}" ;;
+        a) run_timed a "$log" "${CMD_a[@]}"
+           add_to_calibration "$(grep -E '^[a-z_]+_ms=' "$log" | tail -1)" ;;
+        b) run_timed b "$log" "${CMD_b[@]/CALIBRATION/$CALIBRATION}" ;;
         d) run_timed d "$log" "${CMD_d[@]}" ;;
         c) echo "+ ${CMD_c[*]}" >"$log"
            run_timed c "$log" "${CMD_c[@]}"
+           run_root=$(dirname "$(ls -d "${C[paths.runs_root]}/${C[sweep_name]}"/*/run.json 2>/dev/null | head -1)")
            train_rc=$RC
            # the records are checked whatever the run's exit (a time-out still shows how far it got)
-           PART_END=$(($(date +%s) + 60))
+           add_to_calibration "$(c_step_figures "$run_root")"
+           PART_END=$(($(date +%s) + CHECK_CAP))
            run_timed c "$log" "${CMD_c_check[@]}"
            [ $train_rc -ne 0 ] && RC=$train_rc
-           run=$(dirname "$(ls -d "${C[paths.runs_root]}/${C[sweep_name]}"/*/run.json 2>/dev/null | head -1)")
+           run=$run_root
            [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$OUTDIR/c_metrics.jsonl"
            [ -f "$run/spectra.jsonl" ] && cp "$run/spectra.jsonl" "$OUTDIR/c_spectra.jsonl" ;;
     esac

@@ -81,8 +81,9 @@ columns: seconds per event on one rank: capture (critical path) and its ratio to
   over a run with a spectrum at every event (all) and with sparse spectra (last 5 events + every k-th,
   k from the cost model), decomposed where `on` says (decompose_on=auto: the cheaper place over the run;
   with the cpu pool, events needed before the pool would finish them go to the accelerator when faster).
-tags: m measured; n measured on fewer rows, linear in rows; i interpolated between measured widths;
-  x extrapolated in D (capture per row and snapshot as D^2, decomposition as D^3); a assumed; p projected"""
+tags: m measured here; n measured here on fewer rows, linear in rows; i interpolated between measured widths;
+  x extrapolated in D (capture per row and snapshot as D^2, decomposition as D^3); a assumed (step_s: FLOP
+  estimate at an assumed rate); g given; p projected; the share columns are projections by metrics.costmodel"""
 OPTIONS = TelemetryOptions(min_bucket_rows=1)  # measured rows are few: decompose every bucket anyway
 
 
@@ -90,8 +91,9 @@ OPTIONS = TelemetryOptions(min_bucket_rows=1)  # measured rows are few: decompos
 class WidthMeasurement:
     width: int
     rows: int  # rows captured per (layer, site)
-    capture_s: float
-    floor_s: float  # the bare covariance GEMMs of the same rows
+    capture_s: float  # median of the interleaved repetitions
+    floor_s: float  # the bare covariance GEMMs of the same rows and pairs, median, interleaved with capture
+    ratios: list[float]  # capture / floor of each repetition
     snapshot_s: float
     copy_s: float | None  # device → host copy of the snapshot (CUDA only)
     copy_bytes: int
@@ -191,32 +193,34 @@ def measure_width(preset: Preset, d: int, device: torch.device, rows: int, eig_s
             for _ in range(n_chunks):
                 collector.add(layer, site, x, sizes)
 
-    collector.add(0, "pre", x, sizes)  # warm-up: allocator, kernels, BLAS first call
-    times = []
-    for _ in range(repeats):
-        collector.reset()
-        sync()
-        t0 = time.perf_counter()
-        capture()
-        sync()
-        times.append(time.perf_counter() - t0)
-    capture_s = min(times)
-    host.sample()
-
-    # the floor: the bare GEMMs of the same bucket chunks, on two (layer, site) pairs, scaled
+    # the floor: the bare GEMMs of the same bucket chunks, every (layer, site) pair, the same rows
     parts = [p.to(torch.bfloat16) if cuda else p.float() for p in torch.split(x, sizes)]
 
-    def gemms() -> None:
-        for _ in range(2 * n_chunks):
+    def floor() -> None:
+        for _ in range(len(keys) * n_chunks):
             for p in parts:
                 _bf16_scatter(p) if cuda else p.t() @ p
 
-    gemms()
-    sync()
-    t0 = time.perf_counter()
-    gemms()
-    sync()
-    floor_s = (time.perf_counter() - t0) / 2 * len(keys)
+    def timed(fn) -> float:
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
+    collector.add(0, "pre", x, sizes)  # warm-up: allocator, kernels, BLAS first call
+    floor()
+    caps, floors = [], []
+    for r in range(repeats):  # interleaved, the order flipping each repetition; the capture runs last
+        if r % 2:
+            caps.append(timed(lambda: (collector.reset(), capture())))
+            floors.append(timed(floor))
+        else:
+            floors.append(timed(floor))
+            caps.append(timed(lambda: (collector.reset(), capture())))
+    capture_s, floor_s = statistics.median(caps), statistics.median(floors)
+    ratios = [c / f for c, f in zip(caps, floors)]
+    host.sample()
     del parts
 
     # the snapshot of a hard-rank-only event (merge, checks, hard ranks), as the trainer runs it
@@ -262,7 +266,7 @@ def measure_width(preset: Preset, d: int, device: torch.device, rows: int, eig_s
         device_mib = (torch.cuda.max_memory_allocated(device) - dev_base) / cm.MIB
     host_mib = host.mib()
     del sample, collector
-    return WidthMeasurement(d, n_chunks * chunk, capture_s, floor_s, snapshot_s, copy_s, copy_bytes,
+    return WidthMeasurement(d, n_chunks * chunk, capture_s, floor_s, ratios, snapshot_s, copy_s, copy_bytes,
                             eig_gpu_s, eig_cpu_s, host_mib, device_mib)
 
 
@@ -356,7 +360,7 @@ def print_table(preset: Preset, prof: cm.DeviceProfile, measured: dict[int, Widt
         line = (f"{d:>6} {_fmt(ev.capture_s, cap_tag)}{ratio} {_fmt(ev.snapshot_s, _tag(ev.basis['snapshot_s']))}"
                 f"{_fmt(ev.critical_path_s('cpu', spectra=False), cap_tag)}{copy}{gpu}"
                 f"{_fmt(ev.decompose_cpu_s, _tag(ev.basis['decompose_cpu_s']))}"
-                f"{_fmt(host_mib, 'm' if m else 'p')}{_fmt(dev_mib, 'm' if m else 'p')}{step_s:8.3g}")
+                f"{_fmt(host_mib, 'm' if m else 'p')}{_fmt(dev_mib, 'm' if m else 'p')}{step_s:7.3g}{'g' if step_seconds else 'a'}")
         for dense, sparse in runs:
             line += f"  {dense.share:6.2%} / {sparse.share:6.2%} {sparse.spectrum_every:>2} {sparse.decompose_on}"
         print(line)
@@ -374,7 +378,9 @@ def paper_main(args: argparse.Namespace) -> None:
     if not widths:
         raise SystemExit(f"--max-width {max_width} is below the smallest width {min(preset.widths)} of {preset.name}")
     rows = args.rows or (preset.rows if cuda else 2048)
-    repeats = args.repeats or (2 if cuda else 1)
+    repeats = args.repeats or 5
+    if repeats < 5:
+        raise SystemExit(f"--repeats {repeats}: capture and floor are compared over at least 5 interleaved repetitions")
     cpu_eig_max = args.cpu_eig_max_width or (3072 if cuda else max_width)
     resources = cm.host_resources()
     workers = args.workers or cm.pool_workers(resources.cores)
@@ -392,6 +398,10 @@ def paper_main(args: argparse.Namespace) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         m = measure_width(preset, d, device, rows, args.eig_sample, d <= cpu_eig_max, repeats, gen)
         measured[d] = m
+        print(f"  D={d}: capture / GEMM floor, {repeats} interleaved repetitions at {m.rows:,} rows/pair (measured "
+              f"here): median capture {m.capture_s:.3g} s, floor {m.floor_s:.3g} s, ratio median "
+              f"{statistics.median(m.ratios):.2f} (spread {min(m.ratios):.2f}-{max(m.ratios):.2f}); both scale "
+              f"linearly to {preset.rows:,} rows in the tables (x{preset.rows / m.rows:.0f}, projected)")
         print(f"  D={d}: capture {m.capture_s:.3g} s for {m.rows:,} rows/pair (GEMM floor {m.floor_s:.3g} s), "
               f"snapshot {m.snapshot_s:.3g} s" + (f", copy to host {m.copy_s:.3g} s" if m.copy_s else "")
               + (f", eig/matrix GPU {m.eig_gpu_s * 1e3:.1f} ms" if m.eig_gpu_s else "")
@@ -410,12 +420,21 @@ def paper_main(args: argparse.Namespace) -> None:
     if not cuda:
         print("note: timings are wall clock on one thread; a process CPU / wall ratio well below 1 above means "
               "other processes shared the cores, and the measured seconds are that much inflated")
-    h100_workers = cm.pool_workers(cm.H100.cores)
-    h100_res = cm.HostResources(cm.H100.cores, cm.H100.host_mem_bytes, "profile")
+    if args.write_calibration:
+        cm.save_profile(args.write_calibration, prof, {
+            **{f"capture_floor_x_{m.width}": statistics.median(m.ratios) for m in measured.values()},
+            **{f"capture_floor_spread_{m.width}": max(m.ratios) - min(m.ratios) for m in measured.values()},
+            "rows_per_pair": rows, "repeats": repeats})
+        print(f"calibration written to {args.write_calibration} (read by sweep.plan plan.calibration=FILE)")
+    ref = cm.load_profile(args.calibration) if args.calibration else cm.H100
     print()
-    print_table(preset, cm.H100, {}, h100_workers, h100_res, cadences, None, args.decompose_on,
-                "projection for one H100 from the anchors of telemetry-cost.md (torch 2.11; capture = bare bf16 GEMM, "
-                "N rows through GEMMs; step_s from FLOPs at 400 TFLOP/s; 16 host cores, 128 GiB):")
+    print_table(preset, ref, {}, cm.pool_workers(ref.cores), cm.HostResources(ref.cores, ref.host_mem_bytes, "profile"),
+                cadences, None, args.decompose_on,
+                (f"projection from the calibration {args.calibration} ({ref.name}); every figure projected (p) "
+                 "from its measured anchors:" if args.calibration else
+                 "projection for one H100 from the constants of telemetry-cost.md, nothing measured here (torch 2.11; "
+                 "capture = bare bf16 GEMM, N rows through GEMMs; step_s from FLOPs at 400 TFLOP/s; 16 host cores, "
+                 "128 GiB):"))
     print(f"wall time of this benchmark: {time.perf_counter() - t_start:.0f} s")
     last = measured[widths[-1]]
     ev = cm.event_estimate(cm.EventShape(preset.layers, last.width, preset.rows, chunk_rows=preset.micro_batch_rows),
@@ -424,6 +443,8 @@ def paper_main(args: argparse.Namespace) -> None:
         cm.ModelShape(preset.layers, preset.d_model, last.width), preset.rows, prof.flops_per_s)
     on = cm.estimate_run(cm.ModelShape(preset.layers, preset.d_model, last.width), preset.steps, cadences[-1],
                          preset.rows, step_s, prof, decompose_on=args.decompose_on, resources=resources).decompose_on
+    print(" ".join(f"capture_floor_x_{m.width}={statistics.median(m.ratios):.3f}" for m in measured.values())
+          + " (measured here, interleaved medians)")
     print(f"critical_path_s={ev.critical_path_s(on):.4f} decomposition_s={ev.decomposition_s(on):.4f} "
           f"peak_host_mib={last.host_mib:.1f} peak_device_mib={last.device_mib:.1f}")
 
@@ -441,7 +462,12 @@ def _paper_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--eig-sample", type=int, default=2, help="matrices decomposed per width (pre/post pairs)")
     ap.add_argument("--cpu-eig-max-width", type=int, default=None,
                     help="largest width timed on one CPU thread (default: --max-width on cpu, 3072 on cuda)")
-    ap.add_argument("--repeats", type=int, default=None, help="capture repetitions, best kept (default 1 cpu, 2 cuda)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="capture and GEMM-floor repetitions, interleaved, medians kept (default and minimum 5)")
+    ap.add_argument("--write-calibration", default=None, metavar="FILE",
+                    help="write what was measured as a calibration file (sweep.plan plan.calibration=FILE)")
+    ap.add_argument("--calibration", default=None, metavar="FILE",
+                    help="project from this calibration file instead of the H100 constants")
     ap.add_argument("--decompose-on", default="auto", choices=cm.DECOMPOSE_ON)
 
 
@@ -687,6 +713,121 @@ def training_main(args: argparse.Namespace) -> None:
 
 
 
+# =============================================================================== validate mode
+VALIDATE = {  # a run where telemetry is a clear share of wall time on 2 CPU cores, in about 1-2 minutes
+    "n_layer": 2, "d_model": 64, "n_head": 4, "ffn_mult": 8, "context_len": 64, "vocab": 512,
+    "steps": 100, "batch_size": 16, "every": 5, "spectrum_every": 4,
+}
+
+
+def validate_main(args: argparse.Namespace) -> None:
+    """Train a short CPU run with telemetry (python -m sweep.train), time this machine's kernels on the
+    same shape (capture through FFNProbe's hooks, the snapshot and hard ranks of an event, fp64
+    decomposition on one thread: EventPipeline, as the trainer runs them), feed them to
+    metrics.costmodel.estimate_run with the run's own non-telemetry seconds per step, and compare
+    the predicted telemetry share with the one the run's DONE records."""
+    import json
+    import subprocess
+    import tempfile
+
+    from metrics.costmodel import Anchors, DeviceProfile, HostResources, ModelShape, estimate_run, host_resources
+
+    v = dict(VALIDATE)
+    tokens_per_step = v["batch_size"] * v["context_len"]
+    width = v["ffn_mult"] * v["d_model"]
+    torch.set_num_threads(1)  # the run's trainer thread (train.num_threads=1); the pool gets the other cores
+    with tempfile.TemporaryDirectory(prefix="validate_") as tmp:
+        cmd = [sys.executable, "-m", "sweep.train", "logger=none", "data=synthetic", f"data.vocab_size={v['vocab']}",
+               "model=tiny", f"model.n_layer={v['n_layer']}", f"model.d_model={v['d_model']}",
+               f"model.n_head={v['n_head']}", f"model.ffn_mult={v['ffn_mult']}", f"model.context_len={v['context_len']}",
+               f"train.steps={v['steps']}", f"train.batch_size={v['batch_size']}", f"train.eval_every={v['steps']}",
+               f"train.ckpt_every={v['steps']}", "train.eval_batches=1", "train.num_threads=1", "train.device=cpu",
+               "train.progress=false", f"telemetry.every={v['every']}", f"telemetry.spectrum_every={v['spectrum_every']}",
+               "telemetry.decompose_on=cpu", "telemetry.min_bucket_rows=64", "sweep_name=validate",
+               f"paths.runs_root={tmp}/runs", f"paths.data_root={tmp}/data"]
+        print("run:", " ".join(cmd[1:]))
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"},
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        if proc.returncode != 0:
+            raise SystemExit(f"the validation run failed:\n{proc.stderr[-3000:]}")
+        (done_file,) = [p for p in __import__("pathlib").Path(tmp, "runs").rglob("DONE")]
+        done = json.loads(done_file.read_text())
+    tel, wall = done["telemetry"], float(done["wall_s"])
+    measured_s = tel["critical_s"] + tel["wait_s"]
+    print(f"run: {time.perf_counter() - t0:.0f} s wall (process), DONE: wall_s {wall:.1f}, telemetry "
+          f"{measured_s:.2f} s (critical {tel['critical_s']:.2f} + wait {tel['wait_s']:.2f}) over {tel['events']} "
+          f"events, {tel['spectrum_events']} with spectra, share {tel['share']:.3f}")
+    # this machine's kernel times on the run's shape, through the trainer's code paths
+    from models import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=v["vocab"], n_layer=v["n_layer"], n_head=v["n_head"], d_model=v["d_model"],
+                          context_len=v["context_len"], ffn_mult=v["ffn_mult"]))
+    gen = torch.Generator().manual_seed(args.seed)
+    probs = zipf_probs(v["vocab"])
+    table = frequency_buckets(np.bincount(torch.multinomial(probs, 200_000, replacement=True, generator=gen).numpy(),
+                                          minlength=v["vocab"]))
+    probe = attach_probes(model, bucket_of_token=table, min_bucket_rows=64)
+    idx = torch.multinomial(probs, tokens_per_step, replacement=True, generator=gen).view(v["batch_size"], -1)
+    pairs = v["n_layer"] * len(SITES)
+    matrices = pairs * 4
+    caps, snaps, eigs, steps = [], [], [], []
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def train_step() -> float:  # a plain step (forward, backward, update), as the run's steps without an event
+        t0 = time.perf_counter()
+        _, loss = model(idx, idx.roll(-1, 1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    for r in range(6):  # the first is a warm-up; steps and kernels alternate, so that load hits both alike
+        steps.append(train_step())
+        with torch.no_grad():
+            with EventPipeline(probe.collector, probe.options, decompose_on="device", pool="thread") as pipe:
+                with probe.capturing():
+                    probe.set_tokens(idx)
+                    model(idx)
+                (hard,) = pipe.end_event(1, spectrum=False)
+                with probe.capturing():
+                    probe.set_tokens(idx)
+                    model(idx)
+                (full,) = pipe.end_event(2, spectrum=True)
+        steps.append(train_step())
+        if r:
+            caps.append(hard.cost.capture_s)
+            snaps.append(hard.cost.reduce_s + hard.cost.snapshot_s + hard.cost.hard_rank_s)
+            eigs.append(full.cost.sync_decompose_s)
+    probe.detach()
+    cap, snap, eig = statistics.median(caps), statistics.median(snaps), statistics.median(eigs)
+    step_s = statistics.median(steps[2:])
+    print(f"kernels here (medians of 5, one thread, alternating with plain training steps of "
+          f"{step_s * 1e3:.1f} ms): capture {cap * 1e3:.1f} ms per event ({tokens_per_step} rows x "
+          f"{pairs} pairs), snapshot + hard ranks {snap * 1e3:.1f} ms, fp64 decomposition {eig * 1e3:.0f} ms "
+          f"({matrices} matrices of D={width})")
+    stamp = "validate: measured here"
+    res = host_resources()
+    prof = DeviceProfile(
+        name=f"cpu here ({stamp})", accelerator=False,
+        capture_row_s=Anchors(((width, cap / (pairs * tokens_per_step)),), 2.0, stamp), capture_rows=tokens_per_step,
+        snapshot_matrix_s=Anchors(((width, snap / matrices),), 2.0, stamp),
+        eig_core_s=Anchors(((width, eig / matrices),), 3.0, stamp), eig_device_s=None,
+        copy_bytes_per_s=1e12, flops_per_s=1e12, cores=res.cores, host_mem_bytes=res.mem_available_bytes,
+    )
+    # the step time measured here beside the kernels (not the run's): a shared machine's load then
+    # scales both alike, and the share compares like with like
+    pred = estimate_run(ModelShape(v["n_layer"], v["d_model"], width, vocab=v["vocab"]), v["steps"], v["every"],
+                        tokens_per_step, step_s, prof, decompose_on="cpu", spectrum_every=v["spectrum_every"],
+                        resources=HostResources(res.cores, res.mem_available_bytes), ckpt_every=v["steps"])
+    predicted = pred.telemetry_s / (step_s * v["steps"] + pred.telemetry_s)
+    measured = tel["share"]
+    print(f"predicted: telemetry {pred.telemetry_s:.2f} s (of which waits {pred.wait_s:.2f} s) over {pred.n_events} "
+          f"events, {pred.n_spectrum_events} with spectra, at {step_s * 1e3:.1f} ms per step measured here "
+          f"(the run: {(wall - measured_s) / v['steps'] * 1e3:.1f} ms per step without telemetry, evals included)")
+    print(f"predicted_share={predicted:.4f} measured_share={measured:.4f} ratio={measured / predicted:.3f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default=None, choices=("cpu", "cuda"),
@@ -694,10 +835,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default 1 on cpu: OpenMP spin-waits ruin timings on a busy host)")
+    ap.add_argument("--validate", action="store_true",
+                    help="train a short CPU run with telemetry and compare its measured telemetry share with the "
+                         "cost model's prediction from kernel times measured here (last line: predicted_share=..)")
     _paper_args(ap)
     _training_args(ap)
     args = ap.parse_args(argv)
-    if args.preset:
+    if args.validate:
+        validate_main(args)
+    elif args.preset:
         paper_main(args)
     else:
         training_main(args)

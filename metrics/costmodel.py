@@ -9,18 +9,21 @@ Laws used away from the anchors:
 - snapshot work per matrix (GLOBAL merge, finiteness check, hard rank by trace/Frobenius) as D².
 
 Every estimate says, per figure, whether it is measured, interpolated, extrapolated or assumed.
-Profiles: `H100` (anchors measured on one H100 with torch 2.11, from telemetry-cost.md) and
-`calibrate()`, which measures the machine it runs on. `estimate_run` prices a whole run (what
-`sweep.plan` shows per grid point); `decide_decompose_on` is the `telemetry.decompose_on=auto` rule.
+Profiles: `H100` (anchors measured on one H100 with torch 2.11, from telemetry-cost.md), or a
+calibration file written by `benchmarks/telemetry_overhead.py --write-calibration` on the machine
+at hand (`load_profile`; `sweep.plan plan.calibration=FILE`). `estimate_run` prices a whole run (what
+`sweep.plan` and the benchmark show). The run itself never uses a profile: `decide_decompose_on`
+(the `telemetry.decompose_on=auto` rule) takes the times the run measured.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclasses_replace
 
 from metrics.schedule import AGGREGATION_EVENTS, event_steps, keep_up_every, spectrum_steps
 
@@ -90,6 +93,9 @@ class DeviceProfile:
     gemm_row_s: the bare covariance GEMM per row (the capture floor), when known.
     copy_bytes_per_s: device → host copy rate of a snapshot (only paid to decompose on the CPU).
     flops_per_s: effective training FLOP rate, for step-time estimates.
+    eager_slowdown: an uncompiled step's time over a compiled one's (train.compile=true runs
+        telemetry steps on the eager module: each event costs (eager_slowdown - 1) steps more).
+    ckpt_bytes_per_s: checkpoint write rate (a checkpoint stops training while it is written).
     cores / host_mem_bytes: what a CPU pool may use when the caller gives no HostResources.
     basis: provenance of the scalar fields (measured / assumed, and how).
     """
@@ -107,6 +113,9 @@ class DeviceProfile:
     host_mem_bytes: int
     basis: Mapping[str, str] = field(default_factory=dict)
     gemm_row_s: Anchors | None = None
+    eager_slowdown: float = 1.0
+    ckpt_bytes_per_s: float = 1e9
+    measured: Mapping[str, float] = field(default_factory=dict)  # other figures of a calibration file
 
     def describe(self) -> list[str]:
         """One line per figure source, for printing next to an estimate."""
@@ -118,7 +127,7 @@ class DeviceProfile:
             if anchors is not None:
                 widths = ",".join(str(d) for d, _ in anchors.points)
                 lines.append(f"  {label}: measured at D={widths} ({anchors.source}); beyond: ∝D^{anchors.power:g}")
-        for key in ("copy_bytes_per_s", "flops_per_s", "cores", "host_mem_bytes"):
+        for key in ("copy_bytes_per_s", "flops_per_s", "eager_slowdown", "ckpt_bytes_per_s", "cores", "host_mem_bytes"):
             lines.append(f"  {key}={getattr(self, key):.4g}: {self.basis.get(key, ASSUMED)}")
         return lines
 
@@ -155,9 +164,13 @@ H100 = DeviceProfile(
     flops_per_s=400e12,
     cores=16,
     host_mem_bytes=128 * GIB,
+    eager_slowdown=1.3,
+    ckpt_bytes_per_s=1e9,
     basis={
         "copy_bytes_per_s": "assumed (not measured): ~10 GB/s pageable device→host",
         "flops_per_s": "assumed: ~400 TFLOP/s effective, the estimate of telemetry-cost.md",
+        "eager_slowdown": "assumed: an eager bf16 step 1.3x a compiled one (not measured on an H100)",
+        "ckpt_bytes_per_s": "assumed: 1 GB/s to local disk",
         "cores": "assumed: 12–16 spare host cores per GPU (telemetry-cost.md)",
         "host_mem_bytes": "assumed: 128 GiB of host RAM per GPU",
     },
@@ -167,14 +180,50 @@ PROFILES: dict[str, DeviceProfile] = {"h100": H100}
 
 
 def profile(device: DeviceProfile | str) -> DeviceProfile:
-    """A DeviceProfile, or a built-in one by name ("h100")."""
+    """A DeviceProfile, a built-in one by name ("h100"), or a calibration file (a path ending .json)."""
     if isinstance(device, DeviceProfile):
         return device
+    if device.endswith(".json"):
+        return load_profile(device)
     try:
         return PROFILES[device.lower()]
     except KeyError:
         raise ValueError(f"unknown device profile {device!r}; built in: {sorted(PROFILES)} "
-                         "(or pass metrics.costmodel.calibrate())") from None
+                         "(or a calibration file, FILE.json)") from None
+
+
+_ANCHOR_FIELDS = ("capture_row_s", "gemm_row_s", "snapshot_matrix_s", "eig_core_s", "eig_device_s")
+_SCALAR_FIELDS = ("name", "accelerator", "capture_rows", "copy_bytes_per_s", "flops_per_s", "cores",
+                  "host_mem_bytes", "eager_slowdown", "ckpt_bytes_per_s")
+
+
+def save_profile(path: str, prof: DeviceProfile, extra: Mapping | None = None) -> None:
+    """Write `prof` as a calibration file (JSON); `extra`: other measured figures kept beside it."""
+    data: dict = {k: getattr(prof, k) for k in _SCALAR_FIELDS}
+    for k in _ANCHOR_FIELDS:
+        a = getattr(prof, k)
+        data[k] = None if a is None else {"points": [list(p) for p in a.points], "power": a.power, "source": a.source}
+    data["basis"] = dict(prof.basis)
+    data["measured"] = {**prof.measured, **(extra or {})}
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=1)
+
+
+def load_profile(path: str) -> DeviceProfile:
+    """The DeviceProfile of a calibration file; ValueError naming the file when it is not one."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+        kwargs = {k: data[k] for k in _SCALAR_FIELDS if k in data}
+        for k in _ANCHOR_FIELDS:
+            a = data.get(k)
+            kwargs[k] = None if a is None else Anchors(tuple(tuple(p) for p in a["points"]), float(a["power"]), a["source"])
+        prof = DeviceProfile(basis=dict(data.get("basis", {})), measured=dict(data.get("measured", {})), **kwargs)
+    except FileNotFoundError:
+        raise ValueError(f"calibration file {path} does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"calibration file {path} is not one ({type(e).__name__}: {e})") from None
+    return dataclasses_replace(prof, name=f"{prof.name} [calibration {os.path.basename(path)}]")
 
 
 # --------------------------------------------------------------------------- one event
@@ -314,7 +363,7 @@ def event_estimate(
         decompose_gpu_s = m * dev_s
         basis["decompose_gpu_s"] = b
 
-    device_bytes, host_bytes = _event_memory(shape, prof.accelerator, workers, max_in_flight)
+    device_bytes, host_bytes = event_memory(shape, prof.accelerator, workers, max_in_flight)
     basis["memory"] = "model: fp32 scatters, one fp64 copy + workspace per decomposition in flight"
     return EventEstimate(
         shape=shape, profile=prof.name, accelerator=prof.accelerator, workers=workers,
@@ -324,8 +373,9 @@ def event_estimate(
     )
 
 
-def _event_memory(shape: EventShape, accelerator: bool, workers: int, in_flight: int) -> tuple[dict, dict]:
-    """Peak extra bytes held by telemetry on the accelerator and the host, per decomposition place."""
+def event_memory(shape: EventShape, accelerator: bool, workers: int, in_flight: int) -> tuple[dict, dict]:
+    """Peak extra bytes held by telemetry on the accelerator and the host, per decomposition place
+    (a model of the tensors held; the run's auto rule uses it with this machine's MemAvailable)."""
     d, s = shape.width, shape.accum_bytes
     mat = d * d * s
     acc = shape.accumulators * (mat + 8 * d)  # scatter + fp64 mean
@@ -354,26 +404,18 @@ class HostResources:
 
 
 def host_resources() -> HostResources:
-    """Cores this process may run on (sched_getaffinity) and MemAvailable (psutil if installed,
-    else /proc/meminfo)."""
+    """Cores this process may run on (sched_getaffinity) and MemAvailable (/proc/meminfo, else the
+    free pages)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     mem = None
     try:
-        import psutil  # optional
-
-        mem = int(psutil.virtual_memory().available)
-    except Exception:  # noqa: BLE001 - not installed, or no /proc access: fall through
-        try:
-            with open("/proc/meminfo") as fh:
-                for line in fh:
-                    if line.startswith("MemAvailable:"):
-                        mem = int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            pass
+        with open("/proc/meminfo") as fh:
+            mem = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")), None)
+    except OSError:
+        pass
     if mem is None:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     return HostResources(cores=cores, mem_available_bytes=mem, source="measured (affinity, MemAvailable)")
@@ -399,13 +441,16 @@ def decide_decompose_on(
     host_bytes_needed: int,
     host_bytes_available: int,
     mem_headroom: float = MEM_HEADROOM,
+    device_s: float | None = None,
+    copy_s: float = 0.0,
 ) -> DecomposeDecision:
-    """The `telemetry.decompose_on` rule. Pure function.
+    """The `telemetry.decompose_on` rule. Pure function; a run feeds it what it measured.
 
-    auto: the CPU pool when it decomposes an event within the time between events and its host
-    memory (in-flight snapshots + workers) fits in `mem_headroom` of what is available; otherwise
-    the accelerator. Without an accelerator everything runs on the CPU; asking for "gpu" then is
-    an error.
+    auto: the CPU pool when it decomposes an event within the time between events, its host
+    memory (in-flight snapshots + workers) fits in `mem_headroom` of what is available, and the
+    host copy it needs (`copy_s`) takes less than decomposing on the device (`device_s`, when
+    known); otherwise the accelerator. Without an accelerator everything runs on the CPU; asking
+    for "gpu" then is an error.
     """
     if requested not in DECOMPOSE_ON:
         raise ValueError(f"decompose_on must be one of {DECOMPOSE_ON}, got {requested!r}")
@@ -423,6 +468,9 @@ def decide_decompose_on(
     if cpu_decompose_s > interval_s:
         return DecomposeDecision(
             "gpu", f"the CPU pool needs {cpu_decompose_s:.1f} s per event, {interval_s:.1f} s between events")
+    if device_s is not None and device_s <= copy_s:
+        return DecomposeDecision(
+            "gpu", f"the device decomposes an event in {device_s:.3g} s, the copy to the pool takes {copy_s:.3g} s")
     return DecomposeDecision(
         "cpu", f"the CPU pool keeps up ({cpu_decompose_s:.1f} s per event, {interval_s:.1f} s between events)")
 
@@ -509,11 +557,18 @@ class RunTelemetryCost:
     peak_device_mib: float
     event: EventEstimate
     basis: Mapping[str, str]
+    ckpt_s: float = 0.0  # checkpoint writes over the run (training stops meanwhile)
+    other_s: float = 0.0  # other wall time outside the steps (evaluations), as given
+    eager_s: float = 0.0  # per event: the eager step's extra time under train.compile=true
+
+    @property
+    def wall_s(self) -> float:
+        return self.train_s + self.ckpt_s + self.other_s + self.telemetry_s
 
     @property
     def share(self) -> float:
-        """Telemetry's share of the run's wall time."""
-        return self.telemetry_s / (self.train_s + self.telemetry_s)
+        """Telemetry's share of the run's wall time (steps, checkpoint writes, other, telemetry)."""
+        return self.telemetry_s / self.wall_s
 
     @property
     def overhead(self) -> float:
@@ -545,6 +600,9 @@ def estimate_run(
     gpu_budget: float = GPU_SHARE_BUDGET,
     micro_batch_rows: int = 32_768,
     per_event_device: bool | None = None,
+    compile: bool = False,
+    ckpt_bytes: int = 0,
+    other_s: float = 0.0,
 ) -> RunTelemetryCost:
     """Telemetry cost of a run of `steps` steps with an event every `every` steps.
 
@@ -562,6 +620,10 @@ def estimate_run(
         with); None: as a run does, i.e. with decompose_on=auto.
     decompose_on=auto on an accelerator: the CPU pool (with per-event device decompositions) or
     the device, whichever this estimate finds cheaper, unless host memory rules the pool out.
+    compile: train.compile=true; its telemetry steps run the eager module, (eager_slowdown - 1)
+        steps more per event (counted in the critical path, as the run counts it).
+    ckpt_bytes: bytes of one checkpoint; writing one stops training (ckpt_bytes_per_s), counted in
+        the wall time (`ckpt_s`), as are `other_s` seconds outside the steps (evaluations).
     """
     prof = profile(device)
     if steps < 1 or every < 1 or tokens_per_step < 1 or ranks < 1:
@@ -591,6 +653,9 @@ def estimate_run(
         raise ValueError(f"spectrum_every must be 'auto' or a positive int, got {spectrum_every!r}")
     if per_event_device is None:
         per_event_device = decompose_on == "auto"
+    eager_s = (prof.eager_slowdown - 1.0) * step_seconds if compile else 0.0
+    if compile:
+        basis["eager_s"] = f"{eager_s:.3g} s per event: eager_slowdown {prof.basis.get('eager_slowdown', ASSUMED)}"
     ev_steps = event_steps(steps, every)
     ckpts = set(range(ckpt_every, steps + 1, ckpt_every)) if ckpt_every else set()
 
@@ -610,12 +675,12 @@ def estimate_run(
             prev = s
             if s in spectra_at:
                 spectra = spectra_at[s]
-                cost = ev.critical_path_s(on, spectra)
+                cost = ev.critical_path_s(on, spectra) + eager_s
                 if spectra and here:
                     later = [t for t in with_spectra if t > s]
                     until = (needed_at(s, steps, ckpt_every, later, max_in_flight) - s) * step_seconds
                     if decompose_on_device_now(ev.decompose_gpu_s, decomp, ev.copy_s, until):
-                        cost = ev.critical_path_s("gpu", True) + ev.decomposition_s("gpu")
+                        cost = ev.critical_path_s("gpu", True) + ev.decomposition_s("gpu") + eager_s
                         spectra = False  # nothing handed to the pool
                 if spectra and on == "gpu":
                     cost += decomp
@@ -644,113 +709,11 @@ def estimate_run(
     else:
         k, flags, added, wait = timeline(on)
     basis.update({f"event.{k_}": v for k_, v in ev.basis.items()})
-    return RunTelemetryCost(
+    ckpt_s = len(ckpts) * ckpt_bytes / prof.ckpt_bytes_per_s
+    basis["ckpt_s"] = f"{len(ckpts)} checkpoints of {ckpt_bytes / GIB:.2f} GiB, {prof.basis.get('ckpt_bytes_per_s', ASSUMED)}"
+    return RunTelemetryCost(ckpt_s=ckpt_s, other_s=float(other_s), eager_s=eager_s,
         decompose_on=on, reason=reason, spectrum_every=k, n_events=len(ev_steps),
         n_spectrum_events=sum(flags), step_s=step_seconds, train_s=steps * step_seconds, telemetry_s=added,
-        wait_s=wait, critical_path_s=ev.critical_path_s(on, True), decomposition_s=ev.decomposition_s(on),
+        wait_s=wait, critical_path_s=ev.critical_path_s(on, True) + eager_s, decomposition_s=ev.decomposition_s(on),
         peak_host_mib=ev.peak_host_mib(on), peak_device_mib=ev.peak_device_mib(on), event=ev, basis=basis,
-    )
-
-
-# --------------------------------------------------------------------------- measuring a machine
-def calibrate(
-    device: str | None = None,
-    *,
-    widths: Sequence[int] = (256, 512, 1024),
-    rows: int = 4096,
-    eig_widths: Sequence[int] = (256, 512, 1024),
-    repeats: int = 2,
-    seed: int = 0,
-) -> DeviceProfile:
-    """Measure this machine: capture per row (the real CovarianceAccumulator path, in its default
-    precision for the device), the bare GEMM, snapshot work per matrix, fp64 eigvalsh per matrix
-    on one CPU thread (a pool worker) and on the accelerator, and the copy rate to host memory.
-
-    Takes a few seconds at the default sizes. Widths beyond the measured ones are extrapolated by
-    the Anchors laws; the FLOP rate for step-time estimates is assumed to be half the GEMM rate.
-    """
-    import torch
-
-    from metrics.covariance import CovarianceAccumulator, _bf16_scatter
-    from metrics.spectral import hard_rank_of_matrix
-
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cuda = dev.type == "cuda"
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    threads = torch.get_num_threads()
-    stamp = f"calibrate() on {dev.type}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(dev)
-
-    def best(fn, n: int = repeats) -> float:
-        fn()  # warm-up: allocator, kernels, LAPACK first call
-        sync()
-        times = []
-        for _ in range(max(1, n)):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    capture, gemm, snap, eig_core, eig_dev = [], [], [], [], []
-    act_dtype = torch.bfloat16 if cuda else torch.float32  # what the training forward hands the hook
-    for d in widths:
-        x = torch.randn(rows, d, generator=gen).to(dev, act_dtype)
-        acc = CovarianceAccumulator(d, device=dev)
-        capture.append((d, best(lambda: acc.update(x)) / rows))
-        if acc.bf16_gemm:
-            xb = x.to(torch.bfloat16)
-            gemm.append((d, best(lambda: _bf16_scatter(xb)) / rows))
-        else:
-            xf = x.float()
-            gemm.append((d, best(lambda: xf.t() @ xf) / rows))
-        other = acc.copy()
-
-        def snapshot_work() -> None:
-            merged = acc.copy().merge(other)  # the GLOBAL merge of the bucket accumulators
-            bool(torch.isfinite(merged.m2).all())
-            hard_rank_of_matrix(merged.m2)
-
-        snap.append((d, best(snapshot_work)))
-        del x, acc, other
-    torch.set_num_threads(1)  # a pool worker runs one thread
-    try:
-        for d in eig_widths:
-            a = torch.randn(d, d, generator=gen, dtype=torch.float64)
-            sym = a + a.t()
-            eig_core.append((d, best(lambda: torch.linalg.eigvalsh(sym), 1)))
-    finally:
-        torch.set_num_threads(threads)
-    if cuda:
-        for d in eig_widths:
-            a = torch.randn(d, d, generator=gen, dtype=torch.float64).to(dev)
-            sym = a + a.t()
-            eig_dev.append((d, best(lambda: torch.linalg.eigvalsh(sym), 1)))
-    blob = torch.empty(16 * MIB, dtype=torch.float32, device=dev)  # 64 MiB
-    copy_s = best(lambda: blob.to("cpu", copy=True))
-    gemm_flops = max(2.0 * d * d / s for d, s in gemm)  # per row: 2·D² FLOPs
-    res = host_resources()
-    name = f"{dev.type} here ({stamp})"
-    return DeviceProfile(
-        name=name,
-        accelerator=cuda,
-        capture_row_s=Anchors(tuple(capture), 2.0, f"CovarianceAccumulator.update of {rows} rows, {stamp}"),
-        capture_rows=rows,
-        gemm_row_s=Anchors(tuple(gemm), 2.0, f"bare covariance GEMM of {rows} rows, {stamp}"),
-        snapshot_matrix_s=Anchors(tuple(snap), 2.0, f"merge + finiteness + hard rank, {stamp}"),
-        eig_core_s=Anchors(tuple(eig_core), 3.0, f"eigvalsh fp64 on one CPU thread, {stamp}"),
-        eig_device_s=Anchors(tuple(eig_dev), 3.0, f"eigvalsh fp64 on {dev}, {stamp}") if cuda else None,
-        copy_bytes_per_s=blob.numel() * 4 / copy_s,
-        flops_per_s=0.5 * gemm_flops,
-        cores=res.cores,
-        host_mem_bytes=res.mem_available_bytes,
-        basis={
-            "copy_bytes_per_s": f"measured: 64 MiB {'device→host (pageable)' if cuda else 'host copy'}",
-            "flops_per_s": "assumed: half the measured covariance GEMM rate",
-            "cores": "measured: sched_getaffinity",
-            "host_mem_bytes": "measured: MemAvailable",
-        },
     )

@@ -57,7 +57,9 @@ class EventCost:
         end_event (None for the first). host_mib / device_mib: peak memory telemetry held while
         this event was in flight (tensors held: accumulators, snapshots of every event in flight,
         the fp64 working copies of running decompositions; on CUDA plus the allocator's measured
-        peak during the event). matrices: matrices decomposed on the busiest rank.
+        peak during the event). matrices: matrices decomposed on the busiest rank. eager_s: under
+        train.compile=true, the telemetry step's time on the eager module beyond a compiled step
+        and its capture (set by the trainer).
     """
 
     step: int
@@ -73,11 +75,13 @@ class EventCost:
     host_mib: float = 0.0
     device_mib: float = 0.0
     matrices: int = 0
+    eager_s: float = 0.0
 
     @property
     def critical_s(self) -> float:
         """Seconds added to the training step by this event itself (waits not included)."""
-        return (self.capture_s or 0.0) + self.reduce_s + self.snapshot_s + self.hard_rank_s + self.sync_decompose_s
+        return ((self.capture_s or 0.0) + self.reduce_s + self.snapshot_s + self.hard_rank_s + self.sync_decompose_s
+                + self.eager_s)
 
     def as_dict(self) -> dict:
         """Plain fields plus critical_s, for a metrics line."""
@@ -497,3 +501,25 @@ class EventPipeline:
         if gathered is None:
             return []
         return sorted((r for part in gathered for r in (part or [])), key=record_order_key)
+
+
+def time_host_work(width: int, device: torch.device) -> tuple[float, float]:
+    """(seconds of one fp64 eigvalsh of a width x width matrix on one host thread, seconds of one
+    width x width fp32 copy from ``device`` to the host), timed here, best of two."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(width, width, generator=gen, dtype=torch.float64)
+    sym, src = a + a.T, a.float().to(device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a pool worker runs one thread
+    try:
+        eig = min(_timed(lambda: torch.linalg.eigvalsh(sym)) for _ in range(2))
+    finally:
+        torch.set_num_threads(threads)
+    copy = min(_timed(lambda: src.to("cpu", copy=True)) for _ in range(2))
+    return eig, copy
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0

@@ -25,6 +25,7 @@ OPTIONS = {
     "tokens_per_s": "training tokens per second per GPU (default: an estimate from a measured anchor)",
     "pilot": "noise for the resolution block: a finished sweep directory, or paper (default: the published fits)",
     "resolve": "the |Δβ| between optimizers to resolve: seeds or widths that would (default 0.1; docs/power.md)",
+    "calibration": "a calibration file (benchmarks/gpu_check.sh) read instead of the H100 constants",
 }
 USAGE = __doc__.split("\n\n")[0] + "\n\nOptions (plan.KEY=VALUE; every other argument is a Hydra override, as for sweep.train -m):\n" + \
     "\n".join(f"  plan.{k:<13} {v}" for k, v in OPTIONS.items())
@@ -81,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         options, overrides = split_options(argv)
-        plan = make_plan(overrides, tokens_per_s=options.get("tokens_per_s"))
+        plan = make_plan(overrides, tokens_per_s=options.get("tokens_per_s"), calibration=options.get("calibration"))
         rows, resolution = grid_resolution([r.spec for r in plan.runs], options.get("pilot", "paper"),
                                            options.get("resolve", 0.1))
     except UserError as e:  # a bad plan option, an invalid job (as the launch would refuse it)

@@ -193,7 +193,7 @@ def test_cost_fields():
     costs = [e.cost for e in (*first, *second, *third)]
     assert set(costs[0].as_dict()) == {
         "step", "spectrum", "capture_s", "reduce_s", "snapshot_s", "hard_rank_s", "sync_decompose_s",
-        "decompose_s", "wait_s", "interval_s", "host_mib", "device_mib", "matrices", "critical_s",
+        "decompose_s", "wait_s", "interval_s", "host_mib", "device_mib", "matrices", "eager_s", "critical_s",
     }
     a, b, c = costs
     assert (a.spectrum, b.spectrum, c.spectrum) == (True, False, True)

@@ -24,7 +24,7 @@ N_MATRICES = 2 * 2 * 4  # tiny GPT: layers × sites × (global, head, mid, tail)
 COST_KEYS = {"step", "telemetry_spectrum", "telemetry_capture_s", "telemetry_reduce_s", "telemetry_snapshot_s",
              "telemetry_hard_rank_s", "telemetry_sync_decompose_s", "telemetry_decompose_s", "telemetry_wait_s",
              "telemetry_interval_s", "telemetry_host_mib", "telemetry_device_mib", "telemetry_matrices",
-             "telemetry_critical_s", "telemetry_on"}
+             "telemetry_eager_s", "telemetry_critical_s", "telemetry_on"}
 
 
 def _train_here(compose, run_path: Path, overrides: list[str]) -> RunDir:
@@ -215,8 +215,8 @@ def test_sparse_spectra_keep_the_window_exact_and_the_fit_gives_the_same_beta(en
 @pytest.mark.timeout(300)
 def test_decompose_on_auto_decides_once_from_the_measured_time_between_events(tmp_path):
     """The CUDA rule of decompose_on=auto, run with the accumulators on the CPU (``cuda`` set by
-    hand): spectra on the device until the time between events is known, then the cost model's
-    choice with this host's cores and memory, kept across a resume."""
+    hand): spectra on the device until the time between events is known, then the rule fed with
+    this run's measured times and this host's cores and memory, kept across a resume."""
     gpt = _tiny_model()
     tel = _tiny_telemetry(tmp_path, model=gpt, decompose_on="auto", decompose_workers=2)
     try:
@@ -230,7 +230,7 @@ def test_decompose_on_auto_decides_once_from_the_measured_time_between_events(tm
         tel._observe(FinishedEvent(1, True, [], EventCost(step=1, spectrum=True, interval_s=None)))
         tel._observe(FinishedEvent(10, True, [], EventCost(step=10, spectrum=True, interval_s=9.0)))
         tel._decide_place()
-        assert tel.on == "cpu" and not tel._provisional and "cheaper place by the cost model" in tel.reason
+        assert tel.on == "cpu" and not tel._provisional and "keeps up" in tel.reason and "measured" in tel.reason
         assert tel.pipeline.asynchronous and tel.pipeline.pool_kind == "process" and tel.pipeline.workers == 2
         assert tel.cadence.budget == 1.0
         # a real event through the spawned process pool, as on a CUDA run
@@ -266,7 +266,7 @@ def test_decompose_on_auto_decides_once_from_the_measured_time_between_events(tm
         # events close together: the CPU pool would fall behind, spectra stay on the device
         tel._step_s, tel._provisional = 1e-6, True
         tel._decide_place()
-        assert tel.on == "gpu" and "cheaper place" in tel.reason and not tel.pipeline.asynchronous
+        assert tel.on == "gpu" and "s between events" in tel.reason and not tel.pipeline.asynchronous
         assert not tel.per_event_device
         assert tel.cadence.budget == 0.01
     finally:

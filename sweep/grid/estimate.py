@@ -13,7 +13,11 @@ Every figure is an estimate with a stated basis:
 - checkpoints: fp32 weights plus the optimizer state of each parameter role (``state_bytes``),
   times ``train.keep_checkpoints`` (what stays on disk after the run);
 - spectra: telemetry records x RECORD_BYTES (a spectra.jsonl line);
-- telemetry time: ``metrics.costmodel.estimate_run`` with its H100 profile (GPU jobs only).
+- checkpoint writes: every ``train.ckpt_every`` steps, at the profile's write rate (in the wall time);
+- telemetry time: ``metrics.costmodel.estimate_run`` (GPU jobs only) with its H100 profile, or with
+  a calibration file measured on the machine (``plan.calibration=FILE``, benchmarks/gpu_check.sh),
+  whose measured throughput (``ours_tok_s`` at the anchor's shape) then replaces the anchor; with
+  ``train.compile`` the telemetry steps' eager cost and the checkpoints' drains are counted.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any, Optional
 
 import torch
 
-from metrics.costmodel import ModelShape, RunTelemetryCost, estimate_run
+from metrics.costmodel import H100, DeviceProfile, ModelShape, RunTelemetryCost, estimate_run
 from metrics.schedule import event_steps, spectrum_steps
 from models import GPT, GPTConfig
 from optim.dion import dion_rank
@@ -175,15 +179,16 @@ class RunEstimate:
     n_evals: int
     events: int                    # telemetry events, and how many of them carry full spectra
     spectrum_events: int
-    telemetry: Optional[RunTelemetryCost]  # the cost model's estimate (GPU jobs only: its profile is an H100)
+    telemetry: Optional[RunTelemetryCost]  # the cost model's estimate (GPU jobs only: an H100 or calibrated profile)
     checkpoint_bytes: int          # one checkpoint
     kept_checkpoint_bytes: int     # train.keep_checkpoints of them
     spectra_records: int
     spectra_bytes: int
+    ckpt_s: float = 0.0            # checkpoint writes over the run
 
     @property
     def wall_s(self) -> float:
-        return self.train_s + self.eval_s + (self.telemetry.telemetry_s if self.telemetry else 0.0)
+        return self.train_s + self.eval_s + self.ckpt_s + (self.telemetry.telemetry_s if self.telemetry else 0.0)
 
     @property
     def device_hours(self) -> float:
@@ -218,13 +223,19 @@ def default_tokens_per_s(model: GPTConfig, seq_len: int, gpu: bool) -> float:
     return CPU_FLOPS_PER_S / train_flops_per_token(model, seq_len)
 
 
-def estimate(spec: RunSpec, ranks: int, tokens_per_s: Optional[float] = None, gpu: bool = True) -> RunEstimate:
+def estimate(spec: RunSpec, ranks: int, tokens_per_s: Optional[float] = None, gpu: bool = True,
+             calibration: Optional[DeviceProfile] = None) -> RunEstimate:
     """Estimate one validated run on ``ranks`` GPUs, or as one CPU job (``gpu`` False);
-    ``tokens_per_s``: measured training tokens/s per GPU (per CPU job), None: the anchor."""
+    ``tokens_per_s``: measured training tokens/s per GPU (per CPU job), None: the anchor, or the
+    calibration's measured rate; ``calibration``: the profile measured on the machine (None: H100)."""
     t, tel = spec.train.split(ranks), spec.telemetry
     vocab = planned_vocab(spec)
     model = spec.model_config(vocab)
     tokens_per_step = t.sequences_per_step * t.seq_len
+    prof = calibration or H100
+    measured = (calibration.measured.get("ours_tok_s") if calibration is not None and gpu else None)
+    if not tokens_per_s and measured:  # ours at the anchor's shape, measured there: scaled by FLOPs
+        tokens_per_s = float(measured) * anchor_tokens_per_s(model, t.seq_len) / ANCHOR_TOKENS_PER_S
     tps = float(tokens_per_s) if tokens_per_s else default_tokens_per_s(model, t.seq_len, gpu)
     step_s = tokens_per_step / (tps * ranks)
     n_evals = _n_evals(t.steps, t.eval_every, t.eval_at_start)
@@ -232,6 +243,8 @@ def estimate(spec: RunSpec, ranks: int, tokens_per_s: Optional[float] = None, gp
     eval_s = n_evals * eval_tokens / (3.0 * tps * ranks)
     params, opt_bytes = state_bytes(model, spec.optimizer.name, spec.optimizer.hparams)
     ckpt = params * WEIGHT_BYTES + opt_bytes
+    n_ckpts = len({*range(t.ckpt_every, t.steps + 1, t.ckpt_every), t.steps}) if t.ckpt_every else 1
+    ckpt_s = n_ckpts * ckpt / prof.ckpt_bytes_per_s if gpu else 0.0
     cost, events, spectra = None, 0, 0
     if tel.enabled:
         sites = len(tel.sites)
@@ -241,9 +254,10 @@ def estimate(spec: RunSpec, ranks: int, tokens_per_s: Optional[float] = None, gp
                            vocab=vocab, sites=sites, buckets=bool(tel.buckets), gated=model.gated)
         if gpu:
             cost = estimate_run(
-                shape, t.steps, tel.every, max(1, math.ceil(rows)), step_seconds=step_s, device="h100", ranks=ranks,
+                shape, t.steps, tel.every, max(1, math.ceil(rows)), step_seconds=step_s, device=prof, ranks=ranks,
                 decompose_on=tel.decompose_on, spectrum_every=tel.spectrum_every, max_in_flight=tel.max_in_flight,
                 ckpt_every=t.ckpt_every, micro_batch_rows=(t.batch_size // ranks) * t.seq_len,
+                compile=bool(t.compile) and tel.tokens == "train", ckpt_bytes=ckpt, other_s=eval_s,
             )
             events, spectra = cost.n_events, cost.n_spectrum_events
         else:  # "auto" is decided at run time from the machine: counted as a spectrum at every event
@@ -255,5 +269,5 @@ def estimate(spec: RunSpec, ranks: int, tokens_per_s: Optional[float] = None, gp
         tokens_per_step=tokens_per_step, tokens=t.steps * tokens_per_step, vocab=vocab, params=params,
         tokens_per_s=tps, train_s=t.steps * step_s, eval_s=eval_s, n_evals=n_evals, events=events,
         spectrum_events=spectra, telemetry=cost, checkpoint_bytes=ckpt, kept_checkpoint_bytes=ckpt * t.keep_checkpoints,
-        spectra_records=records, spectra_bytes=records * RECORD_BYTES,
+        spectra_records=records, spectra_bytes=records * RECORD_BYTES, ckpt_s=ckpt_s,
     )

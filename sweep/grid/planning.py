@@ -14,6 +14,9 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import read_write
 
+from metrics.costmodel import DeviceProfile, load_profile
+
+from sweep.errors import UserError
 from sweep.grid.estimate import ANCHOR, CPU_ANCHOR, RECORD_BYTES, RunEstimate, estimate
 from sweep.grid.expand import compose_multirun
 from sweep.grid.preflight import PlannedJob, plan_sweep, restrict_plan
@@ -42,6 +45,7 @@ class GridPlan:
     tokens_per_s: Optional[float]  # given per GPU, or None: the anchor
     data_problems: list[str] = field(default_factory=list)
     gpus_per_node: int = 0
+    calibration: Optional[DeviceProfile] = None  # plan.calibration: measured on the machine, else the H100 constants
 
     def to_train(self) -> list[PlannedRun]:
         return [r for r in self.runs if r.job.state in TO_TRAIN]
@@ -56,8 +60,14 @@ def _remaining(job: PlannedJob, steps: int) -> float:
     return 0.0
 
 
-def make_plan(overrides: Sequence[str], tokens_per_s: Optional[float] = None) -> GridPlan:
-    """Compose, expand and check the grid of ``overrides``; estimate every run. Writes nothing."""
+def make_plan(overrides: Sequence[str], tokens_per_s: Optional[float] = None,
+              calibration: Optional[str] = None) -> GridPlan:
+    """Compose, expand and check the grid of ``overrides``; estimate every run. Writes nothing.
+    ``calibration``: a calibration file (plan.calibration) read instead of the H100 constants."""
+    try:
+        profile = load_profile(calibration) if calibration else None
+    except ValueError as e:
+        raise UserError(f"plan.calibration: {e}") from None
     master, loader, jobs = compose_multirun(overrides)
     # The folder the launch would use: as the sweeper does, a grid without a sweep_name gets its
     # default name on the launch's config and on every job's config.
@@ -82,10 +92,10 @@ def make_plan(overrides: Sequence[str], tokens_per_s: Optional[float] = None) ->
             checked.add(key)
             problems += [p for p in data_file_problems(spec) if p not in problems]
         gpu = bool((spec.config.get("resources") or {}).get("gpus_per_node"))
-        runs.append(PlannedRun(job, spec, estimate(spec, ranks, tokens_per_s, gpu=gpu),
+        runs.append(PlannedRun(job, spec, estimate(spec, ranks, tokens_per_s, gpu=gpu, calibration=profile),
                                _remaining(job, spec.train.steps)))
     gpus = int((master.get("resources") or {}).get("gpus_per_node") or 0)
-    return GridPlan(str(master.sweep_name), str(master.paths.sweep_dir), runs, tokens_per_s, problems, gpus)
+    return GridPlan(str(master.sweep_name), str(master.paths.sweep_dir), runs, tokens_per_s, problems, gpus, profile)
 
 
 # ---- output ------------------------------------------------------------------------------------
@@ -163,7 +173,7 @@ def _totals(plan: GridPlan) -> dict[str, Any]:
         "telemetry_events": sum(r.cost.events for r in runs),
         "telemetry_spectrum_events": sum(r.cost.spectrum_events for r in runs),
         "telemetry_hours": sum(r.cost.telemetry.telemetry_s * r.cost.ranks / 3600 for r in runs if r.cost.telemetry),
-        "telemetry_share": (sum(t.telemetry_s for t in tel) / sum(t.train_s + t.telemetry_s for t in tel)) if tel else None,
+        "telemetry_share": (sum(t.telemetry_s for t in tel) / sum(t.wall_s for t in tel)) if tel else None,
         "data_ready": not plan.data_problems, "data_problems": plan.data_problems,
     }
 
@@ -171,6 +181,9 @@ def _totals(plan: GridPlan) -> dict[str, Any]:
 def _assumptions(plan: GridPlan) -> dict[str, str]:
     unit = "GPU" if plan.gpus_per_node else "CPU job"
     rate = (f"plan.tokens_per_s={plan.tokens_per_s:g} tokens/s per {unit} (given)" if plan.tokens_per_s
+            else f"ours measured by the calibration ({plan.calibration.measured['ours_tok_s']:,.0f} tokens/s at the "
+                 "anchor's shape), scaled by training FLOPs per token"
+            if plan.gpus_per_node and plan.calibration is not None and plan.calibration.measured.get("ours_tok_s")
             else f"estimate from a measured anchor: {ANCHOR if plan.gpus_per_node else CPU_ANCHOR}")
     return {
         "throughput": rate + ("; data-parallel ranks assumed to scale linearly" if plan.gpus_per_node else ""),
@@ -178,9 +191,15 @@ def _assumptions(plan: GridPlan) -> dict[str, str]:
         "evaluation": "forward only, a third of a training token's FLOPs",
         "checkpoint_disk": "fp32 weights + optimizer state, train.keep_checkpoints kept per run",
         "spectra_disk": f"{RECORD_BYTES} bytes per telemetry record (one line of the spectra file)",
-        "telemetry": ("metrics.costmodel.estimate_run, H100 profile (telemetry-cost.md anchors)" if plan.gpus_per_node
+        "telemetry": (f"metrics.costmodel.estimate_run, {_profile_word(plan)}; checkpoint drains and writes, "
+                      "train.compile's eager telemetry steps counted" if plan.gpus_per_node
                       else "events counted; their time is not estimated (the cost model's profile is an H100)"),
     }
+
+
+def _profile_word(plan: GridPlan) -> str:
+    return (f"profile measured: {plan.calibration.name}" if plan.calibration is not None
+            else "projected from the H100 constants of telemetry-cost.md")
 
 
 def plan_json(plan: GridPlan) -> dict[str, Any]:
@@ -217,7 +236,7 @@ def plan_text(plan: GridPlan) -> str:
                  f"spectra {_gib(tot['spectra_bytes'])} ({tot['spectra_records']:,} records x {RECORD_BYTES} B)")
     if tot["telemetry_events"]:
         cost = (f"about {tot['telemetry_share']:.1%} of wall time ({tot['telemetry_hours']:,.1f} GPU-h, "
-                f"cost model, H100 profile)" if tot["telemetry_share"] is not None
+                f"cost model, {_profile_word(plan)})" if tot["telemetry_share"] is not None
                 else "time not estimated for CPU jobs")
         lines.append(f"  telemetry   {tot['telemetry_events']:,} events ({tot['telemetry_spectrum_events']:,} with spectra, "
                      f"{tot['telemetry_events'] - tot['telemetry_spectrum_events']:,} hard ranks only), {cost}")

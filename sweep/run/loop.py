@@ -62,6 +62,7 @@ class _Timer:
     def __init__(self) -> None:
         self.tokens = 0
         self.seconds = 0.0
+        self.last = 0.0  # the last step's seconds
 
     @contextlib.contextmanager
     def measure(self, tokens: int, device: torch.device) -> Iterator[None]:
@@ -69,7 +70,8 @@ class _Timer:
         yield
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        self.seconds += time.perf_counter() - t0
+        self.last = time.perf_counter() - t0
+        self.seconds += self.last
         self.tokens += tokens
 
     def rate_and_reset(self) -> float:
@@ -240,6 +242,8 @@ class TrainingLoop:
                     return self._diverged(step, train_loss, grad_norm, logger, metrics, telemetry)
                 st.optimizer.step()
                 st.optimizer.zero_grad(set_to_none=True)
+            if t.compile:  # a telemetry step on the eager module: its extra time counts as telemetry
+                telemetry.note_compiled_step(step, timer.last, event=on_train_tokens)
             st.step, st.train_loss = step, train_loss
             st.elapsed = time.perf_counter() - t_start
             last = step == t.steps

@@ -27,10 +27,12 @@ import torch.distributed as dist
 from metrics import EventCost, EventPipeline, FFNProbe, FinishedEvent, SpectrumCadence, finalize_snapshot
 from metrics import costmodel as cm
 from metrics import collective_device, frequency_buckets, metric_keys
+from metrics.pipeline import time_host_work
+from metrics.schedule import keep_up_every
 from sweep.data.order import leading_rows
 from sweep.grid.spec import TelemetrySpec
 from sweep.rundir import JsonlAppender
-from sweep.run.telemetry_costs import TelemetryTotals, cost_row
+from sweep.run.telemetry_costs import EagerSteps, TelemetryTotals, cost_row
 
 log = logging.getLogger("specsweep.telemetry")
 
@@ -65,9 +67,12 @@ class Telemetry:
         # decompose_on=auto on CUDA resolved to the CPU pool: an event whose records are needed
         # before the pool would finish them goes to the GPU (_device_now)
         self.per_event_device = False
-        self._event_est: Optional[cm.EventEstimate] = None
-        self._pool_s: Optional[float] = None    # measured seconds of one event in the pool
-        self._device_s: Optional[float] = None  # ... and on the device
+        # measured in this run (kept in checkpoints): one event's decomposition in the pool (first
+        # from one timed eigvalsh) and on the device, and its copy to the host, in seconds
+        measured = (state or {}).get("measured") or {}
+        self._pool_s: Optional[float] = measured.get("pool_s")
+        self._device_s: Optional[float] = measured.get("device_s")
+        self._copy_s: Optional[float] = measured.get("copy_s")
         self.eigen_dir = eigen_dir
         self.sink = sink
         self.eigen_sink = eigen_sink
@@ -80,6 +85,7 @@ class Telemetry:
         self._writer: Optional[JsonlAppender] = None
         self._last: list[dict] = []
         self._step_s: Optional[float] = None  # seconds per step, from the time between events
+        self.eager = EagerSteps()  # train.compile=true: the telemetry steps' eager cost
         # set before the early return: close() reads it on a telemetry=off run too
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if not spec.enabled:
@@ -97,7 +103,8 @@ class Telemetry:
             limit_bucket_rows=spec.bucket_sequences is not None,
         )
         self._decompose = decompose or finalize_snapshot
-        self.cuda = next(model.parameters()).device.type == "cuda"
+        self.device = next(model.parameters()).device
+        self.cuda = self.device.type == "cuda"
         adaptive = spec.spectrum_every == "auto"
         self.cadence = SpectrumCadence(total_steps, spec.every, None if adaptive else int(spec.spectrum_every))
         state = state or {}
@@ -157,45 +164,38 @@ class Telemetry:
         return EventPipeline(
             self.probe.collector, self.probe.options, decompose_on="cpu" if on == "cpu" else "device",
             workers=self._workers() if on == "cpu" else 1,
-            # a CUDA run keeps its trainer's GIL free (process pool); a CPU run's accumulators are
-            # host tensors already, which threads use without a copy (LAPACK releases the GIL)
+            # CUDA: a process pool keeps the trainer's GIL free; CPU: threads use the host tensors (no copy)
             pool="process" if self.cuda else "thread",
             max_in_flight=int(self.spec.max_in_flight), bucket_scope=self.spec.bucket_scope,
             decompose=self._decompose, on_wait=self._on_wait,
         )
 
-    def _event_estimate(self) -> cm.EventEstimate:
-        """The cost model's event on this rank's shape (H100 anchors, this host's pool size)."""
-        if self._event_est is None:
-            assert self.probe is not None
-            dims = [d for d in self.probe.collector.dims().values() if d]
-            shape = cm.EventShape(layers=len(self.probe.layers), width=max(dims), rows=1,
-                                  sites=len(self.probe.sites), buckets=self.probe.collector.buckets,
-                                  ranks=dist.get_world_size() if self.distributed else 1)
-            self._event_est = cm.event_estimate(shape, cm.H100, workers=self._workers(),
-                                                max_in_flight=int(self.spec.max_in_flight))
-        return self._event_est
-
     def _decide_place(self) -> None:
-        """decompose_on=auto on CUDA: the cheaper place over the whole run by the cost model (CPU pool
-        with per-event GPU decompositions, or the GPU), with this host's cores and memory and the
-        measured time between events; the same answer on every rank."""
+        """decompose_on=auto on CUDA, once the time between events is known: ``cm.decide_decompose_on`` fed
+        only with this run's measurements (the device's decomposition of the first spectrum event, the
+        time between events, one fp64 eigvalsh on one host core and one device→host copy timed now,
+        this host's cores and MemAvailable); the same answer on every rank."""
         assert self.probe is not None and self.cadence is not None and self._step_s is not None
-        est = self._event_estimate()
-        res = cm.host_resources()
-        run = cm.estimate_run(
-            cm.ModelShape(n_layer=len(self.probe.layers), d_model=1, ffn_width=est.shape.width,
-                          sites=len(self.probe.sites), buckets=self.probe.collector.buckets),
-            self.total_steps, self.spec.every, 1, step_seconds=self._step_s, device=cm.H100,
-            ranks=est.shape.ranks, decompose_on="auto",
-            spectrum_every=self.spec.spectrum_every if self.spec.spectrum_every == "auto" else int(self.spec.spectrum_every),
-            resources=cm.HostResources(self._workers() + 1, res.mem_available_bytes, source=res.source),
-            max_in_flight=int(self.spec.max_in_flight), ckpt_every=self.ckpt_every)
-        on, reason = run.decompose_on, run.reason + " (eig times from the cost model's anchors)"
+        dims = [d for d in self.probe.collector.dims().values() if d]
+        shape = cm.EventShape(layers=len(self.probe.layers), width=max(dims), rows=1, sites=len(self.probe.sites),
+                              buckets=self.probe.collector.buckets, ranks=dist.get_world_size() if self.distributed else 1)
+        workers = self._workers()
+        eig_s, copy_s = time_host_work(shape.width, self.device)
+        if self.distributed:  # every rank decides (and sets its cadence) from the same, slowest figures
+            eig_s, copy_s = self._agreed_max([eig_s, copy_s])
+        self._pool_s = -(-shape.matrices_per_rank // workers) * eig_s  # until the pool itself is measured
+        self._copy_s = shape.matrices_per_rank * copy_s
+        _, host = cm.event_memory(shape, True, workers, int(self.spec.max_in_flight))
+        fixed_k = 1 if self.spec.spectrum_every == "auto" else int(self.spec.spectrum_every)
+        interval = self._step_s * self.spec.every
+        decision = cm.decide_decompose_on(
+            "auto", accelerator=True, cpu_decompose_s=self._pool_s, interval_s=fixed_k * interval,
+            host_bytes_needed=host["cpu"], host_bytes_available=cm.host_resources().mem_available_bytes,
+            device_s=self._device_s, copy_s=self._copy_s)
+        on, reason = decision.on, decision.reason + " (measured in this run)"
         if self.distributed and not self._agreed(on == "cpu", dist.ReduceOp.MIN) and on == "cpu":
-            on, reason = "gpu", "another rank's CPU pool would cost more"
-        self._provisional = False
-        self.per_event_device = on == "cpu"
+            on, reason = "gpu", "another rank's CPU pool would not keep up"
+        self._provisional, self.per_event_device = False, on == "cpu"
         if self.write:
             log.info("telemetry: decompose_on=auto -> %s: %s", on, reason)
         self.reason = reason
@@ -205,23 +205,21 @@ class Telemetry:
             self.on = on
             self.pipeline = self._pipeline(on)
             self.cadence.budget = cm.cadence_budget(on)
-        if self.cadence.adaptive and on == "cpu":  # the pool's k from the model until the pool is measured
-            self.cadence.spectrum_every = run.spectrum_every
+        if self.cadence.adaptive and on == "cpu":  # the pool's k from the timed eig until the pool is measured
+            self.cadence.spectrum_every = keep_up_every(self._pool_s, interval)
 
     def _device_now(self, step: int) -> bool:
         """Whether this spectrum event goes to the GPU although the run decomposes on the CPU pool:
         the trainer will need its records (at a checkpoint, DONE, or for the pool's next event)
-        sooner than the pool would deliver them, by more than the GPU takes (cost-model rule
-        ``decompose_on_device_now``, with measured times where there are some)."""
-        if not (self.per_event_device and self.on == "cpu") or self._step_s is None:
+        sooner than the pool would deliver them, by more than the GPU takes (rule
+        ``cm.decompose_on_device_now``, fed with this run's measured times)."""
+        if (not (self.per_event_device and self.on == "cpu") or self._step_s is None
+                or None in (self._device_s, self._pool_s, self._copy_s)):
             return False
         assert self.cadence is not None
         slots = int(self.spec.max_in_flight)
         need = cm.needed_at(step, self.total_steps, self.ckpt_every, self.cadence.upcoming(step, slots), slots)
-        est = self._event_estimate()
-        pool_s = self._pool_s if self._pool_s is not None else est.decompose_cpu_s
-        device_s = self._device_s if self._device_s is not None else est.decompose_gpu_s
-        now = cm.decompose_on_device_now(device_s, pool_s, est.copy_s, (need - step) * self._step_s)
+        now = cm.decompose_on_device_now(self._device_s, self._pool_s, self._copy_s, (need - step) * self._step_s)
         if self.distributed:  # every rank must close the event the same way: the device if any rank says so
             now = self._agreed(now, dist.ReduceOp.MAX)
         return now
@@ -229,14 +227,18 @@ class Telemetry:
     @staticmethod
     def _agreed(flag: bool, op: Any) -> bool:
         """One flag agreed over the ranks (ReduceOp.MIN: every rank's, MAX: any rank's); a collective."""
-        value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
-        dist.all_reduce(value, op=op)
-        return value.item() > 0.0
+        return Telemetry._agreed_max([1.0 if flag else 0.0], op)[0] > 0.0
+
+    @staticmethod
+    def _agreed_max(values: list[float], op: Any = None) -> list[float]:
+        """Values reduced over the ranks (default: their maximum); a collective."""
+        t = torch.tensor(values, dtype=torch.float64, device=collective_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op is None else op)
+        return t.tolist()
 
     def _on_wait(self, step: int) -> None:
         if self.write:
-            log.info("telemetry: waiting for the decomposition of step %d (max_in_flight=%d)",
-                     step, self.spec.max_in_flight)
+            log.info("telemetry: waiting for the decomposition of step %d (max_in_flight=%d)", step, self.spec.max_in_flight)
 
     # ---- the loop's calls ---------------------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -291,8 +293,14 @@ class Telemetry:
         if self.pipeline is not None:
             self._handle(self.pipeline.drain())
 
+    def note_compiled_step(self, step: int, seconds: float, event: bool) -> None:
+        """train.compile=true: a step's seconds (a telemetry step's excess is its eager_s: EagerSteps)."""
+        if self.probe is not None:
+            self.eager.note(step, seconds, event)
+
     def _handle(self, events: list[FinishedEvent]) -> None:
         for event in events:  # in step order; costs are the same on every rank
+            self.eager.settle(event.cost)
             self._observe(event)
             if self.write:
                 self._emit(event.records)
@@ -352,6 +360,7 @@ class Telemetry:
         return {"cadence": self.cadence.state_dict(),
                 "decompose_on": None if self._provisional else self.on, "reason": self.reason,
                 "per_event_device": self.per_event_device,
+                "measured": {"pool_s": self._pool_s, "device_s": self._device_s, "copy_s": self._copy_s},
                 "totals": dataclasses.asdict(self.totals)}
 
     def run_summary(self, wall_s: float) -> Optional[dict]:

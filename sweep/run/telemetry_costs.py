@@ -7,6 +7,8 @@ checkpoints so that a resumed run adds up (sweep/run/telemetry.py fills both).
 from __future__ import annotations
 
 import dataclasses
+import statistics
+from collections import deque
 from typing import Any
 
 from metrics import EventCost
@@ -45,3 +47,24 @@ class TelemetryTotals:
         self.decompose_s += cost.decompose_s
         self.peak_host_mib = max(self.peak_host_mib, cost.host_mib)
         self.peak_device_mib = max(self.peak_device_mib, cost.device_mib)
+
+
+class EagerSteps:
+    """train.compile=true runs telemetry steps on the eager module (the hooks need it): the recent
+    compiled steps' median, and each telemetry step's excess over it, which minus the event's
+    capture is its ``eager_s`` (counted in critical_s)."""
+
+    def __init__(self) -> None:
+        self.compiled: deque[float] = deque(maxlen=32)
+        self.excess: dict[int, float] = {}  # telemetry step -> seconds beyond a compiled step
+
+    def note(self, step: int, seconds: float, event: bool) -> None:
+        if not event:
+            self.compiled.append(seconds)
+        elif self.compiled:
+            self.excess[step] = seconds - statistics.median(self.compiled)
+
+    def settle(self, cost: EventCost) -> None:
+        extra = self.excess.pop(cost.step, None)
+        if extra is not None:
+            cost.eager_s = max(0.0, extra - (cost.capture_s or 0.0))
