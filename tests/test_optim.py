@@ -479,13 +479,13 @@ def test_load_state_dict_of_another_optimizer_is_refused() -> None:
 # ---- configs, tags, bad input --------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["adamw", "muon", "normuon", "dion", "lion"])
-def test_yaml_pins_exactly_the_builder_defaults(name: str) -> None:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{name}.yaml"))
+def test_yaml_pins_exactly_the_builder_defaults(name: str, compose) -> None:
+    cfg = OmegaConf.to_container(compose([f"optim={name}"]).optim)  # with its shared pieces (conf/optim_shared)
     assert cfg["name"] == name
     defaults = hparam_defaults(name)
-    # `rank_fraction: null` is an app-level grid axis on full-rank optimizers (sweep.grid.spec drops it)
-    if "rank_fraction" not in defaults:
-        assert cfg.pop("rank_fraction") is None
+    # the other optimizers' keys are empty slots (conf/optim_shared/keys.yaml; sweep.grid.identity drops them)
+    for key in set(optim.registry.hparam_owners()) - set(defaults):
+        assert cfg.pop(key) is None, key
     hparams = {k: v for k, v in cfg.items() if k != "name"}
     assert set(hparams) == set(defaults)
     normalise = lambda v: [normalise(x) for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731

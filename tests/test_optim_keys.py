@@ -1,0 +1,96 @@
+"""A key that some arms of a mixed grid have and others don't (issue 20 item 1).
+
+conf/optim_shared/keys.yaml gives every optimizer's config a slot for every optimizer's keys, so
+``-m optim=adamw,muon optim.lion_betas=[...]`` composes for both arms; the sweep layer applies the
+override to the arms whose optimizer takes the key and drops it (run id and identity unaffected)
+for the others. A key that no arm takes is still refused, before anything launches.
+"""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from optim.registry import hparam_defaults, hparam_owners
+from sweep.errors import ConfigError, SweepError
+from sweep.grid.expand import CONF_DIR
+from sweep.grid.planning import make_plan, plan_json
+from sweep.grid.spec import build_run_spec
+
+GRID = ["optim=adamw,muon,dion", "model.ffn_mult=2"]
+
+
+def _runs(*overrides: str) -> dict[str, dict]:
+    """optimizer name -> its run record in sweep.plan's JSON."""
+    runs = plan_json(make_plan([*GRID, *overrides]))["runs"]
+    assert len({r["optimizer"] for r in runs}) == len(runs)
+    return {r["optimizer"]: r for r in runs}
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[str, dict]:
+    return _runs()
+
+
+def test_slots_are_exactly_every_optimizers_keys() -> None:
+    slots = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "optim_shared" / "keys.yaml"))
+    assert sorted(slots) == sorted(hparam_owners()) and set(slots.values()) == {None}
+    # the Lion side of muon/normuon/dion is declared once, with the paper's β (paper-notes §4b)
+    lion = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "optim_shared" / "lion_groups.yaml"))
+    assert lion["lion_betas"] == [0.9, 0.95]
+    assert all(set(lion) <= set(hparam_defaults(n)) for n in ("muon", "normuon", "dion"))
+
+
+@pytest.mark.parametrize("override,key,value", [
+    ("optim.lion_betas=[0.9,0.99]", "lion_betas", [0.9, 0.99]),
+    ("optim.rank_fraction=0.25", "rank_fraction", 0.25),
+    ("optim.ns_eps=1e-7", "ns_eps", 1e-7),
+])
+def test_an_override_reaches_the_arms_that_take_it_and_leaves_the_others_alone(override, key, value, base) -> None:
+    with_key = _runs(override)
+    for name, run in with_key.items():
+        if key in hparam_defaults(name):
+            assert run["optimizer_hparams"][key] == value, name
+        else:  # dropped: the same run as without the override (same id, same hyper-parameters)
+            assert key not in run["optimizer_hparams"], name
+            assert run["run_id"] == base[name]["run_id"], name
+            assert run["optimizer_hparams"] == base[name]["optimizer_hparams"], name
+    assert any(key in hparam_defaults(n) for n in with_key)
+
+
+def test_a_swept_foreign_key_collapses_to_one_run_for_the_arms_without_it() -> None:
+    runs = plan_json(make_plan(["optim=adamw,muon", "model.ffn_mult=2", "optim.lion_betas=[0.9,0.95],[0.9,0.99]"]))["runs"]
+    assert sorted(r["optimizer"] for r in runs) == ["adamw", "muon", "muon"]
+
+
+def test_a_key_no_arm_takes_is_refused() -> None:
+    with pytest.raises(SweepError, match=r"optim.lion_betas: no optimizer of this grid takes it .*muon"):
+        make_plan(["optim=adamw,lion", "optim.lion_betas=[0.9,0.99]"])
+    with pytest.raises(SweepError, match=r"optim.rank_fraction: no optimizer of this grid takes it"):
+        make_plan(["optim=adamw,muon", "optim.rank_fraction=0.25"])
+    with pytest.raises(Exception, match="Could not override 'optim.lion_beta'"):  # a typo: no slot, Hydra refuses it
+        make_plan(["optim=adamw,muon", "optim.lion_beta=[0.9,0.99]"])
+
+
+def test_a_single_run_refuses_a_key_its_optimizer_does_not_take(compose) -> None:
+    overrides = ["optim=adamw", "optim.lion_betas=[0.9,0.99]"]
+    with pytest.raises(ConfigError, match=r"optim.lion_betas: not a hyper-parameter of adamw \(only of dion, muon, normuon\)"):
+        build_run_spec(compose(overrides), overrides)
+    ok = ["optim=muon", "optim.lion_betas=[0.9,0.99]"]
+    assert build_run_spec(compose(ok), ok).optimizer.hparams["lion_betas"] == [0.9, 0.99]
+
+
+@pytest.mark.slow
+def test_a_mixed_grid_trains_with_a_key_only_one_arm_has(env: dict, tmp_path) -> None:
+    import json
+
+    from tests.conftest import FAST, run_id_for, run_train
+
+    run_train(["-m", *FAST, "optim=adamw,muon", "optim.lion_betas=[0.9,0.99]", "train.steps=2",
+               "sweep_name=mixed"], env)
+    adamw = run_id_for(*FAST, "optim=adamw", "train.steps=2", "sweep_name=mixed")
+    muon = run_id_for(*FAST, "optim=muon", "optim.lion_betas=[0.9,0.99]", "train.steps=2", "sweep_name=mixed")
+    runs = tmp_path / "runs" / "mixed"
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")) == sorted([adamw, muon])
+    assert "lion_betas" not in json.loads((runs / adamw / "identity.json").read_text())["optim"]
+    assert json.loads((runs / muon / "identity.json").read_text())["optim"]["lion_betas"] == [0.9, 0.99]
