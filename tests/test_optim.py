@@ -484,7 +484,7 @@ def test_yaml_pins_exactly_the_builder_defaults(name: str, compose) -> None:
     assert cfg["name"] == name
     defaults = hparam_defaults(name)
     # the other optimizers' keys are empty slots (conf/optim_shared/keys.yaml; sweep.grid.identity drops them)
-    for key in set(optim.registry.hparam_owners()) - set(defaults):
+    for key in set(optim.hparam_owners()) - set(defaults):
         assert cfg.pop(key) is None, key
     hparams = {k: v for k, v in cfg.items() if k != "name"}
     assert set(hparams) == set(defaults)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from optim.registry import hparam_defaults, hparam_owners
+from optim import hparam_defaults, hparam_owners
 from sweep.errors import ConfigError, SweepError
 from sweep.grid.expand import CONF_DIR
 from sweep.grid.planning import make_plan, plan_json

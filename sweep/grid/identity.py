@@ -14,8 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from optim import hparam_defaults, registered_optimizers
-from optim.registry import hparam_owners
+from optim import hparam_defaults, hparam_owners, registered_optimizers
 from sweep.grid.run_id import foreign_optim_overrides, parse_override
 from sweep.rundir import RunConfigChanged, RunDir, config_hash, json_safe, load_latest_checkpoint
 

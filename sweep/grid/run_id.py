@@ -125,8 +125,7 @@ def foreign_optim_overrides(optimizer: str, overrides: Sequence[str]) -> dict[st
     """The ``optim.K=...`` overrides whose key K optimizer ``optimizer`` does not take but another
     registered one does (-> the optimizers that take it): the arms of a grid without K ignore them
     (conf/optim_shared/keys.yaml holds a slot for K), and they are no part of such a run's id."""
-    from optim import registered_optimizers  # torch: kept out of `sweep.prepare` and `sweep.train --help`
-    from optim.registry import hparam_owners
+    from optim import hparam_owners, registered_optimizers  # torch: kept out of `sweep.prepare` and `--help`
 
     if optimizer not in registered_optimizers():
         return {}
