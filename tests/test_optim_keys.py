@@ -77,7 +77,10 @@ def test_a_single_run_refuses_a_key_its_optimizer_does_not_take(compose) -> None
     with pytest.raises(ConfigError, match=r"optim.lion_betas: not a hyper-parameter of adamw \(only of dion, muon, normuon\)"):
         build_run_spec(compose(overrides), overrides)
     ok = ["optim=muon", "optim.lion_betas=[0.9,0.99]"]
-    assert build_run_spec(compose(ok), ok).optimizer.hparams["lion_betas"] == [0.9, 0.99]
+    spec = build_run_spec(compose(ok), ok)
+    assert spec.optimizer.hparams["lion_betas"] == [0.9, 0.99]
+    # the recorded config (config.yaml, W&B) shows muon's keys only, not the other optimizers' slots
+    assert set(spec.config["optim"]) == {"name", *hparam_defaults("muon")}
 
 
 @pytest.mark.slow

@@ -52,12 +52,17 @@ def job_optimizer_hparams(name: str, raw: Mapping[str, Any], overrides: Sequence
     """The job's optimizer_hparams, and its ``overrides`` without those of keys that optimizer
     ``name`` does not take but another does. A job of a grid (-m) ignores them: its other arms may
     take them (sweep.grid.preflight checks that one does); for a single run such an override is a
-    mistake, appended to ``errors``."""
+    mistake, appended to ``errors``. A plain-dict ``raw`` is trimmed in place to ``name`` and those
+    hyperparameters: the run's recorded config (config.yaml, W&B) shows no other optimizer's slots."""
     foreign = foreign_optim_overrides(name, overrides)
     if not grid:
         errors += [f"{key}: not a hyper-parameter of {name} (only of {', '.join(owners)})"
                    for key, owners in foreign.items()]
-    return optimizer_hparams(name, raw), [o for o in overrides if parse_override(o)[0] not in foreign]
+    hparams = optimizer_hparams(name, raw)
+    if isinstance(raw, dict):
+        for key in [k for k in raw if k != "name" and k not in hparams]:
+            del raw[key]
+    return hparams, [o for o in overrides if parse_override(o)[0] not in foreign]
 
 
 def identity_of(cfg: DictConfig | Mapping[str, Any]) -> dict:
