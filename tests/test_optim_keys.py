@@ -27,11 +27,6 @@ def _runs(*overrides: str) -> dict[str, dict]:
     return {r["optimizer"]: r for r in runs}
 
 
-@pytest.fixture(scope="module")
-def base() -> dict[str, dict]:
-    return _runs()
-
-
 def test_slots_are_exactly_every_optimizers_keys() -> None:
     slots = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "optim_shared" / "keys.yaml"))
     assert sorted(slots) == sorted(hparam_owners()) and set(slots.values()) == {None}
@@ -41,21 +36,27 @@ def test_slots_are_exactly_every_optimizers_keys() -> None:
     assert all(set(lion) <= set(hparam_defaults(n)) for n in ("muon", "normuon", "dion"))
 
 
-@pytest.mark.parametrize("override,key,value", [
-    ("optim.lion_betas=[0.9,0.99]", "lion_betas", [0.9, 0.99]),
-    ("optim.rank_fraction=0.25", "rank_fraction", 0.25),
-    ("optim.ns_eps=1e-7", "ns_eps", 1e-7),
-])
-def test_an_override_reaches_the_arms_that_take_it_and_leaves_the_others_alone(override, key, value, base) -> None:
-    with_key = _runs(override)
-    for name, run in with_key.items():
-        if key in hparam_defaults(name):
-            assert run["optimizer_hparams"][key] == value, name
-        else:  # dropped: the same run as without the override (same id, same hyper-parameters)
-            assert key not in run["optimizer_hparams"], name
-            assert run["run_id"] == base[name]["run_id"], name
-            assert run["optimizer_hparams"] == base[name]["optimizer_hparams"], name
-    assert any(key in hparam_defaults(n) for n in with_key)
+OVERRIDES = {"lion_betas": ("[0.9,0.99]", [0.9, 0.99]), "rank_fraction": ("0.25", 0.25),
+             "ns_eps": ("1e-7", 1e-7), "betas": ("[0.8,0.9]", [0.8, 0.9])}
+
+
+def test_an_override_reaches_the_arms_that_take_it_and_leaves_the_others_alone() -> None:
+    base = _runs()
+    with_keys = _runs(*(f"optim.{k}={text}" for k, (text, _) in OVERRIDES.items()))
+    for name, run in with_keys.items():
+        own = hparam_defaults(name)
+        for key, (_, value) in OVERRIDES.items():
+            if key in own:
+                assert run["optimizer_hparams"][key] == value, (name, key)
+            else:  # dropped
+                assert key not in run["optimizer_hparams"], (name, key)
+    # of these, adamw takes betas only
+    assert with_keys["adamw"]["optimizer_hparams"] == {**base["adamw"]["optimizer_hparams"], "betas": [0.8, 0.9]}
+    only_foreign = _runs("optim.lion_betas=[0.9,0.99]", "optim.ns_eps=1e-7")
+    # the same adamw run as without the overrides: same id, same hyper-parameters
+    assert only_foreign["adamw"]["run_id"] == base["adamw"]["run_id"]
+    assert only_foreign["adamw"]["optimizer_hparams"] == base["adamw"]["optimizer_hparams"]
+    assert only_foreign["muon"]["run_id"] != base["muon"]["run_id"]
 
 
 def test_a_swept_foreign_key_collapses_to_one_run_for_the_arms_without_it() -> None:
