@@ -98,3 +98,10 @@ def test_a_mixed_grid_trains_with_a_key_only_one_arm_has(env: dict, tmp_path) ->
     assert sorted(p.name for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")) == sorted([adamw, muon])
     assert "lion_betas" not in json.loads((runs / adamw / "identity.json").read_text())["optim"]
     assert json.loads((runs / muon / "identity.json").read_text())["optim"]["lion_betas"] == [0.9, 0.99]
+
+
+def test_the_plan_lists_the_paper_optimizer_settings_of_each_run() -> None:
+    runs = plan_json(make_plan(["+preset=paper", "optim=adamw,muon,dion", "model.ffn_mult=2"]))["runs"]
+    got = {r["optimizer"]: (r["lion_betas"], r["ns_eps"], r["dion_transpose_wide"]) for r in runs}
+    assert got == {"adamw": (None, None, None), "muon": ([0.9, 0.95], 1e-8, None),
+                   "dion": ([0.9, 0.95], None, True)}
