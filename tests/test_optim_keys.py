@@ -29,6 +29,7 @@ def _runs(*overrides: str) -> dict[str, dict]:
 
 def test_slots_are_exactly_every_optimizers_keys() -> None:
     slots = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "optim_shared" / "keys.yaml"))
+    assert list(slots)[0] == "name" and slots.pop("name") is None
     assert sorted(slots) == sorted(hparam_owners()) and set(slots.values()) == {None}
     # the Lion side of muon/normuon/dion is declared once, with the paper's β (paper-notes §4b)
     lion = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "optim_shared" / "lion_groups.yaml"))
