@@ -1,7 +1,8 @@
 """Bundle layout of the paper's matrix optimizers (Muon, NorMuon, Dion).
 
 Block matrices go to the matrix optimizer; token/position embeddings and the LM head go to
-Lion (β = (0.9, 0.95) as the paper's runs had them (paper-notes §4b), wd 0; head lr = lr / sqrt(d_model)); scalars (norm gains, biases)
+Lion (β = (0.9, 0.95) as the paper's runs had them, paper-notes §4b; wd 0; head lr =
+lr / sqrt(d_model)); scalars (norm gains, biases)
 go to Lion too, or to AdamW when configured.
 """
 

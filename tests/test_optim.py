@@ -391,7 +391,8 @@ def test_dion_low_rank_update_has_requested_rank() -> None:
     X = nn.Parameter(torch.randn(64, 40))
     before = X.detach().clone()
     X.grad = torch.randn(64, 40)
-    opt = Dion([X], rank_fraction=0.25, weight_decay=0.0, product_dtype="float32")  # bf16 products: rank up to bf16 noise
+    # fp32 products: with bf16 ones the rank holds up to bf16 noise only
+    opt = Dion([X], rank_fraction=0.25, weight_decay=0.0, product_dtype="float32")
     opt.step()
     r = dion_rank(X.shape, 0.25)
     assert r == 10 and opt.state[X]["Q"].shape == (40, 10) and opt.state[X]["Q"].dtype == torch.bfloat16

@@ -61,7 +61,8 @@ def test_an_override_reaches_the_arms_that_take_it_and_leaves_the_others_alone()
 
 
 def test_a_swept_foreign_key_collapses_to_one_run_for_the_arms_without_it() -> None:
-    runs = plan_json(make_plan(["optim=adamw,muon", "model.ffn_mult=2", "optim.lion_betas=[0.9,0.95],[0.9,0.99]"]))["runs"]
+    grid = ["optim=adamw,muon", "model.ffn_mult=2", "optim.lion_betas=[0.9,0.95],[0.9,0.99]"]
+    runs = plan_json(make_plan(grid))["runs"]
     assert sorted(r["optimizer"] for r in runs) == ["adamw", "muon", "muon"]
 
 
@@ -76,7 +77,8 @@ def test_a_key_no_arm_takes_is_refused() -> None:
 
 def test_a_single_run_refuses_a_key_its_optimizer_does_not_take(compose) -> None:
     overrides = ["optim=adamw", "optim.lion_betas=[0.9,0.99]"]
-    with pytest.raises(ConfigError, match=r"optim.lion_betas: not a hyper-parameter of adamw \(only of dion, muon, normuon\)"):
+    refused = r"optim.lion_betas: not a hyper-parameter of adamw \(only of dion, muon, normuon\)"
+    with pytest.raises(ConfigError, match=refused):
         build_run_spec(compose(overrides), overrides)
     ok = ["optim=muon", "optim.lion_betas=[0.9,0.99]"]
     spec = build_run_spec(compose(ok), ok)
