@@ -13,6 +13,7 @@ from optim.normuon import NorMuon
 from optim.registry import (
     build_optimizer,
     hparam_defaults,
+    hparam_owners,
     optimizer_tag,
     register,
     registered_optimizers,
@@ -31,6 +32,7 @@ __all__ = [
     "ROLES",
     "build_optimizer",
     "hparam_defaults",
+    "hparam_owners",
     "lr_factor",
     "newton_schulz",
     "optimizer_tag",

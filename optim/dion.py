@@ -1,17 +1,22 @@
 """Dion (Ahn et al., 2025), single-device form, as the paper's vendored microsoft/dion ran it.
 
-Per 2-D weight X (m × n) with gradient G, rank r = ceil(rank_fraction · min(m, n)),
-state M (m × n) and Q (n × r):
+Per 2-D weight X (m × n) with gradient G, rank r = ceil(rank_fraction · min(m, n)). A wide
+matrix (m < n, e.g. the FFN down-projection d × D) runs on Mᵀ (as upstream, `transpose_wide`),
+so the power iteration's orthonormal factor P lives on the long side; below, M stands for that
+orientation (M̃ = Mᵀ when transposed: P is n × r and Q is m × r), square and tall ones as they are:
     M ← M + G
-    P ← orth(M·Q)                       QR, or randomized Cholesky-QR (oversample 1.25)
-    R ← Mᵀ·P
-    M ← M − (1 − μ)·P·Rᵀ                error feedback: what the rank-r step did not apply
+    P ← orth(M̃·Q)                      QR, or randomized Cholesky-QR (oversample 1.25)
+    R ← M̃ᵀ·P
+    M̃ ← M̃ − (1 − μ)·P·Rᵀ               error feedback: what the rank-r step did not apply
                                         stays in M undecayed; what it applied decays by μ
     Q ← R / column_norms(R)             warm start of the next power iteration
-    X ← X·(1 − lr·wd);  X ← X − lr·sqrt(m/n)·P·Qᵀ
+    X ← X·(1 − lr·wd);  X ← X − lr·sqrt(m/n)·(P·Qᵀ, transposed back to m × n)
+An all-zero M gives P = 0 and keeps Q (upstream's fix_all_zero_or_nan).
 
-M and Q are stored in `state_dtype` (bf16 in the paper) but every product runs in fp32 and
-each state is rounded once per step.
+Precision as the paper's mixed-precision setting: M and Q stored in `state_dtype` (bf16) and
+the products P, R, P·Rᵀ, P·Qᵀ computed in `product_dtype` (bf16; orth and the column norms run
+in fp32 inside). `product_dtype="float32"`: every product in fp32, each state rounded once per
+step.
 
 What the distributed form adds (not needed on one device): M and Q are sharded like the
 weight (FSDP2 / tensor parallel), so M·Q and Mᵀ·P become local matmuls plus an all-reduce of
@@ -34,7 +39,7 @@ import torch.nn as nn
 from optim import hparams as hp
 from optim.base import MatrixOptimizer, run_closure
 from optim.bundle import OptimizerBundle
-from optim.matrix_bundle import build_matrix_bundle
+from optim.matrix_bundle import LION_BETAS, build_matrix_bundle
 from optim.registry import register
 
 ORTHOGONALIZE_METHODS = ("rcqr", "qr")
@@ -50,25 +55,30 @@ def dion_rank(shape: tuple[int, ...] | torch.Size, rank_fraction: float) -> int:
 
 def orthonormalize(P: torch.Tensor, method: str = "rcqr", oversample: float = 1.25,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Orthonormal basis (m × r, fp32) of the columns of P (m × r).
+    """Orthonormal basis (m × r, in P's dtype; computed in fp32) of the columns of P (m × r).
 
     "qr": Householder QR. "rcqr": randomized Cholesky-QR: QR of a Gaussian sketch S·P
-    (k = ceil(oversample·r / 128)·128 rows) preconditions P, then one Cholesky-QR pass
-    makes it orthonormal to working precision; cheaper than QR for tall P. Square or wide
-    P always uses QR.
+    (k = ceil(oversample·r / 128)·128 rows; S·P in P's dtype, as upstream) preconditions P,
+    then one Cholesky-QR pass makes it orthonormal to working precision; cheaper than QR for
+    tall P. Square or wide P always uses QR.
     """
-    P = P.float()
+    dtype = P.dtype
     m, r = P.shape
     if method == "qr" or m <= r:
-        return torch.linalg.qr(P).Q
+        return torch.linalg.qr(P.float()).Q.to(dtype)
     if method != "rcqr":
         raise ValueError(f"orthogonalize must be one of {list(ORTHOGONALIZE_METHODS)}, got {method!r}")
     k = math.ceil(oversample * r / _SKETCH_MULTIPLE) * _SKETCH_MULTIPLE
-    S = torch.randn(k, m, device=P.device, dtype=P.dtype, generator=generator) / math.sqrt(k)
-    R = torch.linalg.qr(S @ P, mode="r").R
-    P = torch.linalg.solve_triangular(R, P, upper=True, left=False)
+    S = (torch.randn(k, m, device=P.device, generator=generator) / math.sqrt(k)).to(dtype)
+    R = torch.linalg.qr((S @ P).float(), mode="r").R
+    P = torch.linalg.solve_triangular(R, P.float(), upper=True, left=False)
     R, _ = torch.linalg.cholesky_ex(P.mT @ P, upper=True)
-    return torch.linalg.solve_triangular(R, P, upper=True, left=False)
+    return torch.linalg.solve_triangular(R, P, upper=True, left=False).to(dtype)
+
+
+def transposes(shape: tuple[int, ...] | torch.Size, transpose_wide: bool = True) -> bool:
+    """Whether Dion runs on Mᵀ for a weight of this shape: wide (m < n) ones, when asked."""
+    return bool(transpose_wide) and shape[0] < shape[1]
 
 
 @torch.no_grad()
@@ -83,22 +93,46 @@ def dion_matrix_update(
     weight_decay: float,
     orth: Callable[[torch.Tensor], torch.Tensor],
     eps: float = DION_EPS,
+    transpose: bool = False,
+    product_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """One Dion step on X, updating the states M and Q in place; returns P (m × r, fp32)."""
-    M32 = M.float().add_(G.float())
-    P = orth(M32 @ Q.float())
-    R = M32.mT @ P
-    M32.addmm_(P, R.mT, alpha=-(1 - mu))
-    M.copy_(M32)
-    Q.copy_(R / (torch.linalg.vector_norm(R, dim=0, keepdim=True) + eps))
+    """One Dion step on X (m × n), updating the states M (m × n) and Q in place; returns P.
+
+    ``transpose``: run on Mᵀ (Q is m × r, P n × r); else Q is n × r and P m × r. Products run
+    in ``product_dtype``: float32 works on an fp32 copy of M (rounded into M once), a lower
+    precision adds G into M in its storage dtype and multiplies in ``product_dtype`` (upstream).
+    """
+    if product_dtype == torch.float32:
+        work = M.float().add_(G.float())
+        target = work
+    else:
+        M.add_(G)
+        work = M.to(product_dtype)
+        target = M
+    A = work.mT if transpose else work
+    Q0 = Q.to(product_dtype)
+    P = orth(A @ Q0).to(product_dtype)
+    R = A.mT @ P
+    # all-zero M: P = 0 and Q kept (upstream's fix_all_zero_or_nan; no host sync)
+    nonzero = work.ne(0).any()
+    P = P.nan_to_num() * nonzero
+    R = R.nan_to_num() * nonzero + Q0 * ~nonzero
+    (target.mT if transpose else target).add_((P @ R.mT).mul_(-(1 - mu)))
+    if target.data_ptr() != M.data_ptr():
+        M.copy_(target)
+    R32 = R.float()
+    Q_new = (R32 / (torch.linalg.vector_norm(R32, dim=0, keepdim=True) + eps)).to(product_dtype)
+    Q.copy_(Q_new)
     m, n = X.shape
+    update = (P @ Q_new.mT).mul_(-lr * math.sqrt(m / n))
     X.mul_(1 - lr * weight_decay)
-    X.add_((P @ Q.float().mT).to(X.dtype), alpha=-lr * math.sqrt(m / n))
+    X.add_(update.mT if transpose else update)
     return P
 
 
 class Dion(MatrixOptimizer):
-    """Dion for 2-D weights (paper defaults: lr 0.02, μ 0.95, wd 0.01, RCQR, bf16 states).
+    """Dion for 2-D weights (paper defaults: lr 0.02, μ 0.95, wd 0.01, RCQR, bf16 states and
+    products, wide matrices transposed).
 
     Randomness (initial Q, RCQR sketches) comes from generators seeded by (seed, parameter
     index, step): it never touches the global RNG, and a resumed run draws the same sketches.
@@ -116,6 +150,8 @@ class Dion(MatrixOptimizer):
         state_dtype: torch.dtype | str | None = torch.bfloat16,
         eps: float = DION_EPS,
         seed: int = 0,
+        transpose_wide: bool = True,
+        product_dtype: torch.dtype | str = torch.bfloat16,
     ) -> None:
         defaults = {
             "lr": hp.number("lr", lr, low=0.0),
@@ -127,6 +163,8 @@ class Dion(MatrixOptimizer):
             "state_dtype": None if state_dtype is None else hp.dtype("state_dtype", state_dtype),
             "eps": hp.number("eps", eps, low=0.0, low_open=True),
             "seed": hp.integer("seed", seed, low=0),
+            "transpose_wide": hp.boolean("transpose_wide", transpose_wide),
+            "product_dtype": hp.dtype("product_dtype", product_dtype),
         }
         super().__init__(params, defaults)
         self._index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
@@ -143,7 +181,8 @@ class Dion(MatrixOptimizer):
         r = dion_rank(p.shape, group["rank_fraction"])
         state["step"] = 0
         state["momentum"] = torch.zeros_like(p, dtype=dtype)
-        Q = torch.randn(p.shape[1], r, device=p.device, generator=self._generator(p, group, 0))
+        side = p.shape[0] if transposes(p.shape, group["transpose_wide"]) else p.shape[1]
+        Q = torch.randn(side, r, device=p.device, generator=self._generator(p, group, 0))
         state["Q"] = Q.to(dtype)
         return state
 
@@ -161,7 +200,8 @@ class Dion(MatrixOptimizer):
                     p, p.grad, state["momentum"], state["Q"],
                     lr=group["lr"], mu=group["mu"], weight_decay=group["weight_decay"],
                     orth=lambda P: orthonormalize(P, group["orthogonalize"], group["rcqr_oversample"], gen),
-                    eps=group["eps"],
+                    eps=group["eps"], transpose=transposes(p.shape, group["transpose_wide"]),
+                    product_dtype=group["product_dtype"],
                 )
         return loss
 
@@ -183,21 +223,25 @@ def build_dion(
     state_dtype: str = "bfloat16",
     eps: float = DION_EPS,
     seed: int = 0,
+    transpose_wide: bool = True,
+    product_dtype: str = "bfloat16",
     lion_lr: float | None = None,
-    lion_betas: Sequence[float] = (0.95, 0.98),
+    lion_betas: Sequence[float] = LION_BETAS,
     lion_weight_decay: float = 0.0,
     head_lr: float | None = None,
     scalar_optimizer: str = "lion",
 ) -> OptimizerBundle:
-    """Dion on block matrices; Lion on embeddings, head (lr/sqrt(d_model)) and scalars."""
+    """Dion on block matrices; Lion on embeddings, head (lr/sqrt(d_model)) and scalars, its
+    momentum in `state_dtype` too (the paper's mixed precision)."""
     hparams = {k: v for k, v in locals().items() if k != "model"}
     return build_matrix_bundle(
         model, name="dion", algorithm="dion",
         make_matrix_optimizer=lambda groups: Dion(
             groups, lr=lr, mu=mu, weight_decay=weight_decay, rank_fraction=rank_fraction,
             orthogonalize=orthogonalize, rcqr_oversample=rcqr_oversample,
-            state_dtype=state_dtype, eps=eps, seed=seed),
+            state_dtype=state_dtype, eps=eps, seed=seed, transpose_wide=transpose_wide,
+            product_dtype=product_dtype),
         lr=lr, weight_decay=weight_decay, lion_lr=lion_lr, lion_betas=lion_betas,
         lion_weight_decay=lion_weight_decay, head_lr=head_lr, scalar_optimizer=scalar_optimizer,
-        hparams=hparams,
+        lion_state_dtype=state_dtype, hparams=hparams,
     )

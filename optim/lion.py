@@ -22,9 +22,13 @@ class Lion(StatefulOptimizer):
         self,
         params: Iterable[Any],
         lr: float = 0.02,
-        betas: tuple[float, float] = (0.95, 0.98),
+        betas: tuple[float, float] = (0.9, 0.95),
         weight_decay: float = 0.0,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
+        # momentum dtype (None: the parameter's); a lower one also rounds the gradient to it
+        # before the interpolations, as upstream's Lion with a mixed-precision momentum
+        self.state_dtype = None if state_dtype is None else hp.dtype("state_dtype", state_dtype)
         defaults = {
             "lr": hp.number("lr", lr, low=0.0),
             "betas": hp.betas("betas", betas),
@@ -43,13 +47,14 @@ class Lion(StatefulOptimizer):
                     continue
                 state = self.state[p]
                 if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg"] = torch.zeros_like(p, dtype=self.state_dtype)
                 m = state["exp_avg"]
-                direction = m.lerp(p.grad, 1 - beta1).sign_()
+                g = p.grad.to(m.dtype)
+                direction = m.lerp(g, 1 - beta1).sign_()
                 if wd:
                     p.mul_(1 - lr * wd)
                 p.add_(direction, alpha=-lr)
-                m.lerp_(p.grad, 1 - beta2)
+                m.lerp_(g, 1 - beta2)
         return loss
 
 

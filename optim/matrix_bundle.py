@@ -1,7 +1,8 @@
 """Bundle layout of the paper's matrix optimizers (Muon, NorMuon, Dion).
 
 Block matrices go to the matrix optimizer; token/position embeddings and the LM head go to
-Lion (β = (0.95, 0.98), wd 0; head lr = lr / sqrt(d_model)); scalars (norm gains, biases)
+Lion (β = (0.9, 0.95) as the paper's runs had them, paper-notes §4b; wd 0; head lr =
+lr / sqrt(d_model)); scalars (norm gains, biases)
 go to Lion too, or to AdamW when configured.
 """
 
@@ -20,6 +21,9 @@ from optim.lion import Lion
 from optim.routing import route_parameters
 
 SCALAR_OPTIMIZERS = ("lion", "adamw")
+# Lion β of embeddings/head/scalars: what the paper's vendored optimizers ran (their constructor
+# default; the (0.95, 0.98) its factory wrote into the groups was never read).
+LION_BETAS = (0.9, 0.95)
 # AdamW settings for the scalar group when scalar_optimizer == "adamw" (the paper's AdamW)
 SCALAR_ADAMW_BETAS = (0.9, 0.95)
 SCALAR_ADAMW_EPS = 1e-8
@@ -43,10 +47,12 @@ def build_matrix_bundle(
     head_lr: float | None,
     scalar_optimizer: str,
     hparams: Mapping[str, Any],
+    lion_state_dtype: str | None = None,
 ) -> OptimizerBundle:
     """Route `model`, build the matrix optimizer with `make_matrix_optimizer([group])` and the
     Lion (and maybe AdamW) optimizer for the rest; `lion_lr=None` means `lr` (one lr for all,
-    as in the paper), `head_lr=None` means lion_lr / sqrt(d_model)."""
+    as in the paper), `head_lr=None` means lion_lr / sqrt(d_model); `lion_state_dtype`: Lion's
+    momentum dtype (None: the parameter's)."""
     lr = hp.number("lr", lr, low=0.0)
     lion_lr = lr if lion_lr is None else hp.number("lion_lr", lion_lr, low=0.0)
     betas = hp.betas("lion_betas", lion_betas)
@@ -72,7 +78,8 @@ def build_matrix_bundle(
         lion_groups.append(_group(routed.params("scalar"), "scalar", "lion", lion_lr))
     lion_groups = [g for g in lion_groups if g["params"]]
     if lion_groups:
-        optimizers.append(Lion(lion_groups, lr=lion_lr, betas=betas, weight_decay=lion_wd))
+        optimizers.append(Lion(lion_groups, lr=lion_lr, betas=betas, weight_decay=lion_wd,
+                               state_dtype=lion_state_dtype))
     if scalar_optimizer == "adamw" and routed.params("scalar"):
         optimizers.append(torch.optim.AdamW(
             [_group(routed.params("scalar"), "scalar", "adamw", lion_lr)],

@@ -25,7 +25,7 @@ import torch.nn as nn
 from optim import hparams as hp
 from optim.base import MatrixOptimizer, run_closure
 from optim.bundle import OptimizerBundle
-from optim.matrix_bundle import build_matrix_bundle
+from optim.matrix_bundle import LION_BETAS, build_matrix_bundle
 from optim.newton_schulz import NS_EPS, PAPER_NS_COEFFICIENTS, coefficient_schedule, newton_schulz
 from optim.registry import register
 
@@ -141,7 +141,7 @@ def build_muon(
     ns_dtype: str = "auto",
     ns_eps: float = NS_EPS,
     lion_lr: float | None = None,
-    lion_betas: Sequence[float] = (0.95, 0.98),
+    lion_betas: Sequence[float] = LION_BETAS,
     lion_weight_decay: float = 0.0,
     head_lr: float | None = None,
     scalar_optimizer: str = "lion",

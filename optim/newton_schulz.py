@@ -20,7 +20,9 @@ PAPER_NS_COEFFICIENTS: tuple[Coefficients, ...] = (
 # Keller Jordan's single tuple, used by torch.optim.Muon for every step.
 KELLER_NS_COEFFICIENTS: tuple[Coefficients, ...] = ((3.4445, -4.7750, 2.0315),)
 
-NS_EPS = 1e-7
+# Frobenius-normalisation eps: 1e-8 as the paper's runs (its Muon's `epsilon` default reaches
+# NS; paper-notes §4b). torch.optim.Muon uses 1e-7.
+NS_EPS = 1e-8
 
 
 def coefficient_schedule(

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from optim import hparams as hp
 from optim.bundle import OptimizerBundle
-from optim.matrix_bundle import build_matrix_bundle
+from optim.matrix_bundle import LION_BETAS, build_matrix_bundle
 from optim.muon import Muon
 from optim.newton_schulz import NS_EPS, PAPER_NS_COEFFICIENTS
 from optim.registry import register
@@ -84,7 +84,7 @@ def build_normuon(
     beta2: float = 0.95,
     normuon_eps: float = NORMUON_EPS,
     lion_lr: float | None = None,
-    lion_betas: Sequence[float] = (0.95, 0.98),
+    lion_betas: Sequence[float] = LION_BETAS,
     lion_weight_decay: float = 0.0,
     head_lr: float | None = None,
     scalar_optimizer: str = "lion",

@@ -53,6 +53,15 @@ def hparam_defaults(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in _hparam_params(_entry(name).builder).items()}
 
 
+def hparam_owners() -> dict[str, list[str]]:
+    """Every hyper-parameter of any registered optimizer -> the optimizers that take it (sorted)."""
+    owners: dict[str, list[str]] = {}
+    for name in registered_optimizers():
+        for key in _hparam_params(_REGISTRY[name].builder):
+            owners.setdefault(key, []).append(name)
+    return dict(sorted(owners.items()))
+
+
 def build_optimizer(model: nn.Module, name: str, **hparams: Any) -> OptimizerBundle:
     """Build the optimizer `name` for `model`; unknown names or hparams raise ValueError."""
     entry = _entry(name)

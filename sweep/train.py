@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import sweep.grid.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
@@ -46,7 +47,7 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_path = Path(hydra_cfg.runtime.output_dir)
     try:
-        spec = build_run_spec(cfg, list(hydra_cfg.overrides.task))
+        spec = build_run_spec(cfg, list(hydra_cfg.overrides.task), grid=hydra_cfg.mode == RunMode.MULTIRUN)
     except BaseException:
         RunDir(run_path).remove_if_empty()  # Hydra made it for a job that will not run
         raise

@@ -21,14 +21,16 @@ W350 = [1024 * k for k in range(1, 5)]
 FIVE = [("adamw", None), ("muon", None), ("normuon", None), ("dion", 0.5), ("dion", 0.0625)]
 GRIDS = ["paper_160m", "paper_350m_tail", "paper_dion_ranks", "paper_matched_loss", "paper_heads", "paper_postln"]
 
-# The optimizers' hyperparameters in the paper (paper-notes §4 "Optimizers"); null lion_lr = lr, null head_lr = lion_lr / √d_model.
+# The optimizers' hyperparameters in the paper (paper-notes §4 "Optimizers" and §4b: Lion β (0.9, 0.95),
+# NS eps 1e-8, Dion bf16 products and transposed wide matrices); null lion_lr = lr, null head_lr = lion_lr / √d_model.
 ADAMW = {"lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.01}
 MUON = {"lr": 0.02, "momentum": 0.95, "nesterov": True, "weight_decay": 0.01, "adjust_lr": "spectral_norm",
-        "lion_lr": None, "lion_betas": [0.95, 0.98], "lion_weight_decay": 0.0, "head_lr": None,
+        "ns_eps": 1e-8, "lion_lr": None, "lion_betas": [0.9, 0.95], "lion_weight_decay": 0.0, "head_lr": None,
         "scalar_optimizer": "lion"}
 NORMUON = {**MUON, "beta2": 0.95}
 DION = {"lr": 0.02, "mu": 0.95, "weight_decay": 0.01, "rcqr_oversample": 1.25, "state_dtype": "bfloat16",
-        "orthogonalize": "rcqr", "lion_lr": None, "lion_betas": [0.95, 0.98], "lion_weight_decay": 0.0,
+        "product_dtype": "bfloat16", "transpose_wide": True,
+        "orthogonalize": "rcqr", "lion_lr": None, "lion_betas": [0.9, 0.95], "lion_weight_decay": 0.0,
         "head_lr": None, "scalar_optimizer": "lion"}
 HPARAMS = {"adamw": ADAMW, "muon": MUON, "normuon": NORMUON, "dion": DION}
 

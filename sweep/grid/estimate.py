@@ -35,7 +35,7 @@ import torch
 from metrics.costmodel import H100, DeviceProfile, ModelShape, RunTelemetryCost, estimate_run
 from metrics.schedule import event_steps, spectrum_steps
 from models import GPT, GPTConfig
-from optim.dion import dion_rank
+from optim.dion import dion_rank, transposes
 from optim.routing import role_of
 from sweep.data.hub_bins import is_hub_bins
 from sweep.data.prepared import META_FILE
@@ -118,7 +118,9 @@ def _other_state(optimizer: str, role: str, hparams: dict) -> int:
         return 8  # exp_avg, exp_avg_sq (fp32)
     if role == "scalar" and hparams.get("scalar_optimizer") == "adamw":
         return 8
-    return 4  # Lion's exp_avg (fp32): embeddings, head, scalars of muon/normuon/dion, everything of lion
+    if optimizer == "dion" and hparams.get("state_dtype") in ("bfloat16", "float16"):
+        return 2  # Dion's Lion momentum in its state dtype (the paper's mixed precision)
+    return 4  # Lion's exp_avg (fp32): embeddings, head, scalars of muon/normuon, everything of lion
 
 
 @functools.lru_cache(maxsize=64)
@@ -135,7 +137,8 @@ def state_bytes(model: GPTConfig, optimizer: str, hparams: dict) -> tuple[int, i
 
     Built on the meta device (no memory, no init work): block matrices take AdamW's two fp32
     moments, Muon's fp32 momentum, NorMuon's momentum and per-row second moment, or Dion's momentum
-    and Q (n x r, r = ceil(rank_fraction * min(m, n))) in its state dtype; the rest Lion's one moment.
+    and Q (n x r, or m x r for a wide matrix it transposes; r = ceil(rank_fraction * min(m, n))) in
+    its state dtype; the rest Lion's one moment.
     """
     n_params, total = 0, 0
     dion_dtype = hparams.get("state_dtype")
@@ -151,7 +154,8 @@ def state_bytes(model: GPTConfig, optimizer: str, hparams: dict) -> tuple[int, i
             total += n * 4 + shape[0] * 4
         elif optimizer == "dion":
             r = dion_rank(shape, float(hparams.get("rank_fraction", 0.0625)))
-            total += (n + shape[1] * r) * dion_elem
+            side = shape[0] if transposes(shape, hparams.get("transpose_wide", True)) else shape[1]
+            total += (n + side * r) * dion_elem
         else:  # an optimizer registered later: assume two fp32 moments
             total += n * 8
     return n_params, total

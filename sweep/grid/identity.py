@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from optim import hparam_defaults, registered_optimizers
+from optim import hparam_defaults, hparam_owners, registered_optimizers
+from sweep.grid.run_id import foreign_optim_overrides, parse_override
 from sweep.rundir import RunConfigChanged, RunDir, config_hash, json_safe, load_latest_checkpoint
-
-# Grid axes that only some optimizers take: for the others the key is dropped, so grid points that
-# differ only in it are the same run (the sweeper launches it once).
-OPTIONAL_OPTIM_AXES = ("rank_fraction",)
-
 
 def container(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """A resolved plain-dict copy of a config (or a config section)."""
@@ -38,14 +34,35 @@ def container(cfg: DictConfig | Mapping[str, Any]) -> dict:
 
 
 def optimizer_hparams(name: str, raw: Mapping[str, Any]) -> dict:
-    """The builder's hyperparameters from an optim config section (``name`` and unused axes removed)."""
+    """The builder's hyperparameters from an optim config section: ``name`` and the keys of other
+    optimizers removed (the slots of conf/optim_shared/keys.yaml, e.g. rank_fraction or lion_betas
+    of an adamw arm). So grid points that differ only in such a key are the same run (the sweeper
+    launches it once); a key that no optimizer takes stays, and the builder refuses it."""
     hparams = {k: v for k, v in raw.items() if k != "name"}
     if name in registered_optimizers():
         accepted = hparam_defaults(name)
-        for key in OPTIONAL_OPTIM_AXES:
+        for key in hparam_owners():
             if key not in accepted:
                 hparams.pop(key, None)
     return hparams
+
+
+def job_optimizer_hparams(name: str, raw: Mapping[str, Any], overrides: Sequence[str], *, grid: bool,
+                          errors: list[str]) -> tuple[dict, list[str]]:
+    """The job's optimizer_hparams, and its ``overrides`` without those of keys that optimizer
+    ``name`` does not take but another does. A job of a grid (-m) ignores them: its other arms may
+    take them (sweep.grid.preflight checks that one does); for a single run such an override is a
+    mistake, appended to ``errors``. A plain-dict ``raw`` is trimmed in place to ``name`` and those
+    hyperparameters: the run's recorded config (config.yaml, W&B) shows no other optimizer's slots."""
+    foreign = foreign_optim_overrides(name, overrides)
+    if not grid:
+        errors += [f"{key}: not a hyper-parameter of {name} (only of {', '.join(owners)})"
+                   for key, owners in foreign.items()]
+    hparams = optimizer_hparams(name, raw)
+    if isinstance(raw, dict):
+        for key in [k for k in raw if k != "name" and k not in hparams]:
+            del raw[key]
+    return hparams, [o for o in overrides if parse_override(o)[0] not in foreign]
 
 
 def identity_of(cfg: DictConfig | Mapping[str, Any]) -> dict:

@@ -126,6 +126,13 @@ def bucket_sequences(s: RunSpec) -> int:
     return min(n, total // ranks) if s.telemetry.bucket_scope == "rank0" else n
 
 
+def _optimizer_fields(name: str, hp: dict) -> dict[str, Any]:
+    """The optimizer settings that differ between the paper's code and its runs (paper-notes §4b);
+    null where the optimizer has no such part (no Lion group, no Newton–Schulz, not Dion)."""
+    return {"lion_betas": hp.get("lion_betas", hp.get("betas") if name == "lion" else None),
+            "ns_eps": hp.get("ns_eps"), "dion_transpose_wide": hp.get("transpose_wide") if name == "dion" else None}
+
+
 def run_record(run: PlannedRun) -> dict[str, Any]:
     """One run of the plan as plain data (the JSON's ``runs`` rows)."""
     s, t, tel, m = run.spec, run.spec.train, run.spec.telemetry, run.spec.model
@@ -134,7 +141,7 @@ def run_record(run: PlannedRun) -> dict[str, Any]:
         "run_id": s.run_id, "state": run.job.state, "run_dir": str(run.job.run_dir),
         "overrides": list(run.job.overrides),
         "optimizer": s.optimizer.name, "rank_fraction": hp.get("rank_fraction"), "lr": hp.get("lr"),
-        "optimizer_hparams": hp,
+        "optimizer_hparams": hp, **_optimizer_fields(s.optimizer.name, hp),
         "model": m.name, "n_layer": m.n_layer, "d_model": m.d_model, "n_head": m.n_head,
         "context_len": m.context_len, "ffn_width": m.ffn_hidden_dim, "ffn_mult": m.ffn_hidden_dim / m.d_model,
         "activation": m.activation, "pos_encoding": m.pos_encoding, "qk_norm": m.qk_norm,

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from sweep.credentials import redact_text
 from sweep.errors import SweepError, UserError
 from sweep.grid.identity import check_identity
+from sweep.grid.run_id import foreign_optim_overrides, parse_override
 from sweep.grid.spec import RunSpec, build_run_spec
 from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir
 
@@ -46,6 +47,27 @@ class SweepPlan:
     @property
     def to_launch(self) -> list[PlannedJob]:
         return [j for j in self.jobs if j.state in ("todo", "resume")]
+
+
+class _OptimKeyUse:
+    """Which ``optim.K`` overrides of a grid some job's optimizer takes: an arm without K ignores its
+    override (e.g. adamw beside muon under optim.lion_betas=...), but a K that no optimizer of the
+    grid takes is a mistake (optim=adamw optim.lion_betas=...), refused before anything launches."""
+
+    def __init__(self) -> None:
+        self.ignored: dict[str, tuple[str, list[str]]] = {}  # key -> (an optimizer without it, its owners)
+        self.taken: set[str] = set()
+
+    def add(self, optimizer: str, overrides: Sequence[str]) -> None:
+        foreign = foreign_optim_overrides(optimizer, overrides)
+        for key, owners in foreign.items():
+            self.ignored.setdefault(key, (optimizer, owners))
+        self.taken |= {k for k in (parse_override(o)[0] for o in overrides)
+                       if k.startswith("optim.") and k not in foreign}
+
+    def unused(self) -> list[str]:
+        return [f"{key}: no optimizer of this grid takes it ({optimizer} does not; only {', '.join(owners)} do)"
+                for key, (optimizer, owners) in sorted(self.ignored.items()) if key not in self.taken]
 
 
 def _job_state(run_dir: Path) -> str:
@@ -90,11 +112,12 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
     plan = SweepPlan()
     errors: list[str] = []
     by_id: dict[str, list[tuple[str, str]]] = defaultdict(list)  # run id -> [(label, identity hash)]
+    optim_keys = _OptimKeyUse()
     for num, overrides in enumerate(jobs):
         label = redact_text(" ".join(overrides))  # a refused override may carry a credential
         try:
             with job_config(config_loader, master_config, overrides, num) as (cfg, run_dir):
-                spec = build_run_spec(cfg, list(overrides), check_files=check_files)
+                spec = build_run_spec(cfg, list(overrides), check_files=check_files, grid=True)
             digest = check_identity(RunDir(run_dir), spec.identity)
         except UserError as e:  # ConfigError, RunConfigChanged
             errors.append(f"job [{label}]: {e}")
@@ -102,6 +125,7 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
         except Exception as e:  # composition errors from Hydra/OmegaConf
             errors.append(f"job [{label}]: {type(e).__name__}: {e}")
             continue
+        optim_keys.add(spec.optimizer.name, overrides)
         if any(d == digest for _, d in by_id[spec.run_id]):
             # Same run (e.g. adamw under an optim.rank_fraction axis it does not use): launch once.
             log.info("  [%s] is the same run as an earlier grid point (%s); launched once", label, spec.run_id)
@@ -110,6 +134,7 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
         by_id[spec.run_id].append((label, digest))
         plan.jobs.append(PlannedJob(list(overrides), spec.run_id, run_dir, _job_state(run_dir), spec.run_id_record,
                                     spec, num))
+    errors += optim_keys.unused()
     for run_id, entries in by_id.items():
         if len({d for _, d in entries}) > 1:
             errors.append(

@@ -121,6 +121,25 @@ def identity_overrides(overrides: Sequence[str], exclude: Iterable[str]) -> dict
     return dict(sorted(found.items()))
 
 
+def foreign_optim_overrides(optimizer: str, overrides: Sequence[str]) -> dict[str, list[str]]:
+    """The ``optim.K=...`` overrides whose key K optimizer ``optimizer`` does not take but another
+    registered one does (-> the optimizers that take it): the arms of a grid without K ignore them
+    (conf/optim_shared/keys.yaml holds a slot for K), and they are no part of such a run's id."""
+    from optim import hparam_owners, registered_optimizers  # torch: kept out of `sweep.prepare` and `--help`
+
+    if optimizer not in registered_optimizers():
+        return {}
+    owners = hparam_owners()
+    found: dict[str, list[str]] = {}
+    for override in overrides:
+        key = parse_override(override)[0]
+        head, _, rest = key.partition(".")
+        name = rest.split(".", 1)[0]
+        if head == "optim" and name in owners and optimizer not in owners[name]:
+            found[key] = owners[name]
+    return found
+
+
 @dataclass(frozen=True)
 class RunIdParts:
     """A run id and the mapping behind it."""
@@ -223,6 +242,8 @@ def run_id_parts_from_config(cfg: Mapping[str, Any], overrides: Sequence[str],
     optim_cfg = dict(cfg["optim"])
     name = optim_cfg.pop("name")
     model = cfg["model"]
+    foreign = foreign_optim_overrides(name, overrides)
+    overrides = [o for o in overrides if parse_override(o)[0] not in foreign]
     return run_id_parts(
         model_name=model["name"],
         optim_tag=optimizer_tag(name, optim_cfg),

@@ -23,7 +23,7 @@ from sweep.credentials import secrets_in
 from sweep.data import DataSpec
 from sweep.data.checks import TokenNeeds, check_data
 from sweep.errors import ConfigError
-from sweep.grid.identity import container, identity_of, optimizer_hparams
+from sweep.grid.identity import container, identity_of, job_optimizer_hparams
 from sweep.grid.resolvers import sweeper_keys
 from sweep.grid.run_id import identity_overrides, run_id_parts_from_config
 
@@ -336,7 +336,7 @@ def _leaves(node: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 
 def build_run_spec(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = (), *,
-                   check_files: bool = True) -> RunSpec:
+                   check_files: bool = True, grid: bool = False) -> RunSpec:
     """Validate a composed task config; raise ConfigError listing every problem found.
 
     ``overrides``: the job's task overrides (Hydra's ``overrides.task``); those that identify the
@@ -357,7 +357,7 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str]
     if not isinstance(optim_name, str):
         errors.append("optim.name: missing")
     else:
-        optim_raw = optimizer_hparams(optim_name, raw["optim"])
+        optim_raw, overrides = job_optimizer_hparams(optim_name, raw["optim"], overrides, grid=grid, errors=errors)
         _check_optim(optim_name, optim_raw, errors)
     train = _section(TrainSpec, raw["train"], "train", errors)
     n_errors = len(errors)
