@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from metrics import EventCost, EventPipeline, attach_probes, frequency_buckets  # noqa: E402
 from metrics import costmodel as cm  # noqa: E402
+from metrics import placement  # noqa: E402
 from metrics.collector import SpectrumCollector  # noqa: E402
 from metrics.covariance import _bf16_scatter  # noqa: E402
 from metrics.snapshot import SITES, TelemetryOptions, TelemetrySnapshot  # noqa: E402
@@ -271,7 +272,7 @@ def measure_width(preset: Preset, d: int, device: torch.device, rows: int, eig_s
 
 
 def profile_from(measured: list[WidthMeasurement], preset: Preset, device: torch.device,
-                 resources: cm.HostResources) -> cm.DeviceProfile:
+                 resources: placement.HostResources) -> cm.DeviceProfile:
     """A cost-model profile whose anchors are this run's measurements."""
     cuda = device.type == "cuda"
     pairs = preset.layers * len(SITES)
@@ -326,7 +327,7 @@ def _fmt(value: float | None, tag: str = "", width: int = 9) -> str:
 
 
 def _shares(preset: Preset, d: int, cadence: int, step_s: float, prof: cm.DeviceProfile,
-            resources: cm.HostResources, decompose_on: str) -> tuple[cm.RunTelemetryCost, cm.RunTelemetryCost]:
+            resources: placement.HostResources, decompose_on: str) -> tuple[cm.RunTelemetryCost, cm.RunTelemetryCost]:
     shape = cm.ModelShape(preset.layers, preset.d_model, d)
     common = dict(steps=preset.steps, every=cadence, tokens_per_step=preset.rows, step_seconds=step_s,
                   device=prof, decompose_on=decompose_on, resources=resources,
@@ -335,7 +336,7 @@ def _shares(preset: Preset, d: int, cadence: int, step_s: float, prof: cm.Device
 
 
 def print_table(preset: Preset, prof: cm.DeviceProfile, measured: dict[int, WidthMeasurement], workers: int,
-                resources: cm.HostResources, cadences: list[int], step_seconds: float | None,
+                resources: placement.HostResources, cadences: list[int], step_seconds: float | None,
                 decompose_on: str, title: str) -> None:
     print(title)
     head = (f"{'D':>6} {'capture_s':>11} {'floor_x':>8} {'snapshot_s':>11} {'critical_s':>11} {'+copy_s':>11} "
@@ -382,8 +383,8 @@ def paper_main(args: argparse.Namespace) -> None:
     if repeats < 5:
         raise SystemExit(f"--repeats {repeats}: capture and floor are compared over at least 5 interleaved repetitions")
     cpu_eig_max = args.cpu_eig_max_width or (3072 if cuda else max_width)
-    resources = cm.host_resources()
-    workers = args.workers or cm.pool_workers(resources.cores)
+    resources = placement.host_resources()
+    workers = args.workers or placement.pool_workers(resources.cores)
     cadences = [int(c) for c in args.cadences.split(",")]
     gen = torch.Generator().manual_seed(args.seed)
     print(f"preset {preset.name}: {preset.layers} layers x {len(SITES)} sites x 4 buckets = "
@@ -428,7 +429,7 @@ def paper_main(args: argparse.Namespace) -> None:
         print(f"calibration written to {args.write_calibration} (read by sweep.plan plan.calibration=FILE)")
     ref = cm.load_profile(args.calibration) if args.calibration else cm.H100
     print()
-    print_table(preset, ref, {}, cm.pool_workers(ref.cores), cm.HostResources(ref.cores, ref.host_mem_bytes, "profile"),
+    print_table(preset, ref, {}, placement.pool_workers(ref.cores), placement.HostResources(ref.cores, ref.host_mem_bytes, "profile"),
                 cadences, None, args.decompose_on,
                 (f"projection from the calibration {args.calibration} ({ref.name}); every figure projected (p) "
                  "from its measured anchors:" if args.calibration else
@@ -730,7 +731,8 @@ def validate_main(args: argparse.Namespace) -> None:
     import subprocess
     import tempfile
 
-    from metrics.costmodel import Anchors, DeviceProfile, HostResources, ModelShape, estimate_run, host_resources
+    from metrics.costmodel import Anchors, DeviceProfile, ModelShape, estimate_run
+    from metrics.placement import HostResources, host_resources
 
     v = dict(VALIDATE)
     tokens_per_step = v["batch_size"] * v["context_len"]

@@ -4,7 +4,9 @@
   registry's is deliberate and allowed by name);
 - models/, optim/ and metrics/ are plain libraries: nothing from sweep/, Hydra, OmegaConf, W&B or
   submitit;
-- no module in sweep/ over 400 lines;
+- every module says what it owns: its docstring opens with one sentence naming it (cohesion, not
+  a line count, sets module borders), and no module anywhere grows past what one reader holds at
+  once (MAX_LINES);
 - sweep/analysis/ imports only the floor-0 modules of sweep/ and is imported only by the command
   ``python -m sweep.fit``; it imports no project module inside a function;
 - outside sweep/data/, sweep/ imports a project module inside a function only to keep torch out
@@ -28,18 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sweep", "models", "optim", "metrics")
 LIBRARIES = ("models", "optim", "metrics")
 NOT_IN_LIBRARIES = ("sweep", "hydra", "omegaconf", "wandb", "submitit")
-MAX_LINES = 400
+# What one reader holds at once; a bound on a module's size, not a target that draws its borders.
+MAX_LINES = 600
 
 # The optimizer registry's circle is deliberate: optim.registry imports every built-in optimizer
 # module so that each registers its builder, and each of them imports optim.registry.register.
 # Allowed: the one circle through it, as long as it stays inside optim/ (today adamw, dion, lion,
 # matrix_bundle, muon, normuon and registry).
 OPTIMIZER_REGISTRY = "optim.registry"
-
-# Known exceptions, to be removed by the issue-13 reorganisation (their modules are being changed
-# by other work now).
-KNOWN_CIRCLES: set[frozenset[str]] = set()
-KNOWN_LONG_MODULES: set[str] = set()
 
 # What sweep/analysis/ may import from sweep/: itself and floor 0 (a package with its submodules).
 ANALYSIS = "sweep.analysis"
@@ -53,10 +51,8 @@ LOCAL_IMPORTS = {
     ("sweep.train", "sweep.grid.spec"): "only the job builds models; not --help, --cfg",
     ("sweep.train", "sweep.run.trainer"): "only the job trains; not --help, --cfg",
     ("sweep.plan", "sweep.grid.planning"): "the planner builds models on the meta device (torch); not --help",
-    ("sweep.plan", "sweep.analysis.power_plan"): "the resolution block reads pilot runs (metrics imports torch); not --help",
-    ("sweep.data.frequency", "metrics.buckets"): "preparation processes stay torch-free (metrics imports torch)",
+    ("sweep.plan", "sweep.analysis.power_plan"): "the resolution block needs scipy and pandas, slow to import; not --help",
 }
-LOCAL_IMPORTS_UNCHECKED: tuple[str, ...] = ()
 
 # The run directory's owner, and what only it may spell (docs/contracts.md).
 RUNDIR = "sweep/rundir/"
@@ -174,10 +170,8 @@ def _is_optimizer_registry(circle: frozenset[str]) -> bool:
     return OPTIMIZER_REGISTRY in circle and all(m.startswith("optim.") for m in circle)
 
 
-def _long_modules() -> dict[str, int]:
-    lengths = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines())
-               for p in (ROOT / "sweep").rglob("*.py")}
-    return {path: n for path, n in sorted(lengths.items()) if n > MAX_LINES}
+def _modules() -> list[Path]:
+    return sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))
 
 
 def test_the_import_walk_sees_the_known_edges():
@@ -191,7 +185,7 @@ def test_the_import_walk_sees_the_known_edges():
 
 
 def test_no_import_circles_but_the_optimizer_registry():
-    unexpected = [sorted(c) for c in _circles() if not _is_optimizer_registry(c) and c not in KNOWN_CIRCLES]
+    unexpected = [sorted(c) for c in _circles() if not _is_optimizer_registry(c)]
     assert unexpected == [], f"import circles: {unexpected}"
 
 
@@ -204,9 +198,20 @@ def test_libraries_import_nothing_from_the_app_layer():
     assert bad == []
 
 
-def test_no_module_in_sweep_over_400_lines():
-    too_long = {path: n for path, n in _long_modules().items() if path not in KNOWN_LONG_MODULES}
+def test_no_module_anywhere_grows_past_what_one_reader_holds():
+    lengths = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines()) for p in _modules()}
+    too_long = {path: n for path, n in lengths.items() if n > MAX_LINES}
     assert too_long == {}, f"modules over {MAX_LINES} lines: {too_long}"
+
+
+def test_every_module_opens_by_saying_what_it_owns():
+    silent = []
+    for path in _modules():
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        first = (doc or "").strip().split("\n\n")[0]
+        if len(first.split()) < 4:  # a sentence, not a bare name
+            silent.append(path.relative_to(ROOT).as_posix())
+    assert silent == [], f"modules without a docstring naming what they own: {silent}"
 
 
 def test_analysis_imports_only_floor_0_and_only_the_fit_command_imports_it():
@@ -227,7 +232,7 @@ def test_analysis_imports_only_floor_0_and_only_the_fit_command_imports_it():
 def _local_project_imports() -> set[tuple[str, str]]:
     found = set()
     for name in _sources():
-        if name.startswith("sweep") and not name.startswith(LOCAL_IMPORTS_UNCHECKED):
+        if name.startswith("sweep"):
             found |= {(name, _resolve(imported)) for imported, local in _imports(name)
                       if local and _resolve(imported) is not None}
     return found
@@ -280,9 +285,6 @@ def test_the_run_takes_a_run_spec_not_the_hydra_config():
 
 def test_allow_lists_hold_only_live_exceptions():
     # When other work fixes a known exception, its entry must go (the lists only shrink).
-    circles = set(_circles())
-    assert [sorted(c) for c in KNOWN_CIRCLES if c not in circles] == []
-    assert sorted(KNOWN_LONG_MODULES - set(_long_modules())) == []
     assert sorted(set(LOCAL_IMPORTS) - _local_project_imports()) == []
     literals = {(rel, value) for rel, _, value in _run_dir_literals()}
     assert sorted(set(OTHER_VOCABULARIES) - literals) == []

@@ -6,6 +6,7 @@ import math
 import pytest
 
 from metrics import costmodel as cm
+from metrics import placement
 from metrics.schedule import event_steps, keep_up_every, spectrum_steps
 
 GIB = 2**30
@@ -86,37 +87,37 @@ def test_collector_design_halves_the_capture_floor():
 def test_decompose_on_rule():
     keeps_up = dict(accelerator=True, cpu_decompose_s=50.0, interval_s=180.0,
                     host_bytes_needed=8 * GIB, host_bytes_available=64 * GIB)
-    assert cm.decide_decompose_on("auto", **keeps_up).on == "cpu"
+    assert placement.decide_decompose_on("auto", **keeps_up).on == "cpu"
     too_slow = {**keeps_up, "cpu_decompose_s": 425.0, "interval_s": 280.0}
-    decision = cm.decide_decompose_on("auto", **too_slow)
+    decision = placement.decide_decompose_on("auto", **too_slow)
     assert decision.on == "gpu" and "425" in decision.reason
     no_ram = {**keeps_up, "host_bytes_needed": 60 * GIB}  # > 80% of 64 GiB
-    decision = cm.decide_decompose_on("auto", **no_ram)
+    decision = placement.decide_decompose_on("auto", **no_ram)
     assert decision.on == "gpu" and "GiB" in decision.reason
-    assert cm.decide_decompose_on("auto", **{**no_ram, "host_bytes_available": 100 * GIB}).on == "cpu"
-    assert cm.decide_decompose_on("cpu", **too_slow).on == "cpu"  # an explicit choice is kept
-    assert cm.decide_decompose_on("gpu", **keeps_up).on == "gpu"
+    assert placement.decide_decompose_on("auto", **{**no_ram, "host_bytes_available": 100 * GIB}).on == "cpu"
+    assert placement.decide_decompose_on("cpu", **too_slow).on == "cpu"  # an explicit choice is kept
+    assert placement.decide_decompose_on("gpu", **keeps_up).on == "gpu"
     cpu_only = {**too_slow, "accelerator": False}
-    assert cm.decide_decompose_on("auto", **cpu_only).on == "cpu"
+    assert placement.decide_decompose_on("auto", **cpu_only).on == "cpu"
     with pytest.raises(ValueError, match="CUDA"):
-        cm.decide_decompose_on("gpu", **cpu_only)
+        placement.decide_decompose_on("gpu", **cpu_only)
     with pytest.raises(ValueError, match="decompose_on"):
-        cm.decide_decompose_on("tpu", **keeps_up)
+        placement.decide_decompose_on("tpu", **keeps_up)
 
 
 def test_run_decision_uses_the_given_resources():
     shape = cm.ModelShape(12, 768, 3072)
-    roomy = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", resources=cm.HostResources(16, 256 * GIB))
+    roomy = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", resources=placement.HostResources(16, 256 * GIB))
     assert roomy.decompose_on == "cpu"  # 7 × 8.9 s on 15 workers < 180 s between events
     assert roomy.spectrum_every == 1 and "cheaper place by the cost model" in roomy.reason
-    few_cores = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", resources=cm.HostResources(2, 256 * GIB))
+    few_cores = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", resources=placement.HostResources(2, 256 * GIB))
     # 96 × 8.9 s on one worker does not keep up with every event: the pool takes every 5th event
     # before the window, the window's events (needed sooner than the pool finishes) go to the GPU
     assert few_cores.decompose_on == "cpu" and few_cores.spectrum_every == 5
-    on_gpu = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", resources=cm.HostResources(2, 256 * GIB),
+    on_gpu = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", resources=placement.HostResources(2, 256 * GIB),
                              decompose_on="gpu")
     assert few_cores.telemetry_s < on_gpu.telemetry_s
-    small_ram = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", resources=cm.HostResources(16, 4 * GIB))
+    small_ram = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", resources=placement.HostResources(16, 4 * GIB))
     assert small_ram.decompose_on == "gpu"
 
 
@@ -128,12 +129,12 @@ def test_event_schedule_and_sparse_spectra_come_from_metrics_schedule():
     run = cm.estimate_run(shape, 6000, 200, 524_288, 0.9, "h100", spectrum_every=4)
     assert run.n_events == len(event_steps(6000, 200)) == 31
     assert run.n_spectrum_events == len(spectrum_steps(6000, 200, 4)) == len(range(0, 26, 4)) + 5
-    assert cm.cadence_budget("cpu") == 1.0 and cm.cadence_budget("gpu") == cm.GPU_SHARE_BUDGET == 0.01
-    assert keep_up_every(425.0, 280.0, cm.cadence_budget("cpu")) == 2
-    assert keep_up_every(100.0, 280.0, cm.cadence_budget("cpu")) == 1
-    assert keep_up_every(29.0, 280.0, cm.cadence_budget("gpu")) == 11
+    assert placement.cadence_budget("cpu") == 1.0 and placement.cadence_budget("gpu") == placement.GPU_SHARE_BUDGET == 0.01
+    assert keep_up_every(425.0, 280.0, placement.cadence_budget("cpu")) == 2
+    assert keep_up_every(100.0, 280.0, placement.cadence_budget("cpu")) == 1
+    assert keep_up_every(29.0, 280.0, placement.cadence_budget("gpu")) == 11
     with pytest.raises(ValueError, match="place"):
-        cm.cadence_budget("tpu")
+        placement.cadence_budget("tpu")
 
 
 def _toy_profile(decompose_s: float) -> cm.DeviceProfile:
@@ -157,7 +158,7 @@ def _toy_profile(decompose_s: float) -> cm.DeviceProfile:
 ])
 def test_cpu_pool_timeline_bounded_by_in_flight(in_flight, ckpt_every, telemetry_s, wait_s):
     run = cm.estimate_run(cm.ModelShape(1, 10, 100, sites=2), 300, 100, 1000, 1.0, _toy_profile(150.0),
-                          spectrum_every=1, resources=cm.HostResources(2, GIB), max_in_flight=in_flight,
+                          spectrum_every=1, resources=placement.HostResources(2, GIB), max_in_flight=in_flight,
                           ckpt_every=ckpt_every)
     assert run.decompose_on == "cpu" and run.reason == "no accelerator"
     assert run.n_events == 4 and run.critical_path_s == pytest.approx(1.0)
@@ -203,17 +204,17 @@ def test_an_event_waited_for_at_once_is_decomposed_on_the_gpu_when_that_is_faste
 
 def test_when_the_trainer_needs_an_event_and_where_it_is_decomposed():
     # the end, the next checkpoint (at or after the step), the max_in_flight-th next spectrum event
-    assert cm.needed_at(6000, 6000, 1000, []) == 6000
-    assert cm.needed_at(800, 6000, 1000, [1200, 1600]) == 1000
-    assert cm.needed_at(1000, 6000, 1000, [1200]) == 1000
-    assert cm.needed_at(1200, 6000, 1000, [1400, 1600], max_in_flight=1) == 1400
-    assert cm.needed_at(1200, 6000, None, [1400, 1600], max_in_flight=2) == 1600
-    assert cm.needed_at(1200, 6000, None, [1400], max_in_flight=2) == 6000
+    assert placement.needed_at(6000, 6000, 1000, []) == 6000
+    assert placement.needed_at(800, 6000, 1000, [1200, 1600]) == 1000
+    assert placement.needed_at(1000, 6000, 1000, [1200]) == 1000
+    assert placement.needed_at(1200, 6000, 1000, [1400, 1600], max_in_flight=1) == 1400
+    assert placement.needed_at(1200, 6000, None, [1400, 1600], max_in_flight=2) == 1600
+    assert placement.needed_at(1200, 6000, None, [1400], max_in_flight=2) == 6000
     # device 29 s vs pool 496 s: needed at once or 284 s later -> device; 568 s later -> pool
-    assert cm.decompose_on_device_now(29.0, 496.0, 1.45, 0.0)
-    assert cm.decompose_on_device_now(29.0, 496.0, 1.45, 284.0)
-    assert not cm.decompose_on_device_now(29.0, 496.0, 1.45, 568.0)
-    assert not cm.decompose_on_device_now(None, 496.0, 1.45, 0.0)  # no accelerator
+    assert placement.decompose_on_device_now(29.0, 496.0, 1.45, 0.0)
+    assert placement.decompose_on_device_now(29.0, 496.0, 1.45, 284.0)
+    assert not placement.decompose_on_device_now(29.0, 496.0, 1.45, 568.0)
+    assert not placement.decompose_on_device_now(None, 496.0, 1.45, 0.0)  # no accelerator
 
 
 def test_estimate_run_for_a_grid_point_and_bad_input():
@@ -232,7 +233,7 @@ def test_estimate_run_for_a_grid_point_and_bad_input():
 
 
 def test_host_resources_and_a_calibration_file(tmp_path):
-    res = cm.host_resources()
+    res = placement.host_resources()
     assert res.cores >= 1 and res.mem_available_bytes > 0
     path = str(tmp_path / "cal.json")
     cm.save_profile(path, cm.H100, {"ours_tok_s": 1.0})

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from metrics.buckets import BUCKETS, assign_buckets, bucket_summary, occurrence_tertiles  # NumPy only
+
 FREQUENCY_FILE = "frequency.json"
 HEAD_MASS, MID_MASS = 0.33, 0.67
 
 
 def frequency_table(counts: np.ndarray) -> dict:
     """Thresholds and per-regime summary of unigram ``counts`` (int array indexed by token id)."""
-    from metrics.buckets import BUCKETS, assign_buckets, bucket_summary, occurrence_tertiles  # imports torch
-
     counts = np.asarray(counts, dtype=np.int64)
     head_min, mid_min = occurrence_tertiles(counts, HEAD_MASS, MID_MASS)
     bucket_of = assign_buckets(counts, head_min, mid_min)

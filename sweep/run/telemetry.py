@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from metrics import EventCost, EventPipeline, FFNProbe, FinishedEvent, SpectrumCadence, finalize_snapshot
 from metrics import costmodel as cm
+from metrics import placement
 from metrics import collective_device, frequency_buckets, metric_keys
 from metrics.pipeline import time_host_work
 from metrics.schedule import keep_up_every
@@ -115,7 +116,7 @@ class Telemetry:
             self.cadence.load_state_dict(state["cadence"])
         self.on, self.reason, self._provisional = self._initial_place(state)
         self.per_event_device = bool(state.get("per_event_device")) and self.on == "cpu" and self.cuda
-        self.cadence.budget = cm.cadence_budget(self.on)
+        self.cadence.budget = placement.cadence_budget(self.on)
         self.pipeline = self._pipeline(self.on)
         if write:
             self._writer = JsonlAppender(spectra_file)
@@ -139,7 +140,7 @@ class Telemetry:
         if requested != "auto" or not self.cuda:
             # the rule's own messages: "no accelerator", or gpu refused on a CPU-only run
             try:
-                decision = cm.decide_decompose_on(requested, accelerator=self.cuda, cpu_decompose_s=0.0,
+                decision = placement.decide_decompose_on(requested, accelerator=self.cuda, cpu_decompose_s=0.0,
                                                   interval_s=1.0, host_bytes_needed=0, host_bytes_available=1)
             except ValueError as e:
                 raise ValueError(f"telemetry.decompose_on: {e}") from None
@@ -153,7 +154,7 @@ class Telemetry:
         trainer's, at most one per (layer, bucket) unit (an event is not split finer)."""
         if self.spec.decompose_workers != "auto":
             return int(self.spec.decompose_workers)
-        cores = cm.host_resources().cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        cores = placement.host_resources().cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         busy = 1 if self.cuda else torch.get_num_threads()
         assert self.probe is not None
         units = len(self.probe.layers) * (4 if self.probe.collector.buckets else 1)  # GLOBAL + HEAD/MID/TAIL
@@ -171,7 +172,7 @@ class Telemetry:
         )
 
     def _decide_place(self) -> None:
-        """decompose_on=auto on CUDA, once the time between events is known: ``cm.decide_decompose_on`` fed
+        """decompose_on=auto on CUDA, once the time between events is known: ``placement.decide_decompose_on`` fed
         only with this run's measurements (the device's decomposition of the first spectrum event, the
         time between events, one fp64 eigvalsh on one host core and one device→host copy timed now,
         this host's cores and MemAvailable); the same answer on every rank."""
@@ -188,9 +189,9 @@ class Telemetry:
         _, host = cm.event_memory(shape, True, workers, int(self.spec.max_in_flight))
         fixed_k = 1 if self.spec.spectrum_every == "auto" else int(self.spec.spectrum_every)
         interval = self._step_s * self.spec.every
-        decision = cm.decide_decompose_on(
+        decision = placement.decide_decompose_on(
             "auto", accelerator=True, cpu_decompose_s=self._pool_s, interval_s=fixed_k * interval,
-            host_bytes_needed=host["cpu"], host_bytes_available=cm.host_resources().mem_available_bytes,
+            host_bytes_needed=host["cpu"], host_bytes_available=placement.host_resources().mem_available_bytes,
             device_s=self._device_s, copy_s=self._copy_s)
         on, reason = decision.on, decision.reason + " (measured in this run)"
         if self.distributed and not self._agreed(on == "cpu", dist.ReduceOp.MIN) and on == "cpu":
@@ -204,7 +205,7 @@ class Telemetry:
             self.pipeline.close()
             self.on = on
             self.pipeline = self._pipeline(on)
-            self.cadence.budget = cm.cadence_budget(on)
+            self.cadence.budget = placement.cadence_budget(on)
         if self.cadence.adaptive and on == "cpu":  # the pool's k from the timed eig until the pool is measured
             self.cadence.spectrum_every = keep_up_every(self._pool_s, interval)
 
@@ -212,14 +213,14 @@ class Telemetry:
         """Whether this spectrum event goes to the GPU although the run decomposes on the CPU pool:
         the trainer will need its records (at a checkpoint, DONE, or for the pool's next event)
         sooner than the pool would deliver them, by more than the GPU takes (rule
-        ``cm.decompose_on_device_now``, fed with this run's measured times)."""
+        ``placement.decompose_on_device_now``, fed with this run's measured times)."""
         if (not (self.per_event_device and self.on == "cpu") or self._step_s is None
                 or None in (self._device_s, self._pool_s, self._copy_s)):
             return False
         assert self.cadence is not None
         slots = int(self.spec.max_in_flight)
-        need = cm.needed_at(step, self.total_steps, self.ckpt_every, self.cadence.upcoming(step, slots), slots)
-        now = cm.decompose_on_device_now(self._device_s, self._pool_s, self._copy_s, (need - step) * self._step_s)
+        need = placement.needed_at(step, self.total_steps, self.ckpt_every, self.cadence.upcoming(step, slots), slots)
+        now = placement.decompose_on_device_now(self._device_s, self._pool_s, self._copy_s, (need - step) * self._step_s)
         if self.distributed:  # every rank must close the event the same way: the device if any rank says so
             now = self._agreed(now, dist.ReduceOp.MAX)
         return now
