@@ -469,7 +469,7 @@ def _paper_args(ap: argparse.ArgumentParser) -> None:
                     help="write what was measured as a calibration file (sweep.plan plan.calibration=FILE)")
     ap.add_argument("--calibration", default=None, metavar="FILE",
                     help="project from this calibration file instead of the H100 constants")
-    ap.add_argument("--decompose-on", default="auto", choices=cm.DECOMPOSE_ON)
+    ap.add_argument("--decompose-on", default="auto", choices=placement.DECOMPOSE_ON)
 
 
 # =============================================================================== training mode
