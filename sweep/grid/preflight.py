@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from sweep.credentials import redact_text
+from sweep.credentials import redact_argument
 from sweep.errors import SweepError, UserError
 from sweep.grid.identity import check_identity
 from sweep.grid.spec import RunSpec, build_run_spec
@@ -63,7 +63,7 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
     errors: list[str] = []
     by_id: dict[str, list[tuple[str, str]]] = defaultdict(list)  # run id -> [(label, identity hash)]
     for overrides in jobs:
-        label = redact_text(" ".join(overrides))  # a refused override may carry a credential
+        label = " ".join(map(redact_argument, overrides))  # a refused override may carry a credential
         try:
             cfg = config_loader.load_sweep_config(master_config, list(overrides))
             spec = build_run_spec(cfg, list(overrides), check_files=check_files)
