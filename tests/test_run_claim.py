@@ -160,7 +160,7 @@ def test_two_identical_grids_at_once_train_each_run_once(env: dict, tmp_path: Pa
         _kill(first)
     assert "is already done" in rest  # muon, trained by the second grid meanwhile
     sweep = tmp_path / "runs" / "twice"
-    runs = [RunDir(p) for p in sorted(sweep.iterdir()) if not p.name.startswith(".")]
+    runs = [RunDir(p) for p in sorted(sweep.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     assert len(runs) == 2 and all(r.is_done() for r in runs)
     for r in runs:  # each trained by one process: one start, every step once
         steps = [row["step"] for row in iter_jsonl(r.metrics_file) if "train_loss" in row]
