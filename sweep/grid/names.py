@@ -35,6 +35,8 @@ def name_max(near: Any = ".") -> int:
 
 def name_problem(name: Any, limit: int = NAME_MAX) -> Optional[str]:
     """Why ``name`` cannot be one folder name inside the runs root, or None if it can."""
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        name = str(name)  # sweep_name=2024 is a folder name too
     if not isinstance(name, str) or not name.strip():
         return "is empty" if not name else "is blank" if isinstance(name, str) else f"is not text ({name!r})"
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
@@ -71,8 +73,17 @@ class NameCheck(Callback):
     and exit status 1, as a credential on the command line is (sweep.credentials)."""
 
     def _check(self, config: DictConfig, keys: tuple[str, ...]) -> None:
-        problems = name_problems(((k, OmegaConf.select(config, k)) for k in keys),
-                                 OmegaConf.select(config, "paths.runs_root", default="."))
+        names = []
+        for key in keys:
+            try:
+                names.append((key, OmegaConf.select(config, key)))
+            except Exception:  # noqa: BLE001 - an unresolvable config: the job reports it, as before
+                continue
+        try:
+            root = OmegaConf.select(config, "paths.runs_root", default=".")
+        except Exception:  # noqa: BLE001 - likewise
+            root = "."
+        problems = name_problems(names, root)
         if problems:  # SystemExit: Hydra turns a callback's Exception into a warning and goes on
             raise SystemExit("error: " + "; ".join(problems) + "; nothing was run")
 
