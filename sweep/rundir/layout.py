@@ -109,7 +109,7 @@ class RunDir:
         try:
             return Claim.take(self.path, wait_s)
         except OSError as e:  # not RunClaimed: a directory this process cannot lock in (read-only, ...)
-            raise RunDirError(f"cannot claim the run directory {self.path}: {e.strerror or e}") from e
+            raise RunDirError(f"cannot write to the run directory {self.path}: {e.strerror or e}") from e
 
     def claim_holder(self) -> Optional[dict[str, Any]]:
         """Who holds the run now (host, pid, slurm_job, since), None if nobody. Never call it in
