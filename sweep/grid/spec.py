@@ -23,8 +23,8 @@ from sweep.credentials import config_credential_problems
 from sweep.data import DataSpec
 from sweep.data.checks import TokenNeeds, check_data
 from sweep.errors import ConfigError
-from sweep.grid.names import name_problems
 from sweep.grid.identity import container, identity_of, optimizer_hparams
+from sweep.grid.names import name_problems
 from sweep.grid.resolvers import sweeper_keys
 from sweep.grid.run_id import identity_overrides, run_id_parts_from_config
 

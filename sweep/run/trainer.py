@@ -65,6 +65,9 @@ def train_run(spec: RunSpec, run_path: Path, job_record: Optional[Mapping[str, s
     is skipped without writing. ``job_record``: Hydra's record of the job (file name -> text),
     written into the directory once the launch is accepted. Any failure after that is recorded in
     run.json (``failed`` with the error, or ``interrupted`` on Ctrl-C) before it propagates.
+    One process trains a run: rank 0 locks its claim.lock before set-up (sweep/rundir/claim.py);
+    a run that another live process holds is skipped with one line naming it (the result's status
+    is ``claimed``; the run's files are left to their holder, only train.log gets that line).
     """
     run_dir = RunDir(run_path)
     try:
