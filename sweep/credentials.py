@@ -3,7 +3,9 @@
 A secret is the value (8 characters or more) of an environment variable whose name looks like a
 credential (``WANDB_API_KEY``, ``HF_TOKEN``, ``AWS_SECRET_ACCESS_KEY``; not ``train_tokens``).
 Secrets stay in the environment: configs, overrides, run ids and run directories never hold one,
-and every text that could echo one shows ``***`` in its place.
+and every text that could echo one shows ``***`` in its place. A config key or override whose
+name looks like a credential's (``+wandb_api_key=...``, ``+db_password=...``) is refused whatever
+its value, which no message shows.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 REDACTED = "***"
-# A name with one of these words between separators is a credential's name.
-_SECRET_NAME = re.compile(r"(^|[_.-])(api[_-]?key|apikey|token|secret|passw(or)?d|credentials?|"
-                          r"private[_-]?key|access[_-]?key)([_.-]|$)", re.I)
+# A name holding one of these words anywhere is a credential's name (``dbpassword``, ``HF_TOKEN``,
+# ``authtoken``). ``token`` counts only in the singular: ``eval_tokens``, ``tokens_per_s``,
+# ``max_tokens`` are counts of tokens, ``tokenizer``/``tokenise`` a tool, not credentials.
+_SECRET_NAME = re.compile(r"api[_-]?key|passw(or)?d|secret|credential|private[_-]?key|access[_-]?key|"
+                          r"token(?!s|i[sz])", re.I)
+_OVERRIDE_KEY = re.compile(r"^[+~]*([A-Za-z_][\w.\-/@]*)=")  # key=value on a Hydra command line
 _ENV_READ = re.compile(r"\$\{\s*oc\.env\s*:\s*([A-Za-z_][A-Za-z0-9_]*)")  # ${oc.env:NAME...}
 _MIN_LEN = 8  # shorter values are too likely to occur by chance (and too weak to be keys)
 
@@ -73,10 +78,53 @@ def redact_secrets(obj: Any, secrets: Optional[Iterable[str]] = None) -> Any:
     return walk(obj)
 
 
+def secret_override_key(arg: str) -> Optional[str]:
+    """The key of an override ``key=value`` whose key names a credential (``+db_password=x``), else None."""
+    m = _OVERRIDE_KEY.match(str(arg))
+    return m.group(1) if m and is_secret_name(m.group(1)) else None
+
+
+def redact_argument(arg: Any) -> str:
+    """``arg`` with secrets replaced by ``***``, and the whole value of an override whose key names
+    a credential (``+db_password=***``)."""
+    arg = str(arg)
+    if secret_override_key(arg):
+        return f"{arg.partition('=')[0]}={REDACTED}"
+    return redact_text(arg)
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a nested config."""
+    if isinstance(node, Mapping):
+        return [kv for k, v in node.items() for kv in _leaves(v, f"{prefix}{k}.")]
+    if isinstance(node, (list, tuple)):
+        return [kv for i, v in enumerate(node) for kv in _leaves(v, f"{prefix}{i}.")]
+    return [(prefix[:-1], node)]
+
+
+def config_credential_problems(config: Mapping[str, Any]) -> list[str]:
+    """One line per key of a composed config that holds a credential: a key named like one (set,
+    whatever its value: shown as ``***``), or a value of a credential-like environment variable."""
+    problems = []
+    for key, value in _leaves(config):
+        if value is not None and is_secret_name(key):
+            problems.append(f"{key}={REDACTED}: a credential by its name; credentials stay in the environment "
+                            "(W&B reads WANDB_API_KEY there), never in configs or overrides")
+        elif isinstance(value, str) and secrets_in(value):
+            problems.append(f"{key}: holds the value of ${secrets_in(value)[0]}; credentials stay in the environment")
+    return problems
+
+
 def refuse_secret_arguments(args: Sequence[str], what: str = "argument") -> Optional[str]:
-    """An error message if an argument carries a secret (shown redacted) or reads one into the
-    config (``${oc.env:WANDB_API_KEY}``), else None."""
+    """An error message if an argument carries a secret (shown redacted), reads one into the
+    config (``${oc.env:WANDB_API_KEY}``) or sets a key named like a credential (``+db_password=``,
+    whatever its value), else None."""
     for arg in args:
+        key = secret_override_key(arg)
+        if key:
+            return (f"the {what} {redact_argument(arg)!r} sets {key}, a credential by its name: credentials stay "
+                    "in the environment (W&B reads WANDB_API_KEY there), never in configs or overrides; "
+                    "nothing was run")
         names = secrets_in(arg)
         if names:
             return (f"the {what} {redact_text(arg)!r} carries the value of ${names[0]}: credentials stay in "

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 from sweep import liveness
 from sweep.cluster import slurm
 from sweep.grid import sweepdir
+from sweep.rundir.claim import describe as describe_claim
 from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
                           STATUS_RUNNING, RunDir, find_run_dirs)
 
@@ -150,6 +151,8 @@ def collect(sweep_dir: Path, stale_after: float = STALE_AFTER_S, now: Optional[f
             rs.detail = f"eval loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
         elif s == STATUS_DIVERGED:
             rs.state, rs.detail = STATUS_DIVERGED, _last_error_line(status.get("error") or "")
+        elif (holder := rd.claim_holder()) is not None:  # a live process holds the run: never stale
+            rs.state, rs.detail = STATUS_RUNNING, f"claimed by {describe_claim(holder)}, {_heartbeat_note(beat, now)}"
         elif js in slurm.LIVE_STATES:
             if js == "RUNNING" and s != STATUS_REQUEUED:
                 rs.state = STATUS_RUNNING

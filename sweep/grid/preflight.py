@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from sweep.credentials import redact_text
+from sweep.credentials import redact_argument
 from sweep.errors import SweepError, UserError
 from sweep.grid.identity import check_identity
 from sweep.grid.run_id import foreign_optim_overrides, parse_override
@@ -114,7 +114,7 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
     by_id: dict[str, list[tuple[str, str]]] = defaultdict(list)  # run id -> [(label, identity hash)]
     optim_keys = _OptimKeyUse()
     for num, overrides in enumerate(jobs):
-        label = redact_text(" ".join(overrides))  # a refused override may carry a credential
+        label = " ".join(map(redact_argument, overrides))  # a refused override may carry a credential
         try:
             with job_config(config_loader, master_config, overrides, num) as (cfg, run_dir):
                 spec = build_run_spec(cfg, list(overrides), check_files=check_files, grid=True)

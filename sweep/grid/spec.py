@@ -19,11 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from models import GPT, GPTConfig
 from optim import build_optimizer
-from sweep.credentials import secrets_in
+from sweep.credentials import config_credential_problems
 from sweep.data import DataSpec
 from sweep.data.checks import TokenNeeds, check_data
 from sweep.errors import ConfigError
 from sweep.grid.identity import container, identity_of, job_optimizer_hparams
+from sweep.grid.names import name_problems
 from sweep.grid.resolvers import sweeper_keys
 from sweep.grid.run_id import identity_overrides, run_id_parts_from_config
 
@@ -326,15 +327,6 @@ def run_axes(model: GPTConfig, optimizer: OptimizerSpec, train: TrainSpec, seed:
     return axes
 
 
-def _leaves(node: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """(dotted key, value) of every string in a nested config."""
-    if isinstance(node, Mapping):
-        return [kv for k, v in node.items() for kv in _leaves(v, f"{prefix}{k}.")]
-    if isinstance(node, (list, tuple)):
-        return [kv for i, v in enumerate(node) for kv in _leaves(v, f"{prefix}{i}.")]
-    return [(prefix[:-1], node)] if isinstance(node, str) else []
-
-
 def build_run_spec(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = (), *,
                    check_files: bool = True, grid: bool = False) -> RunSpec:
     """Validate a composed task config; raise ConfigError listing every problem found.
@@ -345,9 +337,9 @@ def build_run_spec(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str]
     """
     raw = container(cfg)
     errors: list[str] = []
-    # credentials never go into configs or run dirs
-    errors += [f"{key}: holds the value of ${names[0]}; credentials stay in the environment"
-               for key, names in ((k, secrets_in(v)) for k, v in _leaves(raw)) if names]
+    errors += config_credential_problems(raw)  # credentials never go into configs or run dirs
+    errors += name_problems([("sweep_name", raw.get("sweep_name")), ("run_id", raw.get("run_id"))],
+                            (raw.get("paths") or {}).get("runs_root", "."))  # folder names in paths.runs_root
     seed = raw.get("seed")
     if not _is_int(seed) or seed < 0:
         errors.append(f"seed: must be an integer >= 0, got {seed!r}")

@@ -378,6 +378,15 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank (a collective on every rank; ``flag`` for one process)."""
+    if not active():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return bool(t.item() > 0)
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

@@ -19,7 +19,7 @@ from sweep.run import distributed
 from sweep.run.distributed import DistEnv
 from sweep.run.loop import RunResult, TrainingLoop, record_stop
 from sweep.run.state import TrainingState
-from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir, config_hash
+from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunClaimed, RunDir, config_hash
 
 log = logging.getLogger("specsweep.train")
 
@@ -39,21 +39,11 @@ def objective(result: RunResult, name: str) -> float:
     return float(value)
 
 
-def train_run(spec: RunSpec, run_path: Path, job_record: Optional[Mapping[str, str]] = None) -> RunResult:
-    """Train (or resume, or skip) the run ``spec`` in ``run_path``.
+STATUS_CLAIMED = "claimed"  # RunResult only: another live process trains the run (never written to run.json)
 
-    Nothing is written before the directory's recorded identity matches (a refused launch leaves
-    the directory as it was, and removes it if Hydra just made it empty); a finished or diverged run
-    is skipped without writing. ``job_record``: Hydra's record of the job (file name -> text),
-    written into the directory once the launch is accepted. Any failure after that is recorded in
-    run.json (``failed`` with the error, or ``interrupted`` on Ctrl-C) before it propagates.
-    """
-    run_dir = RunDir(run_path)
-    try:
-        check_identity(run_dir, spec.identity)
-    except BaseException:
-        run_dir.remove_if_empty()
-        raise
+
+def _ended(spec: RunSpec, run_dir: RunDir) -> Optional[RunResult]:
+    """The result of a run that has ended before (done or diverged: skipped), else None."""
     if run_dir.is_done():
         done = run_dir.read_done()
         log.info("run %s is already done (%s); skipped", spec.run_id, run_dir.path)
@@ -64,6 +54,30 @@ def train_run(spec: RunSpec, run_path: Path, job_record: Optional[Mapping[str, s
         log.warning("run %s diverged at step %s earlier; skipped (delete %s to retry)",
                     spec.run_id, status.get("step"), run_dir.path)
         return RunResult(spec.run_id, STATUS_DIVERGED, int(status.get("step", 0)))
+    return None
+
+
+def train_run(spec: RunSpec, run_path: Path, job_record: Optional[Mapping[str, str]] = None) -> RunResult:
+    """Train (or resume, or skip) the run ``spec`` in ``run_path``.
+
+    Nothing is written before the directory's recorded identity matches (a refused launch leaves
+    the directory as it was, and removes it if Hydra just made it empty); a finished or diverged run
+    is skipped without writing. ``job_record``: Hydra's record of the job (file name -> text),
+    written into the directory once the launch is accepted. Any failure after that is recorded in
+    run.json (``failed`` with the error, or ``interrupted`` on Ctrl-C) before it propagates.
+    One process trains a run: rank 0 locks its claim.lock before set-up (sweep/rundir/claim.py);
+    a run that another live process holds is skipped with one line naming it (the result's status
+    is ``claimed``; the run's files are left to their holder, only train.log gets that line).
+    """
+    run_dir = RunDir(run_path)
+    try:
+        check_identity(run_dir, spec.identity)
+    except BaseException:
+        run_dir.remove_if_empty()
+        raise
+    ended = _ended(spec, run_dir)
+    if ended is not None:
+        return ended
 
     claimed = False
     state: Optional[TrainingState] = None
@@ -75,6 +89,23 @@ def train_run(spec: RunSpec, run_path: Path, job_record: Optional[Mapping[str, s
     # Several tasks of one job (one per GPU) train the run together; rank 0 alone writes its files.
     with distributed.session(spec.train.device, on_peer_failure=peer_failed) as dist_env, \
             contextlib.ExitStack() as beating:
+        # One process per run: rank 0 claims the directory (a lock held until this process ends);
+        # a run another live process holds is skipped, by every rank of this job.
+        taken: Optional[RunClaimed] = None
+        if dist_env.is_main:
+            try:
+                beating.enter_context(run_dir.claim())
+            except RunClaimed as e:
+                taken = e
+        busy = taken is not None
+        if dist_env.enabled:
+            busy = distributed.any_rank(busy, distributed.pick_device(spec.train.device, dist_env))
+        if busy:
+            log.warning("run %s", taken or "is claimed by another process (see rank 0); skipped")
+            return RunResult(spec.run_id, STATUS_CLAIMED, run_dir.checkpoint_step())
+        ended = _ended(spec, run_dir)  # the holder before us may have finished it meanwhile
+        if ended is not None:
+            return ended
         try:
             if dist_env.is_main:
                 digest = claim(run_dir, spec.identity, spec.config_yaml(), spec.run_id_record)

@@ -8,6 +8,7 @@ written and read. Everything else goes through these names.
 - files:       atomic writes, JSON-safe values, config_hash, now_iso
 - jsonl:       metrics.jsonl / spectra.jsonl: append, read (torn last line skipped), truncate
 - heartbeat:   heartbeat.json of a live run (a daemon thread)
+- claim:       claim.lock, the exclusive claim of a run by one process (fcntl.lockf)
 - checkpoints: write, prune, read (weights_only) checkpoints; torch imported only there, when called
 - reading:     finding and reading run directories for the analysis and sweep.status
 
@@ -17,6 +18,7 @@ the checkpoint functions). Imported by every other part of ``sweep``.
 
 from sweep.rundir.checkpoints import load_checkpoint, load_latest_checkpoint, prune_checkpoints, write_checkpoint
 from sweep.rundir.files import atomic_write_text, config_hash, json_safe, now_iso
+from sweep.rundir.claim import RunClaimed
 from sweep.rundir.heartbeat import HEARTBEAT_EVERY_S, Heartbeat
 from sweep.rundir.jsonl import JsonlAppender, JsonlError, iter_jsonl, read_jsonl_rows
 from sweep.rundir.layout import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
@@ -27,7 +29,7 @@ from sweep.rundir.reading import (ENDED_STATUSES, EXCLUDED_STATUSES, RUN_MARKER,
 __all__ = [
     "ENDED_STATUSES", "EXCLUDED_STATUSES", "HEARTBEAT_EVERY_S", "RUN_MARKER",
     "STATUS_DIVERGED", "STATUS_DONE", "STATUS_FAILED", "STATUS_INTERRUPTED", "STATUS_REQUEUED", "STATUS_RUNNING",
-    "Heartbeat", "JsonlAppender", "JsonlError", "RunConfigChanged", "RunDir", "RunDirError",
+    "Heartbeat", "JsonlAppender", "JsonlError", "RunClaimed", "RunConfigChanged", "RunDir", "RunDirError",
     "atomic_write_text", "config_hash", "find_run_dirs", "iter_jsonl", "json_safe", "load_checkpoint",
     "load_done", "load_latest_checkpoint", "load_status", "now_iso", "prune_checkpoints", "read_jsonl_rows",
     "run_has_ended", "write_checkpoint", "write_run_files",

@@ -46,9 +46,28 @@ def write_checkpoint(run_dir: RunDir, step: int, state: dict[str, Any], keep: in
         raise
     prune_checkpoints(run_dir, keep)
     for stray in path.parent.glob(".ckpt_*.tmp-*"):
-        if stray != tmp:
+        if stray != tmp and not _writer_alive(stray):
             stray.unlink(missing_ok=True)
     return path
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process named by a temporary checkpoint's pid suffix may still be writing it.
+
+    Only one process trains a run (its claim, sweep/rundir/claim.py), so another's temporary file is
+    a killed attempt's; still, no process removes a file whose writer is alive on this host (the
+    pid is looked up here: under the claim, no process of another host writes into the run)."""
+    try:
+        pid = int(tmp.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
 
 
 def prune_checkpoints(run_dir: RunDir, keep: int) -> None:

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from sweep.errors import UserError
 from sweep.rundir.files import atomic_write_text, json_safe, now_iso
+from sweep.rundir.claim import Claim, holder_of
 from sweep.rundir.heartbeat import HEARTBEAT_EVERY_S, Heartbeat, read_heartbeat
 from sweep.rundir.jsonl import truncate_jsonl
 
@@ -100,6 +101,20 @@ class RunDir:
     def heartbeat(self, world_size: int = 1, every_s: float = HEARTBEAT_EVERY_S,
                   step: Optional[Callable[[], Any]] = None) -> Heartbeat:
         return Heartbeat(self.heartbeat_file, world_size=world_size, every_s=every_s, step=step)
+
+    # ---- claim: one process per run (sweep/rundir/claim.py) ------------------------------------
+    def claim(self, wait_s: Optional[float] = None) -> Claim:
+        """Take the run for this process until released or the process ends; RunClaimed if a live
+        process holds it."""
+        try:
+            return Claim.take(self.path, wait_s)
+        except OSError as e:  # not RunClaimed: a directory this process cannot lock in (read-only, ...)
+            raise RunDirError(f"cannot write to the run directory {self.path}: {e.strerror or e}") from e
+
+    def claim_holder(self) -> Optional[dict[str, Any]]:
+        """Who holds the run now (host, pid, slurm_job, since), None if nobody. Never call it in
+        the holder's own process: closing its probe would drop the holder's lock."""
+        return holder_of(self.path)
 
     # ---- identity record ------------------------------------------------------------------------
     # What identifies a run and how a relaunch is checked against this record is the grid's policy
