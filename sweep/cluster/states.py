@@ -198,19 +198,30 @@ def format_table(rows: Sequence[RunState]) -> str:
     return "\n".join(lines)
 
 
+def _id_prefix(run_id: str) -> str:
+    """What the fixed part of a run id says (``<model>_<optimizer>_<width>..._s<seed>``), in words."""
+    parts = run_id.split("_")
+    seed = next((p[1:] for p in reversed(parts) if p[:1] == "s" and p[1:].isdigit()), "?")
+    if len(parts) < 4:
+        return f"seed {seed}"
+    width = parts[2]
+    width = f"D={width[1:]}" if width.startswith("D") else f"ffn_mult={width[1:]}"
+    return f"model {parts[0]}, optimizer {parts[1]}, {width}, seed {seed};"
+
+
 def format_ids(rows: Sequence[RunState]) -> str:
     """One line per run: its id, then every identifying override behind it (tags and hash)."""
     if not rows:
         return "no runs"
     width = max(len(r.run_id) for r in rows)
-    lines = [f"{'RUN':<{width}}  {'HASH':<6}  OVERRIDES BEHIND THE ID"]
+    lines = [f"{'RUN':<{width}}  {'HASH':<6}  WHAT THE ID STANDS FOR: ITS PREFIX; THE TAGGED AND HASHED OVERRIDES"]
     for r in rows:
         if not r.id:
             lines.append(f"{r.run_id:<{width}}  {'?':<6}  (not recorded: run claimed before ids were recorded)")
             continue
         shown = {**(r.id.get("tags") or {}), **(r.id.get("hashed") or {})}
-        text = " ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "-"
-        lines.append(f"{r.run_id:<{width}}  {r.id.get('hash') or '-':<6}  {text}")
+        text = " ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "(no other override)"
+        lines.append(f"{r.run_id:<{width}}  {r.id.get('hash') or '-':<6}  {_id_prefix(r.run_id)}  {text}")
     return "\n".join(lines)
 
 
