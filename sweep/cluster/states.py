@@ -221,7 +221,7 @@ def format_ids(rows: Sequence[RunState]) -> str:
             continue
         shown = {**(r.id.get("tags") or {}), **(r.id.get("hashed") or {})}
         text = " ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "(no other override)"
-        lines.append(f"{r.run_id:<{width}}  {r.id.get('hash') or '-':<6}  {_id_prefix(r.run_id)}  {text}")
+        lines.append(f"{r.run_id:<{width}}  {r.id.get('hash') or '-':<6}  {_id_prefix(r.run_id)} {text}")
     return "\n".join(lines)
 
 
