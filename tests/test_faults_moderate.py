@@ -119,3 +119,57 @@ def test_next_fit_removes_staging_folders_of_dead_fits_only(tmp_path: Path) -> N
         assert not (out / ".owner.json").exists()
     finally:
         live.communicate("", timeout=60)
+
+
+# ---- item 5: sweep.status survives one bad run ----------------------------------------------------
+def _obeying_permissions():
+    try:
+        from test_faults import _obeying_permissions as drop
+    except ImportError:
+        from tests.test_faults import _obeying_permissions as drop
+    return drop()
+
+
+def test_status_lists_every_run_and_says_which_file_of_a_bad_one_is_unreadable(tmp_path: Path) -> None:
+    """Mode 000 is tested honestly as root: sweep.status runs in a child that dropped
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (tests/test_faults.py _obeying_permissions)."""
+    sweep = tmp_path / "demo"
+
+    def run(name: str, status: bytes | None, ckpt: bool = False, done: bool = False) -> Path:
+        path = sweep / name
+        path.mkdir(parents=True)
+        if status is not None:
+            (path / "run.json").write_bytes(status)
+        if ckpt:
+            (path / "checkpoints").mkdir()
+            (path / "checkpoints" / "ckpt_00000020.pt").write_bytes(b"x")
+        if done:
+            (path / "DONE").write_text(json.dumps({"final_step": 30, "final_eval_loss": 2.5}))
+        return path
+
+    ok = json.dumps({"run_id": "a_good", "status": "done", "step": 30, "axes": {"steps": 30}}).encode()
+    run("a_good", ok, done=True)
+    junk = run("b_junk", b"\x89\xfe\xff\x00junk")
+    empty = run("c_empty", b"")
+    run("d_empty_ckpt", b"\0" * 64, ckpt=True)
+    locked_dir = run("e_locked_dir", ok)
+    locked_file = run("f_locked_file", ok)
+    drop = _obeying_permissions()
+    (locked_file / "run.json").chmod(0)
+    locked_dir.chmod(0)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "sweep.status", str(sweep)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, preexec_fn=drop)
+    finally:
+        locked_dir.chmod(0o755)
+        (locked_file / "run.json").chmod(0o644)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = {line.split()[2]: line for line in proc.stdout.splitlines()[1:-1]}
+    assert sorted(lines) == ["a_good", "b_junk", "c_empty", "d_empty_ckpt", "e_locked_dir", "f_locked_file"]
+    assert lines["a_good"].split()[0] == "done"
+    assert f"unreadable: {junk / 'run.json'}: not UTF-8 text" in lines["b_junk"]
+    assert f"unreadable: {empty / 'run.json'}: empty" in lines["c_empty"]
+    assert lines["d_empty_ckpt"].split()[:2] == ["interrupted", "20/?"] and "run.json is empty" in lines["d_empty_ckpt"]
+    assert f"unreadable: {locked_dir / 'run.json'}: Permission denied" in lines["e_locked_dir"]
+    assert f"unreadable: {locked_file / 'run.json'}: Permission denied" in lines["f_locked_file"]
+    assert proc.stdout.splitlines()[-1].startswith("6 runs:")

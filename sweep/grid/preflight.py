@@ -20,7 +20,7 @@ from sweep.credentials import redact_text
 from sweep.errors import SweepError, UserError
 from sweep.grid.identity import check_identity
 from sweep.grid.spec import RunSpec, build_run_spec
-from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir
+from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir, RunDirError
 
 log = logging.getLogger("specsweep.sweep")
 
@@ -48,8 +48,12 @@ def _job_state(run_dir: Path) -> str:
     rd = RunDir(run_dir)
     if rd.is_done():
         return STATUS_DONE
-    if rd.read_status().get("status") == STATUS_DIVERGED:
-        return STATUS_DIVERGED
+    try:
+        if rd.read_status().get("status") == STATUS_DIVERGED:
+            return STATUS_DIVERGED
+    except RunDirError:
+        pass  # launched: its job says which file is unreadable, and the others go on
+
     return "resume" if rd.checkpoints() else "todo"
 
 
@@ -127,7 +131,10 @@ def summarize_results(plan: SweepPlan, results: Sequence[Any]) -> None:
     failed: list[str] = []
     queued = 0
     for job, result in zip(plan.to_launch, results):
-        status = RunDir(job.run_dir).read_status().get("status", "unknown")
+        try:
+            status = RunDir(job.run_dir).read_status().get("status", "unknown")
+        except RunDirError:
+            status = "unreadable"
         error = getattr(result, "_return_value", None)
         if getattr(result, "status", None) is not None and result.status.name == "UNKNOWN" and isinstance(error, str):
             log.info("  %-10s %s (SLURM job %s)", "queued", job.run_dir, error)
