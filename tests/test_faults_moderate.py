@@ -173,3 +173,140 @@ def test_status_lists_every_run_and_says_which_file_of_a_bad_one_is_unreadable(t
     assert f"unreadable: {locked_dir / 'run.json'}: Permission denied" in lines["e_locked_dir"]
     assert f"unreadable: {locked_file / 'run.json'}: Permission denied" in lines["f_locked_file"]
     assert proc.stdout.splitlines()[-1].startswith("6 runs:")
+
+
+# ---- items 4, 5, 7, 9: faults at run time, end to end ------------------------------------------------
+import shutil  # noqa: E402
+
+from sweep.rundir import RunDir, iter_jsonl  # noqa: E402
+from tests.conftest import FAST, run_id_for, run_train  # noqa: E402
+
+RUN_ID = run_id_for(*FAST)
+
+
+def _env(runs: Path, data_cache: Path, full_error: bool = False) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(SPECSWEEP_RUNS=str(runs), SPECSWEEP_DATA=str(data_cache), OMP_NUM_THREADS="1",
+               WANDB_MODE="offline", WANDB_SILENT="true")
+    if full_error:
+        env["HYDRA_FULL_ERROR"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, data_cache: Path) -> RunDir:
+    """A finished FAST run (checkpoints at 20 and 30); tests copy it."""
+    root = tmp_path_factory.mktemp("finished")
+    run_train(FAST, _env(root / "runs", data_cache))
+    return RunDir(root / "runs" / "default" / RUN_ID)
+
+
+def _unfinished_copy(template: RunDir, runs: Path) -> RunDir:
+    """The template as if killed after its last checkpoint, before DONE."""
+    run = RunDir(runs / "default" / RUN_ID)
+    shutil.copytree(template.path, run.path)
+    run.done_file.unlink()
+    run.update_status(status="running")
+    (run.path / "train.log").unlink(missing_ok=True)
+    return run
+
+
+def _launch(env: dict, code: str | None = None) -> subprocess.CompletedProcess:
+    head = ["-c", code] if code else ["-m", "sweep.train"]
+    return subprocess.run([sys.executable, *head, *FAST], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+_DISK_FULL = """
+import errno, runpy, torch
+real, calls = torch.save, []
+
+class FullDisk:  # a file on a disk that fills up after 2,000 bytes
+    def __init__(self, f):
+        self.f, self.n = f, 0
+    def write(self, data):
+        self.n += len(data)
+        if self.n > 2000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+    def flush(self):
+        self.f.flush()
+
+def save(obj, f, *a, **k):  # the second checkpoint (step 20) fills the disk: torch's own error path
+    calls.append(1)
+    return real(obj, FullDisk(f) if len(calls) == 2 else f, *a, **k)
+
+torch.save = save
+runpy.run_module("sweep.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_disk_full_inside_torch_is_one_line_naming_the_checkpoint(tmp_path: Path, data_cache: Path) -> None:
+    """Item 4: torch reports a full disk as RuntimeError 'unexpected pos' raised while handling the
+    ENOSPC OSError; run.json and the console say 'No space left on device' and name the file."""
+    proc = _launch(_env(tmp_path / "runs", data_cache), code=_DISK_FULL)
+    assert proc.returncode != 0
+    run = RunDir(tmp_path / "runs" / "default" / RUN_ID)
+    ckpt = run.checkpoint_path(20)
+    status = run.read_status()
+    assert status["status"] == "failed" and status["step"] == 10
+    assert "No space left on device" in status["error"] and str(ckpt) in status["error"]
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out and "unexpected pos" not in out
+    assert f"run {RUN_ID} ({run.path}) stopped: writing checkpoint: No space left on device: {ckpt}" in proc.stderr
+    assert sorted(p.name for p in run.ckpt_dir.iterdir()) == ["ckpt_00000010.pt"]
+    assert not list(run.path.rglob(".*.tmp-*"))
+    log = (run.path / "train.log").read_text()
+    assert "Traceback" in log and "unexpected pos" in log  # the whole story, in the run's log
+
+
+def _junk_metrics(run: RunDir) -> str:
+    lines = len(run.metrics_file.read_bytes().splitlines())
+    with open(run.metrics_file, "ab") as f:
+        f.write(b"42\n")
+    return f"{run.metrics_file}, line {lines + 1}: not a JSON object"
+
+
+def _corrupt_identity(run: RunDir) -> str:
+    run.identity_file.write_bytes(b"\x89\xfe\xff")
+    return f"cannot read {run.identity_file}"
+
+
+def _junk_run_json(run: RunDir) -> str:
+    run.status_file.write_bytes(b"\x89\xfe\xff\x00junk")
+    return f"{run.status_file}: not UTF-8 text"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", [_junk_metrics, _corrupt_identity, _junk_run_json])
+def test_a_fault_of_a_run_file_is_one_line_naming_file_and_run(tmp_path: Path, data_cache: Path,
+                                                                finished: RunDir, damage) -> None:
+    """Items 5 and 9: the console gets the file and the run, train.log the traceback."""
+    run = _unfinished_copy(finished, tmp_path / "runs")
+    what = damage(run)
+    proc = _launch(_env(tmp_path / "runs", data_cache))
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert f"run {RUN_ID} ({run.path}) stopped: {what}" in proc.stderr
+    assert "Traceback" not in out and "UnicodeDecodeError" not in out
+    assert "Traceback" in (run.path / "train.log").read_text()
+    if damage is not _junk_metrics:
+        return
+    # HYDRA_FULL_ERROR=1 shows the traceback on the console too
+    proc = _launch(_env(tmp_path / "runs", data_cache, full_error=True))
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and what in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_nul_tail_left_by_a_power_cut_resumes(tmp_path: Path, data_cache: Path, finished: RunDir) -> None:
+    """Item 7: NUL bytes at the end of metrics.jsonl and spectra.jsonl are a torn last line."""
+    run = _unfinished_copy(finished, tmp_path / "runs")
+    for path in (run.metrics_file, run.spectra_file):
+        with open(path, "ab") as f:
+            f.write(b"\0" * 512)
+    proc = _launch(_env(tmp_path / "runs", data_cache))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run.is_done() and b"\0" not in run.metrics_file.read_bytes() + run.spectra_file.read_bytes()
+    steps = [r["step"] for r in iter_jsonl(run.metrics_file) if "train_loss" in r]
+    assert steps == [r["step"] for r in iter_jsonl(finished.metrics_file) if "train_loss" in r]
