@@ -310,3 +310,28 @@ def test_a_nul_tail_left_by_a_power_cut_resumes(tmp_path: Path, data_cache: Path
     assert run.is_done() and b"\0" not in run.metrics_file.read_bytes() + run.spectra_file.read_bytes()
     steps = [r["step"] for r in iter_jsonl(run.metrics_file) if "train_loss" in r]
     assert steps == [r["step"] for r in iter_jsonl(finished.metrics_file) if "train_loss" in r]
+
+
+# ---- item 6: a finished grid in a read-only directory -------------------------------------------------
+@pytest.mark.slow
+def test_finished_grid_in_a_read_only_directory_is_skipped(tmp_path: Path, data_cache: Path,
+                                                           finished: RunDir) -> None:
+    try:
+        from test_faults import _make_read_only, _make_writable
+    except ImportError:
+        from tests.test_faults import _make_read_only, _make_writable
+    runs = tmp_path / "runs"
+    run = RunDir(runs / "default" / RUN_ID)
+    shutil.copytree(finished.path, run.path)
+    drop = _obeying_permissions()
+    _make_read_only(runs)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "sweep.train", "-m", *FAST, "sweep_name=default"], cwd=ROOT,
+                              env=_env(runs, data_cache), capture_output=True, text=True, timeout=300,
+                              preexec_fn=drop)
+    finally:
+        _make_writable(runs)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "1 finished and skipped" in out and "Traceback" not in out
+    assert "nothing to launch" in out and not (runs / "default" / "multirun.yaml").exists()
