@@ -335,3 +335,39 @@ def test_finished_grid_in_a_read_only_directory_is_skipped(tmp_path: Path, data_
     out = proc.stdout + proc.stderr
     assert "1 finished and skipped" in out and "Traceback" not in out
     assert "nothing to launch" in out and not (runs / "default" / "multirun.yaml").exists()
+
+
+# ---- item 10: SIGTERM to a -m launcher that trains its grid in-process ----------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("at_step", [5, 10])
+def test_sigterm_to_a_local_grid_stops_the_current_run_and_starts_no_other(tmp_path: Path, data_cache: Path,
+                                                                          at_step: int) -> None:
+    """At step 5 the run checkpoints and is interrupted; at step 10, its last, it finishes. Either
+    way the launcher exits 143 and the second grid point never starts (a signal during the last
+    step was forgotten and the grid went on)."""
+    import signal
+
+    from tests.conftest import ended, hold_env, wait_until_held
+
+    gate = tmp_path / "gate"
+    env = hold_env(_env(tmp_path / "runs", data_cache), gate, at_step)  # every grid point holds there
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", "-m", *FAST, "train.steps=10",
+                             "model.ffn_mult=2,4", "sweep_name=g"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        held = wait_until_held(gate, at_step, ended(proc))
+        assert held == proc.pid  # the basic launcher trains in the launcher's own process
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    first = RunDir(tmp_path / "runs" / "g" / run_id_for(*FAST, "train.steps=10", "model.ffn_mult=2"))
+    second = RunDir(tmp_path / "runs" / "g" / run_id_for(*FAST, "train.steps=10", "model.ffn_mult=4"))
+    status = first.read_status()
+    assert status["status"] == ("interrupted" if at_step == 5 else "done"), out[-3000:]
+    assert status["step"] == at_step and first.checkpoint_step() == at_step
+    assert first.is_done() == (at_step == 10)
+    assert not second.path.exists() or not second.read_status(), out[-3000:]

@@ -135,6 +135,13 @@ class TrainingLoop:
                     if self.main:
                         self.run_dir.update_status(status=STATUS_INTERRUPTED, error=f"not requeued: {type(e).__name__}: {e}")
                     raise
+            if self.stop.requested and not self.stop.requeues:
+                # The signal came during the last step: the run finished (DONE), and the process
+                # still stops, so that a grid trained in this process (-m, basic launcher) starts
+                # no further run.
+                log.info("stop signal %s during the last step: the run finished; exiting",
+                         signal.Signals(self.stop.received).name)
+                raise SystemExit(128 + int(self.stop.received))
             return result
 
     def _run(self) -> tuple[str, RunResult]:
