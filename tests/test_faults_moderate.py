@@ -371,3 +371,51 @@ def test_sigterm_to_a_local_grid_stops_the_current_run_and_starts_no_other(tmp_p
     assert status["step"] == at_step and first.checkpoint_step() == at_step
     assert first.is_done() == (at_step == 10)
     assert not second.path.exists() or not second.read_status(), out[-3000:]
+
+
+# ---- item 12: an unreachable W&B server ------------------------------------------------------------
+def test_a_refused_wandb_server_sends_the_run_offline_without_an_online_attempt(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The failed online start only waited out init_timeout (nothing spins, training is as fast
+    after it: see sweep/run/wandb_reach.py); a refused server is now known at once and never tried."""
+    import socket
+
+    from sweep.grid.spec import LoggerSpec
+    from sweep.run import wandb_logger
+    from sweep.run.wandb_logger import NullLogger
+
+    tried: list[str] = []
+
+    class Fake(NullLogger):
+        def __init__(self, spec, *, mode, **kwargs):
+            tried.append(mode)
+            self.mode = mode
+
+    monkeypatch.setattr(wandb_logger, "WandbLogger", Fake)
+    monkeypatch.setattr(wandb_logger, "_online_failure", None)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    spec = LoggerSpec(backend="wandb", project="p", entity=None, mode="online")
+    import wandb
+
+    try:
+        with socket.socket() as server:  # a loopback port that listens: W&B is tried online
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+            wandb.teardown()  # W&B reads its settings once per process
+            assert wandb_logger.make_logger(spec, run_dir=tmp_path / "a").mode == "online"
+        # the same port, closed: refused at once, the run logs offline, online never tried
+        wandb.teardown()
+        assert wandb_logger.make_logger(spec, run_dir=tmp_path / "b").mode == "offline"
+        assert tried == ["online", "offline"]
+        # behind a proxy only W&B can tell: it is tried
+        monkeypatch.setattr(wandb_logger, "_online_failure", None)
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")
+        wandb.teardown()
+        assert wandb_logger.make_logger(spec, run_dir=tmp_path / "c").mode == "online"
+    finally:
+        wandb.teardown()
