@@ -31,6 +31,7 @@ def _api_run(name: str, width: int) -> SimpleNamespace:
                            scan_history=lambda page_size=1000, h=history: iter(h))
 
 
+@pytest.mark.slow
 def test_fit_from_wandb_into_a_new_out_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sweep.analysis import wandb_io
     from sweep.fit import main

@@ -26,7 +26,7 @@ from sweep.run.state import TrainingState
 from sweep.run.telemetry import Telemetry
 from sweep.run.wandb_logger import NullLogger, make_logger, replay_after_resume
 from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
-                          STATUS_RUNNING, JsonlAppender, RunDir, prune_checkpoints)
+                          STATUS_RUNNING, JsonlAppender, RunDir, RunDirError, prune_checkpoints)
 
 log = logging.getLogger("specsweep.train")
 
@@ -52,7 +52,7 @@ def record_stop(run_dir: RunDir, error: BaseException, **fields: Any) -> None:
         fields.update(status=STATUS_FAILED, error=redact_text(f"{type(error).__name__}: {error}"))
     try:
         run_dir.update_status(step=run_dir.checkpoint_step(), **fields)
-    except OSError as e:
+    except (OSError, RunDirError) as e:  # e.g. disk full, or run.json itself unreadable
         log.error("could not record the run's end in %s: %s", run_dir.status_file, e)
 
 
