@@ -420,3 +420,25 @@ def test_a_refused_wandb_server_sends_the_run_offline_without_an_online_attempt(
         assert wandb_logger.make_logger(spec, run_dir=tmp_path / "c").mode == "online"
     finally:
         wandb.teardown()
+
+
+@pytest.mark.slow
+def test_a_read_only_run_directory_is_one_line_naming_it_and_the_run(tmp_path: Path, data_cache: Path,
+                                                                     finished: RunDir) -> None:
+    """Item 9, read-only: the run's log cannot be written there either, so the console says that too."""
+    try:
+        from test_faults import _make_read_only, _make_writable
+    except ImportError:
+        from tests.test_faults import _make_read_only, _make_writable
+    run = _unfinished_copy(finished, tmp_path / "runs")
+    drop = _obeying_permissions()
+    _make_read_only(run.path)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "sweep.train", *FAST], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300, env=_env(tmp_path / "runs", data_cache), preexec_fn=drop)
+    finally:
+        _make_writable(run.path)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert f"run {RUN_ID} ({run.path}) stopped: cannot write to the run directory {run.path}" in proc.stderr
+    assert "Traceback" not in out and f"cannot write the log file {run.path / 'train.log'}" in out
