@@ -25,16 +25,15 @@ class RunFault(UserError):
 
 
 def os_error_in(error: BaseException) -> Optional[OSError]:
-    """The OSError behind ``error``: itself, or one it was raised from or while handling (torch
-    reports a full disk during a checkpoint as RuntimeError 'unexpected pos', raised while handling
-    the ENOSPC OSError)."""
-    seen: set[int] = set()
-    current: Optional[BaseException] = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OSError) and current.errno is not None:
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
+    """The OSError behind ``error``: itself, or the one a RuntimeError was raised from or while
+    handling (torch reports a full disk during a save as RuntimeError 'unexpected pos', raised
+    while handling the ENOSPC OSError)."""
+    if isinstance(error, OSError):
+        return error if error.errno is not None else None
+    if isinstance(error, RuntimeError):
+        behind = error.__cause__ or error.__context__
+        if isinstance(behind, OSError) and behind.errno is not None:
+            return behind
     return None
 
 
@@ -42,7 +41,7 @@ def describe(error: BaseException) -> Optional[str]:
     """What went wrong with which file, in one line; None when ``error`` is not a file fault."""
     if isinstance(error, (RunDirError, JsonlError)):
         return str(error)
-    os_error = os_error_in(error) if isinstance(error, (OSError, RuntimeError)) else None
+    os_error = os_error_in(error)
     if os_error is None:
         return None
     reason = os_error.strerror or errno.errorcode.get(os_error.errno or 0, str(os_error))
