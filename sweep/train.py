@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 import sweep.grid.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from sweep.commands import CONF_DIR
 from sweep.credentials import exit_if_credentials_in
+from sweep.run.faults import as_run_fault
 from sweep.rundir import RunDir
 
 
@@ -51,7 +52,13 @@ def main(cfg: DictConfig) -> float:
     except BaseException:
         RunDir(run_path).remove_if_empty()  # Hydra made it for a job that will not run
         raise
-    result = train_run(spec, run_path, _job_record(cfg, hydra_cfg))
+    try:
+        result = train_run(spec, run_path, _job_record(cfg, hydra_cfg))
+    except Exception as e:  # a fault of the run's files: one line naming file and run (sweep/run/faults.py)
+        fault = as_run_fault(e, spec.run_id, run_path)
+        if fault is None:
+            raise
+        raise fault from e
     return objective(result, spec.train.objective)
 
 

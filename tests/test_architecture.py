@@ -41,7 +41,8 @@ OPTIMIZER_REGISTRY = "optim.registry"
 
 # What sweep/analysis/ may import from sweep/: itself and floor 0 (a package with its submodules).
 ANALYSIS = "sweep.analysis"
-ANALYSIS_MAY_IMPORT = ("sweep.rundir", "sweep.credentials", "sweep.errors", "sweep.wandb_keys")
+ANALYSIS_MAY_IMPORT = ("sweep.rundir", "sweep.credentials", "sweep.errors", "sweep.wandb_keys",
+                      "sweep.liveness")  # stdlib only: is a process alive (stale staging folders)
 
 # Function-local imports of project modules in sweep/ (module, imported module): each keeps torch
 # out of a process that does not need it. sweep/data/ and sweep/prepare.py are reorganised by other

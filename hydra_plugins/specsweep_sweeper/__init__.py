@@ -86,12 +86,15 @@ class SpecSweeper(BasicSweeper):
 
         plan = plan_sweep(self.hydra_context.config_loader, self.config, jobs)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        sweepdir.record_launch(sweep_dir, [(j.run_id, j.overrides) for j in plan.jobs],
-                               given_overrides(self.config), given_overrides(self.config, "hydra"),
-                               id_records={j.run_id: j.id_record for j in plan.jobs},
-                               run_dirs={j.run_id: j.run_dir for j in plan.jobs})
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            sweepdir.record_launch(sweep_dir, [(j.run_id, j.overrides) for j in plan.jobs],
+                                   given_overrides(self.config), given_overrides(self.config, "hydra"),
+                                   id_records={j.run_id: j.id_record for j in plan.jobs},
+                                   run_dirs={j.run_id: j.run_dir for j in plan.jobs})
+        except OSError as e:  # a read-only sweep directory is fine when every run is finished
+            sweepdir.unrecorded_launch(sweep_dir, e, to_launch=len(plan.to_launch))
         if self.only is not None:
             restrict_plan(plan, self.only)
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import ctypes
 import datetime as _dt
+import glob
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+from sweep import liveness
 from sweep.errors import SweepError
 from sweep.rundir import atomic_write_text, json_safe
 
@@ -28,6 +30,7 @@ WANDB_DIR = "wandb"
 CARRIED = (WANDB_DIR, "runs", "wandb_workspace.json", "wandb_workspace.py")
 _STAGING = ".{name}.staging-{pid}"
 _OLD = ".{name}.old-{pid}"
+_OWNER = ".owner.json"  # in a staging folder: the fit that writes it (sweep.liveness.this_process)
 
 
 def check_replaceable(out: Path) -> None:
@@ -37,18 +40,48 @@ def check_replaceable(out: Path) -> None:
         return
     if not out.is_dir():
         raise SweepError(f"--out {out} is a file, not a folder")
-    if any(out.iterdir()) and not ((out / STATUS_FILE).is_file() or (out / REPORT_FILE).is_file()):
+    analysis = (out / STATUS_FILE).is_file() or (out / REPORT_FILE).is_file()
+    # entries that a refit carries over (runs rebuilt by --from-wandb into a new --out) lose nothing
+    if any(p.name not in CARRIED for p in out.iterdir()) and not analysis:
         raise SweepError(f"{out} holds files but no {STATUS_FILE} or {REPORT_FILE}, so it is not an "
                          "analysis folder; the analysis replaces its folder whole, so choose another --out")
 
 
 def staging_dir(out: Path) -> Path:
     """A fresh, empty folder beside ``out`` to write the next analysis into."""
+    remove_dead_staging(out)
     staging = out.parent / _STAGING.format(name=out.name, pid=os.getpid())
     if staging.exists():
         shutil.rmtree(staging)  # left over by a killed fit of this process id
     staging.mkdir(parents=True)
+    (staging / _OWNER).write_text(json.dumps(liveness.this_process()))
     return staging
+
+
+def _owner_gone(folder: Path, pid: str) -> bool:
+    """Whether the fit that made a staging (or old) folder has ended: its owner record says so
+    (same host only), or, for a folder without one, no process of that pid lives on this host."""
+    try:
+        info = json.loads((folder / _OWNER).read_text())
+    except (OSError, ValueError):
+        info = {"pid": int(pid), "host_key": liveness.host_key()} if pid.isdigit() else {}
+    return bool(info) and info.get("pid") != os.getpid() and liveness.process_gone(info) is True
+
+
+def remove_dead_staging(out: Path) -> list[Path]:
+    """Remove the staging and old folders beside ``out`` left by killed fits (never those of a
+    fit still running, nor those of another host, which cannot be checked from here)."""
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for pattern in (_STAGING, _OLD):
+        prefix = pattern.format(name=out.name, pid="")
+        for folder in out.parent.glob(f"{glob.escape(prefix)}*"):
+            pid = folder.name[len(prefix):]
+            if folder.is_dir() and pid.isdigit() and _owner_gone(folder, pid):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -64,6 +97,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def publish(staging: Path, out: Path) -> None:
     """Make ``staging`` the analysis folder ``out``: carry over CARRIED entries, swap, drop the old."""
+    (staging / _OWNER).unlink(missing_ok=True)  # its pid keeps it from removal (remove_dead_staging)
     if out.exists():
         for name in CARRIED:
             if (out / name).exists() and not (staging / name).exists():

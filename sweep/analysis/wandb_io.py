@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 from sweep import rundir
 from sweep.errors import SweepError
 from sweep.credentials import redact_secrets
+from sweep.analysis import outdir
 from sweep.analysis.wandb_history import (api_file_reader, folder_file_reader, history_rows, num as _num,
                                           resolve_layer_tables)
 from sweep.wandb_keys import stable_wandb_id
@@ -46,6 +47,7 @@ def materialize_sources(sources: Sequence[str], out: Optional[str]) -> tuple[lis
     """Rebuild the run directories of every ``--from-wandb`` source; returns (sweep dirs, out dir)."""
     first = sources[0].rstrip("/")
     out_dir = Path(out) if out else Path(f"wandb-{Path(first).name or 'sweep'}")
+    outdir.check_replaceable(out_dir)  # before anything is fetched
     dirs = []
     for i, source in enumerate(sources):
         dest = out_dir / "runs" / (str(i) if len(sources) > 1 else "")

@@ -20,7 +20,7 @@ from sweep.cluster import slurm
 from sweep.grid import sweepdir
 from sweep.rundir.claim import describe as describe_claim
 from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
-                          STATUS_RUNNING, RunDir, find_run_dirs)
+                          STATUS_RUNNING, RunDir, RunDirError, find_run_dirs)
 
 RESUBMITTABLE = (STATUS_FAILED, "stale", STATUS_INTERRUPTED, "not started")
 STALE_AFTER_S = 600.0  # a heartbeat this old (seconds) from another host means the run is dead
@@ -109,8 +109,22 @@ def _run_dirs(sweep_dir: Path) -> list[str]:
         return []
     runs, _ = find_run_dirs(sweep_dir)
     claimed = [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-               and RunDir(p).identity_file.exists()]
+               and _claimed_or_unreadable(RunDir(p))]
     return sorted({p.name for p in runs if p != sweep_dir} | {p.name for p in claimed})
+
+
+def _claimed_or_unreadable(run: RunDir) -> bool:
+    try:
+        return run.identity_file.exists()
+    except OSError:  # a folder that cannot be searched: listed as unreadable
+        return True
+
+
+def _unreadable(run: RunDir, error: Exception) -> str:
+    """``<file>: <reason>`` for a run whose files cannot be read (RunDirError already says it)."""
+    if isinstance(error, OSError):
+        return f"{error.filename or run.path}: {error.strerror or error}"
+    return str(error) if isinstance(error, RunDirError) else f"{run.path}: {error}"
 
 
 def collect(sweep_dir: Path, stale_after: float = STALE_AFTER_S, now: Optional[float] = None) -> list[RunState]:
@@ -127,60 +141,86 @@ def collect(sweep_dir: Path, stale_after: float = STALE_AFTER_S, now: Optional[f
     order = list(grid["runs"]) + [r for r in _run_dirs(sweep_dir) if r not in grid["runs"] and r not in recorded]
     folders.update({r: sweep_dir / r for r in order if r not in folders})
     jobs = sweepdir.latest_jobs(sweep_dir)
-    beats = {r: RunDir(folders[r]).read_heartbeat() for r in order}
+    beats = {r: _heartbeat(RunDir(folders[r])) for r in order}
     # The job a run's heartbeat names counts when jobs.jsonl has none (a job submitted by hand).
     job_ids = {r: (jobs.get(r) or {}).get("job_id") or beats[r].get("slurm_job") for r in order}
     wanted = [j for j in job_ids.values() if j]
     states = slurm.job_states(wanted) if wanted and slurm.available() else {}
     out = []
     for run_id in order:
-        rd = RunDir(folders[run_id])
-        status = rd.read_status()
-        beat = beats[run_id]
-        job_id = job_ids[run_id]
-        js = states.get(job_id) if job_id else None
-        steps = (status.get("axes") or {}).get("steps")
         point = grid["runs"].get(run_id) or {}
-        rs = RunState(run_id, "not started", status.get("step"), steps, job_id, js, launch=point.get("launch"),
-                      id=point.get("id") or rd.read_run_id_record() or {})
-        s = status.get("status")
-        if rd.is_done():
-            done = rd.read_done()
-            rs.state, rs.step = STATUS_DONE, done.get("final_step", rs.step)
-            loss = done.get("final_eval_loss")
-            rs.detail = f"eval loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
-        elif s == STATUS_DIVERGED:
-            rs.state, rs.detail = STATUS_DIVERGED, _last_error_line(status.get("error") or "")
-        elif (holder := rd.claim_holder()) is not None:  # a live process holds the run: never stale
-            rs.state, rs.detail = STATUS_RUNNING, f"claimed by {describe_claim(holder)}, {_heartbeat_note(beat, now)}"
-        elif js in slurm.LIVE_STATES:
-            if js == "RUNNING" and s != STATUS_REQUEUED:
-                rs.state = STATUS_RUNNING
-                rs.detail = f"updated {_age(status.get('updated'))}" if status else "starting"
-            elif s == STATUS_REQUEUED or js.startswith("REQUEUE"):
-                rs.state, rs.detail = STATUS_REQUEUED, f"resumes from step {rs.step} (job {js.lower()})"
-            else:
-                rs.state = "pending"
-                rs.detail = f"queued; resumes from step {rs.step}" if rs.step else "queued"
-        elif s == STATUS_FAILED:
-            rs.state, rs.detail = STATUS_FAILED, _last_error_line(status.get("error") or "")
-        elif js is not None and s in (STATUS_RUNNING, STATUS_REQUEUED, STATUS_INTERRUPTED, None):
-            # The job ended and the run neither finished nor recorded an error: killed by SLURM
-            # (time limit with no requeue left, out of memory, cancelled, node failure).
-            tail = _job_log_tail(sweep_dir, job_id)
-            rs.state, rs.detail = STATUS_FAILED, f"SLURM job {job_id} ended {js}" + (f": {tail}" if tail else "")
-        elif s in (STATUS_RUNNING, STATUS_REQUEUED) and (why := why_stale(beat, job_id, js, stale_after, now)):
-            rs.state, rs.detail = "stale", f"{why}; relaunch resumes from its newest checkpoint"
-        elif s == STATUS_INTERRUPTED:
-            rs.state, rs.detail = STATUS_INTERRUPTED, f"checkpoint at step {rs.step}; relaunch resumes it"
-        elif s == STATUS_REQUEUED:
-            rs.state, rs.detail = STATUS_REQUEUED, f"resumes from step {rs.step}"
-        elif s == STATUS_RUNNING:
-            rs.state = STATUS_RUNNING
-            rs.detail = f"updated {_age(status.get('updated'))}, {_heartbeat_note(beat, now)}" + (
-                f" (SLURM job {job_id}: state unknown)" if job_id and js is None else "")
-        out.append(rs)
+        try:
+            out.append(_run_state(sweep_dir, folders[run_id], run_id, point, beats[run_id], job_ids[run_id], states,
+                                  stale_after, now))
+        except (OSError, ValueError, RunDirError) as e:  # one bad run does not hide the others
+            out.append(RunState(run_id, "unreadable", job_id=job_ids[run_id], launch=point.get("launch"),
+                                id=point.get("id") or {},
+                                detail=f"unreadable: {_unreadable(RunDir(folders[run_id]), e)}"))
     return out
+
+
+def _heartbeat(run: RunDir) -> dict:
+    try:
+        return run.read_heartbeat()
+    except OSError:
+        return {}
+
+
+def _run_state(sweep_dir: Path, run_dir: Path, run_id: str, point: Mapping[str, Any], beat: Mapping[str, Any],
+               job_id: Optional[str], states: Mapping[str, str], stale_after: float, now: float) -> RunState:
+    """The state of one run in ``run_dir`` (see collect)."""
+    rd = RunDir(run_dir)
+    status = rd.read_status()
+    js = states.get(job_id) if job_id else None
+    steps = (status.get("axes") or {}).get("steps")
+    rs = RunState(run_id, "not started", status.get("step"), steps, job_id, js, launch=point.get("launch"),
+                  id=point.get("id") or rd.read_run_id_record() or {})
+    s = status.get("status")
+    lost = not status and rd.status_file.exists()  # an empty run.json (a power cut)
+    if lost and not rd.is_done():
+        if not rd.checkpoints():
+            raise RunDirError(f"{rd.status_file}: empty")
+        # reported from its checkpoints: running while its heartbeat says so, else resumable
+        rs.step = rd.checkpoint_step()
+        s = STATUS_RUNNING if beat else STATUS_INTERRUPTED
+    if rd.is_done():
+        done = rd.read_done()
+        rs.state, rs.step = STATUS_DONE, done.get("final_step", rs.step)
+        loss = done.get("final_eval_loss")
+        rs.detail = f"eval loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
+    elif s == STATUS_DIVERGED:
+        rs.state, rs.detail = STATUS_DIVERGED, _last_error_line(status.get("error") or "")
+    elif (holder := rd.claim_holder()) is not None:  # a live process holds the run: never stale
+        rs.state, rs.detail = STATUS_RUNNING, f"claimed by {describe_claim(holder)}, {_heartbeat_note(beat, now)}"
+    elif js in slurm.LIVE_STATES:
+        if js == "RUNNING" and s != STATUS_REQUEUED:
+            rs.state = STATUS_RUNNING
+            rs.detail = f"updated {_age(status.get('updated'))}" if status else "starting"
+        elif s == STATUS_REQUEUED or js.startswith("REQUEUE"):
+            rs.state, rs.detail = STATUS_REQUEUED, f"resumes from step {rs.step} (job {js.lower()})"
+        else:
+            rs.state = "pending"
+            rs.detail = f"queued; resumes from step {rs.step}" if rs.step else "queued"
+    elif s == STATUS_FAILED:
+        rs.state, rs.detail = STATUS_FAILED, _last_error_line(status.get("error") or "")
+    elif js is not None and s in (STATUS_RUNNING, STATUS_REQUEUED, STATUS_INTERRUPTED, None):
+        # The job ended and the run neither finished nor recorded an error: killed by SLURM
+        # (time limit with no requeue left, out of memory, cancelled, node failure).
+        tail = _job_log_tail(sweep_dir, job_id)
+        rs.state, rs.detail = STATUS_FAILED, f"SLURM job {job_id} ended {js}" + (f": {tail}" if tail else "")
+    elif s in (STATUS_RUNNING, STATUS_REQUEUED) and (why := why_stale(beat, job_id, js, stale_after, now)):
+        rs.state, rs.detail = "stale", f"{why}; relaunch resumes from its newest checkpoint"
+    elif s == STATUS_INTERRUPTED:
+        rs.state, rs.detail = STATUS_INTERRUPTED, f"checkpoint at step {rs.step}; relaunch resumes it"
+    elif s == STATUS_REQUEUED:
+        rs.state, rs.detail = STATUS_REQUEUED, f"resumes from step {rs.step}"
+    elif s == STATUS_RUNNING:
+        rs.state = STATUS_RUNNING
+        rs.detail = f"updated {_age(status.get('updated'))}, {_heartbeat_note(beat, now)}" + (
+            f" (SLURM job {job_id}: state unknown)" if job_id and js is None else "")
+    if lost:
+        rs.detail = f"{rd.status_file.name} is empty; {rs.detail}"
+    return rs
 
 
 def format_table(rows: Sequence[RunState]) -> str:

@@ -24,7 +24,7 @@ from sweep.errors import SweepError, UserError
 from sweep.grid.identity import check_identity
 from sweep.grid.run_id import foreign_optim_overrides, parse_override
 from sweep.grid.spec import RunSpec, build_run_spec
-from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir
+from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir, RunDirError
 
 log = logging.getLogger("specsweep.sweep")
 
@@ -74,8 +74,12 @@ def _job_state(run_dir: Path) -> str:
     rd = RunDir(run_dir)
     if rd.is_done():
         return STATUS_DONE
-    if rd.read_status().get("status") == STATUS_DIVERGED:
-        return STATUS_DIVERGED
+    try:
+        if rd.read_status().get("status") == STATUS_DIVERGED:
+            return STATUS_DIVERGED
+    except RunDirError:
+        pass  # launched: its job says which file is unreadable, and the others go on
+
     return "resume" if rd.checkpoints() else "todo"
 
 
@@ -196,7 +200,10 @@ def summarize_results(plan: SweepPlan, results: Sequence[Any]) -> None:
     failed: list[str] = []
     queued = 0
     for job, result in zip(plan.to_launch, results):
-        status = RunDir(job.run_dir).read_status().get("status", "unknown")
+        try:
+            status = RunDir(job.run_dir).read_status().get("status", "unknown")
+        except RunDirError:
+            status = "unreadable"
         error = getattr(result, "_return_value", None)
         if getattr(result, "status", None) is not None and result.status.name == "UNKNOWN" and isinstance(error, str):
             log.info("  %-10s %s (SLURM job %s)", "queued", job.run_dir, error)

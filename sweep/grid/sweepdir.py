@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -20,6 +21,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from sweep.credentials import is_secret_name, refuse_secret_arguments
 from sweep.errors import SweepError
 from sweep.rundir import atomic_write_text, iter_jsonl
+
+log = logging.getLogger("specsweep.sweep")
 
 META = ".specsweep"
 # Overrides that say how a launch was made, not which runs it holds: rewritten on relaunch.
@@ -136,3 +139,15 @@ def relaunch_command(launch: dict[str, Any], sweep_dir: Path, run_ids: Sequence[
     only = ",".join(f"'{r}'" for r in run_ids)
     return ["-m", *launch["task_overrides"], *launch["hydra_overrides"],
             f"hydra.sweep.dir={Path(sweep_dir).resolve()}", f"hydra.sweeper.only=[{only}]", *extra]
+
+
+def unrecorded_launch(sweep_dir: Path, error: OSError, to_launch: int) -> None:
+    """A launch that could not be recorded (multirun.yaml, grid.json): SweepError naming the file
+    when runs are to be launched; a note when there is nothing to launch (a finished grid in a
+    read-only directory is skipped and the command succeeds)."""
+    where = error.filename or sweep_dir
+    if to_launch:
+        raise SweepError(f"cannot record the launch in {where}: {error.strerror or error} "
+                         f"({to_launch} runs to launch)") from error
+    log.info("cannot record this launch in %s (%s); nothing to launch", where, error.strerror or error)
+

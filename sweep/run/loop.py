@@ -26,7 +26,7 @@ from sweep.run.state import TrainingState
 from sweep.run.telemetry import Telemetry
 from sweep.run.wandb_logger import NullLogger, make_logger, replay_after_resume
 from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
-                          STATUS_RUNNING, JsonlAppender, RunDir, prune_checkpoints)
+                          STATUS_RUNNING, JsonlAppender, RunDir, RunDirError, prune_checkpoints)
 
 log = logging.getLogger("specsweep.train")
 
@@ -52,7 +52,7 @@ def record_stop(run_dir: RunDir, error: BaseException, **fields: Any) -> None:
         fields.update(status=STATUS_FAILED, error=redact_text(f"{type(error).__name__}: {error}"))
     try:
         run_dir.update_status(step=run_dir.checkpoint_step(), **fields)
-    except OSError as e:
+    except (OSError, RunDirError) as e:  # e.g. disk full, or run.json itself unreadable
         log.error("could not record the run's end in %s: %s", run_dir.status_file, e)
 
 
@@ -137,6 +137,13 @@ class TrainingLoop:
                     if self.main:
                         self.run_dir.update_status(status=STATUS_INTERRUPTED, error=f"not requeued: {type(e).__name__}: {e}")
                     raise
+            if self.stop.requested and not self.stop.requeues:
+                # The signal came during the last step: the run finished (DONE), and the process
+                # still stops, so that a grid trained in this process (-m, basic launcher) starts
+                # no further run.
+                log.info("stop signal %s during the last step: the run finished; exiting",
+                         signal.Signals(self.stop.received).name)
+                raise SystemExit(128 + int(self.stop.received))
             return result
 
     def _run(self) -> tuple[str, RunResult]:

@@ -40,6 +40,7 @@ from sweep.credentials import redact_secrets
 from sweep.errors import ConfigError
 from sweep.grid.spec import LoggerSpec
 from sweep.run.provenance import run_provenance
+from sweep.run.wandb_reach import wandb_server_unreachable
 from sweep.run.wandb_attempts import logged_up_to
 from sweep.rundir import iter_jsonl
 from sweep.wandb_keys import LAYER_TABLE_COLUMNS, LAYER_TABLE_KEY, median_key, metric_to_wandb, record_key, train_key
@@ -360,7 +361,11 @@ def make_logger(spec: LoggerSpec, **kwargs: Any) -> NullLogger:
                  "with %s)", _online_failure, sync_hint)
         mode = "offline"
     before = set(Path(run_dir, "wandb").glob("run-*")) if run_dir is not None else set()
+    # a server that refuses connections fails at once, not after init_timeout (sweep/run/wandb_reach.py)
+    why = wandb_server_unreachable() if mode == "online" else None
     try:
+        if why is not None:
+            raise ConnectionError(f"W&B server unreachable: {why}")
         return WandbLogger(spec, mode=mode, **kwargs)
     except Exception as e:
         if mode != "online":

@@ -41,8 +41,11 @@ def write_checkpoint(run_dir: RunDir, step: int, state: dict[str, Any], keep: in
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not e.filename:  # a failed write() does not say which file
-            raise OSError(e.errno, f"writing checkpoint: {e.strerror}", str(path)) from e
+        # torch reports a failed write (disk full) as RuntimeError "unexpected pos", raised while
+        # handling the OSError; a failed write() does not say which file
+        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e, RuntimeError) else None
+        if isinstance(cause, OSError) and cause.errno is not None and not cause.filename:
+            raise OSError(cause.errno, f"writing checkpoint: {cause.strerror}", str(path)) from e
         raise
     prune_checkpoints(run_dir, keep)
     for stray in path.parent.glob(".ckpt_*.tmp-*"):

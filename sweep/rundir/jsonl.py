@@ -2,7 +2,9 @@
 
 They are append-only and truncated back to the checkpoint step on resume, so a resumed run
 continues the same curve without duplicated rows. A process killed mid-write leaves a torn last
-line; readers skip it.
+line; readers skip it. A power cut can leave the file's tail as NUL bytes (the size was
+recorded, the data never reached the disk): a last line of NULs, or a row cut short by them, is a
+torn last line too.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ class JsonlError(ValueError):
 def numbered_jsonl(path: Path, strict: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) of a JSON-lines file; a torn final line (killed mid-write) is skipped.
 
-    A torn line is the last one, without its newline, starting like a row. Other lines that are
-    not JSON objects raise JsonlError naming the file and line if ``strict``, else are skipped.
+    A torn line is the last one, without its newline, starting like a row or holding only NUL bytes
+    (a power cut). Other lines that are not JSON objects raise JsonlError naming the file and line
+    if ``strict``, else are skipped.
     """
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             text = raw.strip()
+            if not raw.endswith(b"\n") and text.rstrip(b"\0").lstrip(b"\0") == b"":
+                continue  # a tail of NUL bytes left by a power cut: torn
             if not text:
                 continue
             problem = ""
@@ -41,7 +46,7 @@ def numbered_jsonl(path: Path, strict: bool = False) -> Iterator[tuple[int, dict
             if not problem:
                 yield n, row
                 continue
-            torn = not raw.endswith(b"\n") and text.startswith(b"{")
+            torn = not raw.endswith(b"\n") and text.lstrip(b"\0").startswith(b"{")
             if strict and not torn:
                 raise JsonlError(f"{path}, line {n}: {problem}")
 
@@ -73,16 +78,21 @@ def truncate_jsonl(path: Path, max_step: int) -> int:
 
 def read_jsonl_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
     """Rows of a JSON-lines file and the number of unreadable lines (a torn last line, a line that
-    is not a JSON object); unlike :func:`iter_jsonl` it counts what it skips."""
+    is not a JSON object, bytes that are not UTF-8 text, a tail of NUL bytes); unlike
+    :func:`iter_jsonl` it counts what it skips."""
     rows, bad = [], 0
-    with path.open() as fh:
-        for line in fh:
-            line = line.strip()
+    with path.open("rb") as fh:
+        for raw in fh:
+            line = raw.strip()
             if not line:
                 continue
+            line = line.strip(b"\0")
+            if not line:  # NUL bytes only (a power cut)
+                bad += 1
+                continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 bad += 1
                 continue
             if isinstance(row, dict):

@@ -43,6 +43,22 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used (not writable, unreadable record)."""
 
 
+def _json_object(path: Path, raw: bytes) -> dict[str, Any]:
+    """The JSON object in ``raw`` (the bytes of ``path``); {} for an empty file."""
+    text = raw.strip(b" \t\r\n\0")
+    if not text:
+        return {}
+    try:
+        value = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RunDirError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path}: not JSON ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path}: not a JSON object")
+    return value
+
+
 class RunDir:
     """Paths and small atomic operations of one run's directory."""
 
@@ -66,12 +82,15 @@ class RunDir:
         return self.done_file.exists()
 
     def read_status(self) -> dict[str, Any]:
-        if not self.status_file.exists():
-            return {}
+        """run.json; {} when there is none or it is empty (or NUL bytes: a power cut before its data
+        reached the disk). RunDirError naming the file when it cannot be read or is not a JSON object."""
         try:
-            return json.loads(self.status_file.read_text())
-        except json.JSONDecodeError:
+            raw = self.status_file.read_bytes()
+        except FileNotFoundError:
             return {}
+        except OSError as e:
+            raise RunDirError(f"{self.status_file}: {e.strerror or e}") from e
+        return _json_object(self.status_file, raw)
 
     def update_status(self, final: bool = False, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into run.json. ``final``: the last word of this process; later updates

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from sweep.rundir.layout import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir
+from sweep.rundir.layout import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir, RunDirError
 
 EXCLUDED_STATUSES = (STATUS_DIVERGED, STATUS_FAILED)
 """Statuses of runs that ended without a result: the analysis leaves them out."""
@@ -30,10 +30,13 @@ def find_run_dirs(sweep_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     runs, orphans = [], []
     for child in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         run = RunDir(child)
-        if run.status_file.is_file():
-            runs.append(child)
-        elif any(p.exists() for p in (run.spectra_file, run.metrics_file, run.done_file)):
-            orphans.append((str(child), f"has run files but no {run.status_file.name}"))
+        try:
+            if run.status_file.is_file():
+                runs.append(child)
+            elif any(p.exists() for p in (run.spectra_file, run.metrics_file, run.done_file)):
+                orphans.append((str(child), f"has run files but no {run.status_file.name}"))
+        except OSError as e:  # a folder that cannot be searched (permissions)
+            orphans.append((str(child), f"unreadable: {e.strerror or e}"))
     return runs, orphans
 
 
@@ -71,5 +74,8 @@ def run_has_ended(path: Path) -> bool:
     run = RunDir(path)
     if run.is_done():
         return True
-    status = run.read_status()
+    try:
+        status = run.read_status()
+    except RunDirError:
+        return True
     return not status or status.get("status") in ENDED_STATUSES
