@@ -17,7 +17,7 @@ _MAX_LINES = 8
 
 
 def _where(row: pd.Series) -> str:
-    parts = [str(row[c]) for c in ("bucket", "site", "metric") if str(row[c]) != "*"]
+    parts = [str(row[c]) for c in ("bucket", "site", "metric") if "*" not in str(row[c])]
     return "/".join(parts) or "all points"
 
 
@@ -26,9 +26,10 @@ def notes_block(notes: pd.DataFrame) -> list[str]:
     if notes is None or notes.empty:
         return []
     lines = [f"points: what the fit did with each run's window ({len(notes)} note(s); flags in the β table):"]
-    groups = list(notes.groupby(["code", "bucket", "site", "metric"], sort=False))
+    groups = list(notes.groupby(["code", "bucket", "site"], sort=False))
     for (code, *_), sub in groups[:_MAX_LINES]:
-        first = sub.iloc[0]
+        first = sub.iloc[0].copy()
+        first["metric"] = "+".join(dict.fromkeys(sub["metric"].astype(str)))
         runs = sub["run_id"].unique()
         who = f"{len(runs)} run(s), e.g. {runs[0]}"
         lines.append(f"  [{NOTE_CODES[code]}] {_where(first)}: {first['what']} ({first['why']}) — {who}")
