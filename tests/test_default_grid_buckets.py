@@ -30,6 +30,7 @@ def test_default_grids_put_at_least_a_full_window_of_trained_events(compose, ext
         assert cfg.telemetry.buckets and cfg.telemetry.enabled
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("extra", [[], DEMO], ids=["readme-grid", "demo"])
 def test_default_grids_measure_every_bucket_at_every_event(env, compose, tmp_path, extra):

@@ -58,6 +58,7 @@ def _by_step(frame: pd.DataFrame) -> dict[int, list[float]]:
     return {int(s): sub["hard_rank"].round(4).tolist() for s, sub in frame.groupby("step")}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_paper_events_see_the_weights_after_s_updates_and_the_last_is_the_batch_after_training(
         env, compose, tmp_path):
