@@ -1,7 +1,8 @@
 """The step loop of one run and its endings: done, diverged, stopped by a signal, failed.
 
 Step s (1-based) uses batches ``(s-1)*grad_accum + micro`` of the stateless loader, so the data
-position is the step. Which forward a telemetry event measures: sweep/run/event_timing.py. Rank 0 writes every file; other ranks compute and join the collectives.
+position is the step. Which forward a telemetry event measures: sweep/run/event_timing.py.
+Rank 0 writes every file; other ranks compute and join the collectives.
 """
 
 from __future__ import annotations
