@@ -194,8 +194,8 @@ def write_report(result: FitResult, provenance: dict[str, Any]) -> Path:
                   f"{status.get('n_ended', 0)} of {status['n_total']} have ended)"]
         if status.get("live"):
             lines += [f"- Live fit: every run is cut at step {status['as_of_step']}, the latest telemetry "
-                      "step that all runs used have reached; runs without a full aggregation window "
-                      "by then are left out (listed below)."]
+                      "step that all runs used have reached; running runs without a full aggregation window "
+                      "by then are left out (listed below), ended ones enter as the final fit takes them."]
     lines += [f"- Runs used: {n_runs}; excluded: {len(result.excluded)}",
               f"- Aggregation rule: {result.rule}",
               f"- Confidence intervals: {result.ci_method} (OLS, exact Student-t quantile); "
