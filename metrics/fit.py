@@ -10,8 +10,9 @@ Conventions (see docs/paper-notes.md §1, §2, §5 and optimizers-and-metrics.md
 * Seeds are combined by averaging ln R per width before fitting, so n is the number of widths.
 * Δβ = β_soft − β_hard is fitted directly as the slope of ln(R_soft/R_hard) on ln D, which keeps
   the soft/hard pairing of each run in its interval.
-* The per-run scalar is, by default, the paper's rule: per layer the median of the last 5 logged
-  checkpoints, then the median over layers, with ±1 SD (ddof=1) of the layer medians as error.
+* The per-run scalar is, by default, the paper's rule: per layer the median of the last
+  ``AGGREGATION_EVENTS`` (5; metrics/schedule.py holds the one definition) logged checkpoints,
+  then the median over layers, with ±1 SD (ddof=1) of the layer medians as error.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from metrics.schedule import AGGREGATION_EVENTS
 
 RANK_METRICS: tuple[str, str] = ("soft_rank", "hard_rank")
 DELTA_METRIC = "delta_beta"
@@ -503,7 +506,7 @@ class AggregationRule:
     """
 
     kind: str = "paper"
-    last_k: int = 5
+    last_k: int = AGGREGATION_EVENTS
     layer: int | None = None
     step_min: int | None = None
     step_max: int | None = None
@@ -645,13 +648,16 @@ def aggregate_records(records: pd.DataFrame, rule: AggregationRule | None = None
 
 
 def sliding_window_records(records: pd.DataFrame, k: int = 3,
-                           metrics: Sequence[str] = RANK_METRICS) -> pd.DataFrame:
-    """Paper-rule values over each window of ``k`` consecutive logged checkpoints of one run.
+                           metrics: Sequence[str] = RANK_METRICS, partial: bool = True) -> pd.DataFrame:
+    """Paper-rule values over the trailing window of up to ``k`` logged checkpoints ending at each
+    checkpoint of one run: one point per checkpoint from the first, the first k-1 from the
+    checkpoints so far (the paper's trajectories); ``partial=False``: only full windows of k.
 
-    Columns: end_step, site, bucket, metric, value, err, n_layers. Feeding these to
-    :func:`fit_beta_table` with ``end_step`` as an extra group column gives β over training.
+    Columns: end_step, n_events (checkpoints in the window), site, bucket, metric, value, err,
+    n_layers. Feeding these to :func:`fit_beta_table` with ``end_step`` as an extra group column
+    gives β over training.
     """
-    cols = ["end_step", *_SERIES, "value", "err", "n_layers"]
+    cols = ["end_step", "n_events", *_SERIES, "value", "err", "n_layers"]
     long = melt_records(records, metrics)
     if long.empty or k < 1:
         return pd.DataFrame(columns=cols)
@@ -660,13 +666,14 @@ def sliding_window_records(records: pd.DataFrame, k: int = 3,
     # Each row belongs to the k windows that end at its own checkpoint or the k-1 after it.
     copies = [long.assign(window=idx + offset) for offset in range(k)]
     rep = pd.concat(copies, ignore_index=True)
-    rep = rep[(rep["window"] >= k - 1) & (rep["window"] < steps.size)]
+    rep = rep[(rep["window"] >= (0 if partial else k - 1)) & (rep["window"] < steps.size)]
     keys = ["window", *_SERIES, "layer"]
     per_layer = rep.groupby(keys, sort=True)["value"].median().reset_index()
     g = per_layer.groupby(["window", *_SERIES], sort=True)["value"]
     out = pd.DataFrame({"value": g.median(), "err": g.std().fillna(0.0),
                         "n_layers": g.count()}).reset_index()
     out["end_step"] = steps[out["window"].to_numpy()]
+    out["n_events"] = np.minimum(out["window"].to_numpy() + 1, k)
     return out[cols]
 
 

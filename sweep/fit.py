@@ -26,6 +26,7 @@ from sweep.analysis import wandb_io, workspace
 from sweep.analysis.pipeline import default_out, run_fit
 from sweep.analysis.power import DEFAULT_RESOLVE, power_block
 from sweep.errors import SweepError
+from sweep.analysis.notes import notes_block
 from sweep.analysis.report import format_beta_table, format_comparison
 from sweep.analysis.result import FitResult
 from sweep.analysis.rules import parse_rule
@@ -58,7 +59,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="pair configs whose final eval loss differs by at most TOL (nats) at a width")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG/PDF figures")
     p.add_argument("--points", metavar="FILE.csv", help="fit a points table instead of run dirs")
-    p.add_argument("--window-k", type=int, default=3, help="checkpoints per sliding window for β(t)")
+    p.add_argument("--window-k", type=int, default=3, help="β(t): trailing windows of up to K checkpoints, "
+                   "one point per checkpoint from the first (default 3, as the paper's trajectories)")
+    p.add_argument("--full-windows", action="store_true", help="β(t) from full windows of K checkpoints only")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples over seeds")
     p.add_argument("--reference", default="adamw", help="reference optimizer for comparisons")
     p.add_argument("--resolve", type=float, default=DEFAULT_RESOLVE, metavar="DBETA",
@@ -135,6 +138,8 @@ def _show(result: FitResult, header: str = "") -> None:
         print(f"note: {message}", file=sys.stderr)
     if len(result.messages) > _MAX_NOTES:
         print(f"note: ... {len(result.messages) - _MAX_NOTES} more notes in {result.report}", file=sys.stderr)
+    for line in notes_block(result.notes):
+        print(line, file=sys.stderr)
     print(format_beta_table(result))
     if not result.power.empty:
         print("\n" + power_block(result.power))
@@ -207,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                    args.wandb_entity)
             spec = workspace.build_spec(groups or [group], project, entity)
         options = dict(rule=rule, matched_loss=args.matched_loss, figures=not args.no_figures,
-                       points_file=args.points, window_k=args.window_k, n_boot=args.n_boot,
+                       points_file=args.points, window_k=args.window_k, full_windows=args.full_windows,
+                       n_boot=args.n_boot,
                        arch_baseline=arch, reference_optimizer=args.reference, compare=args.compare,
                        resolve=args.resolve,
                        extra_files=workspace.spec_files(spec) if spec else None)

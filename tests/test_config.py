@@ -323,7 +323,7 @@ def test_data_order_and_eval_budget_are_checked_before_any_run(compose, tmp_path
     for name in ("x_train_000.bin", "x_train_001.bin"):
         _shard(shards / name, 600)
     _shard(shards / "x_val_000.bin", 20_000)
-    args = ["data=fineweb10b", "data.source=null", f"data.path={shards}"]
+    args = ["data=fineweb10b", "data.source=null", f"data.path={shards}", "train.batch_size=16"]
     build_run_spec(compose(args))
     with pytest.raises(ConfigError, match=f"{shards} is too small.*data.order=sequential needs a shard of 1025 tokens"):
         build_run_spec(compose([*args, "data.order=sequential"]))

@@ -465,7 +465,9 @@ def test_comparison_steps_matched_tables(fitted):
     hard = cmp[(cmp["metric"] == "hard_rank") & (cmp["bucket"] == "global") & (cmp["site"] == "post")]
     assert hard["diff"].iloc[0] == pytest.approx(0.82 - 0.29, abs=0.06) and hard["p_value"].iloc[0] < 0.01
     steps = fitted.beta_steps
-    assert set(steps["end_step"]) == set(STEPS[2:])
+    # trailing windows of up to 3 events, one point per event from the first (issue 20, item 7)
+    assert set(steps["end_step"]) == set(STEPS)
+    assert dict(zip(steps["end_step"], steps["n_events"]))[STEPS[0]] == 1
     assert fitted.matched_pairs is not None and "matched" in fitted.matched_pairs.columns
     for name in ("points.csv", "runs.csv", "beta_table.csv", "beta_summary.csv", "beta_steps.csv",
                  "optimizer_comparison.csv", "matched_pairs.csv", "report.md"):

@@ -107,7 +107,9 @@ def _rank0_bucket_rows(compose, overrides: list[str], steps: list[int]) -> dict[
     table = frequency_buckets(data.counts)
     out = {}
     for step in steps:
-        tokens = torch.cat([data.train.get((step - 1) * t.grad_accum + m)[0].reshape(-1) for m in range(t.grad_accum)])
+        # event s measures step s+1's batch (the weights after s updates; the last one: the batch
+        # after training), sweep/run/event_timing.py
+        tokens = torch.cat([data.train.get(step * t.grad_accum + m)[0].reshape(-1) for m in range(t.grad_accum)])
         counts = np.bincount(table[tokens.numpy()], minlength=3)
         out.update({(step, bucket): int(n) for bucket, n in zip(("head", "mid", "tail"), counts)})
     return out

@@ -16,6 +16,7 @@ import pandas as pd
 
 from metrics import fit as mfit
 from sweep.analysis.power import DEFAULT_RESOLVE, power_table
+from metrics import window_audit as audit
 from sweep.analysis.points import (BUCKET_ORDER, SITE_ORDER, WIDTH_COL, fmt_key, group_columns,
                                    group_labels, run_columns)
 from sweep.analysis.read import FinishedRun
@@ -33,11 +34,14 @@ def fit_points(
     n_boot: int = 1000, matched_loss: float | None = None,
     arch_baseline: tuple[str, str] | None = None, reference_optimizer: str = "adamw",
     resolve: float = DEFAULT_RESOLVE,
+    notes: pd.DataFrame | None = None,
 ) -> FitResult:
     """Fit β for every group of ``points`` (plus Δβ rows), compare each optimizer with the
     reference, fit β over training from ``step_points`` (sliding windows), and, when asked, the
     matched-loss comparison and the optimizer-gain vs architecture-shift rule.
 
+    ``notes``: what reading did with each run's window (metrics.window_audit); the β rows they
+    concern get their codes in a ``flags`` column.
     ``runs`` are the finished runs behind the points (empty for a points file); ``out_dir`` and
     ``rule`` (its description) are recorded in the result for the writers. Problems with single
     groups become entries of ``FitResult.messages``.
@@ -65,6 +69,8 @@ def fit_points(
     result = FitResult(out_dir, points, pd.DataFrame(), beta_table, summary, group_cols,
                        messages=messages, rule=rule, ci_method=mfit.T_CI_METHOD.format(level=level))
     result.runs = _runs_table(runs, points, group_cols)
+    result.notes = notes if notes is not None else pd.DataFrame(columns=audit.NOTE_COLUMNS)
+    _flag_rows(result)
 
     # Optimizer vs reference: pooled interaction test per metric × bucket × site.
     if "optimizer" in group_cols and points["optimizer"].nunique() > 1:
@@ -77,6 +83,8 @@ def fit_points(
         bs = steps.table
         if not bs.empty:
             bs.insert(0, "label", group_labels(bs, group_cols, varying_from=points))
+            # events in each point's trailing window (fewer than k at the first events)
+            bs["n_events"] = bs["end_step"].map(step_points.groupby("end_step")["n_events"].min())
         result.beta_steps = bs
 
     if matched_loss is not None:
@@ -88,6 +96,19 @@ def fit_points(
     if arch is not None and "optimizer" in group_cols and not beta_table.empty:
         _gain_vs_shift(result, arch, reference_optimizer)
     return result
+
+
+def _flag_rows(result: FitResult) -> None:
+    """A ``flags`` column on the β table and its summary: the codes of the notes that concern each
+    row (metrics.window_audit.NOTE_CODES; '' when its points are clean)."""
+    if result.runs.empty or "run_id" not in result.runs.columns:
+        return
+    cols = [c for c in result.group_cols if c in result.runs.columns]
+    run_groups = result.runs[["run_id", *cols]]
+    for name in ("beta_table", "summary"):
+        table = getattr(result, name)
+        if not table.empty:
+            table["flags"] = audit.beta_row_flags(table, result.notes, run_groups, cols)
 
 
 def _sort_table(frame: pd.DataFrame) -> pd.DataFrame:

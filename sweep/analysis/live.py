@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from metrics.fit import AggregationRule
+from metrics.window_audit import trained_records
 from sweep import rundir
 from sweep.analysis.read import FinishedRun, SweepContents, SweepError
 
@@ -73,11 +74,9 @@ def take_census(contents: SweepContents, planned: Mapping[str, Sequence[str]] | 
 
 
 def telemetry_steps(run: FinishedRun) -> list[int]:
-    """Steps at which the run logged usable telemetry (a record with status ok), ascending."""
-    spectra = run.spectra
-    if "status" in spectra.columns:
-        spectra = spectra[spectra["status"].fillna("ok").astype(str) == "ok"]
-    return sorted(int(s) for s in spectra["step"].dropna().unique())
+    """The run's telemetry events after the first update, ascending: the events a window counts
+    (metrics.fit.window_steps after metrics.window_audit.trained_records, as the final fit)."""
+    return sorted(int(s) for s in trained_records(run.spectra)["step"].dropna().unique())
 
 
 def _cut(run: FinishedRun, step: int) -> FinishedRun:
@@ -92,8 +91,9 @@ def at_common_step(runs: Sequence[FinishedRun], rule: AggregationRule
                    ) -> tuple[list[FinishedRun], int | None, list[tuple[str, str]]]:
     """(runs cut at the common step S, S, left-out runs with reasons).
 
-    A run enters when it has a full aggregation window: ``rule.last_k`` telemetry steps (a
-    ``window:A-B`` rule: a telemetry step at or past B). S is the latest step that every entered
+    A run enters when it has a full aggregation window: ``rule.last_k`` telemetry steps after the
+    first update (a ``window:A-B`` rule: a telemetry step at or past B); a run that has ended
+    enters with what it logged, as the final fit takes it (its short window is noted there). S is the latest step that every entered
     run has reached; a run with fewer than ``last_k`` telemetry steps up to S (other telemetry
     cadence) is left out as well. S is None when no run has a full window yet.
     """
@@ -107,7 +107,7 @@ def at_common_step(runs: Sequence[FinishedRun], rule: AggregationRule
                 left.append((str(run.run_dir), f"window {rule.step_min}-{rule.step_max} not reached yet "
                                                f"(latest telemetry step {have[-1] if have else 'none'})"))
                 continue
-        elif len(have) < rule.last_k:
+        elif len(have) < rule.last_k and not run.ended:  # an ended run enters as the final fit takes it
             left.append((str(run.run_dir), f"too short: {len(have)} telemetry step(s) so far, the rule "
                                            f"needs {rule.last_k}"))
             continue
@@ -118,7 +118,7 @@ def at_common_step(runs: Sequence[FinishedRun], rule: AggregationRule
     kept = []
     for run in full:
         n = sum(1 for s in steps[id(run)] if s <= common)
-        if rule.kind != "window" and n < rule.last_k:
+        if rule.kind != "window" and n < rule.last_k and not (run.ended and n == len(steps[id(run)])):
             left.append((str(run.run_dir), f"too short: {n} telemetry step(s) up to step {common}, "
                                            f"the rule needs {rule.last_k}"))
             continue

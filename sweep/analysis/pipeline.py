@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from metrics.fit import RANK_METRICS, AggregationRule
+from metrics.window_audit import notes_frame
 from sweep.analysis import outdir
 from sweep.analysis.compare import compare_published, load_published
 from sweep.analysis.figures import write_figures
@@ -70,6 +71,7 @@ def run_fit(
     sweep_dirs: Sequence[str | Path] = (), out_dir: str | Path | None = None, *,
     rule: str | AggregationRule = "paper", matched_loss: float | None = None,
     figures: bool = True, points_file: str | Path | None = None, window_k: int = 3,
+    full_windows: bool = False,
     n_boot: int = 1000, level: float = 0.95, arch_baseline: tuple[str, str] | None = None,
     reference_optimizer: str = "adamw", metrics: Sequence[str] = RANK_METRICS,
     figure_sites: Sequence[str] | None = None, live: bool = False,
@@ -79,6 +81,8 @@ def run_fit(
     """The whole analysis of sweeps (or of a points CSV): read, aggregate, fit, then write the
     tables, figures, report.md and status.json and publish them as ``out_dir`` in one swap.
 
+    ``window_k``: β over training from trailing windows of up to that many events, one point per
+    event (``full_windows``: windows of exactly that many only).
     ``live``: fit unfinished runs too, at their latest common step (``sweep.fit --watch``).
     ``planned``: sweep dir -> run ids of its grid record, so that runs not started yet count.
     ``extra_files``: name -> text written into the folder with the rest (e.g. a workspace spec).
@@ -97,6 +101,7 @@ def run_fit(
     published = load_published(compare) if compare is not None else None  # a bad table: error first
 
     messages: list[str] = []
+    notes: list[dict] = []
     loaded: list[FinishedRun] = []
     census, step = None, None
     provenance: dict[str, Any] = {"rule": rule_obj.describe() if points_file is None else
@@ -109,7 +114,7 @@ def run_fit(
     else:
         loaded, census, step, warnings = _read_runs(sweep_dirs, rule_obj, live, planned)
         messages += warnings
-        points, msgs = build_points(loaded, rule_obj, metrics)
+        points, msgs = build_points(loaded, rule_obj, metrics, notes=notes)
         messages += msgs
         if points.empty:
             raise SweepError("no run produced a usable value under rule " + rule_obj.describe())
@@ -118,12 +123,12 @@ def run_fit(
 
     staging = outdir.staging_dir(out)
     try:
-        step_points = (build_step_points(loaded, window_k, metrics) if loaded and window_k >= 1
-                       else pd.DataFrame())
+        step_points = (build_step_points(loaded, window_k, metrics, partial=not full_windows)
+                       if loaded and window_k >= 1 else pd.DataFrame())
         result = fit_points(points, staging, runs=loaded, step_points=step_points, rule=provenance["rule"],
                             level=level, n_boot=n_boot, matched_loss=matched_loss,
                             arch_baseline=arch_baseline, reference_optimizer=reference_optimizer,
-                            resolve=resolve)
+                            resolve=resolve, notes=notes_frame(notes))
         result.messages[:0] = messages  # what reading found comes first, as it happened first
         if published is not None:
             result.comparison = compare_published(result.beta_table, result.points, result.group_cols,

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from metrics import fit as mfit
+from metrics import window_audit as audit
 from metrics.buckets import BUCKETS, GLOBAL, SITES
 from sweep.analysis.read import WIDTH_COL, FinishedRun, SweepError
 
@@ -26,7 +27,7 @@ REQUIRED_POINT_COLUMNS = ("optimizer", WIDTH_COL, "metric", "bucket", "site", "v
 NON_KEY_COLUMNS = frozenset({
     "run_id", "sweep", "value", "err", "err_low", "err_high", "seed", WIDTH_COL, "ffn_hidden_dim",
     "ffn_mult", "width_multiplier", "metric", "bucket", "site", "n_layers", "n_layers_used",
-    "n_steps", "window_start", "window_end", "final_samples", "final_steps", "eval_loss",
+    "n_steps", "n_events", "window_start", "window_end", "final_samples", "final_steps", "eval_loss",
     "train_loss", "config_hash", "rule", "aggregation", "status", "label", "config",
 })
 # Points-file column aliases, so released tables (e.g. the paper's) can be re-fitted as they are.
@@ -46,21 +47,29 @@ def run_columns(run: FinishedRun) -> dict[str, Any]:
 
 
 def build_points(runs: Sequence[FinishedRun], rule: mfit.AggregationRule,
-                 metrics: Sequence[str] = mfit.RANK_METRICS) -> tuple[pd.DataFrame, list[str]]:
+                 metrics: Sequence[str] = mfit.RANK_METRICS,
+                 notes: list[dict] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """points.csv rows: one per run × metric × bucket × site, axes as columns, value and err.
 
-    A run whose aggregation window holds events without spectra (telemetry.spectrum_every > 1 and a
-    window that is not the trainer's, e.g. a live fit mid-run) gets no points of the metrics that
-    need a spectrum (soft rank, entropy, ...), with a message: older events with spectra are
-    never used instead. Its hard-rank points stay.
+    Events before the first update never enter a window. A run whose aggregation window holds
+    events without spectra (telemetry.spectrum_every > 1 and a window that is not the trainer's,
+    e.g. a live fit mid-run) gets no points of the metrics that need a spectrum (soft rank,
+    entropy, ...): older events with spectra are never used instead. Its hard-rank points stay.
+    ``notes``: filled with what was done and why, per run × site × bucket × metric
+    (metrics.window_audit: short windows, untrained events, invalid bucket events, no point).
     """
     frames, messages = [], []
+    notes = [] if notes is None else notes
     for run in runs:
         used = list(metrics)
-        gaps = mfit.spectrum_gaps(run.spectra, rule)
+        records = audit.trained_records(run.spectra)
+        gaps = mfit.spectrum_gaps(records, rule)
         refused = [m for m in used if mfit.needs_spectrum(m)] if gaps else []
         if refused:
             used = [m for m in used if m not in refused]
+            notes += [{"run_id": run.run_id, "site": audit.ANY, "bucket": audit.ANY, "metric": m,
+                       "code": audit.NO_SPECTRUM, "what": "no point",
+                       "why": f"window step {', '.join(map(str, gaps))} carried hard ranks only"} for m in refused]
             messages.append(
                 f"{run.run_id}: no {'/'.join(refused)} points: step(s) {', '.join(map(str, gaps))} of its "
                 f"aggregation window carry hard ranks only (spectrum=false: telemetry decomposed no "
@@ -69,10 +78,11 @@ def build_points(runs: Sequence[FinishedRun], rule: mfit.AggregationRule,
             if not used:
                 continue
         try:
-            agg = mfit.aggregate_records(run.spectra, rule, used)
+            agg = mfit.aggregate_records(records, rule, used)
         except Exception as err:  # noqa: BLE001
             messages.append(f"{run.run_id}: aggregation failed ({type(err).__name__}: {err}); run left out")
             continue
+        notes += audit.audit_window(run.run_id, run.spectra, rule, agg, used)
         if agg.empty:
             messages.append(f"{run.run_id}: no valid {'/'.join(used)} values under rule "
                             f"'{rule.describe()}'; run left out")
@@ -92,18 +102,20 @@ def build_points(runs: Sequence[FinishedRun], rule: mfit.AggregationRule,
 
 
 def build_step_points(runs: Sequence[FinishedRun], k: int,
-                      metrics: Sequence[str] = mfit.RANK_METRICS) -> pd.DataFrame:
-    """Per-run paper-rule values over sliding windows of ``k`` checkpoints (for β over steps);
-    metrics that need a spectrum slide over the events that carry one."""
+                      metrics: Sequence[str] = mfit.RANK_METRICS, partial: bool = True) -> pd.DataFrame:
+    """Per-run paper-rule values over trailing windows of up to ``k`` checkpoints (for β over
+    steps; ``partial=False``: full windows only), one per event after the first update; metrics
+    that need a spectrum slide over the events that carry one."""
     frames = []
     spectral = [m for m in metrics if mfit.needs_spectrum(m)]
     trace = [m for m in metrics if not mfit.needs_spectrum(m)]
     for run in runs:
-        for records, subset in ((mfit.spectrum_records(run.spectra), spectral), (run.spectra, trace)):
+        trained = audit.trained_records(run.spectra)
+        for records, subset in ((mfit.spectrum_records(trained), spectral), (trained, trace)):
             if not subset:
                 continue
             try:
-                sw = mfit.sliding_window_records(records, k, subset)
+                sw = mfit.sliding_window_records(records, k, subset, partial=partial)
             except Exception:  # noqa: BLE001 - dynamics are optional; the terminal fit still stands
                 continue
             if not sw.empty:

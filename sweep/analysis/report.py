@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sweep.analysis.notes import NOTES_FILE, flags_legend, notes_markdown
 from sweep.analysis.points import WIDTH_COL
 from sweep.analysis.power import POWER_FILE, report_section
 from sweep.analysis.result import FitResult
@@ -47,6 +48,7 @@ def write_tables(result: FitResult) -> None:
         "matched_loss.csv": result.matched,
         "gain_vs_shift.csv": result.gain_shift,
         COMPARISON_FILE: result.comparison.table if result.comparison is not None else None,
+        NOTES_FILE: result.notes if not result.notes.empty else None,
     }
     for name, frame in tables.items():
         if frame is None or (frame.empty and name not in ("points.csv", "beta_table.csv")):
@@ -74,11 +76,12 @@ def beta_rows(summary: pd.DataFrame) -> list[list[str]]:
                      "" if pd.isna(n) else str(int(n)),
                      _ci_text(get("beta_soft"), get("soft_lower"), get("soft_upper")),
                      _ci_text(get("beta_hard"), get("hard_lower"), get("hard_upper")),
-                     _ci_text(get("beta_delta"), get("delta_lower"), get("delta_upper"), signed=True)])
+                     _ci_text(get("beta_delta"), get("delta_lower"), get("delta_upper"), signed=True),
+                     str(r["flags"]) if "flags" in r and pd.notna(r["flags"]) else ""])
     return rows
 
 
-BETA_HEADER = ["group", "bucket", "site", "n", "β_soft [95% CI]", "β_hard [95% CI]", "Δβ [95% CI]"]
+BETA_HEADER = ["group", "bucket", "site", "n", "β_soft [95% CI]", "β_hard [95% CI]", "Δβ [95% CI]", "flags"]
 
 
 def format_beta_table(result: FitResult) -> str:
@@ -92,7 +95,9 @@ def format_beta_table(result: FitResult) -> str:
              f"Δβ = β_soft − β_hard\naggregation: {result.rule}")
     if result.status.get("label"):
         title += f"\nruns: {result.status['label']}"
-    return "\n".join([title, line(BETA_HEADER), line(["-" * w for w in widths]), *map(line, rows)])
+    legend = flags_legend({c for r in rows for c in r[-1].split()})
+    return "\n".join([title, line(BETA_HEADER), line(["-" * w for w in widths]), *map(line, rows),
+                      *([legend] if legend else [])])
 
 
 COMPARISON_FILE = "paper_comparison.csv"
@@ -191,8 +196,8 @@ def write_report(result: FitResult, provenance: dict[str, Any]) -> Path:
                   f"{status.get('n_ended', 0)} of {status['n_total']} have ended)"]
         if status.get("live"):
             lines += [f"- Live fit: every run is cut at step {status['as_of_step']}, the latest telemetry "
-                      "step that all runs used have reached; runs without a full aggregation window "
-                      "by then are left out (listed below)."]
+                      "step that all runs used have reached; running runs without a full aggregation window "
+                      "by then are left out (listed below), ended ones enter as the final fit takes them."]
     lines += [f"- Runs used: {n_runs}; excluded: {len(result.excluded)}",
               f"- Aggregation rule: {result.rule}",
               f"- Confidence intervals: {result.ci_method} (OLS, exact Student-t quantile); "
@@ -217,6 +222,7 @@ def write_report(result: FitResult, provenance: dict[str, Any]) -> Path:
     lines += ["", "<details><summary>Runs and config hashes</summary>", "",
               _md_table(result.runs[runs_cols]), "", "</details>", ""]
     lines += ["## β table", "", "```", format_beta_table(result), "```", ""]
+    lines += notes_markdown(result.notes)
     if not result.comparisons.empty:
         cols = [c for c in ("metric", "bucket", "site", "optimizer_ref", "optimizer", "diff",
                             "diff_lower", "diff_upper", "p_value") if c in result.comparisons.columns]

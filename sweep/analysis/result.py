@@ -40,6 +40,8 @@ class FitResult:
     report: Path | None = None
     files: list[Path] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    # what the fit did with each run's window, per run × site × bucket × metric (metrics.window_audit)
+    notes: pd.DataFrame = field(default_factory=pd.DataFrame)
     excluded: list[tuple[str, str]] = field(default_factory=list)
     rule: str = ""
     ci_method: str = ""

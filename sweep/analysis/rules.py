@@ -7,9 +7,10 @@ only reads the text a user types after ``--rule``.
 from __future__ import annotations
 
 from metrics.fit import AggregationRule
+from metrics.schedule import AGGREGATION_EVENTS
 
 
-def parse_rule(spec: str, *, last_k: int = 5) -> AggregationRule:
+def parse_rule(spec: str, *, last_k: int = AGGREGATION_EVENTS) -> AggregationRule:
     """Parse ``paper``, ``mean``, ``layer:K`` or ``window:A-B`` into an :class:`AggregationRule`."""
     spec = spec.strip()
     try:

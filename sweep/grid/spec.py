@@ -102,6 +102,7 @@ class TelemetrySpec:
     max_in_flight: int = 1           # events being decomposed at once; the next one waits
     bucket_scope: str = "all"        # all: buckets pooled over ranks | rank0: rank 0's rows (paper)
     bucket_sequences: Optional[int] = None  # HEAD/MID/TAIL from the step's first N sequences (paper: 256/128) | all
+    event_weights: str = "after_update"  # event s: weights after s updates (paper) | before_update (s-1)
 
 
 @dataclass
@@ -226,8 +227,10 @@ def _check_train(t: TrainSpec, errors: list[str], ranks: int = 1) -> None:
 def _check_telemetry(t: TelemetrySpec, errors: list[str]) -> None:
     if not _is_int(t.every) or t.every <= 0:
         errors.append(f"telemetry.every: must be a positive integer, got {t.every!r}")
-    if t.tokens not in ("train", "probe"):
-        errors.append(f"telemetry.tokens: train | probe, got {t.tokens!r}")
+    for key, allowed in (("tokens", ("train", "probe")), ("decompose_on", ("auto", "cpu", "gpu")),
+                         ("bucket_scope", ("all", "rank0")), ("event_weights", ("after_update", "before_update"))):
+        if getattr(t, key) not in allowed:
+            errors.append(f"telemetry.{key}: {' | '.join(allowed)}, got {getattr(t, key)!r}")
     bad_sites = [s for s in t.sites if s not in ("pre", "post")]
     if bad_sites or not t.sites:
         errors.append(f"telemetry.sites: a non-empty subset of [pre, post], got {list(t.sites)!r}")
@@ -240,14 +243,10 @@ def _check_telemetry(t: TelemetrySpec, errors: list[str]) -> None:
             errors.append(f"telemetry.renyi_alphas: each alpha must be > 0 and != 1 (1 is the soft rank), got {a!r}")
     if t.spectrum_every != "auto" and (not _is_int(t.spectrum_every) or t.spectrum_every < 1):
         errors.append(f"telemetry.spectrum_every: a positive integer or auto, got {t.spectrum_every!r}")
-    if t.decompose_on not in ("auto", "cpu", "gpu"):
-        errors.append(f"telemetry.decompose_on: auto | cpu | gpu, got {t.decompose_on!r}")
     if t.decompose_workers != "auto" and (not _is_int(t.decompose_workers) or t.decompose_workers < 1):
         errors.append(f"telemetry.decompose_workers: a positive integer or auto, got {t.decompose_workers!r}")
     if not _is_int(t.max_in_flight) or t.max_in_flight < 1:
         errors.append(f"telemetry.max_in_flight: must be a positive integer, got {t.max_in_flight!r}")
-    if t.bucket_scope not in ("all", "rank0"):
-        errors.append(f"telemetry.bucket_scope: all | rank0, got {t.bucket_scope!r}")
     if t.bucket_sequences is not None and (not _is_int(t.bucket_sequences) or t.bucket_sequences < 1 or t.tokens != "train"):
         errors.append(f"telemetry.bucket_sequences: a positive integer (with telemetry.tokens=train) or null, got {t.bucket_sequences!r}")
 

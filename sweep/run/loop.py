@@ -1,7 +1,8 @@
 """The step loop of one run and its endings: done, diverged, stopped by a signal, failed.
 
 Step s (1-based) uses batches ``(s-1)*grad_accum + micro`` of the stateless loader, so the data
-position is the step. Rank 0 writes every file; other ranks compute and join the collectives.
+position is the step. Which forward a telemetry event measures: sweep/run/event_timing.py.
+Rank 0 writes every file; other ranks compute and join the collectives.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sweep.data.run_data import RunData
 from sweep.run import distributed
 from sweep.run.signals import StopRequest
 from sweep.run.state import TrainingState
+from sweep.run.event_timing import after_step_event, train_event
 from sweep.run.telemetry import Telemetry
 from sweep.run.wandb_logger import NullLogger, make_logger, replay_after_resume
 from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
@@ -224,8 +226,8 @@ class TrainingLoop:
         while st.step < t.steps:
             step = st.step + 1
             set_lr(st.optimizer, lr_factor(step - 1, t.steps, t.warmup_steps, t.decay_frac))
-            measure = telemetry.due(step)
-            on_train_tokens = measure and spec.telemetry.tokens == "train"
+            event = train_event(spec.telemetry, t.steps, step)  # what this step's forward measures, if any
+            on_train_tokens = event is not None
             fwd = st.ddp if on_train_tokens else st.forward_model  # hooks need the eager module
             with timer.measure(st.tokens_per_step, device):
                 loss_sum = torch.zeros((), device=device)
@@ -254,10 +256,12 @@ class TrainingLoop:
             st.step, st.train_loss = step, train_loss
             st.elapsed = time.perf_counter() - t_start
             last = step == t.steps
-            if measure:
-                if spec.telemetry.tokens == "probe":
-                    telemetry.measure_probe(model, st.data.probe_batches(spec.telemetry.probe_batches),
-                                            device, st.autocast)
+            if event is not None:
+                telemetry.finish_event(event)
+            if after_step_event(spec.telemetry, t.steps, step):  # a no-grad eval-mode pass after the update
+                batches = (st.data.probe_batches(spec.telemetry.probe_batches) if spec.telemetry.tokens == "probe"
+                           else [st.data.train.get(step * t.grad_accum + m) for m in range(t.grad_accum)])
+                telemetry.measure_probe(model, batches, device, st.autocast)
                 telemetry.finish_event(step)
             if step == 1 or step % t.log_every == 0 or last:
                 row = {"step": step, "train_loss": train_loss, "lr": st.optimizer.param_groups[0]["lr"],

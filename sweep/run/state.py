@@ -19,7 +19,9 @@ from sweep.data.run_data import load_run_data
 from sweep.grid.spec import RunSpec
 from sweep.run.checkpoint import save_checkpoint, set_rng_state
 from sweep.run.distributed import SINGLE, DistEnv, pick_device
+from sweep.run.event_timing import event_lag
 from sweep.run.hold import Hold
+from sweep.run.telemetry_costs import COST_PREFIX
 from sweep.rundir import RunDir, iter_jsonl, load_latest_checkpoint, now_iso
 from sweep.wandb_keys import stable_wandb_id
 
@@ -112,8 +114,11 @@ class TrainingState:
         set_rng_state(state["rng"])
         if not self.main:
             return
-        kept = self.run_dir.truncate_jsonl(self.run_dir.metrics_file, self.step)
-        self.run_dir.truncate_jsonl(self.run_dir.spectra_file, self.step)
+        # the event labelled c is measured after a checkpoint at c < N when events lag their step
+        events_to = self.step - (event_lag(self.spec.telemetry) if self.step < self.spec.train.steps else 0)
+        kept = self.run_dir.truncate_jsonl(self.run_dir.metrics_file, self.step, lambda row: (
+            events_to if any(k.startswith(COST_PREFIX) for k in row) else self.step))
+        self.run_dir.truncate_jsonl(self.run_dir.spectra_file, events_to)
         loss = state.get("train_loss")
         self.train_loss = float(loss) if loss is not None else self._logged_train_loss(self.step)
         log.info("resumed %s from step %d (%d metric rows kept)", self.spec.run_id, self.step, kept)

@@ -33,6 +33,7 @@ from metrics.schedule import keep_up_every
 from sweep.data.order import leading_rows
 from sweep.grid.spec import TelemetrySpec
 from sweep.rundir import JsonlAppender
+from sweep.run.event_timing import updates_at
 from sweep.run.telemetry_costs import EagerSteps, TelemetryTotals, cost_row
 
 log = logging.getLogger("specsweep.telemetry")
@@ -267,7 +268,8 @@ class Telemetry:
     @torch.no_grad()
     def measure_probe(self, model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                       device: torch.device, autocast: Callable[[], Any]) -> None:
-        """Capture on fixed held-out batches (telemetry.tokens=probe), in eval mode."""
+        """Capture on ``batches`` in eval mode, no grad: the held-out probe (tokens=probe) or the
+        batch after training (the last event, sweep/run/event_timing.py)."""
         assert self.probe is not None
         was_training = model.training
         model.eval()
@@ -342,6 +344,8 @@ class Telemetry:
             values = r.pop("eigenvalues", None)
             if values is not None:
                 eigen[f"L{int(r['layer']):02d}_{r['site']}_{r['bucket']}"] = np.asarray(values, dtype=np.float32)
+        for r in records:  # the optimizer updates behind the measured weights (0: the untrained model)
+            r["updates"] = updates_at(self.spec, int(r["step"]))
         if eigen:
             self.eigen_dir.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(self.eigen_dir / f"step_{int(records[0]['step']):08d}.npz", **eigen)

@@ -231,7 +231,9 @@ class WandbLogger(NullLogger):
 
         def _log() -> None:
             data: dict[str, Any] = spectral_rows(records, metrics, per_layer=self.per_layer_keys)
-            columns, rows = layer_table(records, metrics)
+            # "updates" rides along so that --from-wandb knows which events saw the untrained model
+            extra = ["updates"] if records and "updates" in records[0] else []
+            columns, rows = layer_table(records, [*metrics, *extra])
             if rows:
                 data[LAYER_TABLE_KEY] = self._wandb.Table(columns=columns, data=rows)
             data["trainer/step"] = step

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from sweep.rundir.files import atomic_write_text, json_safe
 
@@ -57,8 +57,9 @@ def iter_jsonl(path: Path, strict: bool = False) -> Iterator[dict[str, Any]]:
         yield row
 
 
-def truncate_jsonl(path: Path, max_step: int) -> int:
-    """Drop rows with step > max_step (and a torn last line); returns rows kept.
+def truncate_jsonl(path: Path, max_step: int, max_step_of: Callable[[dict], int] | None = None) -> int:
+    """Drop rows with step > max_step (or > ``max_step_of(row)`` when given) and a torn last line;
+    returns rows kept.
 
     Any other junk (a line that is not a JSON object, bytes that are not text, a row whose step
     is not a number) raises JsonlError naming the file and line.
@@ -70,7 +71,7 @@ def truncate_jsonl(path: Path, max_step: int) -> int:
         step = row.get("step", 0)
         if isinstance(step, bool) or not isinstance(step, (int, float)):
             raise JsonlError(f"{path}, line {n}: step {step!r} is not a number")
-        if step <= max_step:
+        if step <= (max_step if max_step_of is None else max_step_of(row)):
             kept.append(row)
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return len(kept)

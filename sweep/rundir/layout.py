@@ -220,6 +220,6 @@ class RunDir:
         return sorted(found)
 
     # ---- json lines ---------------------------------------------------------------------------
-    def truncate_jsonl(self, path: Path, max_step: int) -> int:
+    def truncate_jsonl(self, path: Path, max_step: int, max_step_of: Optional[Callable[[dict], int]] = None) -> int:
         """Drop rows with step > max_step (see sweep.rundir.jsonl.truncate_jsonl); returns rows kept."""
-        return truncate_jsonl(path, max_step)
+        return truncate_jsonl(path, max_step, max_step_of)
