@@ -17,6 +17,8 @@ import pytest
 from scipy import stats
 
 from metrics import fit as mfit
+
+from metrics import aggregation as magg
 from sweep.analysis.rules import parse_rule
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +317,7 @@ def _telemetry() -> pd.DataFrame:
 
 
 def test_paper_rule_recovers_planted_medians():
-    agg = mfit.aggregate_records(_telemetry(), parse_rule("paper")).set_index("metric")
+    agg = magg.aggregate_records(_telemetry(), parse_rule("paper")).set_index("metric")
     # Layer medians of the last 5 checkpoints: 30, 9, 20 -> median 20, SD(ddof=1) of (30, 9, 20).
     assert agg.loc["soft_rank", "value"] == pytest.approx(20.0)
     assert agg.loc["soft_rank", "err"] == pytest.approx(np.std([30, 9, 20], ddof=1))
@@ -330,7 +332,7 @@ def test_paper_rule_uses_last_five_valid_checkpoints():
     records.loc[last, ["soft_rank", "hard_rank"]] = np.nan
     records.loc[last, "status"] = "too few rows"
     records.loc[(records["layer"] == 0) & (records["step"] == 200), "soft_rank"] = 1.0
-    agg = mfit.aggregate_records(records).set_index("metric")
+    agg = magg.aggregate_records(records).set_index("metric")
     # Layer 0 now uses steps 200..600 -> [1, 10, 20, 30, 40] -> median 20 (taking steps 300..700
     # and dropping the missing one would give 25); layer medians 20, 9, 20.
     assert agg.loc["soft_rank", "value"] == pytest.approx(20.0)
@@ -339,12 +341,12 @@ def test_paper_rule_uses_last_five_valid_checkpoints():
 
 def test_other_rules_mean_layer_window():
     records = _telemetry()
-    mean = mfit.aggregate_records(records, parse_rule("mean")).set_index("metric")
+    mean = magg.aggregate_records(records, parse_rule("mean")).set_index("metric")
     assert mean.loc["soft_rank", "value"] == pytest.approx(np.mean([30, 9, 20]))
-    layer = mfit.aggregate_records(records, parse_rule("layer:1")).set_index("metric")
+    layer = magg.aggregate_records(records, parse_rule("layer:1")).set_index("metric")
     assert layer.loc["soft_rank", "value"] == pytest.approx(9.0)
     assert layer.loc["soft_rank", "err"] == pytest.approx(np.std([5, 7, 9, 11, 13], ddof=1))
-    window = mfit.aggregate_records(records, parse_rule("window:300-500")).set_index("metric")
+    window = magg.aggregate_records(records, parse_rule("window:300-500")).set_index("metric")
     assert window.loc["soft_rank", "value"] == pytest.approx(np.median([20, 7, 18]))
     assert window.loc["soft_rank", "n_steps"] == 3
     for bad in ("median", "layer:x", "window:5-1", "window:7"):
@@ -357,7 +359,7 @@ def test_sliding_window_beta_follows_planted_ramp(tmp_path):
     for mult in (1, 2, 4, 8):
         run = write_run(tmp_path, optimizer="muon", mult=mult, seed=0, noise=0.0, sites=("post",))
         rows = [json.loads(line) for line in (run / "spectra.jsonl").read_text().splitlines()]
-        frames.append(mfit.sliding_window_records(pd.DataFrame(rows), k=3).assign(optimizer="muon", ffn_width=64 * mult))
+        frames.append(magg.sliding_window_records(pd.DataFrame(rows), k=3).assign(optimizer="muon", ffn_width=64 * mult))
     steps = mfit.fit_beta_table(pd.concat(frames), ["optimizer", "end_step"], bootstrap=False).table
     sel = steps[(steps["metric"] == "hard_rank") & (steps["bucket"] == "global")].set_index("end_step")
     # Window ending at step s covers s-200..s; its per-layer median sits at s-100.

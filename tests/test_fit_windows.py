@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metrics.fit import AggregationRule, sliding_window_records
+from metrics.aggregation import AggregationRule, sliding_window_records
 from metrics.schedule import AGGREGATION_EVENTS
 from sweep import rundir
 from sweep.analysis.rules import parse_rule

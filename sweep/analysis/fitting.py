@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from metrics import fit as mfit
+
+from metrics import aggregation as magg
 from sweep.analysis.power import DEFAULT_RESOLVE, power_table
 from metrics import window_audit as audit
 from sweep.analysis.points import (BUCKET_ORDER, SITE_ORDER, WIDTH_COL, fmt_key, group_columns,
@@ -50,7 +52,7 @@ def fit_points(
     group_cols = group_columns(points)
     points = points.copy()
     points["label"] = group_labels(points, group_cols)
-    messages += mfit.window_mismatches(points, group_cols)
+    messages += magg.window_mismatches(points, group_cols)
     if "seed" in points.columns and len(group_cols):
         per_width = points.groupby([*group_cols, WIDTH_COL], dropna=False)["seed"].nunique()
         if per_width.max() > 1:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from metrics.fit import AggregationRule
+from metrics.aggregation import AggregationRule
 from metrics.window_audit import trained_records
 from sweep import rundir
 from sweep.analysis.read import FinishedRun, SweepContents, SweepError

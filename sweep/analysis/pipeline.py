@@ -19,7 +19,9 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from metrics.fit import RANK_METRICS, AggregationRule
+from metrics.aggregation import AggregationRule
+
+from metrics.fit import RANK_METRICS
 from metrics.window_audit import notes_frame
 from sweep.analysis import outdir
 from sweep.analysis.compare import compare_published, load_published

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from metrics import fit as mfit
+
+from metrics import aggregation as magg
 from metrics import window_audit as audit
 from metrics.buckets import BUCKETS, GLOBAL, SITES
 from sweep.analysis.read import WIDTH_COL, FinishedRun, SweepError
@@ -46,7 +48,7 @@ def run_columns(run: FinishedRun) -> dict[str, Any]:
     return cols
 
 
-def build_points(runs: Sequence[FinishedRun], rule: mfit.AggregationRule,
+def build_points(runs: Sequence[FinishedRun], rule: magg.AggregationRule,
                  metrics: Sequence[str] = mfit.RANK_METRICS,
                  notes: list[dict] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """points.csv rows: one per run × metric × bucket × site, axes as columns, value and err.
@@ -63,8 +65,8 @@ def build_points(runs: Sequence[FinishedRun], rule: mfit.AggregationRule,
     for run in runs:
         used = list(metrics)
         records = audit.trained_records(run.spectra)
-        gaps = mfit.spectrum_gaps(records, rule)
-        refused = [m for m in used if mfit.needs_spectrum(m)] if gaps else []
+        gaps = magg.spectrum_gaps(records, rule)
+        refused = [m for m in used if magg.needs_spectrum(m)] if gaps else []
         if refused:
             used = [m for m in used if m not in refused]
             notes += [{"run_id": run.run_id, "site": audit.ANY, "bucket": audit.ANY, "metric": m,
@@ -78,7 +80,7 @@ def build_points(runs: Sequence[FinishedRun], rule: mfit.AggregationRule,
             if not used:
                 continue
         try:
-            agg = mfit.aggregate_records(records, rule, used)
+            agg = magg.aggregate_records(records, rule, used)
         except Exception as err:  # noqa: BLE001
             messages.append(f"{run.run_id}: aggregation failed ({type(err).__name__}: {err}); run left out")
             continue
@@ -107,15 +109,15 @@ def build_step_points(runs: Sequence[FinishedRun], k: int,
     steps; ``partial=False``: full windows only), one per event after the first update; metrics
     that need a spectrum slide over the events that carry one."""
     frames = []
-    spectral = [m for m in metrics if mfit.needs_spectrum(m)]
-    trace = [m for m in metrics if not mfit.needs_spectrum(m)]
+    spectral = [m for m in metrics if magg.needs_spectrum(m)]
+    trace = [m for m in metrics if not magg.needs_spectrum(m)]
     for run in runs:
         trained = audit.trained_records(run.spectra)
-        for records, subset in ((mfit.spectrum_records(trained), spectral), (trained, trace)):
+        for records, subset in ((magg.spectrum_records(trained), spectral), (trained, trace)):
             if not subset:
                 continue
             try:
-                sw = mfit.sliding_window_records(records, k, subset, partial=partial)
+                sw = magg.sliding_window_records(records, k, subset, partial=partial)
             except Exception:  # noqa: BLE001 - dynamics are optional; the terminal fit still stands
                 continue
             if not sw.empty:

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from metrics import power as mpow
-from metrics.fit import AggregationRule
+from metrics.aggregation import AggregationRule
 from sweep.analysis.points import build_points, group_columns
 from sweep.analysis.power import DEFAULT_RESOLVE, METRIC_SHORT, pair_order, opt_label, series_noises
 from sweep.analysis.read import NoRunDirectories, load_sweeps

@@ -6,7 +6,7 @@ only reads the text a user types after ``--rule``.
 
 from __future__ import annotations
 
-from metrics.fit import AggregationRule
+from metrics.aggregation import AggregationRule
 from metrics.schedule import AGGREGATION_EVENTS
 
 
