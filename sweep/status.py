@@ -19,7 +19,7 @@ host. A run whose SLURM job is still live, whose job state cannot be read, or wh
 still alive on this host is never stale.
 
 The grid comes from SWEEP_DIR/.specsweep/grid.json, written by the sweeper at every launch (see
-sweep/grid/sweepdir.py); the SLURM job of each run from .specsweep/jobs.jsonl, and its state from squeue
+sweep/rundir/sweepdir.py); the SLURM job of each run from .specsweep/jobs.jsonl, and its state from squeue
 and sacct. Sweep directories written before grid.json existed show only the runs that have a
 directory. --resubmit reruns the recorded launch command restricted to the chosen runs
 (``hydra.sweeper.only``): failed, stale, interrupted and not started ones; runs that are done,

@@ -52,6 +52,8 @@ LOCAL_IMPORTS = {
     ("sweep.train", "sweep.grid.spec"): "only the job builds models; not --help, --cfg",
     ("sweep.train", "sweep.run.trainer"): "only the job trains; not --help, --cfg",
     ("sweep.plan", "sweep.grid.planning"): "the planner builds models on the meta device (torch); not --help",
+    ("sweep.fit", "sweep.analysis.command"): "pandas, SciPy and matplotlib load slowly; not --help or a usage error",
+    ("sweep.fit", "sweep.analysis.pipeline"): "sweep.fit.run_fit on first use; not --help",
     ("sweep.plan", "sweep.analysis.power_plan"): "the resolution block needs scipy and pandas, slow to import; not --help",
 }
 

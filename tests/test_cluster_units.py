@@ -12,7 +12,7 @@ import pytest
 from sweep.cluster import states
 from sweep.run import distributed
 from sweep.cluster import slurm
-from sweep.grid import sweepdir
+from sweep.rundir import sweepdir
 from sweep.run.signals import StopRequest
 from sweep.rundir import RunDir
 

@@ -25,7 +25,7 @@ except ImportError:  # tests/ imported as a package
 
 from metrics.fit import RANK_METRICS
 from sweep import rundir
-from sweep.grid import sweepdir
+from sweep.rundir import sweepdir
 from sweep.analysis import outdir
 from sweep.analysis.live import NothingToFit
 from sweep.analysis.style import caption

@@ -29,7 +29,7 @@ from hydra.core.utils import JobReturn
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
-from sweep.grid import sweepdir
+from sweep.rundir import sweepdir
 from sweep.grid.expand import compose_multirun, given_overrides
 from sweep.grid.preflight import PlannedJob, launch_batches, plan_sweep
 from sweep.grid.sweep_name import NamedSweepLoader, launch_sweep_name

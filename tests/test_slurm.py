@@ -25,7 +25,7 @@ from typing import Callable
 import pytest
 
 from sweep.rundir import RunDir, iter_jsonl
-from sweep.grid.sweepdir import latest_jobs
+from sweep.rundir.sweepdir import latest_jobs
 from tests.conftest import (FAST, HELD_TIMEOUT_S, ROOT, RUN_TIMEOUT_S, hold_env, pid_alive, release, run_id_for,
                             run_train, wait_until_held)
 from tests.slurm_cluster import Cluster, ClusterUnavailable

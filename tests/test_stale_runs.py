@@ -14,7 +14,7 @@ import pytest
 
 from sweep import liveness, status
 from sweep.cluster import slurm, states
-from sweep.grid import sweepdir
+from sweep.rundir import sweepdir
 from sweep.rundir import RunDir, iter_jsonl
 from tests.conftest import FAST, ROOT, ended, run_id_for, run_train, wait_until_held
 

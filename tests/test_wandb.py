@@ -99,7 +99,7 @@ def test_errors_log_records_and_sweep_records_never_show_a_credential(monkeypatc
 
     from omegaconf import OmegaConf
 
-    from sweep.grid import sweepdir
+    from sweep.rundir import sweepdir
     from sweep.credentials import RedactingFilter
     from sweep.errors import ConfigError, SweepError
     from sweep.grid.preflight import plan_sweep

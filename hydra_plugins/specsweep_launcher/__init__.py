@@ -127,7 +127,7 @@ class SpecsweepSlurmLauncher(BaseSubmititLauncher):
                               + "\n(set cluster.* / resources.* on the command line, or hydra.launcher.check_resources=false)")
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from sweep.grid import sweepdir
+        from sweep.rundir import sweepdir
 
         assert self.config is not None
         n = len(job_overrides)

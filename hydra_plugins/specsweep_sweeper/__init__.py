@@ -75,7 +75,7 @@ class SpecSweeper(BasicSweeper):
         return launch_sweep_name(config, jobs)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from sweep.grid import sweepdir
+        from sweep.rundir import sweepdir
         from sweep.grid.expand import grid_jobs
         from sweep.grid.preflight import launch_batches, plan_sweep, restrict_plan, summarize_results
 

@@ -18,9 +18,9 @@ import pandas as pd
 
 from metrics import fit as mfit
 from metrics import power as mpow
+from sweep.analysis.defaults import DEFAULT_RESOLVE
 
 OPT_COLS = ("optimizer", "rank_fraction")
-DEFAULT_RESOLVE = 0.1
 POWER_FILE = "power.csv"
 METRIC_SHORT = {"soft_rank": "β_soft", "hard_rank": "β_hard", mfit.DELTA_METRIC: "(β_soft−β_hard)"}
 _PRINTED = 12  # lines of the printed block; power.csv and report.md have every row

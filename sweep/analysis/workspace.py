@@ -18,12 +18,11 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from sweep.analysis.defaults import SNIPPET_FILE, SPEC_FILE
 from sweep.analysis.points import BUCKET_ORDER
 from sweep.wandb_keys import median_key, train_key
 
 SPEC_FORMAT = "specsweep-workspace/1"
-SPEC_FILE = "wandb_workspace.json"
-SNIPPET_FILE = "wandb_workspace.py"
 GROUP_KEY = "axis.optimizer"   # runs are grouped (and coloured) by this config key
 WIDTH_KEY = "axis.ffn_width"
 JOB_TYPES = ("train", "analysis")  # the analysis run carries the β table, no training curves

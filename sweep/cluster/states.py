@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from sweep import liveness
 from sweep.cluster import slurm
-from sweep.grid import sweepdir
+from sweep.rundir import sweepdir
 from sweep.rundir.claim import describe as describe_claim
 from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
                           STATUS_RUNNING, RunDir, RunDirError, find_run_dirs)

@@ -7,7 +7,6 @@
 - sweep_name: the default name of a grid launched without sweep_name=
 - resolvers: the ``${run_id:}`` resolver of conf/, and what it reads of the job
 - preflight: the whole grid checked before a multirun launches anything, and its summary
-- sweepdir:  the sweep record (SWEEP_DIR/.specsweep/: launches, grid points, SLURM job ids)
 
 May import: models, optim, the floor-0 modules of ``sweep`` (rundir, credentials, errors,
 wandb_keys) and ``sweep.data`` (DataSpec and the data checks). Imported by ``sweep/run/``,

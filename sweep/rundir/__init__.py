@@ -11,9 +11,10 @@ written and read. Everything else goes through these names.
 - claim:       claim.lock, the exclusive claim of a run by one process (fcntl.lockf)
 - checkpoints: write, prune, read (weights_only) checkpoints; torch imported only there, when called
 - reading:     finding and reading run directories for the analysis and sweep.status
+- sweepdir:    the sweep record (SWEEP_DIR/.specsweep/: launches, grid points, SLURM job ids)
 
-May import: the standard library, OmegaConf, ``sweep.errors``, ``sweep.liveness`` (and torch inside
-the checkpoint functions). Imported by every other part of ``sweep``.
+May import: the standard library, OmegaConf, ``sweep.errors``, ``sweep.credentials``, ``sweep.liveness``
+(and torch inside the checkpoint functions). Imported by every other part of ``sweep``.
 """
 
 from sweep.rundir.checkpoints import load_checkpoint, load_latest_checkpoint, prune_checkpoints, write_checkpoint

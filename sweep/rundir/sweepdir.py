@@ -20,7 +20,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from sweep.credentials import is_secret_name, refuse_secret_arguments
 from sweep.errors import SweepError
-from sweep.rundir import atomic_write_text, iter_jsonl
+from sweep.rundir.files import atomic_write_text
+from sweep.rundir.jsonl import iter_jsonl
 
 log = logging.getLogger("specsweep.sweep")
 
