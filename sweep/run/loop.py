@@ -91,6 +91,16 @@ def _progress(show: Any, steps: int, start: int) -> Any:
     return tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True, leave=False)
 
 
+def _console_beside(bar: Any) -> Any:
+    """While a progress bar is shown, console log records go through tqdm.write (above the bar)
+    instead of being printed into the bar's line; the run's log file is untouched."""
+    if bar is None:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: RunData, n_batches: int, device: torch.device,
              autocast: Any) -> float:
@@ -211,10 +221,19 @@ class TrainingLoop:
                          state=st.telemetry_state, grad_accum=t.grad_accum, **io)
 
     def _loop(self, logger: NullLogger, metrics: JsonlAppender, telemetry: Telemetry) -> tuple[str, RunResult]:
+        bar = _progress(self.spec.train.progress, self.spec.train.steps, self.state.step) if self.main else None
+        with _console_beside(bar):
+            try:
+                return self._steps(logger, metrics, telemetry, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+
+    def _steps(self, logger: NullLogger, metrics: JsonlAppender, telemetry: Telemetry,
+               bar: Any) -> tuple[str, RunResult]:
         spec, t, st = self.spec, self.spec.train, self.state
         model, device = st.model, st.device
         timer = _Timer()
-        bar = _progress(t.progress, t.steps, st.step) if self.main else None
         train_loss = st.train_loss
         eval_loss: Optional[float] = None
         if st.step >= t.steps:  # resumed after the last checkpoint, before DONE: the final eval again
@@ -286,11 +305,7 @@ class TrainingLoop:
             if st.hold is not None:
                 st.hold.at(step, lambda: self.stop.requested)
             if not last and (stop_now or (not st.dist.enabled and self.stop.requested)):
-                if bar is not None:
-                    bar.close()
                 return self._stopped(telemetry, saved=step % t.ckpt_every == 0)
-        if bar is not None:
-            bar.close()
         return self._done(train_loss, eval_loss, logger, telemetry)
 
     def _write_eval(self, step: int, eval_loss: float, logger: NullLogger, metrics: JsonlAppender) -> None:
