@@ -67,6 +67,7 @@ def _check_protocol(run: dict, *, steps: int, every: int, eval_every: int, layer
     assert (run["bucket_sequences"], run["data_stream"]) == paper_rank0, rid
     assert run["seed"] == 1337, rid
     assert run["telemetry_enabled"] and run["telemetry_tokens"] == "train", rid
+    assert run["event_weights"] == "after_update", rid  # event s: the weights after s updates (§4b)
     assert (run["telemetry_sites"], run["buckets"], run["min_bucket_rows"]) == (["pre", "post"], True, 1000), rid
     assert (run["bucket_scope"], run["spectrum_every"]) == ("all", 1), rid  # bucket_sequences picks the rows
     assert run["renyi_alphas"] == [0.5, 1.5, 2.0, 3.0, 5.0], rid

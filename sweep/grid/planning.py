@@ -155,7 +155,7 @@ def run_record(run: PlannedRun) -> dict[str, Any]:
         "bucket_sequences": bucket_sequences(s) if tel.buckets else None,
         "telemetry_every": tel.every if tel.enabled else None, "telemetry_enabled": tel.enabled,
         "spectrum_every": tel.spectrum_every, "bucket_scope": tel.bucket_scope,
-        "min_bucket_rows": tel.min_bucket_rows, "telemetry_tokens": tel.tokens,
+        "min_bucket_rows": tel.min_bucket_rows, "telemetry_tokens": tel.tokens, "event_weights": tel.event_weights,
         "telemetry_sites": list(tel.sites), "buckets": tel.buckets, "renyi_alphas": list(tel.renyi_alphas),
         "remaining": run.remaining, **run.cost.as_dict(),
     }
