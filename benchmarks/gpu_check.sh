@@ -109,6 +109,7 @@ CMD_d=("$PY" -m pytest -m gpu -q -rs -p no:cacheprovider "${GPU_TEST_FILES[@]}")
 C_KEYS=(model model.ffn_mult optim data data.vocab_size data.train_tokens data.val_tokens data.eval_tokens
         train.steps train.global_batch train.micro_batch train.eval_every train.eval_batches train.ckpt_every
         train.log_every train.compile train.device train.progress telemetry.every telemetry.decompose_on
+        telemetry.bucket_sequences data.stream_ranks data.stream_rows
         logger sweep_name paths.runs_root paths.data_root)
 declare -A C=(
     [model]=gpt2_160m [model.ffn_mult]=8 [optim]=muon
@@ -117,11 +118,15 @@ declare -A C=(
     [train.steps]=50 [train.global_batch]=64 [train.micro_batch]=32 [train.eval_every]=25 [train.eval_batches]=2
     [train.ckpt_every]=50 [train.log_every]=5 [train.compile]=true [train.device]=cuda [train.progress]=false
     [telemetry.every]=25 [telemetry.decompose_on]=gpu
+    # 64 of the paper's 1024 sequences per step: buckets from the first quarter (its rank 0 share),
+    # the stream as one block per step (the paper's 4 x 64 layout needs 256 sequences)
+    [telemetry.bucket_sequences]=16 [data.stream_ranks]=null [data.stream_rows]=null
     [logger]=none [sweep_name]=gpu_check_c [paths.runs_root]=$WORK/runs [paths.data_root]=$WORK/data
 )
 if [ $SMOKE = 1 ]; then
     C[train.steps]=6; C[train.global_batch]=4; C[train.micro_batch]=4; C[train.eval_every]=3; C[train.ckpt_every]=6; C[train.log_every]=1
     C[train.compile]=false; C[train.device]=cpu; C[telemetry.every]=3; C[telemetry.decompose_on]=cpu
+    C[telemetry.bucket_sequences]=1
     C[data.train_tokens]=200000; C[data.val_tokens]=16384
     C_KEYS+=(model.n_layer model.d_model model.n_head model.context_len telemetry.min_bucket_rows)
     C[model.n_layer]=2; C[model.d_model]=64; C[model.n_head]=2; C[model.context_len]=64

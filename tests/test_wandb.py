@@ -17,6 +17,7 @@ import pytest
 from sweep.analysis import wandb_io
 from sweep.credentials import REDACTED, redact_secrets, secrets_in
 from sweep.grid.spec import LoggerSpec
+from sweep.run.wandb_attempts import logged_up_to
 from sweep.run.wandb_logger import (NullLogger, WandbLogger, layer_table, make_logger, replay_after_resume,
                                     resolve_mode, spectral_rows, wandb_config)
 from sweep.rundir import RunDir, iter_jsonl
@@ -485,7 +486,10 @@ def test_resume_after_kill_continues_the_same_wandb_run(env: dict, tmp_path: Pat
     local = [r["step"] for r in iter_jsonl(run.metrics_file) if "train_loss" in r]
     steps = [h["trainer/step"] for h in _history(parsed[1], "train/loss")]
     # ... and whatever the first attempt's W&B file lacks (it may hold nothing: see above).
-    held = max((h["trainer/step"] for h in parsed[0]["history"] if "trainer/step" in h), default=None)
+    # (as W&B's own summary of that file records it: its last trainer/step, which lags the rows when
+    # an event's records were logged after a later train row; the replay is then the longer one)
+    held = logged_up_to(run.path, wid, current=folders[1])
+    assert held is None or held <= max((h["trainer/step"] for h in parsed[0]["history"] if "trainer/step" in h))
     after = min(resumed_from - 10, held - 1) if held is not None else 0
     assert steps == [s for s in local if s > after]
     assert resumed_from in [h["trainer/step"] for h in _history(parsed[1], "spectral_median/post/global/hard_rank")]

@@ -271,7 +271,7 @@ class TrainingLoop:
                 st.optimizer.step()
                 st.optimizer.zero_grad(set_to_none=True)
             if t.compile:  # a telemetry step on the eager module: its extra time counts as telemetry
-                telemetry.note_compiled_step(step, timer.last, event=on_train_tokens)
+                telemetry.note_compiled_step(event if event is not None else step, timer.last, event=on_train_tokens)
             st.step, st.train_loss = step, train_loss
             st.elapsed = time.perf_counter() - t_start
             last = step == t.steps
@@ -280,7 +280,9 @@ class TrainingLoop:
             if after_step_event(spec.telemetry, t.steps, step):  # a no-grad eval-mode pass after the update
                 batches = (st.data.probe_batches(spec.telemetry.probe_batches) if spec.telemetry.tokens == "probe"
                            else [st.data.train.get(step * t.grad_accum + m) for m in range(t.grad_accum)])
+                extra = time.perf_counter()
                 telemetry.measure_probe(model, batches, device, st.autocast)
+                telemetry.note_extra_forward(step, time.perf_counter() - extra)
                 telemetry.finish_event(step)
             if step == 1 or step % t.log_every == 0 or last:
                 row = {"step": step, "train_loss": train_loss, "lr": st.optimizer.param_groups[0]["lr"],

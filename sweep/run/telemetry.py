@@ -274,9 +274,10 @@ class Telemetry:
         was_training = model.training
         model.eval()
         with self.probe.capturing():
-            for x, _ in batches:
+            for micro, (x, _) in enumerate(batches):
                 x = x.to(device)
-                self.probe.set_tokens(x)
+                # the batch after training is a step's micro-batches: bucket_sequences picks its rows
+                self.set_tokens(x, micro if self.spec.tokens == "train" else None)
                 with autocast():
                     model(x)
         model.train(was_training)
@@ -297,9 +298,16 @@ class Telemetry:
             self._handle(self.pipeline.drain())
 
     def note_compiled_step(self, step: int, seconds: float, event: bool) -> None:
-        """train.compile=true: a step's seconds (a telemetry step's excess is its eager_s: EagerSteps)."""
+        """train.compile=true: a step's seconds, ``step`` the event label when it measures one (a
+        telemetry step's excess over the compiled steps is its eager_s: EagerSteps)."""
         if self.probe is not None:
             self.eager.note(step, seconds, event)
+
+    def note_extra_forward(self, step: int, seconds: float) -> None:
+        """A forward only telemetry needs (the batch after training, the held-out probe): all its
+        seconds beyond the capture are the event's eager_s, counted in critical_s."""
+        if self.probe is not None:
+            self.eager.excess[step] = seconds
 
     def _handle(self, events: list[FinishedEvent]) -> None:
         for event in events:  # in step order; costs are the same on every rank
