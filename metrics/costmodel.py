@@ -396,7 +396,8 @@ def event_memory(shape: EventShape, accelerator: bool, workers: int, in_flight: 
 # --------------------------------------------------------------------------- one run
 @dataclass(frozen=True)
 class ModelShape:
-    """The model's telemetry-relevant shape. gated: a gated FFN (three D×d_model matrices)."""
+    """The model's telemetry-relevant shape. gated: a gated FFN (three D×d_model matrices); seq_len:
+    the context the attention scores span (0: not counted)."""
 
     n_layer: int
     d_model: int
@@ -405,11 +406,14 @@ class ModelShape:
     sites: int = 2
     buckets: bool = True
     gated: bool = False
+    seq_len: int = 0
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6 × (block matrices + LM head); attention scores ignored."""
+        """Training FLOPs per token, the one formula of the project: 6 × (block matrices + LM head)
+        + 12 × layers × d_model × seq_len (the attention scores and their weighted sum)."""
         ffn = (3 if self.gated else 2) * self.d_model * self.ffn_width
-        return 6.0 * (self.n_layer * (4 * self.d_model**2 + ffn) + self.vocab * self.d_model)
+        matrices = self.n_layer * (4 * self.d_model**2 + ffn) + self.vocab * self.d_model
+        return 6.0 * matrices + 12.0 * self.n_layer * self.d_model * self.seq_len
 
 
 def estimate_step_seconds(shape: ModelShape, tokens_per_step: int, flops_per_s: float) -> float:

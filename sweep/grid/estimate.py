@@ -59,10 +59,9 @@ WEIGHT_BYTES = 4  # fp32 master weights in every checkpoint
 
 
 def train_flops_per_token(model: GPTConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x (block matrices + LM head) + 12 x layers x d_model x seq_len."""
-    ffn = (3 if model.gated else 2) * model.d_model * model.ffn_hidden_dim
-    matrices = model.n_layer * (4 * model.d_model ** 2 + ffn) + model.vocab_size * model.d_model
-    return 6.0 * matrices + 12.0 * model.n_layer * model.d_model * seq_len
+    """Training FLOPs per token of ``model`` at context ``seq_len`` (metrics.costmodel's formula)."""
+    return ModelShape(n_layer=model.n_layer, d_model=model.d_model, ffn_width=model.ffn_hidden_dim,
+                      vocab=model.vocab_size, gated=model.gated, seq_len=seq_len).flops_per_token()
 
 
 def anchor_tokens_per_s(model: GPTConfig, seq_len: int) -> float:
@@ -255,7 +254,7 @@ def estimate(spec: RunSpec, ranks: int, tokens_per_s: Optional[float] = None, gp
         rows = (tokens_per_step * tel.subsample if tel.tokens == "train"
                 else tel.probe_batches * t.batch_size * t.seq_len)
         shape = ModelShape(n_layer=model.n_layer, d_model=model.d_model, ffn_width=model.ffn_hidden_dim,
-                           vocab=vocab, sites=sites, buckets=bool(tel.buckets), gated=model.gated)
+                           vocab=vocab, sites=sites, buckets=bool(tel.buckets), gated=model.gated, seq_len=t.seq_len)
         if gpu:
             cost = estimate_run(
                 shape, t.steps, tel.every, max(1, math.ceil(rows)), step_seconds=step_s, device=prof, ranks=ranks,
