@@ -34,6 +34,18 @@ def run_id_for(*overrides: str) -> str:
         return str(cfg.run_id)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-matrix tests: on a busy 2-core machine the OpenMP
+    barriers between threads make every small op up to ~100x slower; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One prepared-data cache for the whole session (the synthetic corpus is built once)."""

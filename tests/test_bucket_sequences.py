@@ -29,13 +29,7 @@ V, T, STEP_SEQS, FIRST = 64, 16, 16, 4  # vocabulary, sequence length, sequences
 COUNTS = (np.arange(V, 0, -1) ** 3).astype(np.int64)  # a Zipf-like table: all three buckets populated
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one torch thread (several only contend on a shared 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model() -> GPT:

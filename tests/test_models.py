@@ -11,14 +11,7 @@ from models import GPT, GPTConfig
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy 2-core box the OpenMP
-    # barriers between threads make every op ~100x slower; restore the setting afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(vocab_size=128, n_layer=2, n_head=4, d_model=64, context_len=32)

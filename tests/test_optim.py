@@ -34,13 +34,7 @@ from optim import (
 from optim.dion import dion_matrix_update, dion_rank, orthonormalize
 from optim.normuon import normuon_normalise
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matmuls: a second OpenMP thread only adds overhead, 100x on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "optim"
