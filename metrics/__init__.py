@@ -10,7 +10,6 @@ modules lazily (`from metrics import fit` loads the fit module alone).
 - buckets:    HEAD/MID/TAIL token-frequency regimes by occurrence-mass tertiles
 - probes:     hooks on any nn.Module by module-name pattern (pre/post sites, buckets)
 - records:    telemetry records (docs/contracts.md keys), one-shot and from snapshots
-- background: finalize snapshots in a worker thread/process (unbounded; kept for one-off use)
 - schedule:   which steps are events, which events carry full spectra (window, cadence)
 - sharding:   owner rank of every matrix, exact reduce-to-owner under torch.distributed
 - pipeline:   EventPipeline: pool, snapshot, hard ranks, bounded decomposition, cost per event
@@ -21,7 +20,6 @@ from typing import Any
 
 # name -> the module that holds it
 _HOME = {
-    "BackgroundFinalizer": "background",
     "BUCKETS": "buckets", "assign_buckets": "buckets", "bucket_summary": "buckets",
     "frequency_buckets": "buckets", "occurrence_tertiles": "buckets", "token_counts": "buckets",
     "CaptureTimer": "collector", "SpectrumCollector": "collector",

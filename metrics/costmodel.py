@@ -1,7 +1,7 @@
 """Cost model of spectral telemetry: time, memory and share of wall time, known before a grid runs.
 
-Plain arithmetic on a `DeviceProfile`: per-width anchors (measured costs) and a few scalars.
-Laws used away from the anchors:
+Plain arithmetic on a `DeviceProfile`: per-width anchors (measured costs) and a few scalars; away
+from the anchors:
 
 - capture (the covariance GEMMs) is linear in the rows N of an event; per row it follows the
   anchors in D (power law between the two neighbouring anchors) and grows as D² beyond them;
@@ -9,11 +9,10 @@ Laws used away from the anchors:
 - snapshot work per matrix (GLOBAL merge, finiteness check, hard rank by trace/Frobenius) as D².
 
 Every estimate says, per figure, whether it is measured, interpolated, extrapolated or assumed.
-Profiles: `H100` (anchors measured on one H100 with torch 2.11, from telemetry-cost.md), or a
-calibration file written by `benchmarks/telemetry_overhead.py --write-calibration` on the machine
-at hand (`load_profile`; `sweep.plan plan.calibration=FILE`). `estimate_run` prices a whole run (what
-`sweep.plan` and the benchmark show). The run itself never uses a profile: `decide_decompose_on`
-(the `telemetry.decompose_on=auto` rule) takes the times the run measured.
+Profiles: `H100` (anchors measured on one H100 with torch 2.11), or a calibration file written by
+`benchmarks/telemetry_overhead.py --write-calibration` on the machine at hand (`load_profile`;
+`sweep.plan plan.calibration=FILE`). `estimate_run` prices a whole run for `sweep.plan` and the
+benchmark; a run decides from its own measurements only (`metrics.placement`).
 """
 
 from __future__ import annotations
@@ -29,11 +28,8 @@ from metrics.placement import (GPU_SHARE_BUDGET, MEM_HEADROOM, HostResources, ca
                                decompose_on_device_now, needed_at, pool_workers)
 from metrics.schedule import AGGREGATION_EVENTS, event_steps, keep_up_every, spectrum_steps
 
-MEASURED = "measured"
-INTERPOLATED = "interpolated"
-ASSUMED = "assumed"
-MIB = 2**20
-GIB = 2**30
+MEASURED, INTERPOLATED, ASSUMED = "measured", "interpolated", "assumed"  # the basis of a figure
+MIB, GIB = 2**20, 2**30
 
 
 def extrapolated(power: float) -> str:
