@@ -27,6 +27,9 @@ OPTIONS = {
     "resolve": "the |Δβ| between optimizers to resolve: seeds or widths that would (default 0.1; docs/power.md)",
     "calibration": "a calibration file (benchmarks/gpu_check.sh) read instead of the H100 constants",
 }
+# The numeric options, each with what it must be.
+POSITIVE = {"resolve": "a difference of β > 0, e.g. plan.resolve=0.1",
+            "tokens_per_s": "a positive number of tokens per second per GPU"}
 USAGE = __doc__.split("\n\n")[0] + "\n\nOptions (plan.KEY=VALUE; every other argument is a Hydra override, as for sweep.train -m):\n" + \
     "\n".join(f"  plan.{k:<13} {v}" for k, v in OPTIONS.items())
 
@@ -45,20 +48,13 @@ def split_options(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
         if key not in OPTIONS or not sep:
             raise UserError(f"{arg}: unknown plan option (known: {', '.join('plan.' + k for k in OPTIONS)}; "
                             f"each as plan.KEY=VALUE)")
-        if key == "resolve":
+        if key in POSITIVE:  # a number > 0
             try:
                 options[key] = float(value)
             except ValueError:
                 options[key] = -1.0
             if not options[key] > 0:
-                raise UserError(f"plan.resolve: a difference of β > 0, e.g. plan.resolve=0.1, got {value!r}")
-        elif key == "tokens_per_s":
-            try:
-                options[key] = float(value)
-            except ValueError:
-                options[key] = -1.0
-            if not options[key] > 0:
-                raise UserError(f"plan.tokens_per_s: a positive number of tokens per second per GPU, got {value!r}")
+                raise UserError(f"plan.{key}: {POSITIVE[key]}, got {value!r}")
         else:
             if not value:
                 raise UserError(f"plan.{key}: a value, e.g. plan.out=plan.json or plan.pilot=runs/demo")
