@@ -50,7 +50,8 @@ from metrics import costmodel as cm  # noqa: E402
 from metrics import placement  # noqa: E402
 from metrics.collector import SpectrumCollector  # noqa: E402
 from metrics.covariance import _bf16_scatter  # noqa: E402
-from metrics.snapshot import SITES, TelemetryOptions, TelemetrySnapshot  # noqa: E402
+from metrics.buckets import SITES  # noqa: E402
+from metrics.snapshot import TelemetryOptions, TelemetrySnapshot  # noqa: E402
 
 
 # =============================================================================== paper mode

@@ -11,7 +11,8 @@ import torch.distributed as dist
 
 from metrics.buckets import BUCKETS, REST
 from metrics.covariance import CovarianceAccumulator
-from metrics.snapshot import GLOBAL, TelemetryOptions, TelemetrySnapshot, snapshot_accumulator
+from metrics.buckets import GLOBAL
+from metrics.snapshot import TelemetryOptions, TelemetrySnapshot, snapshot_accumulator
 
 
 def bucket_order(labels: torch.Tensor, groups: int = len(BUCKETS)) -> tuple[torch.Tensor, list[int]]:

@@ -32,7 +32,8 @@ import torch.nn as nn
 from metrics.buckets import BUCKETS
 from metrics.collector import SpectrumCollector, bucket_order
 from metrics.records import finalize_snapshot
-from metrics.snapshot import SITES, TelemetryOptions, TelemetrySnapshot
+from metrics.buckets import SITES
+from metrics.snapshot import TelemetryOptions, TelemetrySnapshot
 from metrics.spectral import DEFAULT_RENYI_ALPHAS
 
 # Ordered by preference: a gated FFN's pre-activation site is its gate branch.

@@ -16,7 +16,8 @@ import torch
 
 from metrics.buckets import BUCKETS
 from metrics.collector import SpectrumCollector, bucket_order
-from metrics.snapshot import GLOBAL, SITES, CovarianceSnapshot, TelemetryOptions, TelemetrySnapshot
+from metrics.buckets import GLOBAL, SITES
+from metrics.snapshot import CovarianceSnapshot, TelemetryOptions, TelemetrySnapshot
 from metrics.spectral import DEFAULT_RENYI_ALPHAS, js_divergence, renyi_key, spectrum_metrics
 
 # Carried by every event: (tr C)² / ‖C‖²_F needs no decomposition, and Rényi-2 is the same number.

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from metrics.buckets import BUCKETS, REST
 from metrics.collector import SpectrumCollector
 from metrics.covariance import CovarianceAccumulator
-from metrics.snapshot import GLOBAL, SITES
+from metrics.buckets import GLOBAL, SITES
 
 MatrixKey = tuple[int, str, str]  # (layer, site, bucket)
 BUCKET_SCOPES: tuple[str, ...] = ("all", "rank0")

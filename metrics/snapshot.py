@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from metrics.buckets import GLOBAL, SITES
 from metrics.covariance import CovarianceAccumulator
 from metrics.spectral import DEFAULT_RENYI_ALPHAS, hard_rank_of_matrix
 

@@ -307,7 +307,7 @@ class Telemetry:
         """A forward only telemetry needs (the batch after training, the held-out probe): all its
         seconds beyond the capture are the event's eager_s, counted in critical_s."""
         if self.probe is not None:
-            self.eager.excess[step] = seconds
+            self.eager.note_extra(step, seconds)
 
     def _handle(self, events: list[FinishedEvent]) -> None:
         for event in events:  # in step order; costs are the same on every rank

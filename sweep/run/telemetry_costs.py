@@ -64,6 +64,10 @@ class EagerSteps:
         elif self.compiled:
             self.excess[step] = seconds - statistics.median(self.compiled)
 
+    def note_extra(self, step: int, seconds: float) -> None:
+        """A forward only telemetry needs: all its seconds are beyond what training would spend."""
+        self.excess[step] = seconds
+
     def settle(self, cost: EventCost) -> None:
         extra = self.excess.pop(cost.step, None)
         if extra is not None:
