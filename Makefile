@@ -12,7 +12,7 @@ RUNS   ?= runs
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
@@ -20,8 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	SPECSWEEP_RUNS=$(RUNS) $(BIN)/python -m sweep.train -m +sweep=demo
-	$(BIN)/python -m sweep.fit $(RUNS)/demo
+	SPECSWEEP_RUNS=$(RUNS) $(BIN)/specsweep-train -m +sweep=demo
+	$(BIN)/specsweep-fit $(RUNS)/demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-from metrics import BUCKETS, event_steps  # noqa: E402
-from sweep.rundir import STATUS_DONE, RunDir, find_run_dirs, iter_jsonl  # noqa: E402
+from specsweep.metrics import BUCKETS, event_steps  # noqa: E402
+from specsweep.sweep.rundir import STATUS_DONE, RunDir, find_run_dirs, iter_jsonl  # noqa: E402
 
 GLOBAL_BUCKET = "global"
 

@@ -134,7 +134,7 @@ if [ $SMOKE = 1 ]; then
 fi
 C_ARGS=(+preset=paper)  # the paper's protocol (conf/preset/paper.yaml): 64 sequences per step, 2 micro-batches of 32
 for k in "${C_KEYS[@]}"; do C_ARGS+=("$k=${C[$k]}"); done
-CMD_c=("$PY" -m sweep.train "${C_ARGS[@]}")
+CMD_c=("$PY" -m specsweep.sweep.train "${C_ARGS[@]}")
 CMD_c_check=("$PY" benchmarks/check_run.py "${C[paths.runs_root]}/${C[sweep_name]}")
 
 # ---- dry run ---------------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ if [ $DRY = 1 ]; then
         # Hydra composition and validation of part c's overrides, here (no training): catches a key that
         # does not exist and a value the run would refuse (sweep.plan validates as the launch does)
         if "$PY" -c "import hydra" 2>/dev/null; then
-            if timeout 300 "$PY" -m sweep.plan "${C_ARGS[@]}" >/dev/null 2>"$WORK.plan_err" \
+            if timeout 300 "$PY" -m specsweep.sweep.plan "${C_ARGS[@]}" >/dev/null 2>"$WORK.plan_err" \
                     && out=$(timeout 120 "${CMD_c[@]}" --cfg job 2>&1); then
                 rm -f "$WORK.plan_err"
                 echo "(c) overrides compose: model.n_layer=$(grep -m1 -E '^  n_layer:' <<<"$out" | awk '{print $2}')" \

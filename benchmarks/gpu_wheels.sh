@@ -4,7 +4,7 @@
 # Python 3.12, see the device notes). Run it HERE, on a machine with a package index, from the
 # repository root:   bash benchmarks/gpu_wheels.sh [PYTHON]
 #
-# Part (c) of gpu_check.sh (a real `python -m sweep.train` run) and the trainer test of part (d)
+# Part (c) of gpu_check.sh (a real `specsweep-train` run) and the trainer test of part (d)
 # need these: hydra-core, omegaconf, antlr4-python3-runtime, plus submitit and
 # hydra-submitit-launcher (imported by our launcher plugin when Hydra scans its plugins: without
 # them every run warns), all pure Python, < 1 MB together. Parts (a), (b) and the other tests of

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-from optim import build_optimizer  # noqa: E402
+from specsweep.optim import build_optimizer  # noqa: E402
 
 VOCAB, D_MODEL, FFN_WIDTH, N_LAYER = 50304, 768, 3072, 12
 

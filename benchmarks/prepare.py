@@ -52,8 +52,8 @@ def main() -> None:
     import datasets  # noqa: F401  (imported once here, not inside the first timed run)
     import torch  # noqa: F401  (datasets imports it lazily on first use)
 
-    from sweep.data.streaming import prepare_corpus
-    from sweep.data.spec import DataSpec
+    from specsweep.sweep.data.streaming import prepare_corpus
+    from specsweep.sweep.data.spec import DataSpec
 
     counts = [int(w) for w in args.workers.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))

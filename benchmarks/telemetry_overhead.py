@@ -45,13 +45,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from metrics import EventCost, EventPipeline, attach_probes, frequency_buckets  # noqa: E402
-from metrics import costmodel as cm  # noqa: E402
-from metrics import placement  # noqa: E402
-from metrics.collector import SpectrumCollector  # noqa: E402
-from metrics.covariance import _bf16_scatter  # noqa: E402
-from metrics.buckets import SITES  # noqa: E402
-from metrics.snapshot import TelemetryOptions, TelemetrySnapshot  # noqa: E402
+from specsweep.metrics import EventCost, EventPipeline, attach_probes, frequency_buckets  # noqa: E402
+from specsweep.metrics import costmodel as cm  # noqa: E402
+from specsweep.metrics import placement  # noqa: E402
+from specsweep.metrics.collector import SpectrumCollector  # noqa: E402
+from specsweep.metrics.covariance import _bf16_scatter  # noqa: E402
+from specsweep.metrics.buckets import SITES  # noqa: E402
+from specsweep.metrics.snapshot import TelemetryOptions, TelemetrySnapshot  # noqa: E402
 
 
 # =============================================================================== paper mode
@@ -534,7 +534,7 @@ class _StandInGPT(nn.Module):
 
 def build_model(shape: Shape) -> tuple[nn.Module, str]:
     try:
-        from models import GPT, GPTConfig
+        from specsweep.models import GPT, GPTConfig
 
         cfg = GPTConfig(
             vocab_size=shape.vocab, n_layer=shape.n_layer, n_head=shape.n_head, d_model=shape.d_model,
@@ -723,7 +723,7 @@ VALIDATE = {  # a run where telemetry is a clear share of wall time on 2 CPU cor
 
 
 def validate_main(args: argparse.Namespace) -> None:
-    """Train a short CPU run with telemetry (python -m sweep.train), time this machine's kernels on the
+    """Train a short CPU run with telemetry (specsweep-train), time this machine's kernels on the
     same shape (capture through FFNProbe's hooks, the snapshot and hard ranks of an event, fp64
     decomposition on one thread: EventPipeline, as the trainer runs them), feed them to
     metrics.costmodel.estimate_run with the run's own non-telemetry seconds per step, and compare
@@ -732,15 +732,15 @@ def validate_main(args: argparse.Namespace) -> None:
     import subprocess
     import tempfile
 
-    from metrics.costmodel import Anchors, DeviceProfile, ModelShape, estimate_run
-    from metrics.placement import HostResources, host_resources
+    from specsweep.metrics.costmodel import Anchors, DeviceProfile, ModelShape, estimate_run
+    from specsweep.metrics.placement import HostResources, host_resources
 
     v = dict(VALIDATE)
     tokens_per_step = v["batch_size"] * v["context_len"]
     width = v["ffn_mult"] * v["d_model"]
     torch.set_num_threads(1)  # the run's trainer thread (train.num_threads=1); the pool gets the other cores
     with tempfile.TemporaryDirectory(prefix="validate_") as tmp:
-        cmd = [sys.executable, "-m", "sweep.train", "logger=none", "data=synthetic", f"data.vocab_size={v['vocab']}",
+        cmd = [sys.executable, "-m", "specsweep.sweep.train", "logger=none", "data=synthetic", f"data.vocab_size={v['vocab']}",
                "model=tiny", f"model.n_layer={v['n_layer']}", f"model.d_model={v['d_model']}",
                f"model.n_head={v['n_head']}", f"model.ffn_mult={v['ffn_mult']}", f"model.context_len={v['context_len']}",
                f"train.steps={v['steps']}", f"train.batch_size={v['batch_size']}", f"train.eval_every={v['steps']}",
@@ -762,7 +762,7 @@ def validate_main(args: argparse.Namespace) -> None:
           f"{measured_s:.2f} s (critical {tel['critical_s']:.2f} + wait {tel['wait_s']:.2f}) over {tel['events']} "
           f"events, {tel['spectrum_events']} with spectra, share {tel['share']:.3f}")
     # this machine's kernel times on the run's shape, through the trainer's code paths
-    from models import GPT, GPTConfig
+    from specsweep.models import GPT, GPTConfig
 
     model = GPT(GPTConfig(vocab_size=v["vocab"], n_layer=v["n_layer"], n_head=v["n_head"], d_model=v["d_model"],
                           context_len=v["context_len"], ffn_mult=v["ffn_mult"]))

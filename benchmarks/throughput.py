@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-from models import GPT, GPTConfig  # noqa: E402
+from specsweep.models import GPT, GPTConfig  # noqa: E402
 
 VOCAB, N_LAYER, N_HEAD, D_MODEL, FFN_MULT = 50304, 12, 12, 768, 4
 MODELS = ("ours", "ours_refarch", "reference")

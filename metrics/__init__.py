@@ -3,7 +3,7 @@ configs, files or logging.
 
 The statistics (fit, power, schedule) import NumPy/pandas/SciPy only, never torch, so the analysis
 (`sweep.fit`, `sweep.status`, `sweep.plan`) starts without it; this package therefore imports its
-modules lazily (`from metrics import fit` loads the fit module alone).
+modules lazily (`from specsweep.metrics import fit` loads the fit module alone).
 
 - spectral:   metrics of one spectrum (entropy, soft/hard/Rényi ranks, EEE, JS)
 - covariance: streaming, exactly mergeable centred covariance (micro-batches, DDP ranks)
@@ -47,4 +47,4 @@ __all__ = sorted(_HOME)
 def __getattr__(name: str) -> Any:
     if name not in _HOME:
         raise AttributeError(f"module 'metrics' has no attribute {name!r}")
-    return getattr(import_module(f"metrics.{_HOME[name]}"), name)
+    return getattr(import_module(f".{_HOME[name]}", __name__), name)

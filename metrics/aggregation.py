@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from metrics.fit import RANK_METRICS, _as_tuple, _group_label
-from metrics.schedule import AGGREGATION_EVENTS
+from specsweep.metrics.fit import RANK_METRICS, _as_tuple, _group_label
+from specsweep.metrics.schedule import AGGREGATION_EVENTS
 
 
 

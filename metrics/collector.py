@@ -9,10 +9,10 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from metrics.buckets import BUCKETS, REST
-from metrics.covariance import CovarianceAccumulator
-from metrics.buckets import GLOBAL
-from metrics.snapshot import TelemetryOptions, TelemetrySnapshot, snapshot_accumulator
+from specsweep.metrics.buckets import BUCKETS, REST
+from specsweep.metrics.covariance import CovarianceAccumulator
+from specsweep.metrics.buckets import GLOBAL
+from specsweep.metrics.snapshot import TelemetryOptions, TelemetrySnapshot, snapshot_accumulator
 
 
 def bucket_order(labels: torch.Tensor, groups: int = len(BUCKETS)) -> tuple[torch.Tensor, list[int]]:

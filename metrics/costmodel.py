@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclasses_replace
 
-from metrics.placement import (GPU_SHARE_BUDGET, MEM_HEADROOM, HostResources, cadence_budget, decide_decompose_on,
+from specsweep.metrics.placement import (GPU_SHARE_BUDGET, MEM_HEADROOM, HostResources, cadence_budget, decide_decompose_on,
                                decompose_on_device_now, needed_at, pool_workers)
-from metrics.schedule import AGGREGATION_EVENTS, event_steps, keep_up_every, spectrum_steps
+from specsweep.metrics.schedule import AGGREGATION_EVENTS, event_steps, keep_up_every, spectrum_steps
 
 MEASURED, INTERPOLATED, ASSUMED = "measured", "interpolated", "assumed"  # the basis of a figure
 MIB, GIB = 2**20, 2**30

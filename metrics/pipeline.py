@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from metrics.collector import SpectrumCollector
-from metrics.records import entry_status, finalize_snapshot, record_order_key
-from metrics.sharding import BUCKET_SCOPES, collective_device, decomposition_cost, matrix_owners, reduce_to_owners
-from metrics.snapshot import CovarianceSnapshot, TelemetryOptions, TelemetrySnapshot, snapshot_accumulator
+from specsweep.metrics.collector import SpectrumCollector
+from specsweep.metrics.records import entry_status, finalize_snapshot, record_order_key
+from specsweep.metrics.sharding import BUCKET_SCOPES, collective_device, decomposition_cost, matrix_owners, reduce_to_owners
+from specsweep.metrics.snapshot import CovarianceSnapshot, TelemetryOptions, TelemetrySnapshot, snapshot_accumulator
 
 DECOMPOSE_ON: tuple[str, ...] = ("cpu", "gpu", "device")  # gpu = device: the accumulators' device
 POOLS: tuple[str, ...] = ("process", "thread")

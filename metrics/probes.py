@@ -29,12 +29,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from metrics.buckets import BUCKETS
-from metrics.collector import SpectrumCollector, bucket_order
-from metrics.records import finalize_snapshot
-from metrics.buckets import SITES
-from metrics.snapshot import TelemetryOptions, TelemetrySnapshot
-from metrics.spectral import DEFAULT_RENYI_ALPHAS
+from specsweep.metrics.buckets import BUCKETS
+from specsweep.metrics.collector import SpectrumCollector, bucket_order
+from specsweep.metrics.records import finalize_snapshot
+from specsweep.metrics.buckets import SITES
+from specsweep.metrics.snapshot import TelemetryOptions, TelemetrySnapshot
+from specsweep.metrics.spectral import DEFAULT_RENYI_ALPHAS
 
 # Ordered by preference: a gated FFN's pre-activation site is its gate branch.
 DEFAULT_PRE_PATTERNS: tuple[str, ...] = ("*blocks.*.ffn.gate", "*blocks.*.ffn.up")

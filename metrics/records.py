@@ -14,11 +14,11 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from metrics.buckets import BUCKETS
-from metrics.collector import SpectrumCollector, bucket_order
-from metrics.buckets import GLOBAL, SITES
-from metrics.snapshot import CovarianceSnapshot, TelemetryOptions, TelemetrySnapshot
-from metrics.spectral import DEFAULT_RENYI_ALPHAS, js_divergence, renyi_key, spectrum_metrics
+from specsweep.metrics.buckets import BUCKETS
+from specsweep.metrics.collector import SpectrumCollector, bucket_order
+from specsweep.metrics.buckets import GLOBAL, SITES
+from specsweep.metrics.snapshot import CovarianceSnapshot, TelemetryOptions, TelemetrySnapshot
+from specsweep.metrics.spectral import DEFAULT_RENYI_ALPHAS, js_divergence, renyi_key, spectrum_metrics
 
 # Carried by every event: (tr C)² / ‖C‖²_F needs no decomposition, and Rényi-2 is the same number.
 TRACE_METRICS: tuple[str, ...] = ("hard_rank", renyi_key(2.0))
@@ -169,7 +169,7 @@ def spectral_records(
     """Records of one activation tensor (or {"pre": ..., "post": ...} of the same tokens).
 
     acts: [B, S, D] or [N, D] per site. token_ids: [B, S] or [N] input token ids, needed with
-    `bucket_of_token` (per-vocab-id bucket array from metrics.buckets): then records for global,
+    `bucket_of_token` (per-vocab-id bucket array from specsweep.metrics.buckets): then records for global,
     head, mid and tail, else global only. JS is filled when both sites are given.
     """
     by_site = dict(acts) if isinstance(acts, Mapping) else {site: acts}

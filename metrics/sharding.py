@@ -24,10 +24,10 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.distributed as dist
 
-from metrics.buckets import BUCKETS, REST
-from metrics.collector import SpectrumCollector
-from metrics.covariance import CovarianceAccumulator
-from metrics.buckets import GLOBAL, SITES
+from specsweep.metrics.buckets import BUCKETS, REST
+from specsweep.metrics.collector import SpectrumCollector
+from specsweep.metrics.covariance import CovarianceAccumulator
+from specsweep.metrics.buckets import GLOBAL, SITES
 
 MatrixKey = tuple[int, str, str]  # (layer, site, bucket)
 BUCKET_SCOPES: tuple[str, ...] = ("all", "rank0")

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from metrics.covariance import CovarianceAccumulator
-from metrics.spectral import DEFAULT_RENYI_ALPHAS, hard_rank_of_matrix
+from specsweep.metrics.covariance import CovarianceAccumulator
+from specsweep.metrics.spectral import DEFAULT_RENYI_ALPHAS, hard_rank_of_matrix
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from metrics.aggregation import AggregationRule, window_steps
+from specsweep.metrics.aggregation import AggregationRule, window_steps
 
-from metrics.fit import DELTA_METRIC, RANK_METRICS
+from specsweep.metrics.fit import DELTA_METRIC, RANK_METRICS
 
 ANY = "*"  # a note about every site, bucket or metric of the run
 UNTRAINED, SHORT, INVALID, NO_POINT, NO_SPECTRUM = (

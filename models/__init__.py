@@ -14,4 +14,4 @@ __all__ = ["GPTConfig", "GPT"]
 def __getattr__(name: str) -> Any:
     if name not in _HOME:
         raise AttributeError(f"module 'models' has no attribute {name!r}")
-    return getattr(import_module(f"models.{_HOME[name]}"), name)
+    return getattr(import_module(f".{_HOME[name]}", __name__), name)

@@ -4,9 +4,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.config import GPTConfig
-from models.norms import rms_norm
-from models.rotary import Rotary
+from specsweep.models.config import GPTConfig
+from specsweep.models.norms import rms_norm
+from specsweep.models.rotary import Rotary
 
 
 class CausalSelfAttention(nn.Module):

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.config import GPTConfig
+from specsweep.models.config import GPTConfig
 
 
 def relu2(x: torch.Tensor) -> torch.Tensor:

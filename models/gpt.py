@@ -15,11 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.attention import CausalSelfAttention
-from models.config import GPTConfig
-from models.ffn import build_ffn
-from models.norms import rms_norm
-from models.rotary import Rotary
+from specsweep.models.attention import CausalSelfAttention
+from specsweep.models.config import GPTConfig
+from specsweep.models.ffn import build_ffn
+from specsweep.models.norms import rms_norm
+from specsweep.models.rotary import Rotary
 
 
 class Block(nn.Module):

@@ -4,13 +4,13 @@ Plain PyTorch: no configs, files or logging. `build_optimizer(model, name, **hpa
 the hparams are the keys of conf/optim/<name>.yaml (minus `name`).
 """
 
-from optim.bundle import OptimizerBundle
-from optim.dion import Dion
-from optim.lion import Lion
-from optim.muon import Muon
-from optim.newton_schulz import KELLER_NS_COEFFICIENTS, PAPER_NS_COEFFICIENTS, newton_schulz
-from optim.normuon import NorMuon
-from optim.registry import (
+from specsweep.optim.bundle import OptimizerBundle
+from specsweep.optim.dion import Dion
+from specsweep.optim.lion import Lion
+from specsweep.optim.muon import Muon
+from specsweep.optim.newton_schulz import KELLER_NS_COEFFICIENTS, PAPER_NS_COEFFICIENTS, newton_schulz
+from specsweep.optim.normuon import NorMuon
+from specsweep.optim.registry import (
     build_optimizer,
     hparam_defaults,
     hparam_owners,
@@ -18,8 +18,8 @@ from optim.registry import (
     register,
     registered_optimizers,
 )
-from optim.routing import ROLES, route_parameters
-from optim.schedule import lr_factor, set_lr
+from specsweep.optim.routing import ROLES, route_parameters
+from specsweep.optim.schedule import lr_factor, set_lr
 
 __all__ = [
     "Dion",

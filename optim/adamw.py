@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from optim import hparams as hp
-from optim.bundle import OptimizerBundle
-from optim.registry import register
-from optim.routing import ROLES, route_parameters
+from specsweep.optim import hparams as hp
+from specsweep.optim.bundle import OptimizerBundle
+from specsweep.optim.registry import register
+from specsweep.optim.routing import ROLES, route_parameters
 
 
 @register("adamw")

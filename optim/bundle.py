@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from optim.base import run_closure
-from optim.routing import ROLES, RoutedParams
+from specsweep.optim.base import run_closure
+from specsweep.optim.routing import ROLES, RoutedParams
 
 STATE_FORMAT = 1
 

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from optim import hparams as hp
-from optim.base import StatefulOptimizer, run_closure
-from optim.bundle import OptimizerBundle
-from optim.registry import register
-from optim.routing import ROLES, route_parameters
+from specsweep.optim import hparams as hp
+from specsweep.optim.base import StatefulOptimizer, run_closure
+from specsweep.optim.bundle import OptimizerBundle
+from specsweep.optim.registry import register
+from specsweep.optim.routing import ROLES, route_parameters
 
 
 class Lion(StatefulOptimizer):

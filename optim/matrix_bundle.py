@@ -15,10 +15,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from optim import hparams as hp
-from optim.bundle import OptimizerBundle
-from optim.lion import Lion
-from optim.routing import route_parameters
+from specsweep.optim import hparams as hp
+from specsweep.optim.bundle import OptimizerBundle
+from specsweep.optim.lion import Lion
+from specsweep.optim.routing import route_parameters
 
 SCALAR_OPTIMIZERS = ("lion", "adamw")
 # Lion β of embeddings/head/scalars: what the paper's vendored optimizers ran (their constructor

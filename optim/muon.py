@@ -22,12 +22,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from optim import hparams as hp
-from optim.base import MatrixOptimizer, run_closure
-from optim.bundle import OptimizerBundle
-from optim.matrix_bundle import LION_BETAS, build_matrix_bundle
-from optim.newton_schulz import NS_EPS, PAPER_NS_COEFFICIENTS, coefficient_schedule, newton_schulz
-from optim.registry import register
+from specsweep.optim import hparams as hp
+from specsweep.optim.base import MatrixOptimizer, run_closure
+from specsweep.optim.bundle import OptimizerBundle
+from specsweep.optim.matrix_bundle import LION_BETAS, build_matrix_bundle
+from specsweep.optim.newton_schulz import NS_EPS, PAPER_NS_COEFFICIENTS, coefficient_schedule, newton_schulz
+from specsweep.optim.registry import register
 
 ADJUST_LR_MODES = ("spectral_norm", "original", "none")
 

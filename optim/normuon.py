@@ -15,12 +15,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from optim import hparams as hp
-from optim.bundle import OptimizerBundle
-from optim.matrix_bundle import LION_BETAS, build_matrix_bundle
-from optim.muon import Muon
-from optim.newton_schulz import NS_EPS, PAPER_NS_COEFFICIENTS
-from optim.registry import register
+from specsweep.optim import hparams as hp
+from specsweep.optim.bundle import OptimizerBundle
+from specsweep.optim.matrix_bundle import LION_BETAS, build_matrix_bundle
+from specsweep.optim.muon import Muon
+from specsweep.optim.newton_schulz import NS_EPS, PAPER_NS_COEFFICIENTS
+from specsweep.optim.registry import register
 
 NORMUON_EPS = 1e-8
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from optim.bundle import OptimizerBundle
+from specsweep.optim.bundle import OptimizerBundle
 
 Builder = Callable[..., OptimizerBundle]
 TagFn = Callable[[Mapping[str, Any]], str]
@@ -106,8 +106,8 @@ def _check_builder_signature(name: str, builder: Builder) -> None:
 def _load_builtin() -> None:
     # each built-in optimizer module registers its builder on import; imported lazily
     # because those modules import this one
-    import optim.adamw  # noqa: F401
-    import optim.dion  # noqa: F401
-    import optim.lion  # noqa: F401
-    import optim.muon  # noqa: F401
-    import optim.normuon  # noqa: F401
+    import specsweep.optim.adamw  # noqa: F401
+    import specsweep.optim.dion  # noqa: F401
+    import specsweep.optim.lion  # noqa: F401
+    import specsweep.optim.muon  # noqa: F401
+    import specsweep.optim.normuon  # noqa: F401

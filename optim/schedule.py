@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from optim.bundle import OptimizerBundle
+    from specsweep.optim.bundle import OptimizerBundle
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, decay_frac: float = 0.2) -> float:

@@ -1,7 +1,7 @@
 """What the five commands share: where the Hydra configs are, and the name the user typed.
 
 The commands are console scripts (pyproject.toml) and modules: ``specsweep-train`` is
-``python -m sweep.train``, and likewise prepare, plan, fit and status.
+``specsweep-train``, and likewise prepare, plan, fit and status.
 
 The configs are the top-level ``conf/`` folder next to the ``sweep`` package: in a checkout (and an
 editable install) the repository's own, in an installed wheel the copy it carries (pyproject.toml
@@ -21,6 +21,6 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 def prog(command: str) -> str:
     """How the user started ``command`` (train, prepare, plan, fit, status), for usage lines:
-    ``specsweep-fit`` from the console script, else ``python -m sweep.fit``."""
+    ``specsweep-fit`` from the console script, else ``python -m specsweep.sweep.fit``."""
     script = f"specsweep-{command}"
-    return script if os.path.basename(sys.argv[0] or "") == script else f"python -m sweep.{command}"
+    return script if os.path.basename(sys.argv[0] or "") == script else f"python -m specsweep.sweep.{command}"

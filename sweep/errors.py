@@ -1,6 +1,6 @@
 """Errors the user causes and can fix (a bad config, grid, data path, cluster request).
 
-They derive from Hydra's CompactHydraException, so ``python -m sweep.train`` prints only their
+They derive from Hydra's CompactHydraException, so ``specsweep-train`` prints only their
 message (no traceback; ``HYDRA_FULL_ERROR=1`` still shows it) and exits non-zero. Their text never
 holds a secret: it is redacted when the error is made (sweep.credentials).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hydra.errors import CompactHydraException
 
-from sweep.credentials import redact_text
+from specsweep.sweep.credentials import redact_text
 
 
 class UserError(CompactHydraException):

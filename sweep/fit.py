@@ -1,4 +1,4 @@
-"""Scaling-law analysis of a sweep: ``specsweep-fit SWEEP_DIR [...]`` (= ``python -m sweep.fit``).
+"""Scaling-law analysis of a sweep: ``specsweep-fit SWEEP_DIR [...]`` (= ``python -m specsweep.sweep.fit``).
 
 Reads the run directories (docs/contracts.md), reduces each run's telemetry to one value per
 metric × bucket × site (paper rule by default), fits β with ``metrics.fit`` and writes, into the
@@ -19,9 +19,9 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-from sweep.analysis.defaults import DEFAULT_RESOLVE, SNIPPET_FILE, SPEC_FILE
-from sweep.commands import prog
-from sweep.errors import SweepError
+from specsweep.sweep.analysis.defaults import DEFAULT_RESOLVE, SNIPPET_FILE, SPEC_FILE
+from specsweep.sweep.commands import prog
+from specsweep.sweep.errors import SweepError
 
 __all__ = ["SweepError", "main", "run_fit"]
 _EXAMPLES = """examples:
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from sweep.analysis.command import run_command  # pandas, SciPy, matplotlib: not for --help
+    from specsweep.sweep.analysis.command import run_command  # pandas, SciPy, matplotlib: not for --help
 
     return run_command(args)
 
@@ -120,10 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def __getattr__(name: str) -> Any:
     """``sweep.fit.run_fit``: the fit as a function (sweep/analysis/pipeline.py), imported on use."""
     if name == "run_fit":
-        from sweep.analysis.pipeline import run_fit
+        from specsweep.sweep.analysis.pipeline import run_fit
 
         return run_fit
-    raise AttributeError(f"module 'sweep.fit' has no attribute {name!r}")
+    raise AttributeError(f"module 'specsweep.sweep.fit' has no attribute {name!r}")
 
 
 if __name__ == "__main__":

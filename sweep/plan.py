@@ -1,13 +1,13 @@
-"""Entry point: ``python -m sweep.plan +sweep=<name> [overrides] [plan.out=FILE.json] [plan.tokens_per_s=N]``.
+"""Entry point: ``specsweep-plan +sweep=<name> [overrides] [plan.out=FILE.json] [plan.tokens_per_s=N]``.
 
 What a grid will run and cost, before anything runs: the same composition, grid expansion and
-preflight as ``python -m sweep.train -m`` (sweep.grid.expand, sweep.grid.preflight), one line per
+preflight as ``specsweep-train -m`` (sweep.grid.expand, sweep.grid.preflight), one line per
 run and the totals (tokens, estimated GPU-hours, disk, telemetry). Submits nothing, trains nothing,
 writes nothing but ``plan.out``.
 
-    python -m sweep.plan +sweep=paper_160m
-    python -m sweep.plan +sweep=paper_160m resources=gpu4 plan.out=plan.json
-    python -m sweep.plan +sweep=paper_350m_tail plan.tokens_per_s=250000
+    specsweep-plan +sweep=paper_160m
+    specsweep-plan +sweep=paper_160m resources=gpu4 plan.out=plan.json
+    specsweep-plan +sweep=paper_350m_tail plan.tokens_per_s=250000
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from sweep.credentials import exit_if_credentials_in
-from sweep.errors import UserError
+from specsweep.sweep.credentials import exit_if_credentials_in
+from specsweep.sweep.errors import UserError
 
 OPTIONS = {
     "out": "write the plan as JSON to this file",
@@ -73,8 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from sweep.analysis.power_plan import grid_resolution
-    from sweep.grid.planning import make_plan, plan_json, plan_text
+    from specsweep.sweep.analysis.power_plan import grid_resolution
+    from specsweep.sweep.grid.planning import make_plan, plan_json, plan_text
 
     try:
         options, overrides = split_options(argv)
@@ -82,10 +82,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows, resolution = grid_resolution([r.spec for r in plan.runs], options.get("pilot", "paper"),
                                            options.get("resolve", 0.1))
     except UserError as e:  # a bad plan option, an invalid job (as the launch would refuse it)
-        print(f"sweep.plan: {e}", file=sys.stderr)
+        print(f"specsweep.sweep.plan: {e}", file=sys.stderr)
         return 2
     except (HydraException, OmegaConfBaseException) as e:  # composition: an unknown key or group option
-        print(f"sweep.plan: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"specsweep.sweep.plan: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print(plan_text(plan))
     if resolution:

@@ -1,5 +1,5 @@
 """Prepare token data ahead of training: ``specsweep-prepare data=<config> [data.* overrides]``
-(= ``python -m sweep.prepare``; ``--help`` shows examples: conf/hydra/help/specsweep_prepare.yaml).
+(= ``specsweep-prepare``; ``--help`` shows examples: conf/hydra/help/specsweep_prepare.yaml).
 
     specsweep-prepare data=fineweb_edu                       # FineWeb-Edu sample-10BT, GPT-2 tokens
     specsweep-prepare data=fineweb_edu data.path=/shared/fwe workers=32
@@ -25,13 +25,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.commands import CONF_DIR
-from sweep.credentials import exit_if_credentials_in
-from sweep.data.cache import prepare_dataset
-from sweep.data.frequency import FREQUENCY_FILE, format_frequency
-from sweep.data.spec import DataSpec
-from sweep.data.streaming import prepare_corpus
-from sweep.errors import DataError
+from specsweep.sweep.commands import CONF_DIR
+from specsweep.sweep.credentials import exit_if_credentials_in
+from specsweep.sweep.data.cache import prepare_dataset
+from specsweep.sweep.data.frequency import FREQUENCY_FILE, format_frequency
+from specsweep.sweep.data.spec import DataSpec
+from specsweep.sweep.data.streaming import prepare_corpus
+from specsweep.sweep.errors import DataError
 
 log = logging.getLogger("specsweep.prepare")
 
@@ -49,14 +49,14 @@ def main(cfg: DictConfig) -> Any:
                 log.info("prepared %s: %d train / %d val tokens\n%s", data.root, data.n_train_tokens,
                          data.n_val_tokens, format_frequency(json.loads(freq.read_text())))
     except (DataError, OSError) as e:  # every data problem a user causes is a DataError naming the file
-        print(f"sweep.prepare: error: {e}", file=sys.stderr)
+        print(f"specsweep.sweep.prepare: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(data.root)
     return str(data.root)
 
 
 def cli() -> None:
-    """The ``specsweep-prepare`` console script (and ``python -m sweep.prepare``)."""
+    """The ``specsweep-prepare`` console script (and ``python -m specsweep.sweep.prepare``)."""
     exit_if_credentials_in(sys.argv[1:])  # before Hydra echoes the arguments
     main()
 

@@ -1,10 +1,10 @@
 """State of every run of a sweep, and relaunch of the unfinished ones (``specsweep-status``).
 
-    python -m sweep.status SWEEP_DIR                      # one line per run, then counts
-    python -m sweep.status SWEEP_DIR --json               # the same as JSON lines (with each id's overrides)
-    python -m sweep.status SWEEP_DIR --ids                # each run id and the overrides behind it
-    python -m sweep.status SWEEP_DIR --resubmit           # relaunch failed / stale / interrupted / never started runs
-    python -m sweep.status SWEEP_DIR --resubmit resources.timeout_min=600   # ... with changed overrides
+    specsweep-status SWEEP_DIR                      # one line per run, then counts
+    specsweep-status SWEEP_DIR --json               # the same as JSON lines (with each id's overrides)
+    specsweep-status SWEEP_DIR --ids                # each run id and the overrides behind it
+    specsweep-status SWEEP_DIR --resubmit           # relaunch failed / stale / interrupted / never started runs
+    specsweep-status SWEEP_DIR --resubmit resources.timeout_min=600   # ... with changed overrides
 
 States: done, diverged, running, pending (queued, not started yet), requeued (preempted or at its
 time limit, checkpointed, waiting to resume), interrupted (stopped outside SLURM; relaunch resumes
@@ -36,13 +36,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
-from sweep.commands import prog
-from sweep.cluster.states import STALE_AFTER_S, collect, format_ids, format_table, resubmit
+from specsweep.sweep.commands import prog
+from specsweep.sweep.cluster.states import STALE_AFTER_S, collect, format_ids, format_table, resubmit
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     name = prog("status")
-    examples = "\n".join(line.replace("python -m sweep.status", name).replace("SWEEP_DIR", "runs/demo")
+    examples = "\n".join(line.replace("specsweep-status", name).replace("SWEEP_DIR", "runs/demo")
                          for line in __doc__.split("\n\n")[1].splitlines())
     ap = argparse.ArgumentParser(prog=name, description=__doc__.split("\n\n")[0],
                                  epilog=f"examples:\n{examples}", formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,4 +1,4 @@
-"""Entry point: ``specsweep-train [overrides]`` (= ``python -m sweep.train``; one run) or ``-m`` (a grid).
+"""Entry point: ``specsweep-train [overrides]`` (= ``python -m specsweep.sweep.train``; one run) or ``-m`` (a grid).
 
     specsweep-train model.ffn_mult=2 optim=muon
     specsweep-train -m optim=adamw,muon model.ffn_mult=1,2,4
@@ -16,11 +16,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import sweep.grid.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
-from sweep.commands import CONF_DIR
-from sweep.credentials import exit_if_credentials_in
-from sweep.run.faults import as_run_fault
-from sweep.rundir import RunDir
+import specsweep.sweep.grid.resolvers  # noqa: F401  (registers ${run_id:} before Hydra composes)
+from specsweep.sweep.commands import CONF_DIR
+from specsweep.sweep.credentials import exit_if_credentials_in
+from specsweep.sweep.run.faults import as_run_fault
+from specsweep.sweep.rundir import RunDir
 
 
 def _job_record(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
@@ -42,8 +42,8 @@ def main(cfg: DictConfig) -> float:
     float: the final eval loss by default, +inf for a diverged run (sweep/run/trainer.py objective).
     """
     # These import torch: only the job pays for it, not `--help` or `--cfg`.
-    from sweep.grid.spec import build_run_spec
-    from sweep.run.trainer import objective, train_run
+    from specsweep.sweep.grid.spec import build_run_spec
+    from specsweep.sweep.run.trainer import objective, train_run
 
     hydra_cfg = HydraConfig.get()
     run_path = Path(hydra_cfg.runtime.output_dir)
@@ -63,7 +63,7 @@ def main(cfg: DictConfig) -> float:
 
 
 def cli() -> None:
-    """The ``specsweep-train`` console script (and ``python -m sweep.train``)."""
+    """The ``specsweep-train`` console script (and ``python -m specsweep.sweep.train``)."""
     # Before Hydra sees the arguments: it would echo them (job labels, launcher log lines,
     # .hydra/overrides.yaml, multirun.yaml, grid.json).
     exit_if_credentials_in(sys.argv[1:])

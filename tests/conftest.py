@@ -27,11 +27,21 @@ def run_id_for(*overrides: str) -> str:
     grid point). Tests ask for ids instead of spelling their hashes (sweep/grid/run_id.py)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    import sweep.grid.resolvers  # noqa: F401
+    import specsweep.sweep.grid.resolvers  # noqa: F401
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra_compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
         return str(cfg.run_id)
+
+
+@pytest.fixture(autouse=True)
+def _one_copy_of_the_code():
+    """The repository root is on this process's path, so ``import metrics`` would load a second copy
+    of ``specsweep.metrics`` (two classes of each name) and pass here while failing after a wheel
+    install. Whatever test first loads a bare top-level copy fails."""
+    yield
+    bare = sorted(name for name in ("models", "optim", "metrics", "sweep") if name in sys.modules)
+    assert bare == [], f"loaded outside the specsweep namespace: {bare}"
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +91,10 @@ HELD_TIMEOUT_S = 240
 
 
 def run_train(args: Sequence[str], env: dict[str, str], timeout: float = RUN_TIMEOUT_S,
-              check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m sweep.train ARGS`` in a subprocess, from the repository root (``timeout``: hang guard)."""
+              check: bool = True, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``specsweep-train ARGS`` in a subprocess, from the repository root (``timeout``: hang guard)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "sweep.train", *args], cwd=ROOT, env=env,
+        [sys.executable, "-m", "specsweep.sweep.train", *args], cwd=cwd, env=env,
         capture_output=True, text=True, timeout=timeout,
     )
     if check and proc.returncode != 0:
@@ -93,12 +103,21 @@ def run_train(args: Sequence[str], env: dict[str, str], timeout: float = RUN_TIM
     return proc
 
 
+def user_project(folder: Path) -> Path:
+    """A user's folder holding its own packages of the generic names, each failing if imported: a
+    command run there must load only ``specsweep.*`` (issue 23 item 4)."""
+    for name in ("models", "optim", "metrics", "sweep", "conf"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text(f"raise ImportError('the user\\'s own {name} was imported')\n")
+    return folder
+
+
 @pytest.fixture
 def compose():
     """Compose conf/train.yaml with overrides, as Hydra does for a run (hydra node included)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    import sweep.grid.resolvers  # noqa: F401
+    import specsweep.sweep.grid.resolvers  # noqa: F401
 
     def _compose(overrides: Sequence[str] = ()):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

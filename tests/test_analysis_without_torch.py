@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Run in a fresh interpreter: this test process has long imported torch.
 PROBE = """
 import json, sys
-import sweep.fit, sweep.status, sweep.plan
-import metrics.fit, metrics.schedule, metrics.buckets
+from specsweep.sweep import fit, plan, status
+from specsweep.metrics import buckets, fit as metrics_fit, schedule
 loaded = {"imports": "torch" in sys.modules}
-for name, main, args in ((\"fit\", sweep.fit.main, sys.argv[1:3]), (\"status\", sweep.status.main, sys.argv[3:])):
+for name, main, args in ((\"fit\", fit.main, sys.argv[1:3]), (\"status\", status.main, sys.argv[3:])):
     try:
         code = main(args)
     except SystemExit as e:

@@ -8,11 +8,15 @@
   a line count, sets module borders), and no module anywhere grows past what one reader holds at
   once (MAX_LINES);
 - sweep/analysis/ imports only the floor-0 modules of sweep/ and is imported only by the command
-  ``python -m sweep.fit``; it imports no project module inside a function;
+  ``specsweep-fit``; it imports no project module inside a function;
 - outside sweep/data/, sweep/ imports a project module inside a function only to keep torch out
   of a command that does not need it (listed below with the reason), never to hide a circle;
 - only sweep/rundir/ spells the run directory's file names and the run statuses;
-- sweep/run/ takes a RunSpec: it imports neither Hydra nor OmegaConf (sweep/train.py reads them).
+- sweep/run/ takes a RunSpec: it imports neither Hydra nor OmegaConf (sweep/train.py reads them);
+- the code is imported under the project namespace only (``specsweep.sweep``, never a top-level
+  ``sweep``), everywhere: packages, tests, benchmarks, plugins (issue 23 item 4).
+
+Module names below are the repository's (``sweep.fit`` is the module ``specsweep.sweep.fit``).
 
 Function-local imports count like module-level ones: a circle hidden inside a function is still
 a circle. The allow-lists below name what is known to break a rule today; each entry must still
@@ -28,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sweep", "models", "optim", "metrics")
+NAMESPACE = "specsweep."
 LIBRARIES = ("models", "optim", "metrics")
 NOT_IN_LIBRARIES = ("sweep", "hydra", "omegaconf", "wandb", "submitit")
 # What one reader holds at once; a bound on a module's size, not a target that draws its borders.
@@ -104,7 +109,7 @@ def _imports(name: str) -> list[tuple[str, bool]]:
             visit(child, inner)
 
     visit(tree, False)
-    return found
+    return [(imported.removeprefix(NAMESPACE), local) for imported, local in found]
 
 
 def _resolve(imported: str) -> str | None:
@@ -185,6 +190,21 @@ def test_the_import_walk_sees_the_known_edges():
     assert "optim.adamw" in graph["optim.registry"]  # function-local import
     assert "metrics.fit" in graph["sweep.analysis.points"]  # from metrics import fit as mfit
     assert any(_is_optimizer_registry(c) for c in _circles())
+
+
+def test_the_project_is_imported_under_its_namespace_only():
+    """``import sweep`` or ``from models import ...`` would load a user's own package of that name
+    (or ours twice, under two names): every tracked Python file spells ``specsweep.``."""
+    bare = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in (".venv", "build", "runs", "data_cache") or "site-packages" in rel.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            bare += [f"{rel}:{node.lineno} {n}" for n in names if n.split(".")[0] in (*PACKAGES, "conf")]
+    assert bare == [], bare
 
 
 def test_no_import_circles_but_the_optimizer_registry():

@@ -19,11 +19,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from metrics import FFNProbe, frequency_buckets
-from models import GPT, GPTConfig
-from sweep.errors import ConfigError
-from sweep.grid.spec import TelemetrySpec, build_run_spec
-from sweep.run.telemetry import Telemetry
+from specsweep.metrics import FFNProbe, frequency_buckets
+from specsweep.models import GPT, GPTConfig
+from specsweep.sweep.errors import ConfigError
+from specsweep.sweep.grid.spec import TelemetrySpec, build_run_spec
+from specsweep.sweep.run.telemetry import Telemetry
 
 V, T, STEP_SEQS, FIRST = 64, 16, 16, 4  # vocabulary, sequence length, sequences per step, bucket_sequences
 COUNTS = (np.arange(V, 0, -1) ** 3).astype(np.int64)  # a Zipf-like table: all three buckets populated

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sweep.cluster import states
-from sweep.run import distributed
-from sweep.cluster import slurm
-from sweep.rundir import sweepdir
-from sweep.run.signals import StopRequest
-from sweep.rundir import RunDir
+from specsweep.sweep.cluster import states
+from specsweep.sweep.run import distributed
+from specsweep.sweep.cluster import slurm
+from specsweep.sweep.rundir import sweepdir
+from specsweep.sweep.run.signals import StopRequest
+from specsweep.sweep.rundir import RunDir
 
 
 # ---- ranks --------------------------------------------------------------------------------------------
@@ -162,6 +162,6 @@ def test_slurm_launcher_takes_site_facts_and_job_shape_from_their_groups(compose
     assert launcher.wait is False and launcher.max_array_size == 1001
     # Neither group enters the run id or the identity: any cluster or GPU count trains the same run.
     assert cfg.run_id == compose([]).run_id
-    from sweep.grid.identity import identity_of
+    from specsweep.sweep.grid.identity import identity_of
 
     assert identity_of(cfg) == identity_of(compose(["resources=cpu"]))

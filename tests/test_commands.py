@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, ROOT
+from tests.conftest import FAST, ROOT, user_project
 
 BIN = Path(sys.executable).parent
 COMMANDS = ("train", "prepare", "plan", "fit", "status")
@@ -46,7 +46,7 @@ def test_every_command_is_installed_and_helps_from_any_directory(command: str, t
 def test_every_command_is_declared_in_pyproject() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     for command in COMMANDS:
-        assert f'specsweep-{command} = "sweep.{command}:' in text, command
+        assert f'specsweep-{command} = "specsweep.sweep.{command}:' in text, command
 
 
 def _copy_source(dest: Path) -> Path:
@@ -76,17 +76,22 @@ def test_a_wheel_install_works_from_another_directory(tmp_path: Path, data_cache
     install = _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", target, wheel],
                    tmp_path, dict(os.environ), timeout=600)
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
-    assert (target / "conf" / "train.yaml").is_file() and (target / "conf" / "sweep" / "demo.yaml").is_file()
-    assert not (target / "conf" / "local").exists()
-    assert (target / "sweep" / "data" / "corpus" / "tinyshakespeare.txt").is_file()  # data.path=builtin:...
+    # One project namespace (issue 23 item 4): nothing generic at the top of site-packages.
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == \
+        ["bin", "hydra_plugins", "specsweep"], sorted(p.name for p in target.iterdir())
+    package = target / "specsweep"
+    assert (package / "conf" / "train.yaml").is_file() and (package / "conf" / "sweep" / "demo.yaml").is_file()
+    assert not (package / "conf" / "local").exists()
+    assert (package / "sweep" / "data" / "corpus" / "tinyshakespeare.txt").is_file()  # data.path=builtin:...
 
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    # A user's project folder with packages of the generic names, each failing loudly if imported.
+    elsewhere = user_project(tmp_path / "elsewhere")
     env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1", "SPECSWEEP_RUNS": str(tmp_path / "runs"),
            "SPECSWEEP_DATA": str(data_cache), "WANDB_MODE": "offline"}
     # The code, the plugins and the configs all come from the wheel, not from this checkout.
-    where = _run([sys.executable, "-c", "import sweep, hydra_plugins.specsweep_sweeper as s, sweep.commands as c; "
-                  "print(sweep.__file__); print(s.__file__); print(c.CONF_DIR)"], elsewhere, env)
+    where = _run([sys.executable, "-c", "import specsweep.sweep as w, hydra_plugins.specsweep_sweeper as s, "
+                  "specsweep.sweep.commands as c; print(w.__file__); print(s.__file__); print(c.CONF_DIR)"],
+                 elsewhere, env)
     assert where.returncode == 0, where.stderr[-3000:]
     assert all(line.startswith(str(target)) for line in where.stdout.split()), where.stdout
     scripts = target / "bin"
@@ -94,9 +99,21 @@ def test_a_wheel_install_works_from_another_directory(tmp_path: Path, data_cache
         _check_help(scripts / f"specsweep-{command}", command, elsewhere, env)
     cfg = _run([scripts / "specsweep-train", "optim=muon", "--cfg", "job"], elsewhere, env)
     assert cfg.returncode == 0 and "name: muon" in cfg.stdout, cfg.stderr[-3000:]
-    run = _run([scripts / "specsweep-train", *FAST, "train.steps=2"], elsewhere, env)
+    # The module form too: with `python -m` the current folder (the user's packages) comes first.
+    run = _run([sys.executable, "-m", "specsweep.sweep.train", *FAST, "train.steps=2"], elsewhere, env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs" / "default").iterdir()
     assert (run_dir / "DONE").is_file()
     status = _run([scripts / "specsweep-status", tmp_path / "runs" / "default", "--ids"], elsewhere, env)
     assert status.returncode == 0 and run_dir.name in status.stdout and "preset=smoke" in status.stdout, status.stdout
+
+
+def test_a_source_checkout_imports_under_the_namespace_without_any_install(tmp_path: Path) -> None:
+    """A copy of the checkout on a machine with no install of it (a GPU node running
+    benchmarks/gpu_check.sh): the checkout's root on the path is enough for ``specsweep.*``."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import specsweep.sweep.liveness as m, specsweep; "
+            "print(m.__file__); print(specsweep.__file__)")
+    # -S: no site-packages, so no editable-install finder can be what resolves the import.
+    proc = _run([sys.executable, "-S", "-c", code, ROOT], user_project(tmp_path), {**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [str(ROOT / "sweep" / "liveness.py"), str(ROOT / "specsweep" / "__init__.py")]

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from models import GPTConfig
-from sweep.data import DataSpec
-from sweep.errors import ConfigError
-from sweep.grid.identity import container, identity_of
-from sweep.grid.run_id import digest_of
-from sweep.grid.spec import build_run_spec
+from specsweep.models import GPTConfig
+from specsweep.sweep.data import DataSpec
+from specsweep.sweep.errors import ConfigError
+from specsweep.sweep.grid.identity import container, identity_of
+from specsweep.sweep.grid.run_id import digest_of
+from specsweep.sweep.grid.spec import build_run_spec
 from tests.conftest import CONF, ROOT
 
 # Groups selected in conf/train.yaml's defaults list (chosen with `group=option`); every other
@@ -207,7 +207,7 @@ def test_identity_ignores_volatile_keys(compose) -> None:
 # ---- data inputs checked before any run directory exists (issue 12 item 13) -----------------------
 
 def _shard(path: Path, n_tokens: int) -> Path:
-    from sweep.data.shards import write_shard
+    from specsweep.sweep.data.shards import write_shard
 
     import numpy as np
 
@@ -278,7 +278,7 @@ def test_missing_prepared_folder_names_the_whole_prepare_command(compose, tmp_pa
     corpus, prepared = tmp_path / "corpus", tmp_path / "prepared"
     with pytest.raises(ConfigError) as err:
         build_run_spec(compose(["data=local", f"data.source={corpus}", f"data.path={prepared}"]))
-    assert f"python -m sweep.prepare data=local data.path={prepared} data.source={corpus}" in str(err.value)
+    assert f"specsweep-prepare data=local data.path={prepared} data.source={corpus}" in str(err.value)
     with pytest.raises(ConfigError, match="data.source: missing"):
         build_run_spec(compose(["data=local", f"data.path={prepared}"]))
 
@@ -302,7 +302,7 @@ def test_damaged_or_unfinished_shard_folders_are_refused_naming_the_file(compose
         build_run_spec(compose(args))
     (shards / "meta.json").unlink()
     (shards / "progress.json").write_text("{}")
-    with pytest.raises(ConfigError, match="preparation is not finished.*python -m sweep.prepare data=fineweb10b"):
+    with pytest.raises(ConfigError, match="preparation is not finished.*specsweep-prepare data=fineweb10b"):
         build_run_spec(compose(["data=fineweb10b", f"data.path={shards}"]))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from metrics import costmodel as cm
+from specsweep.metrics import costmodel as cm
 
 ROOT = Path(__file__).resolve().parents[1]
 

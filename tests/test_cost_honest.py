@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from metrics import EventCost, FinishedEvent
-from metrics import costmodel as cm
-from models import GPT, GPTConfig
-from sweep.grid.spec import TelemetrySpec
-from sweep.run import telemetry as telemetry_mod
-from sweep.run.telemetry import Telemetry
+from specsweep.metrics import EventCost, FinishedEvent
+from specsweep.metrics import costmodel as cm
+from specsweep.models import GPT, GPTConfig
+from specsweep.sweep.grid.spec import TelemetrySpec
+from specsweep.sweep.run import telemetry as telemetry_mod
+from specsweep.sweep.run.telemetry import Telemetry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def _calibration(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_sweep_plan_reads_a_calibration_file_instead_of_the_constants(tmp_path):
     cal = _calibration(tmp_path)
-    args = [sys.executable, "-m", "sweep.plan", "+preset=paper", "model.ffn_mult=4", f"paths.runs_root={tmp_path}/runs",
+    args = [sys.executable, "-m", "specsweep.sweep.plan", "+preset=paper", "model.ffn_mult=4", f"paths.runs_root={tmp_path}/runs",
             f"paths.data_root={tmp_path}/data"]
     outs = []
     for extra in ([], [f"plan.calibration={cal}"]):
@@ -147,10 +147,10 @@ def test_a_compiled_run_counts_its_eager_telemetry_steps_in_critical_s(env, comp
     """The loop under train.compile=true (torch.compile stubbed: no compiler in a unit test) hands every
     step's seconds to the telemetry; with step times fixed here (a compiled step 0.01 s, a telemetry
     step 5 s) each event after the first compiled steps carries ~5 s of eager_s in its critical_s."""
-    from sweep.grid.spec import build_run_spec
-    from sweep.rundir import RunDir, iter_jsonl
-    from sweep.run.telemetry_costs import EagerSteps
-    from sweep.run.trainer import train_run
+    from specsweep.sweep.grid.spec import build_run_spec
+    from specsweep.sweep.rundir import RunDir, iter_jsonl
+    from specsweep.sweep.run.telemetry_costs import EagerSteps
+    from specsweep.sweep.run.trainer import train_run
     from tests.conftest import FAST
 
     monkeypatch.setattr(torch, "compile", lambda module, **kw: module)

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from metrics import costmodel as cm
-from metrics import placement
-from metrics.schedule import event_steps, keep_up_every, spectrum_steps
+from specsweep.metrics import costmodel as cm
+from specsweep.metrics import placement
+from specsweep.metrics.schedule import event_steps, keep_up_every, spectrum_steps
 
 GIB = 2**30
 

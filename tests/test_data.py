@@ -1,4 +1,4 @@
-"""sweep.data: shard format, synthetic corpus, local text, preparation cache, batch loader."""
+"""specsweep.sweep.data: shard format, synthetic corpus, local text, preparation cache, batch loader."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.data import cache as prep_mod
-from sweep.data.cache import prepare_dataset
-from sweep.data.loader import TokenBatches
-from sweep.data.prepared import PreparedData
-from sweep.data.shards import HEADER_BYTES, MAGIC, check_vocab_fits, open_shard, read_header, write_shard
-from sweep.data.spec import DataSpec
-from sweep.data.synthetic import SyntheticConfig, build_chain, entropy_stats, generate_tokens
-from sweep.data.tokenizer import EOT_TEXT, ByteTokenizer, train_bpe
-from sweep.errors import DataError, UserError
+from specsweep.sweep.data import cache as prep_mod
+from specsweep.sweep.data.cache import prepare_dataset
+from specsweep.sweep.data.loader import TokenBatches
+from specsweep.sweep.data.prepared import PreparedData
+from specsweep.sweep.data.shards import HEADER_BYTES, MAGIC, check_vocab_fits, open_shard, read_header, write_shard
+from specsweep.sweep.data.spec import DataSpec
+from specsweep.sweep.data.synthetic import SyntheticConfig, build_chain, entropy_stats, generate_tokens
+from specsweep.sweep.data.tokenizer import EOT_TEXT, ByteTokenizer, train_bpe
+from specsweep.sweep.errors import DataError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT / "sweep" / "data" / "corpus" / "tinyshakespeare.txt"  # data.path=builtin:tinyshakespeare.txt
@@ -220,8 +220,8 @@ def test_synthetic_preparation_and_idempotent_reuse(tmp_path: Path) -> None:
 
 _CHILD = """
 import sys
-from sweep.data.cache import prepare_dataset
-from sweep.data.spec import DataSpec
+from specsweep.sweep.data.cache import prepare_dataset
+from specsweep.sweep.data.spec import DataSpec
 spec = DataSpec(kind="synthetic", vocab_size=512, zipf_exponent=1.1, train_tokens=100_000, val_tokens=8192)
 print(prepare_dataset(spec, sys.argv[1]).root)
 """
@@ -319,7 +319,7 @@ def _missing_text(tmp_path: Path) -> tuple[Callable[[], Any], Path]:
 
 
 def _unknown_tokenizer(tmp_path: Path) -> tuple[Callable[[], Any], Path]:
-    from sweep.data.streaming import prepare_corpus
+    from specsweep.sweep.data.streaming import prepare_corpus
 
     (tmp_path / "doc.txt").write_text("hello world " * 100)
     spec = DataSpec(kind="shards", source=str(tmp_path / "doc.txt"), path=str(tmp_path / "out"),

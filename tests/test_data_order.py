@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.data.loader import TokenBatches
-from sweep.data.order import SequentialStream, eval_batch_rows
-from sweep.data.run_data import load_run_data
-from sweep.data.spec import DataSpec
-from sweep.data.shards import write_shard
-from sweep.errors import DataError
-from sweep.rundir import RunDir
+from specsweep.sweep.data.loader import TokenBatches
+from specsweep.sweep.data.order import SequentialStream, eval_batch_rows
+from specsweep.sweep.data.run_data import load_run_data
+from specsweep.sweep.data.spec import DataSpec
+from specsweep.sweep.data.shards import write_shard
+from specsweep.sweep.errors import DataError
+from specsweep.sweep.rundir import RunDir
 from tests.conftest import FAST, run_id_for, run_train
 
 SHARD = 20_000
@@ -204,7 +204,7 @@ def test_an_unfinished_folder_met_at_run_time_is_a_data_error(tmp_path: Path) ->
     folder.mkdir()
     (folder / "progress.json").write_text(json.dumps({"shards": []}))
     data = {"kind": "shards", "name": "local", "path": str(folder), "source": str(tmp_path / "corpus")}
-    with pytest.raises(DataError, match="preparation is not finished.*python -m sweep.prepare data=local"):
+    with pytest.raises(DataError, match="preparation is not finished.*specsweep-prepare data=local"):
         _load(tmp_path, data)
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from sweep import liveness
-from sweep.run.distributed import DistEnv, Watchdog, peer_timeout
-from sweep.rundir import RunDir
+from specsweep.sweep import liveness
+from specsweep.sweep.run.distributed import DistEnv, Watchdog, peer_timeout
+from specsweep.sweep.rundir import RunDir
 from tests.conftest import FAST, ROOT, ended, run_id_for, wait_until_held
 
 
@@ -139,7 +139,7 @@ def _ranks(env: dict, tmp_path: Path, holds: dict[int, str], **extra: str) -> li
         e = {**env, "RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, **extra}
         if r in holds:
             e["SPECSWEEP_HOLD"] = holds[r]
-        procs.append(subprocess.Popen([sys.executable, "-m", "sweep.train", *args], cwd=ROOT, env=e,
+        procs.append(subprocess.Popen([sys.executable, "-m", "specsweep.sweep.train", *args], cwd=ROOT, env=e,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return procs
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from metrics.buckets import BUCKETS
-from metrics.schedule import AGGREGATION_EVENTS, event_steps
-from sweep.rundir import RunDir, iter_jsonl
+from specsweep.metrics.buckets import BUCKETS
+from specsweep.metrics.schedule import AGGREGATION_EVENTS, event_steps
+from specsweep.sweep.rundir import RunDir, iter_jsonl
 
 README_GRID = [[f"optim={o}", f"model.ffn_mult={m}"] for o in ("adamw", "muon") for m in (1, 2, 4)]
 DEMO = ["+sweep=demo"]
@@ -34,8 +34,8 @@ def test_default_grids_put_at_least_a_full_window_of_trained_events(compose, ext
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("extra", [[], DEMO], ids=["readme-grid", "demo"])
 def test_default_grids_measure_every_bucket_at_every_event(env, compose, tmp_path, extra):
-    from sweep.grid.spec import build_run_spec
-    from sweep.run.trainer import train_run
+    from specsweep.sweep.grid.spec import build_run_spec
+    from specsweep.sweep.run.trainer import train_run
 
     args = [*extra, "optim=adamw", "model.ffn_mult=4", "train.steps=2", "logger=none", "train.progress=false"]
     cfg = compose(args)

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from optim import build_optimizer
-from optim.dion import Dion, transposes
+from specsweep.optim import build_optimizer
+from specsweep.optim.dion import Dion, transposes
 
 SHAPES = {"tall": (48, 24), "square": (32, 32), "wide": (24, 64)}
 STEPS = 24

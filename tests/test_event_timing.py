@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweep.grid.spec import TelemetrySpec
-from sweep.run.event_timing import after_step_event, event_lag, train_event, updates_at
-from sweep.rundir import RunDir, iter_jsonl
+from specsweep.sweep.grid.spec import TelemetrySpec
+from specsweep.sweep.run.event_timing import after_step_event, event_lag, train_event, updates_at
+from specsweep.sweep.rundir import RunDir, iter_jsonl
 from tests.conftest import FAST
 
 # every event, constant LR, no clipping differences: weights after k updates independent of steps
@@ -45,8 +45,8 @@ def test_which_forward_measures_which_event():
 
 
 def _train(compose, path: Path, overrides: list[str]) -> pd.DataFrame:
-    from sweep.grid.spec import build_run_spec
-    from sweep.run.trainer import train_run
+    from specsweep.sweep.grid.spec import build_run_spec
+    from specsweep.sweep.run.trainer import train_run
 
     args = [*FAST, *BASE, *overrides]
     train_run(build_run_spec(compose(args), args), path)

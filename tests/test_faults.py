@@ -20,11 +20,11 @@ from typing import Callable, Optional
 import pytest
 import torch
 
-from sweep.run import signals as preempt
-from sweep.grid.identity import check_identity
-from sweep.run.checkpoint import save_checkpoint
-from sweep.run.signals import StopRequest
-from sweep.rundir import (JsonlError, RunConfigChanged, RunDir, config_hash, iter_jsonl, load_checkpoint,
+from specsweep.sweep.run import signals as preempt
+from specsweep.sweep.grid.identity import check_identity
+from specsweep.sweep.run.checkpoint import save_checkpoint
+from specsweep.sweep.run.signals import StopRequest
+from specsweep.sweep.rundir import (JsonlError, RunConfigChanged, RunDir, config_hash, iter_jsonl, load_checkpoint,
                           load_latest_checkpoint)
 from tests.conftest import FAST, ROOT, ended, run_id_for, run_train, wait_until_held
 
@@ -66,14 +66,14 @@ def _train_losses(run: RunDir) -> list[tuple[int, float]]:
 
 def _launch(args: list[str], env: dict, preexec_fn: Optional[Callable[[], None]] = None,
             code: Optional[str] = None) -> subprocess.CompletedProcess:
-    """``python -m sweep.train ARGS`` (or ``python -c CODE ARGS``), not checked."""
-    head = ["-c", code] if code else ["-m", "sweep.train"]
+    """``specsweep-train ARGS`` (or ``python -c CODE ARGS``), not checked."""
+    head = ["-c", code] if code else ["-m", "specsweep.sweep.train"]
     return subprocess.run([sys.executable, *head, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300, preexec_fn=preexec_fn)
 
 
 def _start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweep.train", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "specsweep.sweep.train", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -167,7 +167,7 @@ def test_kill_after_the_last_checkpoint_still_records_the_final_losses(env: dict
     assert done["final_eval_loss"] == pytest.approx(evals[0], rel=1e-6)  # the deterministic eval, rerun
     assert [s for s, _ in run.checkpoints()] == [30]  # train.keep_checkpoints=1 holds after such a resume
 
-    from sweep.analysis.read import load_sweeps
+    from specsweep.sweep.analysis.read import load_sweeps
 
     fitted = load_sweeps([run.path.parent]).runs
     assert len(fitted) == 1 and math.isfinite(fitted[0].train_loss) and math.isfinite(fitted[0].eval_loss)
@@ -276,7 +276,7 @@ def test_sigterm_and_sigint_checkpoint_the_step_they_claim(env: dict, tmp_path: 
     assert status["status"] == "interrupted" and status["step"] == 12
     assert run.checkpoints()[-1][0] == 12  # the checkpoint that run.json (and sweep.status) claims
 
-    from sweep.status import collect
+    from specsweep.sweep.status import collect
 
     assert "checkpoint at step 12" in collect(run.path.parent)[0].detail
     if signum == signal.SIGINT:
@@ -358,7 +358,7 @@ def test_disk_full_at_a_checkpoint_fails_the_run_and_leaves_no_temporary_file(en
             "    return real(obj, f, *a, **k)\n"
             "torch.save = save\n"
             "import runpy\n"
-            "runpy.run_module('sweep.train', run_name='__main__', alter_sys=True)\n")
+            "runpy.run_module('specsweep.sweep.train', run_name='__main__', alter_sys=True)\n")
     proc = _launch(FAST, env, code=code)
     assert proc.returncode != 0
     run = RunDir(tmp_path / "runs" / "default" / RUN_ID)
@@ -493,7 +493,7 @@ def test_non_finite_gradient_stops_before_the_update(env: dict, tmp_path: Path) 
 def test_log_file_that_cannot_be_opened_is_one_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import logging
 
-    from sweep.run.logfile import RunLogFile
+    from specsweep.sweep.run.logfile import RunLogFile
 
     handler = RunLogFile(str(tmp_path / "no-such-dir" / "train.log"))
     assert not (tmp_path / "no-such-dir").exists()  # nothing opened before the first record

@@ -33,8 +33,8 @@ def _api_run(name: str, width: int) -> SimpleNamespace:
 
 @pytest.mark.slow
 def test_fit_from_wandb_into_a_new_out_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sweep.analysis import wandb_io
-    from sweep.fit import main
+    from specsweep.sweep.analysis import wandb_io
+    from specsweep.sweep.fit import main
 
     runs = [_api_run(f"r{w}", w) for w in (64, 128, 256)]
     api = SimpleNamespace(default_entity="me", runs=lambda path, filters: runs)
@@ -66,7 +66,7 @@ def _write_sweep(root: Path, **kwargs) -> Path:
 # ---- item 7: a tail of NUL bytes (power cut) is a torn last line; non-UTF-8 spectra lines ---------
 @pytest.mark.parametrize("tail", [b"\0" * 300, b'{"step": 3, "train_lo' + b"\0" * 40])
 def test_a_nul_tail_is_dropped_like_a_torn_last_row(tmp_path: Path, tail: bytes) -> None:
-    from sweep.rundir import RunDir, iter_jsonl, read_jsonl_rows
+    from specsweep.sweep.rundir import RunDir, iter_jsonl, read_jsonl_rows
 
     run = RunDir(tmp_path)
     run.metrics_file.write_bytes(b'{"step": 1}\n{"step": 2}\n' + tail)
@@ -77,7 +77,7 @@ def test_a_nul_tail_is_dropped_like_a_torn_last_row(tmp_path: Path, tail: bytes)
 
 
 def test_a_non_utf8_spectra_line_drops_that_line_in_the_fit(tmp_path: Path) -> None:
-    from sweep.analysis.read import load_sweeps
+    from specsweep.sweep.analysis.read import load_sweeps
 
     sweep = _write_sweep(tmp_path / "demo", mults=(1, 2), adamw_seeds=(0,), muon_seeds=(), bad_runs=False)
     spectra = sweep / "adamw-w1-s0" / "spectra.jsonl"
@@ -91,12 +91,12 @@ def test_a_non_utf8_spectra_line_drops_that_line_in_the_fit(tmp_path: Path) -> N
 
 
 # ---- item 8: staging folders of killed fits ---------------------------------------------------------
-_STAGE = ("import sys; from pathlib import Path; from sweep.analysis.outdir import staging_dir; "
+_STAGE = ("import sys; from pathlib import Path; from specsweep.sweep.analysis.outdir import staging_dir; "
           "print(staging_dir(Path(sys.argv[1])), flush=True); sys.stdin.read()")
 
 
 def test_next_fit_removes_staging_folders_of_dead_fits_only(tmp_path: Path) -> None:
-    from sweep.fit import main
+    from specsweep.sweep.fit import main
 
     sweep = _write_sweep(tmp_path / "demo", bad_runs=False)
     out = sweep / "analysis"
@@ -159,7 +159,7 @@ def test_status_lists_every_run_and_says_which_file_of_a_bad_one_is_unreadable(t
     (locked_file / "run.json").chmod(0)
     locked_dir.chmod(0)
     try:
-        proc = subprocess.run([sys.executable, "-m", "sweep.status", str(sweep)], cwd=ROOT, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "specsweep.sweep.status", str(sweep)], cwd=ROOT, capture_output=True,
                               text=True, timeout=120, preexec_fn=drop)
     finally:
         locked_dir.chmod(0o755)
@@ -179,7 +179,7 @@ def test_status_lists_every_run_and_says_which_file_of_a_bad_one_is_unreadable(t
 # ---- items 4, 5, 7, 9: faults at run time, end to end ------------------------------------------------
 import shutil  # noqa: E402
 
-from sweep.rundir import RunDir, iter_jsonl  # noqa: E402
+from specsweep.sweep.rundir import RunDir, iter_jsonl  # noqa: E402
 from tests.conftest import FAST, run_id_for, run_train  # noqa: E402
 
 RUN_ID = run_id_for(*FAST)
@@ -213,7 +213,7 @@ def _unfinished_copy(template: RunDir, runs: Path) -> RunDir:
 
 
 def _launch(env: dict, code: str | None = None) -> subprocess.CompletedProcess:
-    head = ["-c", code] if code else ["-m", "sweep.train"]
+    head = ["-c", code] if code else ["-m", "specsweep.sweep.train"]
     return subprocess.run([sys.executable, *head, *FAST], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -238,7 +238,7 @@ def save(obj, f, *a, **k):  # the second checkpoint (step 20) fills the disk: to
     return real(obj, FullDisk(f) if len(calls) == 2 else f, *a, **k)
 
 torch.save = save
-runpy.run_module("sweep.train", run_name="__main__", alter_sys=True)
+runpy.run_module("specsweep.sweep.train", run_name="__main__", alter_sys=True)
 """
 
 
@@ -327,7 +327,7 @@ def test_finished_grid_in_a_read_only_directory_is_skipped(tmp_path: Path, data_
     drop = _obeying_permissions()
     _make_read_only(runs)
     try:
-        proc = subprocess.run([sys.executable, "-m", "sweep.train", "-m", *FAST, "sweep_name=default"], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", "specsweep.sweep.train", "-m", *FAST, "sweep_name=default"], cwd=ROOT,
                               env=_env(runs, data_cache), capture_output=True, text=True, timeout=300,
                               preexec_fn=drop)
     finally:
@@ -352,7 +352,7 @@ def test_sigterm_to_a_local_grid_stops_the_current_run_and_starts_no_other(tmp_p
 
     gate = tmp_path / "gate"
     env = hold_env(_env(tmp_path / "runs", data_cache), gate, at_step)  # every grid point holds there
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", "-m", *FAST, "train.steps=10",
+    proc = subprocess.Popen([sys.executable, "-m", "specsweep.sweep.train", "-m", *FAST, "train.steps=10",
                              "model.ffn_mult=2,4", "sweep_name=g"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -381,9 +381,9 @@ def test_a_refused_wandb_server_sends_the_run_offline_without_an_online_attempt(
     after it: see sweep/run/wandb_reach.py); a refused server is now known at once and never tried."""
     import socket
 
-    from sweep.grid.spec import LoggerSpec
-    from sweep.run import wandb_logger
-    from sweep.run.wandb_logger import NullLogger
+    from specsweep.sweep.grid.spec import LoggerSpec
+    from specsweep.sweep.run import wandb_logger
+    from specsweep.sweep.run.wandb_logger import NullLogger
 
     tried: list[str] = []
 
@@ -434,7 +434,7 @@ def test_a_read_only_run_directory_is_one_line_naming_it_and_the_run(tmp_path: P
     drop = _obeying_permissions()
     _make_read_only(run.path)
     try:
-        proc = subprocess.run([sys.executable, "-m", "sweep.train", *FAST], cwd=ROOT, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "specsweep.sweep.train", *FAST], cwd=ROOT, capture_output=True,
                               text=True, timeout=300, env=_env(tmp_path / "runs", data_cache), preexec_fn=drop)
     finally:
         _make_writable(run.path)

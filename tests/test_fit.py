@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from metrics import fit as mfit
+from specsweep.metrics import fit as mfit
 
-from metrics import aggregation as magg
-from sweep.analysis.rules import parse_rule
+from specsweep.metrics import aggregation as magg
+from specsweep.sweep.analysis.rules import parse_rule
 
 # --------------------------------------------------------------------------------------------
 # Synthetic run-directory generator
@@ -414,7 +414,7 @@ FIXTURE_BUCKETS = ("global", "tail")
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    from sweep.fit import run_fit
+    from specsweep.sweep.fit import run_fit
 
     # Two buckets keep the figure work small; bucket handling is the same for four.
     sweep = write_sweep(tmp_path_factory.mktemp("sweep") / "demo", buckets=FIXTURE_BUCKETS)
@@ -494,7 +494,7 @@ def test_report_has_provenance(fitted):
 
 
 def test_points_file_refit_matches(fitted, tmp_path):
-    from sweep.fit import run_fit
+    from specsweep.sweep.fit import run_fit
 
     again = run_fit(points_file=fitted.out_dir / "points.csv", out_dir=tmp_path / "refit",
                     figures=False, window_k=0)
@@ -504,7 +504,7 @@ def test_points_file_refit_matches(fitted, tmp_path):
 
 
 def test_points_file_in_paper_format(tmp_path):
-    from sweep.fit import run_fit
+    from specsweep.sweep.fit import run_fit
 
     rows = [{"run_id": f"160m_adamw_{i + 1}x", "optimizer": "AdamW", "dion_rank_fraction": np.nan,
              "width_multiplier": i + 1, "ffn_hidden_dim": d, "metric": m, "bucket": "global",
@@ -522,7 +522,7 @@ def test_points_file_in_paper_format(tmp_path):
 
 
 def test_window_mismatch_and_two_widths_messages(tmp_path):
-    from sweep.fit import run_fit
+    from specsweep.sweep.fit import run_fit
 
     sweep = tmp_path / "s"
     write_run(sweep, optimizer="adamw", mult=1, seed=0)
@@ -537,7 +537,7 @@ def test_window_mismatch_and_two_widths_messages(tmp_path):
 
 
 def test_architecture_axis_gain_vs_shift_and_rank_fraction_labels(tmp_path):
-    from sweep.fit import run_fit
+    from specsweep.sweep.fit import run_fit
 
     sweep = tmp_path / "heads"
     small = dict(sites=("post",), buckets=("global", "tail"), steps=(600, 700, 800, 900, 1000))
@@ -565,7 +565,7 @@ def test_architecture_axis_gain_vs_shift_and_rank_fraction_labels(tmp_path):
 
 
 def test_empty_sweep_dir_is_an_error(tmp_path):
-    from sweep.fit import SweepError, run_fit
+    from specsweep.sweep.fit import SweepError, run_fit
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(SweepError, match="no run directories"):
@@ -589,7 +589,7 @@ def _drop_spectra(run_dir: Path, steps: set[int]) -> None:
 
 
 def test_fit_refuses_soft_rank_points_from_events_without_spectra(tmp_path):
-    from sweep.fit import run_fit
+    from specsweep.sweep.fit import run_fit
 
     sweep = tmp_path / "s"
     runs = [write_run(sweep, optimizer="adamw", mult=m, seed=0, buckets=("global",)) for m in (1, 2, 4)]

@@ -1,4 +1,4 @@
-"""End-to-end tests of ``python -m sweep.fit`` on synthetic sweeps (see tests/test_fit.py)."""
+"""End-to-end tests of ``specsweep-fit`` on synthetic sweeps (see tests/test_fit.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.test_fit import PLANTED_BETA, write_run, write_sweep
 
-from sweep.fit import main
+from specsweep.sweep.fit import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "sweep.fit", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "specsweep.sweep.fit", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)  # hang guard
 
 

@@ -1,4 +1,4 @@
-"""Our β beside the published β (issue 15, item 3): ``python -m sweep.fit ... --compare paper``.
+"""Our β beside the published β (issue 15, item 3): ``specsweep-fit ... --compare paper``.
 
 The released per-width points of paper 1 (tests/data/paper/, README there) re-fitted with
 ``--points`` must give the published β of the released tables (shipped in
@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep import rundir
-from sweep.analysis import compare
-from sweep.analysis.compare import Experiment, experiment_of, load_published, match_published
-from sweep.analysis.figures import figure_beta_by_bucket
-from sweep.fit import main, run_fit
+from specsweep.sweep import rundir
+from specsweep.sweep.analysis import compare
+from specsweep.sweep.analysis.compare import Experiment, experiment_of, load_published, match_published
+from specsweep.sweep.analysis.figures import figure_beta_by_bucket
+from specsweep.sweep.fit import main, run_fit
 
 PAPER_POINTS = Path(__file__).parent / "data" / "paper"
 WINDOW = (5200, 5400, 5600, 5800, 6000)  # the paper rule's last 5 checkpoints of a 6000-step run
@@ -222,7 +222,7 @@ def test_partial_match_compares_only_published_rows(partial):
 def test_beta_figure_shows_published_beta_hollow_beside_ours(partial):
     from matplotlib.colors import to_hex
 
-    from sweep.analysis.figures import colours_of
+    from specsweep.sweep.analysis.figures import colours_of
 
     fig = figure_beta_by_bucket(partial, "post")
     colours = colours_of(partial)
@@ -243,7 +243,7 @@ def test_beta_figure_shows_published_beta_hollow_beside_ours(partial):
 
 
 def test_comparison_goes_to_wandb_with_the_analysis(partial_sweep, tmp_path, monkeypatch):
-    from sweep.analysis import wandb_io
+    from specsweep.sweep.analysis import wandb_io
 
     for key in ("DIR", "DATA_DIR", "CACHE_DIR", "CONFIG_DIR"):
         monkeypatch.setenv(f"WANDB_{key}", str(tmp_path / f"wandb-{key.lower()}"))

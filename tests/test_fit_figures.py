@@ -20,9 +20,9 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.test_fit import write_run
 
-from sweep.analysis import style
-from sweep.analysis.figures import COMBINED_PDF, build_figures, colours_of, write_figures
-from sweep.fit import run_fit
+from specsweep.sweep.analysis import style
+from specsweep.sweep.analysis.figures import COMBINED_PDF, build_figures, colours_of, write_figures
+from specsweep.sweep.fit import run_fit
 
 SMALL = dict(sites=("post",), buckets=("global", "tail"), steps=(200, 400, 600, 800, 1000))
 OPTIMIZERS = ("adamw", "muon", "normuon", "dion")
@@ -151,7 +151,7 @@ def test_beta_over_steps_legend_has_a_swatch_per_band(figures):
 
 def test_rank_vs_width_beta_notes_never_cover_a_point_or_an_error_bar(tmp_path):
     """Ranks that fall with the width put the highest points top left, where the β notes go."""
-    from sweep.analysis.figures import figure_rank_vs_width
+    from specsweep.sweep.analysis.figures import figure_rank_vs_width
 
     root = tmp_path / "falling"
     for mult in (1, 2, 4):

@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "pandas", "scipy", "matplotlib")
 PROBE = """
 import json, sys
-import sweep.fit
+from specsweep.sweep import fit
 for argv in (["--help"], ["--once"]):
     try:
-        sweep.fit.main(argv)
+        fit.main(argv)
     except SystemExit:
         pass
 print("PROBE " + json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in %r)))
@@ -34,7 +34,7 @@ def test_help_and_a_usage_error_import_no_heavy_library(tmp_path: Path) -> None:
 
 
 def test_run_fit_is_still_importable_from_sweep_fit() -> None:
-    from sweep.fit import run_fit
-    from sweep.analysis.pipeline import run_fit as pipeline_run_fit
+    from specsweep.sweep.fit import run_fit
+    from specsweep.sweep.analysis.pipeline import run_fit as pipeline_run_fit
 
     assert run_fit is pipeline_run_fit

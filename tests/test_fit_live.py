@@ -23,14 +23,14 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.test_fit import LAYER_FACTOR, PREFACTOR, beta_at_step, planted_beta
 
-from metrics.fit import RANK_METRICS
-from sweep import rundir
-from sweep.rundir import sweepdir
-from sweep.analysis import outdir
-from sweep.analysis.live import NothingToFit
-from sweep.analysis.style import caption
-from sweep.analysis.watch import watch
-from sweep.fit import main, run_fit
+from specsweep.metrics.fit import RANK_METRICS
+from specsweep.sweep import rundir
+from specsweep.sweep.rundir import sweepdir
+from specsweep.sweep.analysis import outdir
+from specsweep.sweep.analysis.live import NothingToFit
+from specsweep.sweep.analysis.style import caption
+from specsweep.sweep.analysis.watch import watch
+from specsweep.sweep.fit import main, run_fit
 
 D_MODEL = 64
 EVERY = 50        # telemetry cadence
@@ -205,7 +205,7 @@ def test_the_analysis_folder_is_replaced_whole(sweep, monkeypatch):
 
     # A refit that dies half-way (after its tables, before its report) leaves the old analysis.
     write_progress(sweep, "muon", 1, 900)
-    from sweep.analysis import pipeline
+    from specsweep.sweep.analysis import pipeline
 
     def broken(*args, **kwargs):
         raise RuntimeError("killed while writing")
@@ -249,8 +249,8 @@ def test_refuses_to_replace_a_folder_that_is_not_an_analysis(sweep, tmp_path, ca
 
 @pytest.mark.slow
 def test_watch_pushes_every_refit_into_one_offline_wandb_run(sweep):
-    from sweep.analysis import wandb_io
-    from sweep.wandb_keys import stable_wandb_id
+    from specsweep.sweep.analysis import wandb_io
+    from specsweep.sweep.wandb_keys import stable_wandb_id
 
     out = sweep / "analysis"
     _state_1(sweep)

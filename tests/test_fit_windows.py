@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metrics.aggregation import AggregationRule, sliding_window_records
-from metrics.schedule import AGGREGATION_EVENTS
-from sweep import rundir
-from sweep.analysis.rules import parse_rule
-from sweep.fit import main, run_fit
+from specsweep.metrics.aggregation import AggregationRule, sliding_window_records
+from specsweep.metrics.schedule import AGGREGATION_EVENTS
+from specsweep.sweep import rundir
+from specsweep.sweep.analysis.rules import parse_rule
+from specsweep.sweep.fit import main, run_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = (64, 128, 256)

@@ -3,9 +3,9 @@ model's step time count the same FLOPs, attention scores included."""
 
 from __future__ import annotations
 
-from metrics.costmodel import ModelShape
-from models.config import GPTConfig
-from sweep.grid.estimate import train_flops_per_token
+from specsweep.metrics.costmodel import ModelShape
+from specsweep.models.config import GPTConfig
+from specsweep.sweep.grid.estimate import train_flops_per_token
 
 
 def test_plan_and_cost_model_count_the_same_flops_per_token() -> None:

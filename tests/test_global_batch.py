@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.data.loader import StepBatches, TokenBatches
-from sweep.errors import ConfigError
-from sweep.grid.identity import identity_of
-from sweep.grid.spec import build_run_spec
+from specsweep.sweep.data.loader import StepBatches, TokenBatches
+from specsweep.sweep.errors import ConfigError
+from specsweep.sweep.grid.identity import identity_of
+from specsweep.sweep.grid.spec import build_run_spec
 from tests.conftest import FAST, run_train
 from tests.test_data_order import shards
 

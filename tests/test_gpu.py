@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from metrics import FFNProbe, finalize_snapshot, frequency_buckets
+from specsweep.metrics import FFNProbe, finalize_snapshot, frequency_buckets
 from metrics_reference import activations
-from models import GPT, GPTConfig
-from optim import PAPER_NS_COEFFICIENTS, build_optimizer, newton_schulz
+from specsweep.models import GPT, GPTConfig
+from specsweep.optim import PAPER_NS_COEFFICIENTS, build_optimizer, newton_schulz
 from tests.conftest import FAST, run_train
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

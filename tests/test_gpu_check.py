@@ -55,7 +55,7 @@ def test_dry_run_prints_every_part_in_order_and_part_c_composes():
     cmds = _commands(proc.stdout)
     assert list(cmds) == ["b", "d", "a", "c"]  # the telemetry cost part first (issue 21, item 9)
     train, check = cmds["c"]
-    assert train[1:3] == ["-m", "sweep.train"] and check[1] == "benchmarks/check_run.py"
+    assert train[1:3] == ["-m", "specsweep.sweep.train"] and check[1] == "benchmarks/check_run.py"
     for override in ("model=gpt2_160m", "model.ffn_mult=8", "optim=muon", "train.steps=50", "train.compile=true",
                      "train.device=cuda", "data=synthetic", "data.vocab_size=50304", "logger=none",
                      "telemetry.decompose_on=gpu", "+preset=paper", "train.global_batch=64",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep.run.hold import Hold
-from sweep.rundir import RunDir, iter_jsonl
+from specsweep.sweep.run.hold import Hold
+from specsweep.sweep.rundir import RunDir, iter_jsonl
 from tests.conftest import FAST, RUN_TIMEOUT_S, ROOT, ended, hold_env, release, run_id_for, wait_until_held
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ def test_parse() -> None:
 
 def test_run_waits_at_the_step_until_released(env: dict, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *FAST, "train.log_every=1"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "specsweep.sweep.train", *FAST, "train.log_every=1"], cwd=ROOT,
                             env=hold_env(env, gate, 5), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:

@@ -29,10 +29,10 @@ from hydra.core.utils import JobReturn
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
-from sweep.rundir import sweepdir
-from sweep.grid.expand import compose_multirun, given_overrides
-from sweep.grid.preflight import PlannedJob, launch_batches, plan_sweep
-from sweep.grid.sweep_name import NamedSweepLoader, launch_sweep_name
+from specsweep.sweep.rundir import sweepdir
+from specsweep.sweep.grid.expand import compose_multirun, given_overrides
+from specsweep.sweep.grid.preflight import PlannedJob, launch_batches, plan_sweep
+from specsweep.sweep.grid.sweep_name import NamedSweepLoader, launch_sweep_name
 from tests.conftest import FAST, ROOT, RUN_TIMEOUT_S, run_train
 
 NUM_LAYOUT = "hydra.sweep.subdir=${hydra.job.num}"
@@ -168,7 +168,7 @@ def test_a_grid_in_hydras_layout_with_hydra_interpolations_resubmits_as_launched
     for f in sorted((sweep_dir / "1").rglob("*"), reverse=True):
         f.rmdir() if f.is_dir() else f.unlink()
     (sweep_dir / "1").rmdir()
-    status = [sys.executable, "-m", "sweep.status", str(sweep_dir)]
+    status = [sys.executable, "-m", "specsweep.sweep.status", str(sweep_dir)]
     proc = subprocess.run([*status, "--resubmit"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -34,7 +34,7 @@ def test_the_stock_submitit_slurm_launcher_is_refused_with_a_pointer(env: dict, 
                      check=False)
     assert proc.returncode != 0
     assert "hydra/launcher=submitit_slurm" in proc.stderr and "Use hydra/launcher=slurm" in proc.stderr, proc.stderr
-    assert "cluster=" in proc.stderr and "sweep.status" in proc.stderr
+    assert "cluster=" in proc.stderr and "specsweep-status" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "runs").exists()  # nothing submitted, no sweep folder
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from metrics import (
+from specsweep.metrics import (
     assign_buckets,
     bucket_summary,
     frequency_buckets,

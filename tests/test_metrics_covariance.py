@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from metrics import CovarianceAccumulator
+from specsweep.metrics import CovarianceAccumulator
 from metrics_reference import activations, cov_two_pass
 
 
@@ -136,7 +136,7 @@ def _bf16_errors(x: np.ndarray, device: str, bf16_matmul, chunks: int = 8) -> tu
 
 
 def test_default_precision_is_bf16_on_cuda_and_exact_fp32_on_cpu():
-    from metrics.covariance import default_bf16_matmul
+    from specsweep.metrics.covariance import default_bf16_matmul
 
     assert default_bf16_matmul("cuda") and default_bf16_matmul(torch.device("cuda", 0))
     assert not default_bf16_matmul("cpu")

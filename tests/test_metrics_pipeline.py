@@ -5,8 +5,8 @@ import threading
 import pytest
 import torch
 
-import metrics.pipeline as pipeline_mod
-from metrics import EventPipeline, attach_probes, finalize_snapshot, frequency_buckets
+import specsweep.metrics.pipeline as pipeline_mod
+from specsweep.metrics import EventPipeline, attach_probes, finalize_snapshot, frequency_buckets
 from test_metrics_probes import COUNTS, WIDTH, TinyLM, _micro_batches
 
 FULL_ONLY = ("soft_rank", "entropy", "eee", "js", "renyi_0.5", "renyi_3", "renyi_inf", "min_eig", "neg_mass")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from metrics import attach_probes, finalize_snapshot, frequency_buckets, spectral_records
+from specsweep.metrics import attach_probes, finalize_snapshot, frequency_buckets, spectral_records
 
 VOCAB, D_MODEL, WIDTH = 10, 12, 24
 COUNTS = np.array([30, 2, 25, 1, 12, 0, 10, 8, 7, 5])  # HEAD {0}, MID {2, 4}, TAIL the rest
@@ -216,12 +216,9 @@ def test_process_finalizer_equals_sync():
 
 
 def test_probes_on_models_gpt():
-    models = pytest.importorskip("models")
-    try:
-        cfg = models.GPTConfig(vocab_size=VOCAB, n_layer=2, n_head=2, d_model=16, context_len=32)
-        model = models.GPT(cfg)
-    except Exception as exc:  # the model package is written in parallel; do not fail on its state
-        pytest.skip(f"models.GPT unavailable: {exc}")
+    from specsweep.models import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=VOCAB, n_layer=2, n_head=2, d_model=16, context_len=32))
     probe = attach_probes(model, bucket_of_token=frequency_buckets(COUNTS), min_bucket_rows=20)
     assert sorted(probe.modules) == [(0, "post"), (0, "pre"), (1, "post"), (1, "pre")]
     idx = torch.randint(0, VOCAB, (8, 32))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from metrics import SpectrumCadence, aggregation_window, event_steps, is_event, keep_up_every, spectrum_steps
+from specsweep.metrics import SpectrumCadence, aggregation_window, event_steps, is_event, keep_up_every, spectrum_steps
 
 
 def test_event_steps_and_window_at_paper_scale():

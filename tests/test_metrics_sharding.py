@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from metrics import EventPipeline, SpectrumCollector, TelemetryOptions, finalize_snapshot, matrix_owners
+from specsweep.metrics import EventPipeline, SpectrumCollector, TelemetryOptions, finalize_snapshot, matrix_owners
 from metrics_reference import activations
 
 D = 12

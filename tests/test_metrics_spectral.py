@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from metrics import (
+from specsweep.metrics import (
     eee,
     hard_rank_of_matrix,
     js_divergence,

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import GPT, GPTConfig
+from specsweep.models import GPT, GPTConfig
 
 
 

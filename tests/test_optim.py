@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-import optim
-from optim import (
+from specsweep import optim
+from specsweep.optim import (
     KELLER_NS_COEFFICIENTS,
     Dion,
     Lion,
@@ -31,8 +31,8 @@ from optim import (
     optimizer_tag,
     set_lr,
 )
-from optim.dion import dion_matrix_update, dion_rank, orthonormalize
-from optim.normuon import normuon_normalise
+from specsweep.optim.dion import dion_matrix_update, dion_rank, orthonormalize
+from specsweep.optim.normuon import normuon_normalise
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,7 +163,7 @@ def test_routing_counts_by_name() -> None:
 
 
 def test_routing_on_the_real_gpt() -> None:
-    from models import GPT, GPTConfig
+    from specsweep.models import GPT, GPTConfig
 
     cfg = GPTConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, context_len=16, pos_encoding="learned")
     model = GPT(cfg)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from optim import hparam_defaults, hparam_owners
-from sweep.errors import ConfigError, SweepError
-from sweep.grid.expand import CONF_DIR
-from sweep.grid.planning import make_plan, plan_json
-from sweep.grid.spec import build_run_spec
+from specsweep.optim import hparam_defaults, hparam_owners
+from specsweep.sweep.errors import ConfigError, SweepError
+from specsweep.sweep.grid.expand import CONF_DIR
+from specsweep.sweep.grid.planning import make_plan, plan_json
+from specsweep.sweep.grid.spec import build_run_spec
 
 GRID = ["optim=adamw,muon,dion", "model.ffn_mult=2"]
 

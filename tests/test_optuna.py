@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweep.rundir import RunDir
-from sweep.run.loop import RunResult
+from specsweep.sweep.rundir import RunDir
+from specsweep.sweep.run.loop import RunResult
 from tests.conftest import FAST, run_id_for, run_train
 
 
 def test_the_objective_is_a_float_for_every_ending() -> None:
-    from sweep.run.trainer import objective
+    from specsweep.sweep.run.trainer import objective
 
     done = RunResult("r", "done", 30, final_train_loss=2.5, final_eval_loss=3.25)
     assert objective(done, "eval_loss") == 3.25 and objective(done, "train_loss") == 2.5
@@ -26,8 +26,8 @@ def test_the_objective_is_a_float_for_every_ending() -> None:
 
 
 def test_an_unknown_objective_is_a_config_error(compose) -> None:
-    from sweep.errors import ConfigError
-    from sweep.grid.spec import build_run_spec
+    from specsweep.sweep.errors import ConfigError
+    from specsweep.sweep.grid.spec import build_run_spec
 
     with pytest.raises(ConfigError, match="train.objective: eval_loss | train_loss"):
         build_run_spec(compose(["train.objective=accuracy"]))

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from sweep.data.cache import prepare_dataset
-from sweep.data.loader import TokenBatches
-from sweep.data.spec import DataSpec
-from sweep.data.streaming import prepare_corpus
-from sweep.errors import DataError
-from sweep.grid.estimate import planned_vocab
-from sweep.grid.spec import build_run_spec
+from specsweep.sweep.data.cache import prepare_dataset
+from specsweep.sweep.data.loader import TokenBatches
+from specsweep.sweep.data.spec import DataSpec
+from specsweep.sweep.data.streaming import prepare_corpus
+from specsweep.sweep.errors import DataError
+from specsweep.sweep.grid.estimate import planned_vocab
+from specsweep.sweep.grid.spec import build_run_spec
 
 
 def write_llmc(path: Path, tokens: np.ndarray) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep.grid.planning import make_plan, plan_json
-from sweep.grid.spec import build_run_spec
+from specsweep.sweep.grid.planning import make_plan, plan_json
+from specsweep.sweep.grid.spec import build_run_spec
 
 W160 = [768 * k for k in range(1, 9)]
 W350 = [1024 * k for k in range(1, 5)]
@@ -144,7 +144,7 @@ def test_plan_totals_add_up(plans: dict) -> None:
         assert tot["runs"] == len(runs) and tot["to_train"] == len(runs), grid
         assert math.isclose(tot["gpu_hours"], sum(r["gpu_hours"] for r in runs)), grid
         assert tot["telemetry_events"] == sum(r["telemetry"]["events"] for r in runs), grid
-        assert tot["data_ready"] is False and "python -m sweep.prepare data=fineweb10b" in tot["data_problems"][0]
+        assert tot["data_ready"] is False and "specsweep-prepare data=fineweb10b" in tot["data_problems"][0]
         for r in runs:  # events at step 1, every `every` steps and the last
             assert r["telemetry"]["events"] == r["steps"] // r["telemetry_every"] + 1, r["run_id"]
             assert r["steps"] % r["eval_every"] == 0, r["run_id"]  # the last eval is on the cadence
@@ -173,7 +173,7 @@ def test_paper_350m_micro_batch_and_gpu_count_keep_the_global_batch(plans: dict)
 
 
 def test_runs_shared_between_grids_are_the_same_runs(compose) -> None:
-    from sweep.grid.identity import identity_of
+    from specsweep.sweep.grid.identity import identity_of
 
     job = ["optim=dion", "optim.rank_fraction=0.5", "model.ffn_mult=3"]
     main = compose(["+sweep=paper_160m", *job])

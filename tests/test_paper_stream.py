@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.data.checks import TokenNeeds, check_data
-from sweep.data.loader import StepBatches, TokenBatches
-from sweep.data.order import SequentialStream, leading_rows
-from sweep.data.spec import DataSpec
-from sweep.errors import DataError
+from specsweep.sweep.data.checks import TokenNeeds, check_data
+from specsweep.sweep.data.loader import StepBatches, TokenBatches
+from specsweep.sweep.data.order import SequentialStream, leading_rows
+from specsweep.sweep.data.spec import DataSpec
+from specsweep.sweep.errors import DataError
 from tests.test_data_order import shards
 
 # kjj0/fineweb10B-gpt2's 103 training shards, in name order (paper-notes §3, §4b)

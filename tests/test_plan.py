@@ -1,4 +1,4 @@
-"""``python -m sweep.plan``: a grid's runs and cost before anything runs (issue 15).
+"""``specsweep-plan``: a grid's runs and cost before anything runs (issue 15).
 
 The plan composes, expands and checks the grid exactly as ``sweep.train -m`` does
 (sweep.grid.expand, sweep.grid.preflight), trains nothing and makes no run directory.
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from sweep.grid.identity import claim
-from sweep.grid.planning import make_plan
-from sweep.plan import main
-from sweep.rundir import RunDir
+from specsweep.sweep.grid.identity import claim
+from specsweep.sweep.grid.planning import make_plan
+from specsweep.sweep.plan import main
+from specsweep.sweep.rundir import RunDir
 from tests.conftest import FAST, ROOT, run_train
 
 ARMS = "hydra.sweeper.arms=[{optim:adamw},{optim:muon,optim.lr:0.01}]"
@@ -24,7 +24,7 @@ ARMS = "hydra.sweeper.arms=[{optim:adamw},{optim:muon,optim.lr:0.01}]"
 
 def test_plan_of_paper_160m_lists_its_40_runs_and_writes_them(env: dict, tmp_path: Path) -> None:
     out = tmp_path / "plan.json"
-    proc = subprocess.run([sys.executable, "-m", "sweep.plan", "+sweep=paper_160m", f"plan.out={out}"],
+    proc = subprocess.run([sys.executable, "-m", "specsweep.sweep.plan", "+sweep=paper_160m", f"plan.out={out}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("gpt2-160m_")]
@@ -32,7 +32,7 @@ def test_plan_of_paper_160m_lists_its_40_runs_and_writes_them(env: dict, tmp_pat
     text = proc.stdout
     assert "GPU-hours" in text and "estimate" in text and "393k tokens/s on one H100" in text
     assert "disk        checkpoints" in text and "telemetry   1,240 events" in text
-    assert "NOT READY" in text and "python -m sweep.prepare data=fineweb10b" in text
+    assert "NOT READY" in text and "specsweep-prepare data=fineweb10b" in text
     plan = json.loads(out.read_text())
     assert len(plan["runs"]) == 40 and plan["totals"]["runs"] == 40
     run = next(r for r in plan["runs"] if r["run_id"] == "gpt2-160m_dion-r0.0625_w8_s1337")
@@ -102,10 +102,10 @@ def test_the_plan_lists_what_the_sweeper_launches(env: dict, tmp_path: Path, cap
 def test_checkpoint_estimate_counts_the_optimizer_state_a_step_creates(compose, optim: str) -> None:
     import torch
 
-    from models import GPT
-    from optim import build_optimizer
-    from sweep.grid.estimate import state_bytes
-    from sweep.grid.spec import build_run_spec
+    from specsweep.models import GPT
+    from specsweep.optim import build_optimizer
+    from specsweep.sweep.grid.estimate import state_bytes
+    from specsweep.sweep.grid.spec import build_run_spec
 
     spec = build_run_spec(compose([f"optim={optim}", "model.vocab_size=300", "model.ffn_mult=3"]))
     model = GPT(spec.model)

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from metrics import fit as mfit
-from metrics import power as mpow
+from specsweep.metrics import fit as mfit
+from specsweep.metrics import power as mpow
 from tests.conftest import ROOT
 from tests.test_fit import write_sweep
 
@@ -117,7 +117,7 @@ def test_power_module_imports_only_numpy_and_scipy():
 
 def test_published_noise_is_the_published_interval():
     """σ = std_err·sqrt(Sxx) of the paper's widths; std_err is the published CI's half-width over t."""
-    from sweep.analysis.power_plan import published_noises
+    from specsweep.sweep.analysis.power_plan import published_noises
 
     noises = published_noises("160m")
     main = pd.read_csv(PUBLISHED / "main_beta_table.csv")
@@ -141,7 +141,7 @@ def _spec(optimizer: str, width: int, seed: int, rank_fraction=None):
 
 
 def test_plan_predicts_the_paper_grids_mdd_and_the_seeds_that_resolve_a_target():
-    from sweep.analysis.power_plan import grid_resolution, published_noises
+    from specsweep.sweep.analysis.power_plan import grid_resolution, published_noises
 
     specs = [_spec(o, 768 * k, 0) for o in ("adamw", "muon") for k in range(1, 9)]
     rows, text = grid_resolution(specs, "paper", 0.2)
@@ -160,7 +160,7 @@ def test_plan_predicts_the_paper_grids_mdd_and_the_seeds_that_resolve_a_target()
 
 
 def test_plan_from_a_pilot_sweep_uses_its_scatter(tmp_path):
-    from sweep.analysis.power_plan import grid_resolution, sweep_noises
+    from specsweep.sweep.analysis.power_plan import grid_resolution, sweep_noises
 
     pilot = write_sweep(tmp_path / "pilot", bad_runs=False, buckets=("global",))
     noises = sweep_noises(pilot)
@@ -177,7 +177,7 @@ def test_plan_from_a_pilot_sweep_uses_its_scatter(tmp_path):
 
 @pytest.mark.slow
 def test_plan_command_prints_and_writes_the_resolution(tmp_path, env, capsys):
-    from sweep.plan import main
+    from specsweep.sweep.plan import main
 
     out = tmp_path / "plan.json"
     assert main(["+sweep=demo", "plan.resolve=0.5", f"plan.out={out}"]) == 0
@@ -195,7 +195,7 @@ def test_plan_command_prints_and_writes_the_resolution(tmp_path, env, capsys):
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    from sweep.fit import run_fit
+    from specsweep.sweep.fit import run_fit
 
     sweep = write_sweep(tmp_path_factory.mktemp("power") / "demo", bad_runs=False, buckets=("global", "tail"))
     return run_fit([sweep], figures=False, n_boot=50, resolve=0.05)
@@ -218,8 +218,8 @@ def test_fit_reports_every_pairs_delta_interval_and_mdd(fitted):
 
 
 def test_fit_report_and_console_say_what_the_sweep_can_and_cannot_show(fitted, tmp_path, capsys):
-    from sweep.analysis.power import power_block
-    from sweep.fit import main
+    from specsweep.sweep.analysis.power import power_block
+    from specsweep.sweep.fit import main
 
     report = fitted.report.read_text()
     assert "## What this sweep can resolve" in report and "this sweep resolves |Δβ| ≥" in report
@@ -236,7 +236,7 @@ def test_fit_report_and_console_say_what_the_sweep_can_and_cannot_show(fitted, t
 
 
 def test_a_sweep_that_resolves_nothing_says_so():
-    from sweep.analysis.power import summary_lines, verdict
+    from specsweep.sweep.analysis.power import summary_lines, verdict
 
     rows = pd.DataFrame([{"optimizer_a": "muon", "optimizer_b": "adamw", "metric": m, "bucket": "global",
                           "site": "post", "delta": d, "lower": d - 0.3, "upper": d + 0.3, "mdd": 0.42,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.rundir import RunDir, iter_jsonl
+from specsweep.sweep.rundir import RunDir, iter_jsonl
 from tests.conftest import FAST, ROOT, RUN_TIMEOUT_S, ended, hold_env, run_id_for, run_train, wait_until_held
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def test_usr2_checkpoints_at_the_step_boundary_and_a_relaunch_resumes(env: dict,
     run = RunDir(tmp_path / "runs" / "usr2" / run_id_for(*common))
     gate = tmp_path / "gate"
     # Held after step 20 until the signal lands: the signal reaches a run mid-way, however fast it trains.
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *common, "sweep_name=usr2"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "specsweep.sweep.train", *common, "sweep_name=usr2"], cwd=ROOT,
                             env=hold_env(env, gate, 20), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_until_held(gate, 20, ended(proc))
@@ -68,7 +68,7 @@ def _free_port() -> int:
 def _two_ranks(args: list[str], env: dict) -> None:
     """One run as two torchrun-style local ranks (RANK/WORLD_SIZE) on gloo."""
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, "-m", "sweep.train", *args], cwd=ROOT,
+    procs = [subprocess.Popen([sys.executable, "-m", "specsweep.sweep.train", *args], cwd=ROOT,
                               env={**env, "RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                                    "MASTER_PORT": port},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
@@ -96,9 +96,9 @@ def _assert_same_records(got: dict, want: dict) -> None:
 
 def _rank0_bucket_rows(compose, overrides: list[str], steps: list[int]) -> dict[tuple[int, str], int]:
     """(step, bucket) -> rows of HEAD/MID/TAIL in rank 0's share of that step's batches."""
-    from metrics import frequency_buckets
-    from sweep.data.run_data import load_run_data
-    from sweep.grid.spec import build_run_spec
+    from specsweep.metrics import frequency_buckets
+    from specsweep.sweep.data.run_data import load_run_data
+    from specsweep.sweep.grid.spec import build_run_spec
 
     spec = build_run_spec(compose(overrides))
     t = spec.train

@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweep.data import documents, streaming
-from sweep.data.cache import prepare_dataset
-from sweep.data.checks import check_data
-from sweep.data.prepared import META_FILE, PROGRESS_FILE, PreparedData
-from sweep.data.shards import HEADER_BYTES, MAGIC, open_shard, read_header, write_shard
-from sweep.data.spec import DataSpec
-from sweep.data.streaming import prepare_corpus
-from sweep.data.tokenizer import (
+from specsweep.sweep.data import documents, streaming
+from specsweep.sweep.data.cache import prepare_dataset
+from specsweep.sweep.data.checks import check_data
+from specsweep.sweep.data.prepared import META_FILE, PROGRESS_FILE, PreparedData
+from specsweep.sweep.data.shards import HEADER_BYTES, MAGIC, open_shard, read_header, write_shard
+from specsweep.sweep.data.spec import DataSpec
+from specsweep.sweep.data.streaming import prepare_corpus
+from specsweep.sweep.data.tokenizer import (
     BPETokenizer, ByteTokenizer, TiktokenTokenizer, TokenizerUnavailable, load_tokenizer,
 )
-from sweep.errors import DataError
+from specsweep.sweep.errors import DataError
 from tests.conftest import ROOT, SHAKESPEARE, run_train
 
 needs_datasets = pytest.mark.skipif(
@@ -270,7 +270,7 @@ def test_interrupted_preparation_resumes_to_the_same_bytes(mixed_folder, tmp_pat
     resume = json.loads((out / PROGRESS_FILE).read_text())["resume"]
     assert (resume["stream"]["state"] is not None) == (with_state and fail_at > 1)
     # The trainer refuses the unfinished folder, naming the prepare command.
-    with pytest.raises(DataError, match="python -m sweep.prepare data=local"):
+    with pytest.raises(DataError, match="specsweep-prepare data=local"):
         prepare_dataset(spec, tmp_path / "cache")
     monkeypatch.setattr(streaming, "write_shard", real_write)
     # A different task size asked on resume: the recorded one is used, the bytes do not change.
@@ -282,8 +282,8 @@ def test_interrupted_preparation_resumes_to_the_same_bytes(mixed_folder, tmp_pat
 
 _KILLED_CHILD = """
 import json, os, signal, sys
-from sweep.data import streaming
-from sweep.data.spec import DataSpec
+from specsweep.sweep.data import streaming
+from specsweep.sweep.data.spec import DataSpec
 
 real, done = streaming.write_shard, []
 def write_then_die(path, tokens):
@@ -310,7 +310,7 @@ def test_killed_process_resumes_with_the_cli_to_the_same_bytes(mixed_folder, tmp
     progress = json.loads((out / PROGRESS_FILE).read_text())
     assert len(progress["shards"]) == 2 and (out / "train_000001.bin").is_file()  # 3rd shard unrecorded
     cli = subprocess.run(
-        [sys.executable, "-m", "sweep.prepare", "data=local", f"data.source={root}", f"data.path={out}",
+        [sys.executable, "-m", "specsweep.sweep.prepare", "data=local", f"data.source={root}", f"data.path={out}",
          "data.tokenizer=byte", "data.val_tokens=7000", "data.shard_tokens=9000", "workers=1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # hang guard
     assert cli.returncode == 0, cli.stdout[-2000:] + cli.stderr[-2000:]
@@ -444,11 +444,11 @@ def test_both_routes_to_existing_shards_split_them_by_one_rule(fineweb_bins, tmp
         prepare_dataset(DataSpec(kind="shards", path=str(src), tokenizer="gpt2"), tmp_path / "cache")
     assert "fineweb_test_000000.bin names neither split" in " ".join(
         check_data({"kind": "shards", "path": str(src), "source": None}, None))
-    cli = subprocess.run([sys.executable, "-m", "sweep.prepare", "data=fineweb10b", f"data.source={src}",
+    cli = subprocess.run([sys.executable, "-m", "specsweep.sweep.prepare", "data=fineweb10b", f"data.source={src}",
                           f"data.path={tmp_path / 'o'}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr[-2000:]
-    assert cli.stderr.strip().splitlines() == [f"sweep.prepare: error: {src}: shard fineweb_test_000000.bin "
+    assert cli.stderr.strip().splitlines() == [f"specsweep.sweep.prepare: error: {src}: shard fineweb_test_000000.bin "
                                                f"names neither split (train or val in the file name)"]
 
 
@@ -551,16 +551,16 @@ def test_gpt2_path_with_an_offline_stand_in_vocabulary(tmp_path: Path, monkeypat
 # ---------------------------------------------------------------- training on prepared shards
 
 def test_trainer_names_the_prepare_command_when_the_folder_is_missing(compose, tmp_path: Path) -> None:
-    from sweep.grid.spec import ConfigError, build_run_spec
+    from specsweep.sweep.grid.spec import ConfigError, build_run_spec
 
     missing = tmp_path / "nowhere"
-    with pytest.raises(ConfigError, match=f"python -m sweep.prepare data=fineweb_edu data.path={missing}"):
+    with pytest.raises(ConfigError, match=f"specsweep-prepare data=fineweb_edu data.path={missing}"):
         build_run_spec(compose(["data=fineweb_edu", f"data.path={missing}"]))
-    with pytest.raises(DataError, match="python -m sweep.prepare data=fineweb10b"):
+    with pytest.raises(DataError, match="specsweep-prepare data=fineweb10b"):
         prepare_dataset(DataSpec(kind="shards", name="fineweb10b", source="hf:HuggingFaceFW/fineweb",
                                  path=str(missing)), tmp_path / "cache")
     missing.mkdir()  # exists, but nothing was prepared there
-    with pytest.raises(DataError, match="not a prepared data folder.*python -m sweep.prepare"):
+    with pytest.raises(DataError, match="not a prepared data folder.*specsweep-prepare"):
         prepare_dataset(DataSpec(kind="shards", name="fineweb10b", source="hf:HuggingFaceFW/fineweb",
                                  path=str(missing)), tmp_path / "cache")
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from sweep.credentials import RedactingFilter
-from sweep.run.loop import _console_beside, _progress
+from specsweep.sweep.credentials import RedactingFilter
+from specsweep.sweep.run.loop import _console_beside, _progress
 
 
 def test_console_records_go_above_the_bar_and_stay_redacted(monkeypatch, capsys) -> None:

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from sweep.cluster.states import collect
-from sweep.rundir import RunClaimed, RunDir, iter_jsonl, write_checkpoint
+from specsweep.sweep.cluster.states import collect
+from specsweep.sweep.rundir import RunClaimed, RunDir, iter_jsonl, write_checkpoint
 from tests.conftest import FAST, ROOT, ended, hold_env, release, run_id_for, run_train, wait_until_held
 
 # A process that claims a run directory, says so on stdout, then waits for its stdin to close.
 _HOLDER = """
 import sys
-from sweep.rundir import RunDir
+from specsweep.sweep.rundir import RunDir
 claim = RunDir(sys.argv[1]).claim()
 print("claimed", flush=True)
 sys.stdin.read()
@@ -114,7 +114,7 @@ def test_a_checkpoint_write_never_removes_a_live_processs_temporary_file(tmp_pat
 
 # ---- end to end ------------------------------------------------------------------------------------
 def _start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweep.train", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "specsweep.sweep.train", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from sweep.grid.run_id import format_number, make_run_id, width_tag
+from specsweep.sweep.grid.run_id import format_number, make_run_id, width_tag
 from tests.conftest import CONF
 
 
@@ -33,7 +33,7 @@ def test_prefix_alone_when_nothing_else_identifies_the_run() -> None:
 
 
 def test_other_identifying_overrides_are_one_short_hash_independent_of_order() -> None:
-    from sweep.grid.run_id import digest_of, run_id_parts
+    from specsweep.sweep.grid.run_id import digest_of, run_id_parts
 
     a = run_id_parts("gpt-tiny", "adamw", 4, None, 0, overrides=["train.steps=12000", "model.n_head=6"])
     b = run_id_parts("gpt-tiny", "adamw", 4, None, 0, overrides=["model.n_head=6", "train.steps=12000"])
@@ -46,7 +46,7 @@ def test_other_identifying_overrides_are_one_short_hash_independent_of_order() -
 
 
 def test_swept_keys_of_the_sweeper_are_spelled_out_and_lossy_tags_are_hashed_too() -> None:
-    from sweep.grid.run_id import digest_of, run_id_parts
+    from specsweep.sweep.grid.run_id import digest_of, run_id_parts
 
     tagged = run_id_parts("gpt2-160m", "adamw", 1, None, 1337, overrides=["model.n_head=6"],
                           tag_keys=["model.n_head"], value_of=lambda k, v: int(v))
@@ -103,9 +103,9 @@ def test_run_id_exclude_holds_every_volatile_key() -> None:
 
 
 def test_identity_json_records_the_overrides_behind_the_id(compose, tmp_path) -> None:
-    from sweep.grid.identity import check_identity, claim
-    from sweep.grid.spec import build_run_spec
-    from sweep.rundir import RunDir, json_safe
+    from specsweep.sweep.grid.identity import check_identity, claim
+    from specsweep.sweep.grid.spec import build_run_spec
+    from specsweep.sweep.rundir import RunDir, json_safe
 
     cfg = compose(["+preset=smoke", "train.steps=40", "train.log_every=1"])
     spec = build_run_spec(cfg, list(cfg.hydra.overrides.task))

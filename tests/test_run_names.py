@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from sweep.grid.names import name_problem, name_problems
+from specsweep.sweep.grid.names import name_problem, name_problems
 from tests.conftest import FAST, run_train
 
 
@@ -37,7 +37,7 @@ def test_a_long_name_is_shown_shortened() -> None:
 
 
 def test_the_run_spec_refuses_a_bad_sweep_name_or_run_id(compose) -> None:
-    from sweep.grid.spec import ConfigError, build_run_spec
+    from specsweep.sweep.grid.spec import ConfigError, build_run_spec
 
     cfg = compose([*FAST, "sweep_name='a\nb'"])
     with open_dict(cfg):

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-import sweep.run.telemetry as telemetry_mod
-from metrics import EventCost, FinishedEvent
-from models import GPT, GPTConfig
-from sweep.grid.spec import TelemetrySpec
-from sweep.rundir import RunDir, iter_jsonl
-from sweep.run.telemetry import Telemetry
+import specsweep.sweep.run.telemetry as telemetry_mod
+from specsweep.metrics import EventCost, FinishedEvent
+from specsweep.models import GPT, GPTConfig
+from specsweep.sweep.grid.spec import TelemetrySpec
+from specsweep.sweep.rundir import RunDir, iter_jsonl
+from specsweep.sweep.run.telemetry import Telemetry
 from tests.conftest import FAST, run_train
 
 N_MATRICES = 2 * 2 * 4  # tiny GPT: layers × sites × (global, head, mid, tail)
@@ -29,8 +29,8 @@ COST_KEYS = {"step", "telemetry_spectrum", "telemetry_capture_s", "telemetry_red
 
 def _train_here(compose, run_path: Path, overrides: list[str]) -> RunDir:
     """One run in this process (so that a test can slow the decomposition down with monkeypatch)."""
-    from sweep.grid.spec import build_run_spec
-    from sweep.run.trainer import train_run
+    from specsweep.sweep.grid.spec import build_run_spec
+    from specsweep.sweep.run.trainer import train_run
 
     args = [*FAST, *overrides]
     train_run(build_run_spec(compose(args), args), run_path)
@@ -171,7 +171,7 @@ WINDOW = EVENTS[-5:]
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sparse_spectra_keep_the_window_exact_and_the_fit_gives_the_same_beta(env, tmp_path):
-    from sweep.fit import run_fit
+    from specsweep.sweep.fit import run_fit
 
     run_train([*DEMO, "sweep_name=dense"], env, timeout=600)
     run_train([*DEMO, "sweep_name=sparse", "telemetry.spectrum_every=2"], env, timeout=600)
@@ -276,9 +276,9 @@ def test_decompose_on_auto_decides_once_from_the_measured_time_between_events(tm
 def test_cost_rows_and_the_run_share_reach_wandb_under_telemetry(env, tmp_path):
     import wandb
 
-    from sweep.analysis import wandb_io
-    from sweep.grid.spec import LoggerSpec
-    from sweep.run.wandb_logger import WandbLogger
+    from specsweep.sweep.analysis import wandb_io
+    from specsweep.sweep.grid.spec import LoggerSpec
+    from specsweep.sweep.run.wandb_logger import WandbLogger
 
     spec = LoggerSpec(backend="wandb", project="p", entity=None, mode="offline", system_metrics=False, console="off")
     try:

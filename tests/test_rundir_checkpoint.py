@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweep.grid.identity import claim
-from sweep.run.checkpoint import save_checkpoint
-from sweep.rundir import JsonlAppender, RunConfigChanged, RunDir, iter_jsonl, load_latest_checkpoint
+from specsweep.sweep.grid.identity import claim
+from specsweep.sweep.run.checkpoint import save_checkpoint
+from specsweep.sweep.rundir import JsonlAppender, RunConfigChanged, RunDir, iter_jsonl, load_latest_checkpoint
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,7 +46,7 @@ def test_old_checkpoints_are_pruned(tmp_path: Path) -> None:
 
 
 def test_checkpoint_restores_rng_states(tmp_path: Path) -> None:
-    from sweep.run.checkpoint import set_rng_state
+    from specsweep.sweep.run.checkpoint import set_rng_state
 
     run = RunDir(tmp_path)
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from sweep.credentials import REDACTED, is_secret_name, redact_argument, refuse_secret_arguments
+from specsweep.sweep.credentials import REDACTED, is_secret_name, redact_argument, refuse_secret_arguments
 from tests.conftest import CONF, FAST, run_train
 
 VALUE = "sk-live-7f3a9c2e4b1d"  # no environment variable holds it
@@ -58,7 +58,7 @@ def test_an_override_named_like_a_credential_is_refused_and_shown_redacted() -> 
 
 
 def test_a_config_key_named_like_a_credential_is_refused(compose) -> None:
-    from sweep.grid.spec import ConfigError, build_run_spec
+    from specsweep.sweep.grid.spec import ConfigError, build_run_spec
 
     cfg = compose(list(FAST))
     with open_dict(cfg):

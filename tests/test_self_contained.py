@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sweep.data.checks import check_data
-from sweep.data.text import BUILTIN_DIR, find_text_files, local_text_path
-from sweep.errors import DataError
+from specsweep.sweep.data.checks import check_data
+from specsweep.sweep.data.text import BUILTIN_DIR, find_text_files, local_text_path
+from specsweep.sweep.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTSIDE = ("../shared", "/work/shared", "shared/docs", "shared/data")

@@ -24,10 +24,10 @@ from typing import Callable
 
 import pytest
 
-from sweep.rundir import RunDir, iter_jsonl
-from sweep.rundir.sweepdir import latest_jobs
+from specsweep.sweep.rundir import RunDir, iter_jsonl
+from specsweep.sweep.rundir.sweepdir import latest_jobs
 from tests.conftest import (FAST, HELD_TIMEOUT_S, ROOT, RUN_TIMEOUT_S, hold_env, pid_alive, release, run_id_for,
-                            run_train, wait_until_held)
+                            run_train, user_project, wait_until_held)
 from tests.slurm_cluster import Cluster, ClusterUnavailable
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("time_limit_run", "reference_started")]
@@ -75,7 +75,7 @@ def senv(senv_base: dict[str, str], env: dict[str, str]) -> dict[str, str]:
 def reference_started(senv_base: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
     """RUN trained locally, uninterrupted (started with the module, in the background)."""
     out = tmp_path_factory.mktemp("reference")
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", "-m", f"hydra.sweep.dir={out}", *RUN], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "specsweep.sweep.train", "-m", f"hydra.sweep.dir={out}", *RUN], cwd=ROOT,
                             env=senv_base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     yield proc, RunDir(out / RUN_ID)
     if proc.poll() is None:
@@ -113,11 +113,11 @@ def time_limit_run(senv_base: dict[str, str], tmp_path_factory: pytest.TempPathF
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
-def submit(args: list[str], env: dict[str, str], out: Path, wait: bool = False, check: bool = True,
+def submit(args: list[str], env: dict[str, str], out: Path, wait: bool = False, check: bool = True, cwd: Path = ROOT,
            timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
     """Launch on the test cluster; with ``wait`` until the jobs end (``timeout``: hang guard)."""
     return run_train(["-m", f"hydra.sweep.dir={out}", *SLURM, f"hydra.launcher.wait={str(wait).lower()}", *args],
-                     env, timeout=timeout, check=check)
+                     env, timeout=timeout, check=check, cwd=cwd)
 
 
 def slurm_cmd(env: dict[str, str], *cmd: str) -> str:
@@ -182,8 +182,8 @@ def assert_same_run(run: RunDir, reference: RunDir) -> None:
 
 
 def status(env: dict[str, str], out: Path, *args: str) -> subprocess.CompletedProcess:
-    """``python -m sweep.status OUT ARGS`` (``--resubmit`` may wait for jobs: the timeout is a hang guard)."""
-    return subprocess.run([sys.executable, "-m", "sweep.status", str(out), *args], cwd=ROOT, env=env,
+    """``specsweep-status OUT ARGS`` (``--resubmit`` may wait for jobs: the timeout is a hang guard)."""
+    return subprocess.run([sys.executable, "-m", "specsweep.sweep.status", str(out), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
 
@@ -209,7 +209,8 @@ def test_bad_resource_requests_are_refused_before_anything_runs(senv: dict, tmp_
 def test_grid_is_one_job_array_and_finishes(senv: dict, tmp_path: Path) -> None:
     out = tmp_path / "grid"
     args = ["optim=adamw,muon", "model.ffn_mult=1,2", *FAST, "train.steps=8"]
-    proc = submit(args, senv, out, wait=True)
+    # Submitted from a user's folder with its own models/, sweep/, ... packages: the jobs start there.
+    proc = submit(args, senv, out, wait=True, cwd=user_project(tmp_path / "project"))
     names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert names == sorted(run_id_for(f"optim={o}", f"model.ffn_mult={w}", *FAST, "train.steps=8")
                            for o in ("adamw", "muon") for w in (1, 2))

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sweep import liveness, status
-from sweep.cluster import slurm, states
-from sweep.rundir import sweepdir
-from sweep.rundir import RunDir, iter_jsonl
+from specsweep.sweep import liveness, status
+from specsweep.sweep.cluster import slurm, states
+from specsweep.sweep.rundir import sweepdir
+from specsweep.sweep.rundir import RunDir, iter_jsonl
 from tests.conftest import FAST, ROOT, ended, run_id_for, run_train, wait_until_held
 
 
@@ -97,7 +97,7 @@ def test_status_reports_stale_runs_and_resubmits_them(tmp_path: Path, monkeypatc
 
 # ---- end to end ---------------------------------------------------------------------------------------------
 def _status(env: dict, sweep_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sweep.status", str(sweep_dir), *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "specsweep.sweep.status", str(sweep_dir), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -115,7 +115,7 @@ def test_a_killed_run_is_stale_and_its_resubmission_matches_an_uninterrupted_run
     run = RunDir(sweep_dir / run_id_for(*common))
     gate = tmp_path / "gate"
     # Held after step 6: checkpoint 4 is on disk, step 5 and 6 are trained and logged, run.json says running.
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", "-m", *common, "sweep_name=killed"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "specsweep.sweep.train", "-m", *common, "sweep_name=killed"], cwd=ROOT,
                             env={**env, "SPECSWEEP_HOLD": f"6:{gate}"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:

@@ -3,7 +3,7 @@ no tag and no hash (issue 23 item 6: it printed only "-" there)."""
 
 from __future__ import annotations
 
-from sweep.cluster.states import RunState, format_ids
+from specsweep.sweep.cluster.states import RunState, format_ids
 
 
 def test_ids_of_a_common_grid_say_model_optimizer_width_and_seed() -> None:

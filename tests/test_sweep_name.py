@@ -6,7 +6,7 @@ test_grid_puts_one_directory_per_run_under_sweep_dir.
 
 from __future__ import annotations
 
-from sweep.grid.sweep_name import default_sweep_name, grid_sweep_name, name_given
+from specsweep.sweep.grid.sweep_name import default_sweep_name, grid_sweep_name, name_given
 
 EXCLUDE = ["logger", "paths", "cluster", "resources", "sweep_name", "telemetry", "train.log_every"]
 

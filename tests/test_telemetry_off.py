@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from sweep.rundir import RunDir
+from specsweep.sweep.rundir import RunDir
 from tests.conftest import FAST
 
 
 @pytest.mark.slow
 def test_telemetry_off_run_ends_without_a_telemetry_warning(env, compose, tmp_path: Path, caplog) -> None:
-    from sweep.grid.spec import build_run_spec
-    from sweep.run.trainer import train_run
+    from specsweep.sweep.grid.spec import build_run_spec
+    from specsweep.sweep.run.trainer import train_run
 
     args = [*FAST, "telemetry=off", "train.steps=3", "train.eval_every=3"]
     spec = build_run_spec(compose(args), args)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.rundir import RunDir, iter_jsonl
+from specsweep.sweep.rundir import RunDir, iter_jsonl
 from tests.conftest import FAST, ROOT, ended, hold_env, run_id_for, run_train, wait_until_held
 
 pytestmark = pytest.mark.slow
@@ -107,7 +107,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(env: dict, tmp_path: Pat
     gate = tmp_path / "gate"
     # Held after step 25, between the checkpoints at 20 and 30, until the kill: rows 21-25 are on disk
     # beyond the checkpoint the relaunch resumes from, however fast the run trains.
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *common, "sweep_name=killed"],
+    proc = subprocess.Popen([sys.executable, "-m", "specsweep.sweep.train", *common, "sweep_name=killed"],
                             cwd=ROOT, env=hold_env(env, gate, 25), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:

@@ -14,14 +14,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from sweep.analysis import wandb_io
-from sweep.credentials import REDACTED, redact_secrets, secrets_in
-from sweep.grid.spec import LoggerSpec
-from sweep.run.wandb_attempts import logged_up_to
-from sweep.run.wandb_logger import (NullLogger, WandbLogger, layer_table, make_logger, replay_after_resume,
+from specsweep.sweep.analysis import wandb_io
+from specsweep.sweep.credentials import REDACTED, redact_secrets, secrets_in
+from specsweep.sweep.grid.spec import LoggerSpec
+from specsweep.sweep.run.wandb_attempts import logged_up_to
+from specsweep.sweep.run.wandb_logger import (NullLogger, WandbLogger, layer_table, make_logger, replay_after_resume,
                                     resolve_mode, spectral_rows, wandb_config)
-from sweep.rundir import RunDir, iter_jsonl
-from sweep.wandb_keys import LAYER_TABLE_KEY, metric_from_wandb, record_key, stable_wandb_id
+from specsweep.sweep.rundir import RunDir, iter_jsonl
+from specsweep.sweep.wandb_keys import LAYER_TABLE_KEY, metric_from_wandb, record_key, stable_wandb_id
 from tests.conftest import ROOT, ended, hold_env, run_id_for, run_train, wait_until_held
 
 FAKE_KEY = "0123456789abcdef" * 2 + "feedbeef"  # 40 hex characters, the shape of a W&B key
@@ -73,12 +73,12 @@ def test_secrets_are_redacted_and_found_by_name() -> None:
 
 
 def test_config_with_a_credential_is_refused(compose, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sweep.grid.spec import ConfigError, build_run_spec
+    from specsweep.sweep.grid.spec import ConfigError, build_run_spec
 
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     from omegaconf import open_dict
 
-    from sweep.grid.run_id import identity_overrides
+    from specsweep.sweep.grid.run_id import identity_overrides
 
     cfg = compose(["+preset=smoke"])
     with open_dict(cfg):
@@ -100,10 +100,10 @@ def test_errors_log_records_and_sweep_records_never_show_a_credential(monkeypatc
 
     from omegaconf import OmegaConf
 
-    from sweep.rundir import sweepdir
-    from sweep.credentials import RedactingFilter
-    from sweep.errors import ConfigError, SweepError
-    from sweep.grid.preflight import plan_sweep
+    from specsweep.sweep.rundir import sweepdir
+    from specsweep.sweep.credentials import RedactingFilter
+    from specsweep.sweep.errors import ConfigError, SweepError
+    from specsweep.sweep.grid.preflight import plan_sweep
 
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("SPECSWEEP_API_TOKEN", FAKE_KEY[::-1])
@@ -222,9 +222,9 @@ def test_mid_run_failure_is_logged_once_and_never_raises(caplog: pytest.LogCaptu
 @pytest.fixture(autouse=True)
 def _fresh_process_state(monkeypatch: pytest.MonkeyPatch):
     """Each test starts as a new process would: W&B online never failed before, no W&B service."""
-    monkeypatch.setattr("sweep.run.wandb_logger._online_failure", None)
+    monkeypatch.setattr("specsweep.sweep.run.wandb_logger._online_failure", None)
     # the fakes below decide whether online fails, not the reachability probe (issue 22 item 12)
-    monkeypatch.setattr("sweep.run.wandb_logger.wandb_server_unreachable", lambda: None)
+    monkeypatch.setattr("specsweep.sweep.run.wandb_logger.wandb_server_unreachable", lambda: None)
     yield
     if "wandb" in sys.modules:
         sys.modules["wandb"].teardown()  # also takes WANDB_SERVICE out of the environment
@@ -245,14 +245,14 @@ class _FakeWandbLogger(NullLogger):
 
 def test_online_failure_falls_back_to_offline_then_to_nothing(monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr("sweep.run.wandb_logger.WandbLogger", _FakeWandbLogger)
+    monkeypatch.setattr("specsweep.sweep.run.wandb_logger.WandbLogger", _FakeWandbLogger)
     monkeypatch.setattr(_FakeWandbLogger, "tried", [])
     monkeypatch.delenv("WANDB_MODE", raising=False)
     spec = LoggerSpec(backend="wandb", project="p", entity=None, mode="online")
     monkeypatch.setattr(_FakeWandbLogger, "fail", {"online"})
     with caplog.at_level(logging.WARNING, logger="specsweep.logger"):
         assert make_logger(spec, run_dir=Path("R")).mode == "offline"
-        monkeypatch.setattr("sweep.run.wandb_logger._online_failure", None)  # as in a new process
+        monkeypatch.setattr("specsweep.sweep.run.wandb_logger._online_failure", None)  # as in a new process
         monkeypatch.setattr(_FakeWandbLogger, "fail", {"online", "offline"})
         assert type(make_logger(spec, run_dir=Path("R"))) is NullLogger
     assert _FakeWandbLogger.tried == ["online", "offline", "online", "offline"]
@@ -263,7 +263,7 @@ def test_online_failure_falls_back_to_offline_then_to_nothing(monkeypatch: pytes
 def test_one_failed_online_start_sends_the_later_runs_offline_at_once(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     # Issue 12 item 11: each grid point waited the full init_timeout again for an unreachable server.
-    monkeypatch.setattr("sweep.run.wandb_logger.WandbLogger", _FakeWandbLogger)
+    monkeypatch.setattr("specsweep.sweep.run.wandb_logger.WandbLogger", _FakeWandbLogger)
     monkeypatch.setattr(_FakeWandbLogger, "tried", [])
     monkeypatch.setattr(_FakeWandbLogger, "fail", {"online"})
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -296,7 +296,7 @@ def _api_run(name: str, optimizer: str, width: int, state: str = "finished") -> 
 
 
 def test_runs_rebuilt_from_the_wandb_api_are_read_by_the_fit(tmp_path: Path) -> None:
-    from sweep.analysis.read import load_sweeps
+    from specsweep.sweep.analysis.read import load_sweeps
 
     runs = [_api_run(f"r{w}", "adamw", w) for w in (64, 128)] + [_api_run("crashed", "adamw", 256, "crashed")]
     runs.append(SimpleNamespace(name="analysis", job_type="analysis"))
@@ -327,9 +327,9 @@ def _history(parsed: dict, key: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_offline_grid_is_one_wandb_run_per_job(env: dict, tmp_path: Path) -> None:
-    from sweep.analysis.points import build_points
-    from sweep.analysis.read import load_sweeps
-    from sweep.analysis.rules import parse_rule
+    from specsweep.sweep.analysis.points import build_points
+    from specsweep.sweep.analysis.read import load_sweeps
+    from specsweep.sweep.analysis.rules import parse_rule
 
     out = tmp_path / "grid"
     proc = run_train(["-m", "optim=adamw,muon", "+preset=smoke", "logger=wandb_offline",
@@ -456,7 +456,7 @@ def test_resume_after_kill_continues_the_same_wandb_run(env: dict, tmp_path: Pat
     run = RunDir(tmp_path / "runs" / "killed" / run_id_for("+preset=smoke"))
     gate = tmp_path / "gate"
     # Held after step 25 (checkpoints at 10 and 20, rows to 25 written) until the kill, however fast it trains.
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.train", *args], cwd=ROOT, env=hold_env(env, gate, 25),
+    proc = subprocess.Popen([sys.executable, "-m", "specsweep.sweep.train", *args], cwd=ROOT, env=hold_env(env, gate, 25),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_held(gate, 25, ended(proc))
@@ -557,7 +557,7 @@ def test_fit_pushes_the_analysis_as_an_offline_wandb_run(env: dict, tmp_path: Pa
         from test_fit import write_sweep
     except ImportError:
         from tests.test_fit import write_sweep
-    from sweep.fit import main
+    from specsweep.sweep.fit import main
 
     sweep = write_sweep(tmp_path / "demo", buckets=("global", "tail"))
     out = tmp_path / "analysis"

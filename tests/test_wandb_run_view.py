@@ -13,15 +13,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from metrics.records import metric_keys
-from sweep.analysis import wandb_io
-from sweep.analysis.wandb_history import history_rows
-from sweep.errors import ConfigError
-from sweep.grid.spec import LoggerSpec
-from sweep.rundir import RunDir, iter_jsonl
-from sweep.run.provenance import git_state, run_provenance
-from sweep.run.wandb_logger import WandbLogger, make_logger, settings_for
-from sweep.wandb_keys import LAYER_TABLE_KEY, column_of_key, metric_to_wandb, train_key
+from specsweep.metrics.records import metric_keys
+from specsweep.sweep.analysis import wandb_io
+from specsweep.sweep.analysis.wandb_history import history_rows
+from specsweep.sweep.errors import ConfigError
+from specsweep.sweep.grid.spec import LoggerSpec
+from specsweep.sweep.rundir import RunDir, iter_jsonl
+from specsweep.sweep.run.provenance import git_state, run_provenance
+from specsweep.sweep.run.wandb_logger import WandbLogger, make_logger, settings_for
+from specsweep.sweep.wandb_keys import LAYER_TABLE_KEY, column_of_key, metric_to_wandb, train_key
 from tests.conftest import ROOT
 
 METRICS = metric_keys([0.5, 2.0, 3.0, float("inf")])  # the default telemetry's 9 metrics
@@ -213,7 +213,7 @@ def test_layer_tables_are_read_back_through_the_api(tmp_path: Path) -> None:
 def test_logger_options_compose_and_bad_values_are_refused(compose) -> None:
     from omegaconf import open_dict
 
-    from sweep.grid.spec import build_run_spec
+    from specsweep.sweep.grid.spec import build_run_spec
 
     def logger_spec(overrides):
         cfg = compose(["+preset=smoke", *overrides])
@@ -257,7 +257,7 @@ def test_system_metrics_and_console_are_logged_by_default(env: dict, tmp_path: P
     the machine's speed, and the console log holds the training log lines."""
     gate = tmp_path / "gate"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sweep.train", "+preset=smoke", "logger=wandb_offline", "sweep_name=sysm",
+        [sys.executable, "-m", "specsweep.sweep.train", "+preset=smoke", "logger=wandb_offline", "sweep_name=sysm",
          "train.steps=5", "logger.system_metrics_interval=0.2"],
         cwd=ROOT, env={**{k: v for k, v in env.items() if k != "WANDB_SERVICE"}, "SPECSWEEP_HOLD": f"1:{gate}"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -16,9 +16,9 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.test_fit import write_run
 
-from sweep.analysis import workspace
-from sweep.analysis.points import BUCKET_ORDER
-from sweep.fit import main
+from specsweep.sweep.analysis import workspace
+from specsweep.sweep.analysis.points import BUCKET_ORDER
+from specsweep.sweep.fit import main
 
 README = Path(__file__).resolve().parents[1] / "docs" / "wandb.md"  # the W&B reference page
 SECTION = "## The width-scaling comparison view"

@@ -4,7 +4,7 @@ Built on hydra-submitit-launcher's job wrapper (its ``__call__`` runs one Hydra 
 ``checkpoint`` makes submitit requeue the same job on preemption or time limit), with what the
 PyPI plugin lacks: srun arguments, arrays split at the cluster's MaxArraySize, a check of the
 request against ``sinfo`` before anything is submitted, a record of which SLURM job runs which run
-(for ``python -m sweep.status``), killed jobs reported as failed runs instead of aborting the
+(for ``specsweep-status``), killed jobs reported as failed runs instead of aborting the
 sweep, and ``wait=false``: return as soon as the arrays are queued.
 
 Configs: ``conf/hydra/launcher/slurm.yaml`` fills this schema from the ``cluster`` (site facts) and
@@ -23,7 +23,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
-from sweep.errors import UserError
+from specsweep.sweep.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class SpecsweepSlurmConf:
     _target_: str = "hydra_plugins.specsweep_launcher.SpecsweepSlurmLauncher"
     submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
-    # Return once the arrays are queued (follow with `python -m sweep.status DIR`), or wait for
+    # Return once the arrays are queued (follow with `specsweep-status DIR`), or wait for
     # every job and print the sweep summary.
     wait: bool = False
     # --- which cluster (conf/cluster) ---
@@ -109,7 +109,7 @@ class SpecsweepSlurmLauncher(BaseSubmititLauncher):
         return ex
 
     def _check(self) -> None:
-        from sweep.cluster import slurm
+        from specsweep.sweep.cluster import slurm
 
         p = self.params
         if not slurm.available():
@@ -127,7 +127,7 @@ class SpecsweepSlurmLauncher(BaseSubmititLauncher):
                               + "\n(set cluster.* / resources.* on the command line, or hydra.launcher.check_resources=false)")
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from sweep.rundir import sweepdir
+        from specsweep.sweep.rundir import sweepdir
 
         assert self.config is not None
         n = len(job_overrides)

@@ -18,9 +18,9 @@ from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from sweep.errors import UserError
-from sweep.grid.expand import given_overrides
-from sweep.grid.sweep_name import NamedSweepLoader, launch_sweep_name
+from specsweep.sweep.errors import UserError
+from specsweep.sweep.grid.expand import given_overrides
+from specsweep.sweep.grid.sweep_name import NamedSweepLoader, launch_sweep_name
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ _STOCK_SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLau
 STOCK_SLURM_REFUSED = (
     "hydra/launcher=submitit_slurm (hydra-submitit-launcher's stock launcher) is not supported: it ignores "
     "cluster= and resources=, waits until every job has ended, and records no job ids for "
-    "`python -m sweep.status`. Use hydra/launcher=slurm (also submitit: job arrays from cluster= and "
+    "`specsweep-status`. Use hydra/launcher=slurm (also submitit: job arrays from cluster= and "
     "resources=, checked against sinfo, returns once queued), or a cluster= site file that selects it "
     "(conf/cluster/example.yaml)."
 )
@@ -69,15 +69,15 @@ class SpecSweeper(BasicSweeper):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def _default_sweep_name(self, hydra_context: HydraContext, config: DictConfig) -> Optional[str]:
-        from sweep.grid.expand import grid_jobs
+        from specsweep.sweep.grid.expand import grid_jobs
 
         jobs = grid_jobs(self.params, given_overrides(config), hydra_context.config_loader, self.arms)
         return launch_sweep_name(config, jobs)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from sweep.rundir import sweepdir
-        from sweep.grid.expand import grid_jobs
-        from sweep.grid.preflight import launch_batches, plan_sweep, restrict_plan, summarize_results
+        from specsweep.sweep.rundir import sweepdir
+        from specsweep.sweep.grid.expand import grid_jobs
+        from specsweep.sweep.grid.preflight import launch_batches, plan_sweep, restrict_plan, summarize_results
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None

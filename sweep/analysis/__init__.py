@@ -21,6 +21,6 @@
 
 May import: the standard library, numpy/pandas/scipy/matplotlib/wandb, ``metrics`` (the
 statistics live in ``metrics.fit``) and the floor-0 modules of ``sweep`` (rundir, wandb_keys,
-secrets). Imported by the command ``python -m sweep.fit`` (sweep/fit.py) and by tests; never by
+secrets). Imported by the command ``specsweep-fit`` (sweep/fit.py) and by tests; never by
 the training side of ``sweep``.
 """

@@ -10,16 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from sweep.analysis import wandb_io, workspace
-from sweep.analysis.notes import notes_block
-from sweep.analysis.pipeline import default_out, run_fit
-from sweep.analysis.power import power_block
-from sweep.analysis.report import format_beta_table, format_comparison
-from sweep.analysis.result import FitResult
-from sweep.analysis.rules import parse_rule
-from sweep.analysis.watch import watch
-from sweep.errors import SweepError
-from sweep.rundir import sweepdir
+from specsweep.sweep.analysis import wandb_io, workspace
+from specsweep.sweep.analysis.notes import notes_block
+from specsweep.sweep.analysis.pipeline import default_out, run_fit
+from specsweep.sweep.analysis.power import power_block
+from specsweep.sweep.analysis.report import format_beta_table, format_comparison
+from specsweep.sweep.analysis.result import FitResult
+from specsweep.sweep.analysis.rules import parse_rule
+from specsweep.sweep.analysis.watch import watch
+from specsweep.sweep.errors import SweepError
+from specsweep.sweep.rundir import sweepdir
 
 _MAX_NOTES = 5  # the terminal gets the first few; report.md has them all
 _MAX_EXCLUDED = 10
@@ -77,7 +77,7 @@ def _workspace(spec: dict[str, Any], out: Path) -> None:
             reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     spec_file = out / workspace.SPEC_FILE
     print(f"W&B workspace not created ({reason}); its spec is in {spec_file} (and "
-          f"{out / workspace.SNIPPET_FILE}). Once online: python -m sweep.fit --wandb-workspace "
+          f"{out / workspace.SNIPPET_FILE}). Once online: specsweep-fit --wandb-workspace "
           f"--apply-spec {spec_file}", file=sys.stderr)
 
 

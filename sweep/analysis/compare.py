@@ -1,4 +1,4 @@
-"""Our β beside published β: ``python -m sweep.fit SWEEP_DIR --compare paper`` (or ``FILE.csv``).
+"""Our β beside published β: ``specsweep-fit SWEEP_DIR --compare paper`` (or ``FILE.csv``).
 
 - ``load_published``: the β tables released with paper 1 (package data in ``published/``; its
   README names the repository, commit and licence), or a user's table in the same long format;
@@ -35,10 +35,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from metrics.fit import RANK_METRICS
-from sweep.analysis.points import read_table
-from sweep.analysis.result import Comparison
-from sweep.errors import SweepError
+from specsweep.metrics.fit import RANK_METRICS
+from specsweep.sweep.analysis.points import read_table
+from specsweep.sweep.analysis.result import Comparison
+from specsweep.sweep.errors import SweepError
 
 PAPER = "paper"
 PAPER_SOURCE = ("paper 1 (Jha & Reagen, \"Same Architecture, Different Capacity\"): the β tables released "
@@ -247,7 +247,7 @@ def match_published(ours: Experiment, bucket: str, site: str, metric: str,
 def _rows_of(frame: pd.DataFrame, name: str, citation: str) -> list[dict[str, Any]]:
     missing = [c for c in ("optimizer", "metric", "beta") if c not in frame.columns]
     if missing:
-        raise SweepError(f"published table {name} lacks column(s) {missing} (see `python -m sweep.fit "
+        raise SweepError(f"published table {name} lacks column(s) {missing} (see `specsweep-fit "
                          "--help`, --compare)")
     rows = []
     for i, row in enumerate(frame.to_dict("records"), start=2):  # line 1 is the header
@@ -301,7 +301,7 @@ def load_published(source: str | Path) -> Published:
     long format (module docstring). Raises SweepError on a table that cannot be used."""
     rows: list[dict[str, Any]] = []
     if str(source) == PAPER:
-        folder = resources.files("sweep.analysis") / "published"
+        folder = resources.files("specsweep.sweep.analysis") / "published"
         for name, citation in PAPER_TABLES:
             with resources.as_file(folder / name) as path:
                 frame = pd.read_csv(path)

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sweep.analysis.result import FitResult
-from sweep.analysis.style import caption, ordered_labels
+from specsweep.sweep.analysis.result import FitResult
+from specsweep.sweep.analysis.style import caption, ordered_labels
 
 
 def pyplot():

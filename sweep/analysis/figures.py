@@ -16,10 +16,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from metrics import fit as mfit
-from sweep.analysis.points import BUCKET_ORDER, SITE_ORDER, WIDTH_COL
-from sweep.analysis.result import FitResult
-from sweep.analysis.figure_frame import (
+from specsweep.metrics import fit as mfit
+from specsweep.sweep.analysis.points import BUCKET_ORDER, SITE_ORDER, WIDTH_COL
+from specsweep.sweep.analysis.result import FitResult
+from specsweep.sweep.analysis.figure_frame import (
     NOTE_STEP,
     errorbar_handle,
     finish,
@@ -28,7 +28,7 @@ from sweep.analysis.figure_frame import (
     pyplot,
     reserve_top,
 )
-from sweep.analysis.style import optimizer_of_labels, ordered_labels, palette, width_offsets
+from specsweep.sweep.analysis.style import optimizer_of_labels, ordered_labels, palette, width_offsets
 
 COMBINED_PDF = "all_figures.pdf"
 _METRIC_TITLES = {"soft_rank": "soft rank R_soft", "hard_rank": "hard rank R_hard",

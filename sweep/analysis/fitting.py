@@ -14,15 +14,15 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from metrics import fit as mfit
+from specsweep.metrics import fit as mfit
 
-from metrics import aggregation as magg
-from sweep.analysis.power import DEFAULT_RESOLVE, power_table
-from metrics import window_audit as audit
-from sweep.analysis.points import (BUCKET_ORDER, SITE_ORDER, WIDTH_COL, fmt_key, group_columns,
+from specsweep.metrics import aggregation as magg
+from specsweep.sweep.analysis.power import DEFAULT_RESOLVE, power_table
+from specsweep.metrics import window_audit as audit
+from specsweep.sweep.analysis.points import (BUCKET_ORDER, SITE_ORDER, WIDTH_COL, fmt_key, group_columns,
                                    group_labels, run_columns)
-from sweep.analysis.read import FinishedRun
-from sweep.analysis.result import FitResult
+from specsweep.sweep.analysis.read import FinishedRun
+from specsweep.sweep.analysis.result import FitResult
 
 ARCH_AXES = ("n_head", "postln_frac", "pos_encoding", "norm_placement", "activation", "norm",
              "ffn_type", "n_layer", "d_model", "model")

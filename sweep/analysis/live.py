@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from metrics.aggregation import AggregationRule
-from metrics.window_audit import trained_records
-from sweep import rundir
-from sweep.analysis.read import FinishedRun, SweepContents, SweepError
+from specsweep.metrics.aggregation import AggregationRule
+from specsweep.metrics.window_audit import trained_records
+from specsweep.sweep import rundir
+from specsweep.sweep.analysis.read import FinishedRun, SweepContents, SweepError
 
 NOT_STARTED = "not started (in the sweep record, no run directory yet)"
 # First words of the reasons a run is left out, counted in the one-line summary (a run left out

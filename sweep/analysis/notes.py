@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from metrics.window_audit import NOTE_CODES, NOTE_LEGEND
+from specsweep.metrics.window_audit import NOTE_CODES, NOTE_LEGEND
 
 NOTES_FILE = "point_notes.csv"
 _MAX_LINES = 8

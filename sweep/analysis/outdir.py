@@ -19,9 +19,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from sweep import liveness
-from sweep.errors import SweepError
-from sweep.rundir import atomic_write_text, json_safe
+from specsweep.sweep import liveness
+from specsweep.sweep.errors import SweepError
+from specsweep.sweep.rundir import atomic_write_text, json_safe
 
 STATUS_FILE = "status.json"
 REPORT_FILE = "report.md"

@@ -1,6 +1,6 @@
 """One analysis, start to end: read the runs, choose what to fit, fit, write the folder, publish.
 
-``run_fit`` is what ``python -m sweep.fit`` does once (and ``--watch`` at every refit): it reads
+``run_fit`` is what ``specsweep-fit`` does once (and ``--watch`` at every refit): it reads
 the run directories (or a points CSV), reduces each run's telemetry to one value per metric ×
 bucket × site, fits β, writes the tables, figures, report.md and status.json into a staging
 folder and swaps it in for the analysis folder (sweep/analysis/outdir.py).
@@ -19,21 +19,21 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from metrics.aggregation import AggregationRule
+from specsweep.metrics.aggregation import AggregationRule
 
-from metrics.fit import RANK_METRICS
-from metrics.window_audit import notes_frame
-from sweep.analysis import outdir
-from sweep.analysis.compare import compare_published, load_published
-from sweep.analysis.figures import write_figures
-from sweep.analysis.fitting import fit_points
-from sweep.analysis.live import Census, NothingToFit, at_common_step, live_label, take_census
-from sweep.analysis.power import DEFAULT_RESOLVE
-from sweep.analysis.points import build_points, build_step_points, read_points_file
-from sweep.analysis.read import FinishedRun, NoRunDirectories, SweepError, load_sweeps
-from sweep.analysis.report import write_report, write_tables
-from sweep.analysis.result import FitResult
-from sweep.analysis.rules import err_meaning, parse_rule, rule_short
+from specsweep.metrics.fit import RANK_METRICS
+from specsweep.metrics.window_audit import notes_frame
+from specsweep.sweep.analysis import outdir
+from specsweep.sweep.analysis.compare import compare_published, load_published
+from specsweep.sweep.analysis.figures import write_figures
+from specsweep.sweep.analysis.fitting import fit_points
+from specsweep.sweep.analysis.live import Census, NothingToFit, at_common_step, live_label, take_census
+from specsweep.sweep.analysis.power import DEFAULT_RESOLVE
+from specsweep.sweep.analysis.points import build_points, build_step_points, read_points_file
+from specsweep.sweep.analysis.read import FinishedRun, NoRunDirectories, SweepError, load_sweeps
+from specsweep.sweep.analysis.report import write_report, write_tables
+from specsweep.sweep.analysis.result import FitResult
+from specsweep.sweep.analysis.rules import err_meaning, parse_rule, rule_short
 
 
 def default_out(sweep_dirs: Sequence[str | Path], points_file: str | Path | None) -> Path:

@@ -16,12 +16,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from metrics import fit as mfit
+from specsweep.metrics import fit as mfit
 
-from metrics import aggregation as magg
-from metrics import window_audit as audit
-from metrics.buckets import BUCKETS, GLOBAL, SITES
-from sweep.analysis.read import WIDTH_COL, FinishedRun, SweepError
+from specsweep.metrics import aggregation as magg
+from specsweep.metrics import window_audit as audit
+from specsweep.metrics.buckets import BUCKETS, GLOBAL, SITES
+from specsweep.sweep.analysis.read import WIDTH_COL, FinishedRun, SweepError
 
 REQUIRED_POINT_COLUMNS = ("optimizer", WIDTH_COL, "metric", "bucket", "site", "value")
 # Columns of a points table that are values, provenance or width-like, never grouping keys.

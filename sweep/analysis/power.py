@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from metrics import fit as mfit
-from metrics import power as mpow
-from sweep.analysis.defaults import DEFAULT_RESOLVE
+from specsweep.metrics import fit as mfit
+from specsweep.metrics import power as mpow
+from specsweep.sweep.analysis.defaults import DEFAULT_RESOLVE
 
 OPT_COLS = ("optimizer", "rank_fraction")
 POWER_FILE = "power.csv"

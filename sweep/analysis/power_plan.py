@@ -18,12 +18,12 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from metrics import power as mpow
-from metrics.aggregation import AggregationRule
-from sweep.analysis.points import build_points, group_columns
-from sweep.analysis.power import DEFAULT_RESOLVE, METRIC_SHORT, pair_order, opt_label, series_noises
-from sweep.analysis.read import NoRunDirectories, load_sweeps
-from sweep.errors import SweepError
+from specsweep.metrics import power as mpow
+from specsweep.metrics.aggregation import AggregationRule
+from specsweep.sweep.analysis.points import build_points, group_columns
+from specsweep.sweep.analysis.power import DEFAULT_RESOLVE, METRIC_SHORT, pair_order, opt_label, series_noises
+from specsweep.sweep.analysis.read import NoRunDirectories, load_sweeps
+from specsweep.sweep.errors import SweepError
 
 PAPER = "paper"
 # scale -> (d_model of its width ladder, tables with its fits)
@@ -37,7 +37,7 @@ def published_noises(scale: str = "160m") -> dict[Key, mpow.SeriesNoise]:
     """The noise of every published fit of one model scale (post-activation, one seed)."""
     d_model, names = PUBLISHED[scale]
     out: dict[Key, mpow.SeriesNoise] = {}
-    folder = resources.files("sweep.analysis") / "published"
+    folder = resources.files("specsweep.sweep.analysis") / "published"
     for name in names:
         with resources.as_file(folder / name) as path:
             frame = pd.read_csv(path)

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from models.config import ffn_hidden_dim
-from sweep import rundir
-from sweep.errors import SweepError  # input that leaves nothing to analyse (the CLI exits 2)
+from specsweep.models.config import ffn_hidden_dim
+from specsweep.sweep import rundir
+from specsweep.sweep.errors import SweepError  # input that leaves nothing to analyse (the CLI exits 2)
 
 WIDTH_COL = "ffn_width"
 """The run axis (and points-table column) holding the FFN hidden width D."""

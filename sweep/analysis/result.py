@@ -21,7 +21,7 @@ class Comparison:
 @dataclass
 class FitResult:
     """The tables of one fit (``fitting.fit_points``), plus the figures, report and files that
-    ``python -m sweep.fit`` wrote from them."""
+    ``specsweep-fit`` wrote from them."""
 
     out_dir: Path
     points: pd.DataFrame

@@ -6,8 +6,8 @@ only reads the text a user types after ``--rule``.
 
 from __future__ import annotations
 
-from metrics.aggregation import AggregationRule
-from metrics.schedule import AGGREGATION_EVENTS
+from specsweep.metrics.aggregation import AggregationRule
+from specsweep.metrics.schedule import AGGREGATION_EVENTS
 
 
 def parse_rule(spec: str, *, last_k: int = AGGREGATION_EVENTS) -> AggregationRule:

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from sweep.analysis.result import FitResult
+from specsweep.sweep.analysis.result import FitResult
 
 # Fixed order of the known optimizers: index i gets colour i of matplotlib's tab10 cycle.
 OPTIMIZER_ORDER: tuple[str, ...] = ("adamw", "muon", "normuon", "dion", "lion")

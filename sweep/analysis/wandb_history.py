@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
-from sweep.wandb_keys import LAYER_TABLE_COLUMNS, LAYER_TABLE_KEY, column_of_key, metric_from_wandb
+from specsweep.sweep.wandb_keys import LAYER_TABLE_COLUMNS, LAYER_TABLE_KEY, column_of_key, metric_from_wandb
 
 SPECTRAL_KEY = re.compile(r"^spectral/([a-z]+)/([a-z]+)/([A-Za-z0-9_]+)/L(\d+)$")
 # metrics.jsonl columns of a train row and of an eval row

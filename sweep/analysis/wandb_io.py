@@ -1,4 +1,4 @@
-"""W&B for the β analysis (``python -m sweep.fit``): push the analysis, read runs back from W&B.
+"""W&B for the β analysis (``specsweep-fit``): push the analysis, read runs back from W&B.
 
 - :func:`push_analysis`: one W&B run of job type ``analysis`` in the sweep's group: the β tables
   as W&B tables, the figures as images, ``beta/<label>/<site>/<bucket>/<soft|hard|delta>`` in its
@@ -29,19 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
-from sweep import rundir
-from sweep.errors import SweepError
-from sweep.credentials import redact_secrets
-from sweep.analysis import outdir
-from sweep.analysis.wandb_history import (api_file_reader, folder_file_reader, history_rows, num as _num,
+from specsweep.sweep import rundir
+from specsweep.sweep.errors import SweepError
+from specsweep.sweep.credentials import redact_secrets
+from specsweep.sweep.analysis import outdir
+from specsweep.sweep.analysis.wandb_history import (api_file_reader, folder_file_reader, history_rows, num as _num,
                                           resolve_layer_tables)
-from sweep.wandb_keys import stable_wandb_id
+from specsweep.sweep.wandb_keys import stable_wandb_id
 LEET_TIMEOUT_S = 120
 _WANDB_ERROR_STATES = ("crashed", "failed")  # W&B run states (its vocabulary) of a run that errored
 LIVE_ANALYSIS = "live-analysis"  # name prefix and id seed of the one W&B run that --watch updates
 
 
-# ---- reading W&B sources for ``python -m sweep.fit --from-wandb`` ----------------------------
+# ---- reading W&B sources for ``specsweep-fit --from-wandb`` ----------------------------
 
 def materialize_sources(sources: Sequence[str], out: Optional[str]) -> tuple[list[str], str]:
     """Rebuild the run directories of every ``--from-wandb`` source; returns (sweep dirs, out dir)."""

@@ -13,8 +13,8 @@ import sys
 import time
 from typing import Callable, Optional
 
-from sweep.analysis.live import NothingToFit
-from sweep.analysis.result import FitResult
+from specsweep.sweep.analysis.live import NothingToFit
+from specsweep.sweep.analysis.result import FitResult
 
 
 def _now() -> str:

@@ -18,9 +18,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-from sweep.analysis.defaults import SNIPPET_FILE, SPEC_FILE
-from sweep.analysis.points import BUCKET_ORDER
-from sweep.wandb_keys import median_key, train_key
+from specsweep.sweep.analysis.defaults import SNIPPET_FILE, SPEC_FILE
+from specsweep.sweep.analysis.points import BUCKET_ORDER
+from specsweep.sweep.wandb_keys import median_key, train_key
 
 SPEC_FORMAT = "specsweep-workspace/1"
 GROUP_KEY = "axis.optimizer"   # runs are grouped (and coloured) by this config key

@@ -1,4 +1,4 @@
-"""The cluster: SLURM queries and the state of a sweep's runs (``python -m sweep.status``).
+"""The cluster: SLURM queries and the state of a sweep's runs (``specsweep-status``).
 
 - slurm:  sinfo/sacct/squeue queries (what a launch may ask for, the state of jobs)
 - states: every run of a sweep from its run directories, its sweep record and SLURM; resubmission

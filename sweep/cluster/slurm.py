@@ -2,7 +2,7 @@
 
 Used by the SLURM launcher (check a resource request before submitting a grid, so a typo in the
 partition or too many GPUs fails in seconds with a readable message instead of a bare sbatch
-error) and by ``python -m sweep.status`` (is the job of a run pending, running, requeued, gone?).
+error) and by ``specsweep-status`` (is the job of a run pending, running, requeued, gone?).
 """
 
 from __future__ import annotations

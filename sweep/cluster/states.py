@@ -1,7 +1,7 @@
 """The state of every run of a sweep, from its run directories, its sweep record and SLURM.
 
-What ``python -m sweep.status`` shows and resubmits (see that command for the states and the stale
-rule). Display states are this module's vocabulary; run.json statuses come from sweep.rundir.
+What ``specsweep-status`` shows and resubmits (see that command for the states and the stale
+rule). Display states are this module's vocabulary; run.json statuses come from specsweep.sweep.rundir.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from sweep import liveness
-from sweep.cluster import slurm
-from sweep.rundir import sweepdir
-from sweep.rundir.claim import describe as describe_claim
-from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
+from specsweep.sweep import liveness
+from specsweep.sweep.cluster import slurm
+from specsweep.sweep.rundir import sweepdir
+from specsweep.sweep.rundir.claim import describe as describe_claim
+from specsweep.sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
                           STATUS_RUNNING, RunDir, RunDirError, find_run_dirs)
 
 RESUBMITTABLE = (STATUS_FAILED, "stale", STATUS_INTERRUPTED, "not started")
@@ -288,7 +288,7 @@ def resubmit(sweep_dir: Path, rows: Sequence[RunState], extra: Sequence[str], dr
     for index, run_ids in by_launch.items():
         launch = grid["launches"][index]
         args = sweepdir.relaunch_command(launch, sweep_dir, run_ids, extra)
-        cmd = [sys.executable, "-m", "sweep.train", *args]
+        cmd = [sys.executable, "-m", "specsweep.sweep.train", *args]
         cwd = launch.get("cwd") if launch.get("cwd") and Path(launch["cwd"]).is_dir() else None
         print(f"resubmitting {len(run_ids)} runs: {' '.join(cmd[1:])}" + (f"  (in {cwd})" if cwd else ""), flush=True)
         if dry_run:

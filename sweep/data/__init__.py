@@ -5,7 +5,7 @@ Modules (names are imported lazily, so that preparation-only processes do not im
     spec          DataSpec, the data.* config section
     checks        data inputs checked before any run directory exists (used by the grid's preflight)
     cache         prepare_dataset: a run's prepared folder (synthetic, local text, existing shards), built once
-    streaming     prepare_corpus: `python -m sweep.prepare` for hub / local corpora (resumable)
+    streaming     prepare_corpus: `specsweep-prepare` for hub / local corpora (resumable)
     documents     the documents of a corpus source, in a fixed resumable order
     shard_index   the one indexer of existing .bin shards (both routes use it)
     hub_bins      existing .bin shards downloaded from a hub dataset repository (hf-bins:, the paper's kjj0)
@@ -44,5 +44,5 @@ __all__ = sorted(_HOME)
 
 def __getattr__(name: str) -> Any:
     if name not in _HOME:
-        raise AttributeError(f"module 'sweep.data' has no attribute {name!r}")
-    return getattr(import_module(f"sweep.data.{_HOME[name]}"), name)
+        raise AttributeError(f"module 'specsweep.sweep.data' has no attribute {name!r}")
+    return getattr(import_module(f".{_HOME[name]}", __name__), name)

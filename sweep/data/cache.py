@@ -3,7 +3,7 @@
 Synthetic data and local text are built into the run's data cache, ``cache_root/<kind>-<hash of
 what determines the bytes>/`` (folder layout: sweep.data.prepared), by the first run that needs
 them; later runs, and runs racing for the same folder, reuse it. Kind "shards" is read where
-``path`` points: a folder prepared by ``python -m sweep.prepare`` (sweep.data.streaming) is used as
+``path`` points: a folder prepared by ``specsweep-prepare`` (sweep.data.streaming) is used as
 it is; a folder of existing ``.bin`` shards without meta.json is indexed (sweep.data.shard_index)
 into the cache, next to nothing but its counts and meta.json.
 """
@@ -23,15 +23,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from sweep.data.frequency import FREQUENCY_FILE, write_frequency
-from sweep.data.prepared import COUNTS_FILE, FORMAT_VERSION, META_FILE, PROGRESS_FILE, PreparedData
-from sweep.data.shard_index import index_shards, shards_in
-from sweep.data.shards import write_shard
-from sweep.data.spec import DEFAULT_BPE_VOCAB, KINDS, DataSpec, normalize_source, prepare_command
-from sweep.data.synthetic import GENERATOR_VERSION, build_chain, entropy_stats, generate_tokens
-from sweep.data.text import encode_documents, find_text_files, local_text_path, read_documents
-from sweep.data.tokenizer import ByteTokenizer, Tokenizer, train_bpe
-from sweep.errors import DataError
+from specsweep.sweep.data.frequency import FREQUENCY_FILE, write_frequency
+from specsweep.sweep.data.prepared import COUNTS_FILE, FORMAT_VERSION, META_FILE, PROGRESS_FILE, PreparedData
+from specsweep.sweep.data.shard_index import index_shards, shards_in
+from specsweep.sweep.data.shards import write_shard
+from specsweep.sweep.data.spec import DEFAULT_BPE_VOCAB, KINDS, DataSpec, normalize_source, prepare_command
+from specsweep.sweep.data.synthetic import GENERATOR_VERSION, build_chain, entropy_stats, generate_tokens
+from specsweep.sweep.data.text import encode_documents, find_text_files, local_text_path, read_documents
+from specsweep.sweep.data.tokenizer import ByteTokenizer, Tokenizer, train_bpe
+from specsweep.sweep.errors import DataError
 
 _COUNT_CHUNK = 1 << 24  # tokens per bincount call, bounds memory
 
@@ -42,7 +42,7 @@ def prepare_dataset(spec: DataSpec, cache_root: str | Path) -> PreparedData:
         raise DataError(f"data kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
     if spec.kind == "shards":
         src = _existing_path(spec)
-        if (src / META_FILE).is_file():  # a prepared folder (python -m sweep.prepare)
+        if (src / META_FILE).is_file():  # a prepared folder (specsweep-prepare)
             return _check_source(spec, PreparedData.load(src))
         if (src / PROGRESS_FILE).is_file():
             raise DataError(f"{src}: its preparation is not finished (no {META_FILE} yet); "

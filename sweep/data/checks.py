@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from sweep.data.order import ORDERS, sequential_batches, sequential_windows, windows
-from sweep.data.prepared import META_FILE, PROGRESS_FILE
-from sweep.data.shard_index import shards_in
-from sweep.data.shards import read_header
-from sweep.data.spec import KINDS, DataSpec, prepare_command
-from sweep.data.text import find_text_files, local_text_path
-from sweep.errors import DataError
+from specsweep.sweep.data.order import ORDERS, sequential_batches, sequential_windows, windows
+from specsweep.sweep.data.prepared import META_FILE, PROGRESS_FILE
+from specsweep.sweep.data.shard_index import shards_in
+from specsweep.sweep.data.shards import read_header
+from specsweep.sweep.data.spec import KINDS, DataSpec, prepare_command
+from specsweep.sweep.data.text import find_text_files, local_text_path
+from specsweep.sweep.errors import DataError
 
 SAMPLE_BYTES = 1 << 16  # the head of each text file that is checked for binary content
 UNSET = (None, "", "???")

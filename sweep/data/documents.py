@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from sweep.data.frequency import FREQUENCY_FILE
-from sweep.data.hub_bins import hub_repo, is_hub_bins
-from sweep.data.prepared import META_FILE, PROGRESS_FILE
-from sweep.data.spec import DataSpec
-from sweep.data.tokenizer import BPE_FILE
-from sweep.errors import DataError
+from specsweep.sweep.data.frequency import FREQUENCY_FILE
+from specsweep.sweep.data.hub_bins import hub_repo, is_hub_bins
+from specsweep.sweep.data.prepared import META_FILE, PROGRESS_FILE
+from specsweep.sweep.data.spec import DataSpec
+from specsweep.sweep.data.tokenizer import BPE_FILE
+from specsweep.sweep.errors import DataError
 
 BUILDER_OF_SUFFIX = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 

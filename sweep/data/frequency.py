@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metrics.buckets import BUCKETS, assign_buckets, bucket_summary, occurrence_tertiles  # NumPy only
+from specsweep.metrics.buckets import BUCKETS, assign_buckets, bucket_summary, occurrence_tertiles  # NumPy only
 
 FREQUENCY_FILE = "frequency.json"
 HEAD_MASS, MID_MASS = 0.33, 0.67

@@ -1,7 +1,7 @@
 """Pre-tokenized ``.bin`` shards from a Hugging Face dataset repository (``data.source=hf-bins:<repo>``).
 
 The paper trained on ``kjj0/fineweb10B-gpt2``: modded-nanogpt's FineWeb 10B sample as llm.c token
-shards (sweep.data.shards), one validation shard and 103 training shards. ``python -m sweep.prepare``
+shards (sweep.data.shards), one validation shard and 103 training shards. ``specsweep-prepare``
 downloads the repository's ``.bin`` files into ``data.path`` with ``huggingface_hub`` (internet
 needed; a download cut short resumes) and indexes them there (sweep.data.shard_index): nothing is
 re-tokenized, and the frequency table is computed from the training shards themselves.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sweep.errors import DataError
+from specsweep.sweep.errors import DataError
 
 PREFIX = "hf-bins:"
 

@@ -16,9 +16,9 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from sweep.data.order import ORDERS, SequentialStream, eval_batch_rows, sequential_windows, window_positions, windows
-from sweep.data.shards import open_shard
-from sweep.errors import DataError
+from specsweep.sweep.data.order import ORDERS, SequentialStream, eval_batch_rows, sequential_windows, window_positions, windows
+from specsweep.sweep.data.shards import open_shard
+from specsweep.sweep.errors import DataError
 
 Source = Union[str, os.PathLike, np.ndarray]
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -9,7 +9,7 @@ A prepared folder holds (every preparer writes the same layout)::
     tokenizer.json         BPE only
     meta.json              vocab_size, eot_id, tokenizer, token counts, the shard files of each split;
                            written last: its presence means "complete"
-    progress.json          only while `python -m sweep.prepare` has not finished the folder
+    progress.json          only while `specsweep-prepare` has not finished the folder
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Optional
 
 import numpy as np
 
-from sweep.data.shards import read_header
-from sweep.data.tokenizer import Tokenizer, load_tokenizer
-from sweep.errors import DataError
+from specsweep.sweep.data.shards import read_header
+from specsweep.sweep.data.tokenizer import Tokenizer, load_tokenizer
+from specsweep.sweep.errors import DataError
 
 FORMAT_VERSION = 1
-CORPUS_FORMAT = 1  # version of the prepare_key that `python -m sweep.prepare` records in meta.json
+CORPUS_FORMAT = 1  # version of the prepare_key that `specsweep-prepare` records in meta.json
 META_FILE = "meta.json"
 COUNTS_FILE = "counts.npy"
 PROGRESS_FILE = "progress.json"

@@ -10,11 +10,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sweep.data.cache import prepare_dataset
-from sweep.data.loader import StepBatches, TokenBatches
-from sweep.data.prepared import PreparedData
-from sweep.data.spec import DataSpec
-from sweep.errors import DataError
+from specsweep.sweep.data.cache import prepare_dataset
+from specsweep.sweep.data.loader import StepBatches, TokenBatches
+from specsweep.sweep.data.prepared import PreparedData
+from specsweep.sweep.data.spec import DataSpec
+from specsweep.sweep.errors import DataError
 
 log = logging.getLogger("specsweep.data")
 

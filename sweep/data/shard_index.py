@@ -2,7 +2,7 @@
 
 Indexing reads shards as they are: headers checked, unigram counts and the frequency table
 computed, nothing re-tokenized. It serves both ways of pointing at such a folder:
-``python -m sweep.prepare`` with ``data.source`` = the folder (the description goes to ``data.path``,
+``specsweep-prepare`` with ``data.source`` = the folder (the description goes to ``data.path``,
 sweep.data.streaming) and a run whose ``data.path`` is the folder itself (the description goes to
 the run's data cache, sweep.data.cache).
 
@@ -22,13 +22,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from sweep.data.documents import Source
-from sweep.data.frequency import FREQUENCY_FILE, format_frequency, write_frequency
-from sweep.data.prepared import CORPUS_FORMAT, COUNTS_FILE, FORMAT_VERSION, META_FILE, PreparedData, write_json
-from sweep.data.shards import check_vocab_fits, open_shard, read_header
-from sweep.data.spec import DataSpec
-from sweep.data.tokenizer import load_tokenizer
-from sweep.errors import DataError
+from specsweep.sweep.data.documents import Source
+from specsweep.sweep.data.frequency import FREQUENCY_FILE, format_frequency, write_frequency
+from specsweep.sweep.data.prepared import CORPUS_FORMAT, COUNTS_FILE, FORMAT_VERSION, META_FILE, PreparedData, write_json
+from specsweep.sweep.data.shards import check_vocab_fits, open_shard, read_header
+from specsweep.sweep.data.spec import DataSpec
+from specsweep.sweep.data.tokenizer import load_tokenizer
+from specsweep.sweep.errors import DataError
 
 log = logging.getLogger("specsweep.prepare")
 
@@ -121,7 +121,7 @@ def index_shards(train: Sequence[Path], val: Sequence[Path], out: Path, *, token
 
 
 def index_source(spec: DataSpec, source: Source, out: Path, workers: int) -> PreparedData:
-    """``python -m sweep.prepare`` with a source of existing shards: describe them in the folder ``out``.
+    """``specsweep-prepare`` with a source of existing shards: describe them in the folder ``out``.
 
     Indexing again with the same settings returns the folder as it is; other settings are refused.
     """

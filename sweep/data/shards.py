@@ -15,7 +15,7 @@ from typing import Union
 
 import numpy as np
 
-from sweep.errors import DataError
+from specsweep.sweep.errors import DataError
 
 MAGIC = 20240520
 VERSION = 1

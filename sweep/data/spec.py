@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from sweep.data.order import ORDERS
-from sweep.data.synthetic import SyntheticConfig
-from sweep.errors import DataError
+from specsweep.sweep.data.order import ORDERS
+from specsweep.sweep.data.synthetic import SyntheticConfig
+from specsweep.sweep.errors import DataError
 
 __all__ = ["DEFAULT_BPE_VOCAB", "KINDS", "ORDERS", "DataSpec", "normalize_source", "prepare_command"]
 
@@ -40,7 +40,7 @@ class DataSpec:
     # validation split: val_tokens wins over val_fraction (ignored for existing shards, which bring their own)
     val_tokens: Optional[int] = None
     val_fraction: float = 0.05
-    # Streamed preparation into the folder `path` (kind "shards", `python -m sweep.prepare`):
+    # Streamed preparation into the folder `path` (kind "shards", `specsweep-prepare`):
     # source: "hf:<dataset>" (streamed with `datasets`), a local .txt/.jsonl/.parquet file or folder,
     # or a folder of already-tokenized .bin shards (indexed, not re-tokenized).
     source: Optional[str] = None
@@ -94,10 +94,10 @@ class DataSpec:
 
 
 def prepare_command(data: DataSpec | Mapping[str, Any]) -> str:
-    """The ``python -m sweep.prepare`` command line that prepares the folder of a data config."""
+    """The ``specsweep-prepare`` command line that prepares the folder of a data config."""
     get = data.get if isinstance(data, Mapping) else (lambda k: getattr(data, k, None))
     name = get("name") or "<this data config>"
-    parts = ["python -m sweep.prepare", f"data={name}"]
+    parts = ["specsweep-prepare", f"data={name}"]
     for key in ("path", "source"):  # the folder to fill, and what to fill it from
         if get(key) not in (None, "", "???"):
             parts.append(f"data.{key}={get(key)}")

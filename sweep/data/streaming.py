@@ -1,4 +1,4 @@
-"""Streamed preparation of a corpus into fixed-size token shards (what ``python -m sweep.prepare`` runs).
+"""Streamed preparation of a corpus into fixed-size token shards (what ``specsweep-prepare`` runs).
 
 Output folder (the ``path`` of a kind "shards" data spec; layout: sweep.data.prepared)::
 
@@ -35,19 +35,19 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from sweep.data.documents import DocumentStream, Source, doc_sha, resolve_source
-from sweep.data.frequency import FREQUENCY_FILE, format_frequency, write_frequency
-from sweep.data.prepared import (
+from specsweep.sweep.data.documents import DocumentStream, Source, doc_sha, resolve_source
+from specsweep.sweep.data.frequency import FREQUENCY_FILE, format_frequency, write_frequency
+from specsweep.sweep.data.prepared import (
     CORPUS_FORMAT, COUNTS_FILE, FORMAT_VERSION, META_FILE, PROGRESS_FILE, PreparedData, write_json,
 )
-from sweep.data.hub_bins import download_bins
-from sweep.data.shard_index import index_source
-from sweep.data.shards import TOKEN_DTYPE, check_vocab_fits, open_shard, read_header, write_shard
-from sweep.data.spec import DEFAULT_BPE_VOCAB, DataSpec
-from sweep.data.tokenizer import (
+from specsweep.sweep.data.hub_bins import download_bins
+from specsweep.sweep.data.shard_index import index_source
+from specsweep.sweep.data.shards import TOKEN_DTYPE, check_vocab_fits, open_shard, read_header, write_shard
+from specsweep.sweep.data.spec import DEFAULT_BPE_VOCAB, DataSpec
+from specsweep.sweep.data.tokenizer import (
     BPE_FILE, BPETokenizer, ByteTokenizer, TiktokenTokenizer, Tokenizer, load_tokenizer, train_bpe,
 )
-from sweep.errors import DataError
+from specsweep.sweep.errors import DataError
 
 log = logging.getLogger("specsweep.prepare")
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sweep.data.shards import check_vocab_fits
-from sweep.errors import DataError
+from specsweep.sweep.data.shards import check_vocab_fits
+from specsweep.sweep.errors import DataError
 
 # Bump when the generator changes so that cached corpora built by an older version are not reused.
 GENERATOR_VERSION = 1

@@ -7,9 +7,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from sweep.data.shards import TOKEN_DTYPE
-from sweep.data.tokenizer import Tokenizer
-from sweep.errors import DataError
+from specsweep.sweep.data.shards import TOKEN_DTYPE
+from specsweep.sweep.data.tokenizer import Tokenizer
+from specsweep.sweep.errors import DataError
 
 
 # Corpora shipped inside the package, named in configs as ``builtin:<file>`` so that a config (and

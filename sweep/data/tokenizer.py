@@ -13,8 +13,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from sweep.data.shards import check_vocab_fits
-from sweep.errors import DataError
+from specsweep.sweep.data.shards import check_vocab_fits
+from specsweep.sweep.errors import DataError
 
 EOT_TEXT = "<|endoftext|>"
 BPE_FILE = "tokenizer.json"

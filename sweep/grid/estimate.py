@@ -32,16 +32,16 @@ from typing import Any, Optional
 
 import torch
 
-from metrics.costmodel import H100, DeviceProfile, ModelShape, RunTelemetryCost, estimate_run
-from metrics.schedule import event_steps, spectrum_steps
-from models import GPT, GPTConfig
-from optim.dion import dion_rank, transposes
-from optim.routing import role_of
-from sweep.data.hub_bins import is_hub_bins
-from sweep.data.prepared import META_FILE
-from sweep.data.spec import DEFAULT_BPE_VOCAB
-from sweep.data.tokenizer import ByteTokenizer, TiktokenTokenizer
-from sweep.grid.spec import RunSpec
+from specsweep.metrics.costmodel import H100, DeviceProfile, ModelShape, RunTelemetryCost, estimate_run
+from specsweep.metrics.schedule import event_steps, spectrum_steps
+from specsweep.models import GPT, GPTConfig
+from specsweep.optim.dion import dion_rank, transposes
+from specsweep.optim.routing import role_of
+from specsweep.sweep.data.hub_bins import is_hub_bins
+from specsweep.sweep.data.prepared import META_FILE
+from specsweep.sweep.data.spec import DEFAULT_BPE_VOCAB
+from specsweep.sweep.data.tokenizer import ByteTokenizer, TiktokenTokenizer
+from specsweep.sweep.grid.spec import RunSpec
 
 ANCHOR_TOKENS_PER_S = 393_000.0
 ANCHOR_MODEL = GPTConfig(vocab_size=50_304, n_layer=12, n_head=12, d_model=768, context_len=1024, ffn_mult=4)

@@ -18,8 +18,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.errors import SweepError
-from sweep.grid import resolvers  # noqa: F401  (registers ${run_id:} for the composition)
+from specsweep.sweep.errors import SweepError
+from specsweep.sweep.grid import resolvers  # noqa: F401  (registers ${run_id:} for the composition)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -66,7 +66,7 @@ def grid_jobs(params: Optional[Mapping[str, Any]], arguments: Sequence[str], con
 
 def compose_multirun(overrides: Sequence[str], config_dir: Path = CONF_DIR,
                      config_name: str = "train") -> tuple[DictConfig, Any, list[list[str]]]:
-    """Compose ``overrides`` as ``python -m sweep.train -m OVERRIDES`` would: the multirun's master
+    """Compose ``overrides`` as ``specsweep-train -m OVERRIDES`` would: the multirun's master
     config, Hydra's config loader (for each job's config) and the jobs of its grid. Nothing is
     written and nothing runs."""
     from hydra import initialize_config_dir

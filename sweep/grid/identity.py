@@ -14,9 +14,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from optim import hparam_defaults, hparam_owners, registered_optimizers
-from sweep.grid.run_id import foreign_optim_overrides, parse_override
-from sweep.rundir import RunConfigChanged, RunDir, config_hash, json_safe, load_latest_checkpoint
+from specsweep.optim import hparam_defaults, hparam_owners, registered_optimizers
+from specsweep.sweep.grid.run_id import foreign_optim_overrides, parse_override
+from specsweep.sweep.rundir import RunConfigChanged, RunDir, config_hash, json_safe, load_latest_checkpoint
 
 def container(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """A resolved plain-dict copy of a config (or a config section)."""

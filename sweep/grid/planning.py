@@ -14,15 +14,15 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import read_write
 
-from metrics.costmodel import DeviceProfile, load_profile
+from specsweep.metrics.costmodel import DeviceProfile, load_profile
 
-from sweep.errors import UserError
-from sweep.grid.estimate import ANCHOR, CPU_ANCHOR, RECORD_BYTES, RunEstimate, estimate
-from sweep.grid.expand import compose_multirun
-from sweep.grid.preflight import PlannedJob, plan_sweep, restrict_plan
-from sweep.grid.sweep_name import NamedSweepLoader, launch_sweep_name
-from sweep.grid.spec import RunSpec, data_file_problems, resource_ranks
-from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, RunDir
+from specsweep.sweep.errors import UserError
+from specsweep.sweep.grid.estimate import ANCHOR, CPU_ANCHOR, RECORD_BYTES, RunEstimate, estimate
+from specsweep.sweep.grid.expand import compose_multirun
+from specsweep.sweep.grid.preflight import PlannedJob, plan_sweep, restrict_plan
+from specsweep.sweep.grid.sweep_name import NamedSweepLoader, launch_sweep_name
+from specsweep.sweep.grid.spec import RunSpec, data_file_problems, resource_ranks
+from specsweep.sweep.rundir import STATUS_DIVERGED, STATUS_DONE, RunDir
 
 TO_TRAIN = ("todo", "resume")
 STATE_WORDS = {"todo": "new", "resume": "resume", "left": "left out (hydra.sweeper.only)",

@@ -19,12 +19,12 @@ from typing import Any, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from sweep.credentials import redact_argument
-from sweep.errors import SweepError, UserError
-from sweep.grid.identity import check_identity
-from sweep.grid.run_id import foreign_optim_overrides, parse_override
-from sweep.grid.spec import RunSpec, build_run_spec
-from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir, RunDirError
+from specsweep.sweep.credentials import redact_argument
+from specsweep.sweep.errors import SweepError, UserError
+from specsweep.sweep.grid.identity import check_identity
+from specsweep.sweep.grid.run_id import foreign_optim_overrides, parse_override
+from specsweep.sweep.grid.spec import RunSpec, build_run_spec
+from specsweep.sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir, RunDirError
 
 log = logging.getLogger("specsweep.sweep")
 
@@ -195,7 +195,7 @@ def summarize_results(plan: SweepPlan, results: Sequence[Any]) -> None:
     """Log one line per run and raise SweepError if any launched run failed (the others finished).
 
     Runs that a launcher only queued (SLURM with hydra.launcher.wait=false) are listed with their
-    job id; ``python -m sweep.status SWEEP_DIR`` follows them.
+    job id; ``specsweep-status SWEEP_DIR`` follows them.
     """
     failed: list[str] = []
     queued = 0
@@ -216,6 +216,6 @@ def summarize_results(plan: SweepPlan, results: Sequence[Any]) -> None:
     sweep_dir = plan.jobs[0].run_dir.parent if plan.jobs else None
     log.info("run directories: %s", sweep_dir)
     if queued:
-        log.info("%d runs queued; follow them with: python -m sweep.status %s", queued, sweep_dir)
+        log.info("%d runs queued; follow them with: specsweep-status %s", queued, sweep_dir)
     if failed:
         raise SweepError(f"{len(failed)} of {len(plan.to_launch)} runs failed:\n  " + "\n  ".join(failed))

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from sweep.grid.run_id import RunIdParts, run_id_parts_from_config
+from specsweep.sweep.grid.run_id import RunIdParts, run_id_parts_from_config
 
 
 def _hydra_node(root: Any) -> Any:

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from sweep.credentials import secrets_in
+from specsweep.sweep.credentials import secrets_in
 
 # Keys that the prefix of the id already encodes (model, optimizer, width, seed), or that name the
 # grid rather than the run.
@@ -125,7 +125,7 @@ def foreign_optim_overrides(optimizer: str, overrides: Sequence[str]) -> dict[st
     """The ``optim.K=...`` overrides whose key K optimizer ``optimizer`` does not take but another
     registered one does (-> the optimizers that take it): the arms of a grid without K ignore them
     (conf/optim_shared/keys.yaml holds a slot for K), and they are no part of such a run's id."""
-    from optim import hparam_owners, registered_optimizers  # torch: kept out of `sweep.prepare` and `--help`
+    from specsweep.optim import hparam_owners, registered_optimizers  # torch: kept out of `sweep.prepare` and `--help`
 
     if optimizer not in registered_optimizers():
         return {}
@@ -237,7 +237,7 @@ def run_id_parts_from_config(cfg: Mapping[str, Any], overrides: Sequence[str],
                              tag_keys: Iterable[str] = ()) -> RunIdParts:
     """Run id (and its mapping) of a composed task config (a DictConfig or nested dict), its job
     overrides and the keys its sweeper declares."""
-    from optim import optimizer_tag  # torch: kept out of `sweep.prepare` and `sweep.train --help`
+    from specsweep.optim import optimizer_tag  # torch: kept out of `sweep.prepare` and `sweep.train --help`
 
     optim_cfg = dict(cfg["optim"])
     name = optim_cfg.pop("name")

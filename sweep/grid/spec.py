@@ -17,16 +17,16 @@ from typing import Any, Mapping, Optional, Sequence
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from models import GPT, GPTConfig
-from optim import build_optimizer
-from sweep.credentials import config_credential_problems
-from sweep.data import DataSpec
-from sweep.data.checks import TokenNeeds, check_data
-from sweep.errors import ConfigError
-from sweep.grid.identity import container, identity_of, job_optimizer_hparams
-from sweep.grid.names import name_problems
-from sweep.grid.resolvers import sweeper_keys
-from sweep.grid.run_id import identity_overrides, run_id_parts_from_config
+from specsweep.models import GPT, GPTConfig
+from specsweep.optim import build_optimizer
+from specsweep.sweep.credentials import config_credential_problems
+from specsweep.sweep.data import DataSpec
+from specsweep.sweep.data.checks import TokenNeeds, check_data
+from specsweep.sweep.errors import ConfigError
+from specsweep.sweep.grid.identity import container, identity_of, job_optimizer_hparams
+from specsweep.sweep.grid.names import name_problems
+from specsweep.sweep.grid.resolvers import sweeper_keys
+from specsweep.sweep.grid.run_id import identity_overrides, run_id_parts_from_config
 
 
 # train.objective: the run's final eval loss or final train loss (a diverged run returns +inf).

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 from omegaconf import read_write
 
-from sweep.grid.expand import given_overrides
-from sweep.grid.run_id import digest_of, excluded, parse_override
+from specsweep.sweep.grid.expand import given_overrides
+from specsweep.sweep.grid.run_id import digest_of, excluded, parse_override
 
 DEFAULT = "default"      # conf/train.yaml's sweep_name
 MAX_KEYS_SHOWN = 4

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweep.rundir import RunDir, write_checkpoint
+from specsweep.sweep.rundir import RunDir, write_checkpoint
 
 
 def rng_state() -> dict[str, Any]:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import torch
 import torch.distributed as dist
 
-from sweep import liveness
+from specsweep.sweep import liveness
 
 log = logging.getLogger("specsweep.dist")
 

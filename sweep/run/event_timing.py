@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from metrics.schedule import is_event
-from sweep.grid.spec import TelemetrySpec
+from specsweep.metrics.schedule import is_event
+from specsweep.sweep.grid.spec import TelemetrySpec
 
 
 def event_lag(spec: TelemetrySpec) -> int:

@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from sweep.errors import UserError
-from sweep.rundir import JsonlError, RunDirError
+from specsweep.sweep.errors import UserError
+from specsweep.sweep.rundir import JsonlError, RunDirError
 
 traceback_log = logging.getLogger("specsweep.traceback")
 

@@ -18,16 +18,16 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from optim import lr_factor, set_lr
-from sweep.credentials import redact_text
-from sweep.data.run_data import RunData
-from sweep.run import distributed
-from sweep.run.signals import StopRequest
-from sweep.run.state import TrainingState
-from sweep.run.event_timing import after_step_event, train_event
-from sweep.run.telemetry import Telemetry
-from sweep.run.wandb_logger import NullLogger, make_logger, replay_after_resume
-from sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
+from specsweep.optim import lr_factor, set_lr
+from specsweep.sweep.credentials import redact_text
+from specsweep.sweep.data.run_data import RunData
+from specsweep.sweep.run import distributed
+from specsweep.sweep.run.signals import StopRequest
+from specsweep.sweep.run.state import TrainingState
+from specsweep.sweep.run.event_timing import after_step_event, train_event
+from specsweep.sweep.run.telemetry import Telemetry
+from specsweep.sweep.run.wandb_logger import NullLogger, make_logger, replay_after_resume
+from specsweep.sweep.rundir import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
                           STATUS_RUNNING, JsonlAppender, RunDir, RunDirError, prune_checkpoints)
 
 log = logging.getLogger("specsweep.train")

@@ -13,17 +13,17 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from models import GPT
-from optim import build_optimizer
-from sweep.data.run_data import load_run_data
-from sweep.grid.spec import RunSpec
-from sweep.run.checkpoint import save_checkpoint, set_rng_state
-from sweep.run.distributed import SINGLE, DistEnv, pick_device
-from sweep.run.event_timing import event_lag
-from sweep.run.hold import Hold
-from sweep.run.telemetry_costs import COST_PREFIX
-from sweep.rundir import RunDir, iter_jsonl, load_latest_checkpoint, now_iso
-from sweep.wandb_keys import stable_wandb_id
+from specsweep.models import GPT
+from specsweep.optim import build_optimizer
+from specsweep.sweep.data.run_data import load_run_data
+from specsweep.sweep.grid.spec import RunSpec
+from specsweep.sweep.run.checkpoint import save_checkpoint, set_rng_state
+from specsweep.sweep.run.distributed import SINGLE, DistEnv, pick_device
+from specsweep.sweep.run.event_timing import event_lag
+from specsweep.sweep.run.hold import Hold
+from specsweep.sweep.run.telemetry_costs import COST_PREFIX
+from specsweep.sweep.rundir import RunDir, iter_jsonl, load_latest_checkpoint, now_iso
+from specsweep.sweep.wandb_keys import stable_wandb_id
 
 log = logging.getLogger("specsweep.train")
 

@@ -24,17 +24,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from metrics import EventCost, EventPipeline, FFNProbe, FinishedEvent, SpectrumCadence, finalize_snapshot
-from metrics import costmodel as cm
-from metrics import placement
-from metrics import collective_device, frequency_buckets, metric_keys
-from metrics.pipeline import time_host_work
-from metrics.schedule import keep_up_every
-from sweep.data.order import leading_rows
-from sweep.grid.spec import TelemetrySpec
-from sweep.rundir import JsonlAppender
-from sweep.run.event_timing import updates_at
-from sweep.run.telemetry_costs import EagerSteps, TelemetryTotals, cost_row
+from specsweep.metrics import EventCost, EventPipeline, FFNProbe, FinishedEvent, SpectrumCadence, finalize_snapshot
+from specsweep.metrics import costmodel as cm
+from specsweep.metrics import placement
+from specsweep.metrics import collective_device, frequency_buckets, metric_keys
+from specsweep.metrics.pipeline import time_host_work
+from specsweep.metrics.schedule import keep_up_every
+from specsweep.sweep.data.order import leading_rows
+from specsweep.sweep.grid.spec import TelemetrySpec
+from specsweep.sweep.rundir import JsonlAppender
+from specsweep.sweep.run.event_timing import updates_at
+from specsweep.sweep.run.telemetry_costs import EagerSteps, TelemetryTotals, cost_row
 
 log = logging.getLogger("specsweep.telemetry")
 

@@ -11,7 +11,7 @@ import statistics
 from collections import deque
 from typing import Any
 
-from metrics import EventCost
+from specsweep.metrics import EventCost
 
 COST_PREFIX = "telemetry_"
 """Prefix of the cost keys in metrics.jsonl; W&B shows ``telemetry_wait_s`` as ``telemetry/wait_s``."""

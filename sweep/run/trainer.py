@@ -13,13 +13,13 @@ import math
 from pathlib import Path
 from typing import Mapping, Optional
 
-from sweep.grid.identity import check_identity, claim
-from sweep.grid.spec import RunSpec
-from sweep.run import distributed
-from sweep.run.distributed import DistEnv
-from sweep.run.loop import RunResult, TrainingLoop, record_stop
-from sweep.run.state import TrainingState
-from sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunClaimed, RunDir, config_hash
+from specsweep.sweep.grid.identity import check_identity, claim
+from specsweep.sweep.grid.spec import RunSpec
+from specsweep.sweep.run import distributed
+from specsweep.sweep.run.distributed import DistEnv
+from specsweep.sweep.run.loop import RunResult, TrainingLoop, record_stop
+from specsweep.sweep.run.state import TrainingState
+from specsweep.sweep.rundir import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunClaimed, RunDir, config_hash
 
 log = logging.getLogger("specsweep.train")
 

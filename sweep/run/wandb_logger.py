@@ -36,14 +36,14 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from sweep.credentials import redact_secrets
-from sweep.errors import ConfigError
-from sweep.grid.spec import LoggerSpec
-from sweep.run.provenance import run_provenance
-from sweep.run.wandb_reach import wandb_server_unreachable
-from sweep.run.wandb_attempts import logged_up_to
-from sweep.rundir import iter_jsonl
-from sweep.wandb_keys import LAYER_TABLE_COLUMNS, LAYER_TABLE_KEY, median_key, metric_to_wandb, record_key, train_key
+from specsweep.sweep.credentials import redact_secrets
+from specsweep.sweep.errors import ConfigError
+from specsweep.sweep.grid.spec import LoggerSpec
+from specsweep.sweep.run.provenance import run_provenance
+from specsweep.sweep.run.wandb_reach import wandb_server_unreachable
+from specsweep.sweep.run.wandb_attempts import logged_up_to
+from specsweep.sweep.rundir import iter_jsonl
+from specsweep.sweep.wandb_keys import LAYER_TABLE_COLUMNS, LAYER_TABLE_KEY, median_key, metric_to_wandb, record_key, train_key
 
 log = logging.getLogger("specsweep.logger")
 

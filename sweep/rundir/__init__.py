@@ -17,14 +17,14 @@ May import: the standard library, OmegaConf, ``sweep.errors``, ``sweep.credentia
 (and torch inside the checkpoint functions). Imported by every other part of ``sweep``.
 """
 
-from sweep.rundir.checkpoints import load_checkpoint, load_latest_checkpoint, prune_checkpoints, write_checkpoint
-from sweep.rundir.files import atomic_write_text, config_hash, json_safe, now_iso
-from sweep.rundir.claim import RunClaimed
-from sweep.rundir.heartbeat import HEARTBEAT_EVERY_S, Heartbeat
-from sweep.rundir.jsonl import JsonlAppender, JsonlError, iter_jsonl, read_jsonl_rows
-from sweep.rundir.layout import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
+from specsweep.sweep.rundir.checkpoints import load_checkpoint, load_latest_checkpoint, prune_checkpoints, write_checkpoint
+from specsweep.sweep.rundir.files import atomic_write_text, config_hash, json_safe, now_iso
+from specsweep.sweep.rundir.claim import RunClaimed
+from specsweep.sweep.rundir.heartbeat import HEARTBEAT_EVERY_S, Heartbeat
+from specsweep.sweep.rundir.jsonl import JsonlAppender, JsonlError, iter_jsonl, read_jsonl_rows
+from specsweep.sweep.rundir.layout import (STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_REQUEUED,
                                  STATUS_RUNNING, RunConfigChanged, RunDir, RunDirError)
-from sweep.rundir.reading import (ENDED_STATUSES, EXCLUDED_STATUSES, RUN_MARKER, find_run_dirs, load_done,
+from specsweep.sweep.rundir.reading import (ENDED_STATUSES, EXCLUDED_STATUSES, RUN_MARKER, find_run_dirs, load_done,
                                   load_status, run_has_ended, write_run_files)
 
 __all__ = [

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from sweep.rundir.layout import RunDir
+from specsweep.sweep.rundir.layout import RunDir
 
 log = logging.getLogger("specsweep.checkpoint")
 

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from sweep import liveness
-from sweep.rundir.heartbeat import slurm_job_id
+from specsweep.sweep import liveness
+from specsweep.sweep.rundir.heartbeat import slurm_job_id
 
 log = logging.getLogger("specsweep.rundir")
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from sweep import liveness
-from sweep.rundir.files import atomic_write_text, json_safe
+from specsweep.sweep import liveness
+from specsweep.sweep.rundir.files import atomic_write_text, json_safe
 
 log = logging.getLogger("specsweep.rundir")
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from sweep.rundir.files import atomic_write_text, json_safe
+from specsweep.sweep.rundir.files import atomic_write_text, json_safe
 
 
 class JsonlError(ValueError):

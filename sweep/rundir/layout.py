@@ -16,11 +16,11 @@ from typing import Any, Callable, Mapping, Optional
 
 from omegaconf import OmegaConf
 
-from sweep.errors import UserError
-from sweep.rundir.files import atomic_write_text, json_safe, now_iso
-from sweep.rundir.claim import Claim, holder_of
-from sweep.rundir.heartbeat import HEARTBEAT_EVERY_S, Heartbeat, read_heartbeat
-from sweep.rundir.jsonl import truncate_jsonl
+from specsweep.sweep.errors import UserError
+from specsweep.sweep.rundir.files import atomic_write_text, json_safe, now_iso
+from specsweep.sweep.rundir.claim import Claim, holder_of
+from specsweep.sweep.rundir.heartbeat import HEARTBEAT_EVERY_S, Heartbeat, read_heartbeat
+from specsweep.sweep.rundir.jsonl import truncate_jsonl
 
 STATUS_RUNNING = "running"
 STATUS_DONE = "done"

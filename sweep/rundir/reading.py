@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from sweep.rundir.layout import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir, RunDirError
+from specsweep.sweep.rundir.layout import STATUS_DIVERGED, STATUS_DONE, STATUS_FAILED, RunDir, RunDirError
 
 EXCLUDED_STATUSES = (STATUS_DIVERGED, STATUS_FAILED)
 """Statuses of runs that ended without a result: the analysis leaves them out."""

@@ -1,4 +1,4 @@
-"""What was launched into a sweep directory, kept next to the runs for ``python -m sweep.status``.
+"""What was launched into a sweep directory, kept next to the runs for ``specsweep-status``.
 
 ``SWEEP_DIR/.specsweep/grid.json``
     every grid point ever launched into the directory (run id -> overrides, launch, and the
@@ -18,10 +18,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from sweep.credentials import is_secret_name, refuse_secret_arguments
-from sweep.errors import SweepError
-from sweep.rundir.files import atomic_write_text
-from sweep.rundir.jsonl import iter_jsonl
+from specsweep.sweep.credentials import is_secret_name, refuse_secret_arguments
+from specsweep.sweep.errors import SweepError
+from specsweep.sweep.rundir.files import atomic_write_text
+from specsweep.sweep.rundir.jsonl import iter_jsonl
 
 log = logging.getLogger("specsweep.sweep")
 
@@ -130,7 +130,7 @@ def latest_jobs(sweep_dir: Path) -> dict[str, dict[str, Any]]:
 
 def relaunch_command(launch: dict[str, Any], sweep_dir: Path, run_ids: Sequence[str],
                      extra: Sequence[str] = ()) -> list[str]:
-    """Arguments after ``python -m sweep.train`` that relaunch ``run_ids`` of a recorded launch.
+    """Arguments after ``specsweep-train`` that relaunch ``run_ids`` of a recorded launch.
 
     Raises SweepError (the argument shown redacted) if an ``extra`` argument carries a credential.
     """
