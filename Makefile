@@ -23,17 +23,21 @@ demo: setup
 	SPECSWEEP_RUNS=$(RUNS) $(BIN)/specsweep-train -m +sweep=demo
 	$(BIN)/specsweep-fit $(RUNS)/demo
 
+# The suite runs on every core (pytest-xdist, at most 8 workers). A test module goes whole to one
+# worker, so its module-scoped set-up (the SLURM cluster, the paper grids' plans) runs once.
+# PARALLEL= runs it in this one process.
+PARALLEL ?= -n logical --maxprocesses=8 --dist loadscope
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PARALLEL)
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+	$(BIN)/python -m pytest -q $(PARALLEL) -m "not slow and not slurm"
 
 # The suite TIMES times with BURNERS busy-loop processes beside it: green on a loaded machine too.
 TIMES   ?= 1
 BURNERS ?= 1
 test-loaded: setup
-	$(BIN)/python tests/under_load.py --times $(TIMES) --burners $(BURNERS) -- $(BIN)/python -m pytest -q
+	$(BIN)/python tests/under_load.py --times $(TIMES) --burners $(BURNERS) -- $(BIN)/python -m pytest -q $(PARALLEL)
 
 clean-demo:
 	rm -rf $(RUNS)/demo
