@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from specsweep.sweep.data import cache as prep_mod
+from specsweep.sweep.data import tokenizer as tokenizer_mod
 from specsweep.sweep.data.cache import prepare_dataset
 from specsweep.sweep.data.loader import TokenBatches
 from specsweep.sweep.data.prepared import PreparedData
@@ -294,6 +295,20 @@ def test_cache_folder_names_do_not_change(tmp_path: Path) -> None:
     (corpus / "b.txt").write_text("that is the question\n" * 200)
     assert prepare_dataset(DataSpec(kind="text", path=str(corpus), val_tokens=100), tmp_path).root.name == \
         "text-72c560bc8004"
+
+
+def test_a_bpe_trained_on_part_of_the_text_has_its_own_cache_folder(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # A local BPE learns from the text's first BPE_TRAIN_CHARS characters (data=local's rule): a text
+    # of more bytes than that is keyed by the limit; a shorter one, trained on all of it, is not.
+    spec = DataSpec(kind="text", path=str(SHAKESPEARE), tokenizer="bpe", vocab_size=300)
+    whole = prepare_dataset(spec, tmp_path)
+    assert "bpe_train_chars" not in whole.meta["key"]
+    monkeypatch.setattr(prep_mod, "BPE_TRAIN_CHARS", 10_000)
+    monkeypatch.setattr(tokenizer_mod, "BPE_TRAIN_CHARS", 10_000)
+    part = prepare_dataset(spec, tmp_path)
+    assert part.root != whole.root and part.meta["key"]["bpe_train_chars"] == 10_000
+    assert (part.root / "tokenizer.json").read_bytes() != (whole.root / "tokenizer.json").read_bytes()
 
 
 def _damaged_meta(tmp_path: Path) -> tuple[Callable[[], Any], Path]:

@@ -168,6 +168,30 @@ def test_tinyshakespeare_txt_matches_direct_tokenization(tmp_path: Path) -> None
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+def test_both_routes_to_local_text_give_the_same_tokens(tokenizer: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # data=text and data=local find, read, tokenize and encode .txt files by the same functions,
+    # neither with the optional `datasets` package; only the layout of the splits differs.
+    monkeypatch.setitem(sys.modules, "datasets", None)  # importing it raises ImportError
+    src = tmp_path / "corpus"
+    (src / "sub").mkdir(parents=True)
+    for name, text in {"b.txt": _docs(6, 1)[0], "a.txt": _docs(7, 1)[0], "sub/c.txt": "ünï ✓ " * 50,
+                       ".hidden.txt": "no document", "notes.md": "no document"}.items():
+        (src / name).write_text(text, encoding="utf-8")
+    kw = dict(tokenizer=tokenizer, vocab_size=300, val_tokens=200)
+    text = prepare_dataset(DataSpec(kind="text", path=str(src), **kw), tmp_path / "cache")
+    local = prepare_corpus(spec_for(src, tmp_path / "local", shard_tokens=1_000, **kw), workers=0)
+    docs = [(src / name).read_text(encoding="utf-8") for name in ("a.txt", "b.txt", "sub/c.txt")]
+    tok = text.tokenizer()
+    stream = expected_stream(docs, tok)
+    np.testing.assert_array_equal(np.concatenate([open_shard(p) for p in text.train_paths + text.val_paths]), stream)
+    check_against_direct(local, docs, 200, 1_000, tok=tok)
+    assert text.meta["documents"] == local.meta["documents"] == 3
+    if tokenizer == "bpe":
+        assert (text.root / "tokenizer.json").read_bytes() == (local.root / "tokenizer.json").read_bytes()
+
+
 @needs_datasets
 @pytest.mark.parametrize("val_tokens,shard_tokens,max_tokens", [(30_000, 50_000, None), (70_000, 25_000, None),
                                                                 (10_000, 8_000, 60_001)])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from specsweep.sweep.data.checks import check_data
-from specsweep.sweep.data.text import BUILTIN_DIR, find_text_files, local_text_path
+from specsweep.sweep.data.documents import BUILTIN_DIR, find_text_files, local_text_path
 from specsweep.sweep.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,14 +6,14 @@ Modules (names are imported lazily, so that preparation-only processes do not im
     checks        data inputs checked before any run directory exists (used by the grid's preflight)
     cache         prepare_dataset: a run's prepared folder (synthetic, local text, existing shards), built once
     streaming     prepare_corpus: `specsweep-prepare` for hub / local corpora (resumable)
-    documents     the documents of a corpus source, in a fixed resumable order
+    documents     the one route from local text (and hub rows) to tokens: finding, reading, EOT-delimited
+                  encoding (both cache and streaming use it), and a source's documents in resumable order
     shard_index   the one indexer of existing .bin shards (both routes use it)
     hub_bins      existing .bin shards downloaded from a hub dataset repository (hf-bins:, the paper's kjj0)
     prepared      the prepared folder's files and PreparedData to read it
     shards        the .bin shard file format
-    tokenizer     GPT-2 (tiktoken), local BPE, bytes
+    tokenizer     GPT-2 (tiktoken), local BPE (one training rule for both routes), bytes
     synthetic     the built-in Zipf-Markov corpus
-    text          local .txt documents
     frequency     HEAD/MID/TAIL table of a folder's unigram counts
     order         where batches lie in the shards (random windows, the paper's sequential stream and its
                   per-rank shard ends)
@@ -37,7 +37,6 @@ _HOME = {
     "Tokenizer": "tokenizer", "ByteTokenizer": "tokenizer", "BPETokenizer": "tokenizer",
     "load_tokenizer": "tokenizer", "train_bpe": "tokenizer",
     "TiktokenTokenizer": "tokenizer", "TokenizerUnavailable": "tokenizer",
-    "write_frequency": "frequency",
 }
 __all__ = sorted(_HOME)
 

@@ -2,10 +2,12 @@
 
 Synthetic data and local text are built into the run's data cache, ``cache_root/<kind>-<hash of
 what determines the bytes>/`` (folder layout: sweep.data.prepared), by the first run that needs
-them; later runs, and runs racing for the same folder, reuse it. Kind "shards" is read where
-``path`` points: a folder prepared by ``specsweep-prepare`` (sweep.data.streaming) is used as
-it is; a folder of existing ``.bin`` shards without meta.json is indexed (sweep.data.shard_index)
-into the cache, next to nothing but its counts and meta.json.
+them; later runs, and runs racing for the same folder, reuse it. Local text is found, read,
+tokenized and encoded by the functions ``specsweep-prepare data=local`` uses (sweep.data.documents,
+sweep.data.tokenizer); only its layout differs: train.bin, then val.bin holding the stream's end.
+Kind "shards" is read where ``path`` points: a folder prepared by ``specsweep-prepare``
+(sweep.data.streaming) is used as it is; a folder of existing ``.bin`` shards without meta.json is
+indexed (sweep.data.shard_index) into the cache, next to nothing but its counts and meta.json.
 """
 
 from __future__ import annotations
@@ -23,17 +25,16 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from specsweep.sweep.data.frequency import FREQUENCY_FILE, write_frequency
-from specsweep.sweep.data.prepared import COUNTS_FILE, FORMAT_VERSION, META_FILE, PROGRESS_FILE, PreparedData
+from specsweep.sweep.data.documents import encode_documents, find_text_files, local_text_path, read_documents
+from specsweep.sweep.data.prepared import (
+    FORMAT_VERSION, META_FILE, PROGRESS_FILE, PreparedData, count_tokens, write_counts, write_json,
+)
 from specsweep.sweep.data.shard_index import index_shards, shards_in
 from specsweep.sweep.data.shards import write_shard
 from specsweep.sweep.data.spec import DEFAULT_BPE_VOCAB, KINDS, DataSpec, normalize_source, prepare_command
 from specsweep.sweep.data.synthetic import GENERATOR_VERSION, build_chain, entropy_stats, generate_tokens
-from specsweep.sweep.data.text import encode_documents, find_text_files, local_text_path, read_documents
-from specsweep.sweep.data.tokenizer import ByteTokenizer, Tokenizer, train_bpe
+from specsweep.sweep.data.tokenizer import BPE_TRAIN_CHARS, make_tokenizer
 from specsweep.sweep.errors import DataError
-
-_COUNT_CHUNK = 1 << 24  # tokens per bincount call, bounds memory
 
 
 def prepare_dataset(spec: DataSpec, cache_root: str | Path) -> PreparedData:
@@ -65,9 +66,8 @@ def prepare_dataset(spec: DataSpec, cache_root: str | Path) -> PreparedData:
         try:
             meta = _BUILDERS[spec.kind](spec, tmp)
             meta.update(format_version=FORMAT_VERSION, kind=spec.kind, spec=dataclasses.asdict(spec),
-                        spec_hash=digest, key=key, counts=COUNTS_FILE,
-                        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+                        spec_hash=digest, key=key, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            write_json(tmp / META_FILE, meta)
             try:
                 # Renaming a complete folder is the commit; a non-empty target makes it fail.
                 os.rename(tmp, final)
@@ -148,14 +148,16 @@ def _spec_key(spec: DataSpec) -> dict:
         cfg.validate()
         key.update(dataclasses.asdict(cfg), generator=GENERATOR_VERSION, train_tokens=spec.train_tokens, **split)
     elif spec.kind == "text":
-        files = find_text_files(_existing_path(spec))
-        root = local_text_path(spec.path).resolve()
+        root = _existing_path(spec)
+        files = find_text_files(root)
         tok = spec.tokenizer or "byte"
         # Content digests, not paths or mtimes: moving or touching the text keeps the cache valid.
         key.update(files=[[str(f.relative_to(root)) if f != root else f.name, _file_digest(f)] for f in files],
                    tokenizer=tok, **split)
         if tok == "bpe":
             key["vocab_size"] = spec.vocab_size or DEFAULT_BPE_VOCAB
+            if sum(f.stat().st_size for f in files) > BPE_TRAIN_CHARS:  # only then can the BPE's sample be
+                key["bpe_train_chars"] = BPE_TRAIN_CHARS                 # less than all of the text
     else:
         src = _existing_path(spec)
         train, val = shards_in(src)
@@ -164,25 +166,13 @@ def _spec_key(spec: DataSpec) -> dict:
     return key
 
 
-def _count(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
-    counts = np.zeros(vocab_size, dtype=np.int64)
-    for i in range(0, tokens.size, _COUNT_CHUNK):
-        c = np.bincount(tokens[i:i + _COUNT_CHUNK], minlength=vocab_size)
-        if c.size > vocab_size:
-            raise DataError(f"token id {c.size - 1} >= vocab_size {vocab_size}")
-        counts += c
-    return counts
-
-
 def _write_splits(folder: Path, tokens: np.ndarray, n_val: int, vocab_size: int) -> dict:
+    """The last ``n_val`` tokens are the validation split, the rest the training split."""
     train, val = tokens[:-n_val], tokens[-n_val:]
     write_shard(folder / "train.bin", train)
     write_shard(folder / "val.bin", val)
-    counts = _count(train, vocab_size)
-    np.save(folder / COUNTS_FILE, counts)
-    write_frequency(folder, counts)
-    return {"train": {"files": ["train.bin"], "tokens": int(train.size)},
-            "val": {"files": ["val.bin"], "tokens": int(val.size)}, "frequency": FREQUENCY_FILE}
+    return write_counts(folder, count_tokens(train, vocab_size, folder / "train.bin"),
+                        {"train": [("train.bin", train.size)], "val": [("val.bin", val.size)]})
 
 
 def _build_synthetic(spec: DataSpec, folder: Path) -> dict:
@@ -204,14 +194,9 @@ def _build_text(spec: DataSpec, folder: Path) -> dict:
     docs = list(read_documents(files))
     if not any(docs):
         raise DataError(f"{spec.path}: no text to prepare (empty)")
-    name = spec.tokenizer or "byte"
-    if name == "byte":
-        tok: Tokenizer = ByteTokenizer()
-    elif name == "bpe":
-        # Trained on all the text (val included): it is a vocabulary, not model weights.
-        tok = train_bpe(docs, spec.vocab_size or DEFAULT_BPE_VOCAB)
-    else:
-        raise DataError(f"text tokenizer must be 'byte' or 'bpe', got {name!r}")
+    # A BPE is trained on the text's start (val included): it is a vocabulary, not model weights.
+    tok = make_tokenizer(spec.tokenizer or "byte", spec.vocab_size or DEFAULT_BPE_VOCAB, lambda: docs,
+                         names=("byte", "bpe"))
     tokens = encode_documents(docs, tok)
     try:
         n_val = spec.n_val(tokens.size)

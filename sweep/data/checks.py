@@ -21,7 +21,7 @@ from specsweep.sweep.data.prepared import META_FILE, PROGRESS_FILE
 from specsweep.sweep.data.shard_index import shards_in
 from specsweep.sweep.data.shards import read_header
 from specsweep.sweep.data.spec import KINDS, DataSpec, prepare_command
-from specsweep.sweep.data.text import find_text_files, local_text_path
+from specsweep.sweep.data.documents import find_text_files, local_text_path
 from specsweep.sweep.errors import DataError
 
 SAMPLE_BYTES = 1 << 16  # the head of each text file that is checked for binary content

@@ -8,10 +8,6 @@ and its share of all occurrences.
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 
 from specsweep.metrics.buckets import BUCKETS, assign_buckets, bucket_summary, occurrence_tertiles  # NumPy only
@@ -38,16 +34,6 @@ def frequency_table(counts: np.ndarray) -> dict:
         "head_min": int(head_min), "mid_min": int(mid_min),  # HEAD: count >= head_min; MID: >= mid_min
         "buckets": buckets,
     }
-
-
-def write_frequency(folder: str | Path, counts: np.ndarray) -> dict:
-    """Write ``folder/frequency.json`` (atomically) and return its content."""
-    table = frequency_table(counts)
-    path = Path(folder) / FREQUENCY_FILE
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(table, indent=1) + "\n")
-    os.replace(tmp, path)
-    return table
 
 
 def format_frequency(table: dict) -> str:

@@ -18,10 +18,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from specsweep.sweep.data.frequency import FREQUENCY_FILE, frequency_table
 from specsweep.sweep.data.shards import read_header
 from specsweep.sweep.data.tokenizer import Tokenizer, load_tokenizer
 from specsweep.sweep.errors import DataError
@@ -31,6 +32,7 @@ CORPUS_FORMAT = 1  # version of the prepare_key that `specsweep-prepare` records
 META_FILE = "meta.json"
 COUNTS_FILE = "counts.npy"
 PROGRESS_FILE = "progress.json"
+_COUNT_CHUNK = 1 << 24  # tokens per bincount call, bounds memory
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -41,6 +43,26 @@ def write_json(path: Path, obj: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def count_tokens(tokens: np.ndarray, vocab_size: int, where: str | Path) -> np.ndarray:
+    """int64 [vocab_size] unigram counts of ``tokens``; an id past the vocabulary is a DataError naming ``where``."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for i in range(0, tokens.size, _COUNT_CHUNK):
+        c = np.bincount(tokens[i:i + _COUNT_CHUNK], minlength=vocab_size)
+        if c.size > vocab_size:
+            raise DataError(f"{where}: token id {c.size - 1} >= vocab_size {vocab_size} (set data.vocab_size)")
+        counts += c
+    return counts
+
+
+def write_counts(folder: Path, counts: np.ndarray, splits: Mapping[str, Sequence[tuple[str, int]]]) -> dict:
+    """Write the training ``counts`` (counts.npy) and their frequency.json into ``folder``; return the
+    meta.json entries for them and for ``splits`` (each split's shard files as (name, tokens))."""
+    np.save(folder / COUNTS_FILE, counts)
+    write_json(folder / FREQUENCY_FILE, frequency_table(counts))
+    return {**{split: {"files": [f for f, _ in files], "tokens": int(sum(n for _, n in files))}
+               for split, files in splits.items()}, "counts": COUNTS_FILE, "frequency": FREQUENCY_FILE}
 
 
 @dataclass(frozen=True)

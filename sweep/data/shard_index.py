@@ -23,8 +23,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from specsweep.sweep.data.documents import Source
-from specsweep.sweep.data.frequency import FREQUENCY_FILE, format_frequency, write_frequency
-from specsweep.sweep.data.prepared import CORPUS_FORMAT, COUNTS_FILE, FORMAT_VERSION, META_FILE, PreparedData, write_json
+from specsweep.sweep.data.frequency import FREQUENCY_FILE, format_frequency
+from specsweep.sweep.data.prepared import (
+    CORPUS_FORMAT, FORMAT_VERSION, META_FILE, PreparedData, count_tokens, write_counts, write_json,
+)
 from specsweep.sweep.data.shards import check_vocab_fits, open_shard, read_header
 from specsweep.sweep.data.spec import DataSpec
 from specsweep.sweep.data.tokenizer import load_tokenizer
@@ -73,7 +75,7 @@ def shard_tokenizer(name: Optional[str], vocab_size: Optional[int],
 
 def _count_range(args: tuple[str, int, int, int]) -> np.ndarray:
     path, lo, hi, vocab = args
-    return np.bincount(open_shard(path)[lo:hi], minlength=vocab)
+    return count_tokens(open_shard(path)[lo:hi], vocab, path)
 
 
 def index_shards(train: Sequence[Path], val: Sequence[Path], out: Path, *, tokenizer: Optional[str] = None,
@@ -97,25 +99,16 @@ def index_shards(train: Sequence[Path], val: Sequence[Path], out: Path, *, token
     counts = np.zeros(vocab, dtype=np.int64)
     pool = mp.get_context("spawn").Pool(workers) if workers > 1 and len(tasks) > 1 else None
     try:
-        parts = pool.imap(_count_range, tasks) if pool is not None else map(_count_range, tasks)
-        for (path, *_), c in zip(tasks, parts):
-            if c.size > vocab:
-                raise DataError(f"{path}: token id {c.size - 1} >= vocab_size {vocab} (set data.vocab_size)")
+        for c in pool.imap(_count_range, tasks) if pool is not None else map(_count_range, tasks):
             counts += c
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-    np.save(out / COUNTS_FILE, counts)
-    write_frequency(out, counts)
-
-    def name(p: Path) -> str:
-        return p.name if p.parent == out else str(p)
-
+    files = {split: [(p.name if p.parent == out else str(p), sizes[p]) for p in paths]
+             for split, paths in (("train", train), ("val", val))}
     return {
-        "train": {"files": [name(p) for p in train], "tokens": sum(sizes[p] for p in train)},
-        "val": {"files": [name(p) for p in val], "tokens": sum(sizes[p] for p in val)},
-        "vocab_size": vocab, "eot_id": eot, "tokenizer": info, "counts": COUNTS_FILE, "frequency": FREQUENCY_FILE,
+        **write_counts(out, counts, files), "vocab_size": vocab, "eot_id": eot, "tokenizer": info,
         "timing": {"count_s": round(time.perf_counter() - t0, 3), "workers": workers},
     }
 

@@ -7,8 +7,9 @@ Output folder (the ``path`` of a kind "shards" data spec; layout: sweep.data.pre
     counts.npy, frequency.json, tokenizer.json (BPE only), meta.json (written last)
     progress.json          only while unfinished: the committed shards and where to resume
 
-The token stream is, for every document in source order (sweep.data.documents), EOT followed by
-the document's tokens; shards cut it at fixed positions, mid-document (as modded-nanogpt does).
+The token stream is, for every document in source order, EOT followed by the document's tokens
+(sweep.data.documents finds, reads and encodes them, as for data=text); shards cut it at fixed
+positions, mid-document (as modded-nanogpt does).
 Documents are tokenized in chunks by a pool of worker processes and collected in submission order,
 so the bytes never depend on the number of workers. Each shard is written under a temporary name
 and renamed; then progress.json records the committed shards and the first chunk not entirely
@@ -31,27 +32,25 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from specsweep.sweep.data.documents import DocumentStream, Source, doc_sha, resolve_source
-from specsweep.sweep.data.frequency import FREQUENCY_FILE, format_frequency, write_frequency
+from specsweep.sweep.data.documents import DocumentStream, Source, doc_sha, encode_documents, resolve_source
+from specsweep.sweep.data.frequency import FREQUENCY_FILE, format_frequency
 from specsweep.sweep.data.prepared import (
-    CORPUS_FORMAT, COUNTS_FILE, FORMAT_VERSION, META_FILE, PROGRESS_FILE, PreparedData, write_json,
+    CORPUS_FORMAT, FORMAT_VERSION, META_FILE, PROGRESS_FILE, PreparedData, count_tokens, write_counts, write_json,
 )
 from specsweep.sweep.data.hub_bins import download_bins
 from specsweep.sweep.data.shard_index import index_source
-from specsweep.sweep.data.shards import TOKEN_DTYPE, check_vocab_fits, open_shard, read_header, write_shard
+from specsweep.sweep.data.shards import check_vocab_fits, open_shard, read_header, write_shard
 from specsweep.sweep.data.spec import DEFAULT_BPE_VOCAB, DataSpec
 from specsweep.sweep.data.tokenizer import (
-    BPE_FILE, BPETokenizer, ByteTokenizer, TiktokenTokenizer, Tokenizer, load_tokenizer, train_bpe,
+    BPE_FILE, BPE_TRAIN_CHARS, BPETokenizer, TiktokenTokenizer, Tokenizer, load_tokenizer, make_tokenizer,
 )
 from specsweep.sweep.errors import DataError
 
 log = logging.getLogger("specsweep.prepare")
-
-BPE_TRAIN_CHARS = 50_000_000   # a local BPE is trained on the first documents, up to this many characters
 
 # ---------------------------------------------------------------------------------------- encoding
 
@@ -69,17 +68,8 @@ def _load(info: dict, folder: Path) -> Tokenizer:
     return tok.load() if isinstance(tok, TiktokenTokenizer) else tok
 
 
-def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, int]:
-    return encode_chunk(_WORKER["tok"], texts)
-
-
-def encode_chunk(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, int]:
-    """EOT + tokens of every text, concatenated (uint16), and the number of texts."""
-    eot = np.array([tok.eot_id], dtype=TOKEN_DTYPE)
-    parts: list[np.ndarray] = []
-    for ids in tok.encode_batch(texts):
-        parts += [eot, np.asarray(ids, dtype=TOKEN_DTYPE)]
-    return (np.concatenate(parts) if parts else np.zeros(0, TOKEN_DTYPE)), len(texts)
+def _encode_in_worker(texts: list[str]) -> np.ndarray:
+    return encode_documents(texts, _WORKER["tok"])
 
 
 class _Encoder:
@@ -92,9 +82,9 @@ class _Encoder:
             self.pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(info, str(folder)))
         self.window = max(2, 3 * workers)
 
-    def submit(self, texts: list[str]) -> Callable[[], tuple[np.ndarray, int]]:
+    def submit(self, texts: list[str]) -> Callable[[], np.ndarray]:
         if self.pool is None:
-            result = encode_chunk(self.tok, texts)
+            result = encode_documents(texts, self.tok)
             return lambda: result
         return self.pool.apply_async(_encode_in_worker, (texts,)).get
 
@@ -171,8 +161,6 @@ class _CorpusBuild:
         self.spec, self.source, self.out = spec, source, out
         self.workers, self.docs_per_task = workers, docs_per_task
         self.tok_name = spec.tokenizer or "gpt2"
-        if self.tok_name not in ("gpt2", "bpe", "byte"):
-            raise DataError(f"data.tokenizer must be gpt2, bpe or byte, got {self.tok_name!r}")
         self.key = {
             "format": CORPUS_FORMAT, "source": source.label, "subset": spec.subset, "text_field": spec.text_field,
             "files": source.fingerprint(), "tokenizer": self.tok_name,
@@ -203,28 +191,16 @@ class _CorpusBuild:
         return None
 
     def _tokenizer(self, resuming: bool) -> tuple[Tokenizer, dict]:
-        if self.tok_name == "gpt2":
-            tok: Tokenizer = TiktokenTokenizer().load()  # fails here, clearly, when the vocabulary is unavailable
-        elif self.tok_name == "byte":
-            tok = ByteTokenizer()
-        elif resuming:
-            tok = BPETokenizer.from_file(self.out / BPE_FILE)
+        if resuming and self.tok_name == "bpe":
+            tok: Tokenizer = BPETokenizer.from_file(self.out / BPE_FILE)
         else:
             t0 = time.perf_counter()
-            tok = train_bpe(self._bpe_sample(), self.key["vocab_size"])
-            log.info("trained a BPE of %d tokens in %.1f s", tok.vocab_size, time.perf_counter() - t0)
+            tok = make_tokenizer(self.tok_name, self.key.get("vocab_size"), lambda: (
+                text for texts in DocumentStream(self.source, self.spec).batches(64) for text in texts))
+            log.info("%s tokenizer of %d ids ready in %.1f s", self.tok_name, tok.vocab_size, time.perf_counter() - t0)
         check_vocab_fits(tok.vocab_size)
         self.out.mkdir(parents=True, exist_ok=True)
         return tok, tok.save(self.out)
-
-    def _bpe_sample(self) -> Iterator[str]:
-        left = BPE_TRAIN_CHARS
-        for texts in DocumentStream(self.source, self.spec).batches(64):
-            for text in texts:
-                if left <= 0:
-                    return
-                yield text[:left]
-                left -= len(text)
 
     def _verify_shards(self, progress: dict) -> None:
         listed = {s["file"] for s in progress["shards"]}
@@ -256,9 +232,8 @@ class _CorpusBuild:
         if resuming:
             self._verify_shards(progress)
             self.shards = list(progress["shards"])
-            for s in self.shards:
-                if s["split"] == "train":
-                    self.counts += np.bincount(open_shard(self.out / s["file"]), minlength=self.vocab_size)
+            for path in (self.out / s["file"] for s in self.shards if s["split"] == "train"):
+                self.counts += count_tokens(open_shard(path), self.vocab_size, path)
             resume = progress["resume"]
             # The saved `datasets` state is one of batches of this size.
             self.docs_per_task = int(progress.get("docs_per_task", self.docs_per_task))
@@ -325,7 +300,7 @@ class _CorpusBuild:
                 position, sha, n_docs, result = inflight.popleft()
                 if done:
                     continue  # results past max_tokens are discarded
-                tokens, _ = result()
+                tokens = result()
                 marks.append(_Mark(cursor, doc_index, position, sha))
                 start, cursor, doc_index = cursor, cursor + tokens.size, doc_index + n_docs
                 if cap is not None and cursor >= cap:
@@ -365,7 +340,7 @@ class _CorpusBuild:
         name = _shard_name(split, index)
         write_shard(self.out / name, tokens)
         if split == "train":
-            self.counts += np.bincount(tokens, minlength=self.vocab_size)
+            self.counts += count_tokens(tokens, self.vocab_size, self.out / name)
         self.shards.append({"file": name, "split": split, "tokens": int(tokens.size)})
         self.written += int(tokens.size)
         if final:
@@ -382,15 +357,10 @@ class _CorpusBuild:
         })
 
     def _finish(self, info: dict, tok: Tokenizer, documents: int, timing: dict) -> dict:
-        np.save(self.out / COUNTS_FILE, self.counts)
-        write_frequency(self.out, self.counts)
-        split = {s: [d for d in self.shards if d["split"] == s] for s in ("train", "val")}
+        splits = {s: [(d["file"], d["tokens"]) for d in self.shards if d["split"] == s] for s in ("train", "val")}
         return {
-            "format_version": FORMAT_VERSION, "kind": "shards",
-            "train": {"files": [d["file"] for d in split["train"]], "tokens": sum(d["tokens"] for d in split["train"])},
-            "val": {"files": [d["file"] for d in split["val"]], "tokens": sum(d["tokens"] for d in split["val"])},
-            "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "tokenizer": info,
-            "counts": COUNTS_FILE, "frequency": FREQUENCY_FILE, "documents": documents,
+            "format_version": FORMAT_VERSION, "kind": "shards", **write_counts(self.out, self.counts, splits),
+            "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "tokenizer": info, "documents": documents,
             "source": {"source": self.source.label, "subset": self.spec.subset, "tokenizer": self.tok_name,
                        "text_field": self.spec.text_field},
             "shard_tokens": self.spec.shard_tokens, "prepare_key": self.key,

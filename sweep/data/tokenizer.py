@@ -1,15 +1,17 @@
 """Tokenizers behind one small interface: tiktoken's GPT-2 encoding, a BPE trained locally, bytes.
 
-A prepared data folder records its tokenizer as ``{"name": ..., **details}`` in meta.json;
-``load_tokenizer`` turns that entry back into a tokenizer. New kinds (e.g. tiktoken's GPT-2
-encoding) register a loader in ``TOKENIZER_LOADERS`` and need no change elsewhere.
+``make_tokenizer`` is where every preparation gets its tokenizer by name (data=text and data=local
+train their BPE there, by one rule). A prepared data folder records its tokenizer as
+``{"name": ..., **details}`` in meta.json; ``load_tokenizer`` turns that entry back into a
+tokenizer. New kinds (e.g. tiktoken's GPT-2 encoding) register a loader in ``TOKENIZER_LOADERS``
+and need no change elsewhere.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from specsweep.sweep.errors import DataError
 
 EOT_TEXT = "<|endoftext|>"
 BPE_FILE = "tokenizer.json"
+BPE_TRAIN_CHARS = 50_000_000  # a local BPE is trained on the first documents, up to this many characters
 
 
 class Tokenizer(ABC):
@@ -117,8 +120,17 @@ class BPETokenizer(Tokenizer):
         return {"name": self.name, "file": BPE_FILE}
 
 
+def _first_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
+    for text in texts:
+        if limit <= 0:
+            return
+        yield text[:limit]
+        limit -= len(text)
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
-    """Train a byte-level BPE with ``vocab_size`` entries (EOT included) on ``texts``.
+    """Train a byte-level BPE with ``vocab_size`` entries (EOT included) on the first
+    ``BPE_TRAIN_CHARS`` characters of ``texts``.
 
     The vocabulary can come out smaller than asked when the text has too few distinct merges.
     """
@@ -134,7 +146,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TEXT],
                                   initial_alphabet=alphabet, show_progress=False)
-    tok.train_from_iterator(texts, trainer)
+    tok.train_from_iterator(_first_chars(texts, BPE_TRAIN_CHARS), trainer)
     return BPETokenizer(tok)
 
 
@@ -208,6 +220,18 @@ class TiktokenTokenizer(Tokenizer):
 
     def save(self, folder: Path) -> dict:
         return {"name": self.name, "encoding": self.encoding}
+
+
+def make_tokenizer(name: str, vocab_size: Optional[int], texts: Callable[[], Iterable[str]],
+                   names: Sequence[str] = ("gpt2", "bpe", "byte")) -> Tokenizer:
+    """The tokenizer a preparation encodes with: one of ``names``; "bpe" is trained here on
+    ``texts()`` (``vocab_size`` entries), "gpt2" has its vocabulary loaded now (it fails here,
+    clearly, when the vocabulary is unavailable)."""
+    if name not in names:
+        raise DataError(f"data.tokenizer must be {' | '.join(names)}, got {name!r}")
+    if name == "gpt2":
+        return TiktokenTokenizer().load()
+    return train_bpe(texts(), vocab_size) if name == "bpe" else ByteTokenizer()
 
 
 TOKENIZER_LOADERS: dict[str, Callable[[dict, Path], Tokenizer]] = {
