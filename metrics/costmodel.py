@@ -72,10 +72,6 @@ class Anchors:
                 return va * (d / da) ** slope, INTERPOLATED
         raise AssertionError("unreachable")
 
-    @property
-    def max_width(self) -> int:
-        return self.points[-1][0]
-
 
 @dataclass(frozen=True)
 class DeviceProfile:

@@ -19,7 +19,7 @@ import itertools
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -299,23 +299,6 @@ class FitTable:
 
     table: pd.DataFrame
     messages: list[str]
-
-
-def check_single_series(frame: pd.DataFrame, columns: Iterable[str] = ("metric", "site", "bucket")) -> None:
-    """Raise ValueError if a frame meant for one fit mixes metrics, sites or buckets."""
-    for col in columns:
-        if col in frame.columns:
-            values = frame[col].dropna().unique()
-            if len(values) > 1:
-                raise ValueError(f"mixed {col}s in one fit: {sorted(map(str, values))}; "
-                                 f"fit each {col} separately")
-
-
-def fit_series(frame: pd.DataFrame, *, width_col: str = "ffn_width", value_col: str = "value",
-               level: float = 0.95) -> PowerLawFit:
-    """Fit one series (one metric, site and bucket) from a points frame; mixed series -> ValueError."""
-    check_single_series(frame)
-    return fit_power_law(frame[width_col].to_numpy(float), frame[value_col].to_numpy(float), level=level)
 
 
 def _group_label(keys: Sequence[str], values: tuple) -> str:

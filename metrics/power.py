@@ -55,10 +55,6 @@ class SeriesNoise:
     sigma_lof: float = 0.0
     seed_split: bool = False
 
-    @property
-    def sxx(self) -> float:
-        return sxx(self.ln_widths)
-
     def sigma_at(self, n_seeds: int) -> float:
         """Predicted residual SD of a per-width mean with ``n_seeds`` seeds per width."""
         seed_var = (self.sigma_seed ** 2 if self.seed_split

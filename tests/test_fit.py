@@ -207,15 +207,6 @@ def test_non_positive_ranks_are_excluded_with_reason():
     assert fit.beta == pytest.approx(1.0)
 
 
-def test_mixed_sites_or_metrics_raise():
-    frame = pd.DataFrame({"ffn_width": [1, 2, 3, 4], "value": [1, 2, 3, 4],
-                          "metric": ["soft_rank"] * 4, "site": ["pre", "post", "pre", "post"]})
-    with pytest.raises(ValueError, match="mixed sites"):
-        mfit.fit_series(frame)
-    with pytest.raises(ValueError, match="mixed metrics"):
-        mfit.fit_series(frame.assign(site="post", metric=["soft_rank", "hard_rank"] * 2))
-
-
 def test_seeds_are_averaged_in_log_space_per_width():
     widths = [1, 1, 2, 2, 4, 4]
     ranks = [1.0, 4.0, 3.0, 3.0, 5.0, 20.0]

@@ -11,7 +11,6 @@ rebuilt from W&B, the workspace spec) is carried over into the new folder before
 from __future__ import annotations
 
 import ctypes
-import datetime as _dt
 import glob
 import json
 import os
@@ -21,7 +20,7 @@ from typing import Any, Mapping
 
 from specsweep.sweep import liveness
 from specsweep.sweep.errors import SweepError
-from specsweep.sweep.rundir import atomic_write_text, json_safe
+from specsweep.sweep.rundir import atomic_write_text, json_safe, now_iso
 
 STATUS_FILE = "status.json"
 REPORT_FILE = "report.md"
@@ -120,15 +119,7 @@ def discard(staging: Path) -> None:
 
 def write_status(folder: Path, status: Mapping[str, Any]) -> Path:
     """status.json: what the analysis is of (label, step, runs used of all), with a timestamp."""
-    data = {**status, "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    data = {**status, "updated": now_iso()}
     path = folder / STATUS_FILE
     atomic_write_text(path, json.dumps(json_safe(data), indent=1, sort_keys=True))
     return path
-
-
-def read_status(folder: Path) -> dict[str, Any]:
-    """The status.json of an analysis folder ({} when there is none)."""
-    try:
-        return json.loads((folder / STATUS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}

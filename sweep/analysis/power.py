@@ -26,10 +26,6 @@ METRIC_SHORT = {"soft_rank": "β_soft", "hard_rank": "β_hard", mfit.DELTA_METRI
 _PRINTED = 12  # lines of the printed block; power.csv and report.md have every row
 
 
-def _tuple(key: Any) -> tuple:
-    return key if isinstance(key, tuple) else (key,)
-
-
 def opt_label(optimizer: Any, rank_fraction: Any = None) -> str:
     """'adamw', 'dion r=1/16': one optimizer configuration, spelled the same for runs, grids and
     the published tables."""
@@ -59,8 +55,8 @@ def series_noises(points: pd.DataFrame, group_cols: Sequence[str]) -> pd.DataFra
     logs = logs.assign(optimizer_label=_labels(logs))
     rows = []
     for key, sub in logs.groupby([*rest, "optimizer_label", "metric", "bucket", "site"], dropna=False, sort=True):
-        rows.append([*_tuple(key), mpow.series_noise(sub["ln_width"].to_numpy(float),
-                                                             sub["ln_value"].to_numpy(float))])
+        rows.append([*mfit._as_tuple(key), mpow.series_noise(sub["ln_width"].to_numpy(float),
+                                                                   sub["ln_value"].to_numpy(float))])
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -102,7 +98,7 @@ def power_table(points: pd.DataFrame, group_cols: Sequence[str], *, target: floa
     for key, sub in noises.groupby([*rest, "metric", "bucket", "site"], dropna=False, sort=True):
         by_opt = dict(zip(sub["optimizer_label"], sub["noise"]))
         for a, b in itertools.combinations(pair_order(list(by_opt), reference), 2):
-            rows.append(dict(zip([*rest, "metric", "bucket", "site"], _tuple(key)))
+            rows.append(dict(zip([*rest, "metric", "bucket", "site"], mfit._as_tuple(key)))
                         | {"optimizer_a": a, "optimizer_b": b} | pair_row(by_opt[a], by_opt[b], target))
     return pd.DataFrame(rows)
 

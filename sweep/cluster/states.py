@@ -68,7 +68,7 @@ def _age(updated: Optional[str]) -> str:
     except ValueError:
         return ""
     seconds = (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds()
-    return f"{seconds / 60:.0f} min ago" if seconds >= 60 else f"{seconds:.0f} s ago"
+    return f"{_seconds(seconds)} ago"
 
 
 def _seconds(seconds: float) -> str:

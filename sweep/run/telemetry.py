@@ -243,10 +243,6 @@ class Telemetry:
             log.info("telemetry: waiting for the decomposition of step %d (max_in_flight=%d)", step, self.spec.max_in_flight)
 
     # ---- the loop's calls ---------------------------------------------------------------------------
-    def due(self, step: int) -> bool:
-        """First step, every ``every`` steps, and the last step."""
-        return self.cadence is not None and self.cadence.is_event(step)
-
     @contextlib.contextmanager
     def capturing(self, active: bool) -> Iterator[None]:
         if active and self.probe is not None:

@@ -16,7 +16,6 @@ and ``holder_of`` (for ``sweep.status``) tests the lock with ``F_GETLK``, which 
 
 from __future__ import annotations
 
-import datetime as _dt
 import errno
 import fcntl
 import json
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from specsweep.sweep import liveness
+from specsweep.sweep.rundir.files import now_iso
 from specsweep.sweep.rundir.heartbeat import slurm_job_id
 
 log = logging.getLogger("specsweep.rundir")
@@ -82,7 +82,7 @@ class Claim:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         me = {**liveness.this_process(), "slurm_job": slurm_job_id(),
-              "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+              "since": now_iso()}
         deadline: Optional[float] = None
         while True:
             try:

@@ -68,5 +68,6 @@ def config_hash(identity: Mapping[str, Any]) -> str:
 
 
 def now_iso() -> str:
-    """The current UTC time, ISO 8601 to the second (run.json's timestamps)."""
+    """The current UTC time, ISO 8601 to the second (the timestamps of run.json, the sweep record,
+    claim.lock and an analysis's status.json)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from specsweep.sweep.credentials import is_secret_name, refuse_secret_arguments
 from specsweep.sweep.errors import SweepError
-from specsweep.sweep.rundir.files import atomic_write_text
+from specsweep.sweep.rundir.files import atomic_write_text, now_iso
 from specsweep.sweep.rundir.jsonl import iter_jsonl
 
 log = logging.getLogger("specsweep.sweep")
@@ -30,10 +29,6 @@ META = ".specsweep"
 _RELAUNCH_DROP = ("hydra.mode=", "hydra.sweeper.only=", "hydra.sweep.dir=")
 # Environment of a launch that a relaunch must not inherit: a test's hold point is not the grid's.
 _NOT_RECORDED = ("SPECSWEEP_HOLD",)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def grid_file(sweep_dir: Path) -> Path:
@@ -81,7 +76,7 @@ def record_launch(sweep_dir: Path, runs: Iterable[tuple[str, Sequence[str]]], ta
     else:
         grid["launches"].append(launch)
         index = len(grid["launches"]) - 1
-    grid["launches"][index]["time"] = _now()
+    grid["launches"][index]["time"] = now_iso()
     for run_id, overrides in runs:
         grid["runs"][run_id] = {"overrides": list(overrides), "launch": index}
         if id_records and run_id in id_records:
@@ -110,7 +105,7 @@ def record_jobs(sweep_dir: Path, rows: Iterable[tuple[Optional[str], Sequence[st
     """Append (run id, overrides, SLURM job id) rows to jobs.jsonl."""
     path = jobs_file(sweep_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    now = _now()
+    now = now_iso()
     with open(path, "a") as f:
         for run_id, overrides, job_id in rows:
             f.write(json.dumps({"run_id": run_id, "overrides": list(overrides), "job_id": job_id,
