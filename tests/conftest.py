@@ -34,6 +34,17 @@ def run_id_for(*overrides: str) -> str:
         return str(cfg.run_id)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Heaviest modules first, each module's tests in their own order: the SLURM module, then the
+    modules with slow (end-to-end) tests, then the rest. With `make test`'s workers (one module per
+    worker at a time) the long modules start at once instead of trailing alone at the end."""
+    weight: dict[str, int] = {}
+    for item in items:
+        rank = 0 if item.get_closest_marker("slurm") else 1 if item.get_closest_marker("slow") else 2
+        weight[item.module.__name__] = min(weight.get(item.module.__name__, 2), rank)
+    items.sort(key=lambda item: weight[item.module.__name__])  # stable: collection order within a rank
+
+
 @pytest.fixture(autouse=True)
 def _one_copy_of_the_code():
     """The repository root is on this process's path, so ``import metrics`` would load a second copy
