@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__version__ = "0.1.0"
-
 _CHECKOUT = Path(__file__).resolve().parent.parent
 # A source checkout (not a wheel, whose packages sit inside this folder): the folders beside this one.
 if not (Path(__file__).resolve().parent / "sweep").is_dir() and (_CHECKOUT / "sweep" / "__init__.py").is_file() \
