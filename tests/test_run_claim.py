@@ -112,6 +112,22 @@ def test_a_checkpoint_write_never_removes_a_live_processs_temporary_file(tmp_pat
         _kill(sleeper)
 
 
+def test_a_checkpoint_write_removes_a_zombie_writers_temporary_file(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    run.ckpt_dir.mkdir(parents=True)
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.time() + 10  # exited, not reaped: a zombie until wait()
+        while time.time() < deadline and not Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            time.sleep(0.02)
+        stray = run.ckpt_dir / f".ckpt_00000010.pt.tmp-{zombie.pid}"
+        stray.write_bytes(b"left by a killed attempt")
+        write_checkpoint(run, 20, {"x": 1}, keep=2)
+        assert not stray.exists()
+    finally:
+        zombie.wait()
+
+
 # ---- end to end ------------------------------------------------------------------------------------
 def _start(args: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "specsweep.sweep.train", *args], cwd=ROOT, env=env,

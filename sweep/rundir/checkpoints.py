@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from specsweep.sweep import liveness
 from specsweep.sweep.rundir.layout import RunDir
 
 log = logging.getLogger("specsweep.checkpoint")
@@ -59,11 +60,15 @@ def _writer_alive(tmp: Path) -> bool:
 
     Only one process trains a run (its claim, sweep/rundir/claim.py), so another's temporary file is
     a killed attempt's; still, no process removes a file whose writer is alive on this host (the
-    pid is looked up here: under the claim, no process of another host writes into the run)."""
+    pid is looked up here: under the claim, no process of another host writes into the run). A zombie
+    counts as gone (sweep/liveness.py); where /proc cannot tell, a signal-0 probe decides."""
     try:
         pid = int(tmp.name.rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return False
+    gone = liveness.process_gone({"pid": pid, "host_key": liveness.host_key()})
+    if gone is not None:
+        return not gone
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
