@@ -16,25 +16,13 @@ from typing import Optional
 
 from specsweep.sweep.errors import UserError
 from specsweep.sweep.rundir import JsonlError, RunDirError
+from specsweep.sweep.rundir.files import os_error_in
 
 traceback_log = logging.getLogger("specsweep.traceback")
 
 
 class RunFault(UserError):
     """A run stopped by a fault of its files (disk full, read-only, unreadable or junk content)."""
-
-
-def os_error_in(error: BaseException) -> Optional[OSError]:
-    """The OSError behind ``error``: itself, or the one a RuntimeError was raised from or while
-    handling (torch reports a full disk during a save as RuntimeError 'unexpected pos', raised
-    while handling the ENOSPC OSError)."""
-    if isinstance(error, OSError):
-        return error if error.errno is not None else None
-    if isinstance(error, RuntimeError):
-        behind = error.__cause__ or error.__context__
-        if isinstance(behind, OSError) and behind.errno is not None:
-            return behind
-    return None
 
 
 def describe(error: BaseException) -> Optional[str]:

@@ -5,7 +5,7 @@ identity.json, heartbeat.json, checkpoints/) and the run statuses, and knows how
 written and read. Everything else goes through these names.
 
 - layout:      RunDir (paths, run.json, DONE, identity record), the statuses, RunConfigChanged
-- files:       atomic writes, JSON-safe values, config_hash, now_iso
+- files:       atomic writes, JSON-safe values, config_hash, now_iso, os_error_in (the OSError of a failed write)
 - jsonl:       metrics.jsonl / spectra.jsonl: append, read (torn last line skipped), truncate
 - heartbeat:   heartbeat.json of a live run (a daemon thread)
 - claim:       claim.lock, the exclusive claim of a run by one process (fcntl.lockf)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from specsweep.sweep import liveness
+from specsweep.sweep.rundir.files import os_error_in
 from specsweep.sweep.rundir.layout import RunDir
 
 log = logging.getLogger("specsweep.checkpoint")
@@ -43,9 +44,9 @@ def write_checkpoint(run_dir: RunDir, step: int, state: dict[str, Any], keep: in
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         # torch reports a failed write (disk full) as RuntimeError "unexpected pos", raised while
-        # handling the OSError; a failed write() does not say which file
-        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e, RuntimeError) else None
-        if isinstance(cause, OSError) and cause.errno is not None and not cause.filename:
+        # handling the OSError (os_error_in); a failed write() does not say which file
+        cause = os_error_in(e)
+        if cause is not None and not cause.filename:
             raise OSError(cause.errno, f"writing checkpoint: {cause.strerror}", str(path)) from e
         raise
     prune_checkpoints(run_dir, keep)

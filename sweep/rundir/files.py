@@ -1,4 +1,5 @@
-"""Atomic writes and JSON-safe values: how every file of a run directory is written.
+"""Atomic writes and JSON-safe values: how every file of a run directory is written; the OSError
+behind a failed write (os_error_in).
 
 Every file that a reader might see half-written is written to a temporary name in the same folder
 and renamed (``os.replace`` is atomic on POSIX), so a kill at any moment leaves either the old or
@@ -14,7 +15,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 
 def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
@@ -43,6 +44,19 @@ def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
 
 def atomic_write_text(path: Path, text: str, sync: bool = True) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), sync)
+
+
+def os_error_in(error: BaseException) -> Optional[OSError]:
+    """The OSError behind ``error``: itself, or the one a RuntimeError was raised from or while
+    handling (torch reports a full disk during a save as RuntimeError 'unexpected pos', raised
+    while handling the ENOSPC OSError)."""
+    if isinstance(error, OSError):
+        return error if error.errno is not None else None
+    if isinstance(error, RuntimeError):
+        behind = error.__cause__ or error.__context__
+        if isinstance(behind, OSError) and behind.errno is not None:
+            return behind
+    return None
 
 
 def json_safe(value: Any) -> Any:
