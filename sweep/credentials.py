@@ -84,13 +84,13 @@ def secret_override_key(arg: str) -> Optional[str]:
     return m.group(1) if m and is_secret_name(m.group(1)) else None
 
 
-def redact_argument(arg: Any) -> str:
+def redact_argument(arg: Any, secrets: Optional[Iterable[str]] = None) -> str:
     """``arg`` with secrets replaced by ``***``, and the whole value of an override whose key names
-    a credential (``+db_password=***``)."""
+    a credential (``+db_password=***``). ``secrets``: env_secrets(), when the caller has read them."""
     arg = str(arg)
     if secret_override_key(arg):
         return f"{arg.partition('=')[0]}={REDACTED}"
-    return redact_text(arg)
+    return redact_text(arg, secrets)
 
 
 def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -102,16 +102,18 @@ def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix[:-1], node)]
 
 
-def config_credential_problems(config: Mapping[str, Any]) -> list[str]:
+def config_credential_problems(config: Mapping[str, Any],
+                               environ: Optional[Mapping[str, str]] = None) -> list[str]:
     """One line per key of a composed config that holds a credential: a key named like one (set,
     whatever its value: shown as ``***``), or a value of a credential-like environment variable."""
+    secret_env = dict(_secret_items(environ))  # the environment, scanned once for all the values
     problems = []
     for key, value in _leaves(config):
         if value is not None and is_secret_name(key):
             problems.append(f"{key}={REDACTED}: a credential by its name; credentials stay in the environment "
                             "(W&B reads WANDB_API_KEY there), never in configs or overrides")
-        elif isinstance(value, str) and secrets_in(value):
-            problems.append(f"{key}: holds the value of ${secrets_in(value)[0]}; credentials stay in the environment")
+        elif isinstance(value, str) and (names := secrets_in(value, secret_env)):
+            problems.append(f"{key}: holds the value of ${names[0]}; credentials stay in the environment")
     return problems
 
 

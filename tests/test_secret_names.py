@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from specsweep.sweep.credentials import REDACTED, is_secret_name, redact_argument, refuse_secret_arguments
+from specsweep.sweep.credentials import (REDACTED, config_credential_problems, env_secrets, is_secret_name, redact_argument,
+                                         refuse_secret_arguments)
 from tests.conftest import CONF, FAST, run_train
 
 VALUE = "sk-live-7f3a9c2e4b1d"  # no environment variable holds it
@@ -55,6 +56,20 @@ def test_an_override_named_like_a_credential_is_refused_and_shown_redacted() -> 
         assert problem and VALUE not in problem and f"={REDACTED}" in problem, problem
     assert redact_argument(f"+db_password={VALUE}") == f"+db_password={REDACTED}"
     assert refuse_secret_arguments(["data.eval_tokens=4096", "tokens=3", "+max_tokens=9"]) is None
+
+
+def test_config_problems_and_labels_read_the_environment_given_or_once() -> None:
+    environ = {"HF_TOKEN": VALUE, "OTHER_TOKEN": "short", "PATH": VALUE}
+    config = {"a": {"b": f"x{VALUE}y", "n": 3}, "db_password": "z", "c": ["ok", VALUE]}
+    assert config_credential_problems(config, environ) == [
+        "a.b: holds the value of $HF_TOKEN; credentials stay in the environment",
+        "db_password=***: a credential by its name; credentials stay in the environment "
+        "(W&B reads WANDB_API_KEY there), never in configs or overrides",
+        "c.1: holds the value of $HF_TOKEN; credentials stay in the environment",
+    ]
+    assert config_credential_problems(config, {}) == config_credential_problems({"db_password": "z"})
+    assert redact_argument(f"x={VALUE}", env_secrets(environ)) == f"x={REDACTED}"
+    assert redact_argument(f"x={VALUE}", []) == f"x={VALUE}"
 
 
 def test_a_config_key_named_like_a_credential_is_refused(compose) -> None:

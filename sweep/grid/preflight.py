@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from specsweep.sweep.credentials import redact_argument
+from specsweep.sweep.credentials import env_secrets, redact_argument
 from specsweep.sweep.errors import SweepError, UserError
 from specsweep.sweep.grid.identity import check_identity
 from specsweep.sweep.grid.run_id import foreign_optim_overrides, parse_override
@@ -117,8 +117,9 @@ def plan_sweep(config_loader: Any, master_config: DictConfig, jobs: Sequence[Seq
     errors: list[str] = []
     by_id: dict[str, list[tuple[str, str]]] = defaultdict(list)  # run id -> [(label, identity hash)]
     optim_keys = _OptimKeyUse()
+    secrets = env_secrets()  # the environment, scanned once for all the labels
     for num, overrides in enumerate(jobs):
-        label = " ".join(map(redact_argument, overrides))  # a refused override may carry a credential
+        label = " ".join(redact_argument(o, secrets) for o in overrides)  # a refused override may carry a credential
         try:
             with job_config(config_loader, master_config, overrides, num) as (cfg, run_dir):
                 spec = build_run_spec(cfg, list(overrides), check_files=check_files, grid=True)
