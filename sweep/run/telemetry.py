@@ -33,6 +33,7 @@ from specsweep.metrics.schedule import keep_up_every
 from specsweep.sweep.data.order import leading_rows
 from specsweep.sweep.grid.spec import TelemetrySpec
 from specsweep.sweep.rundir import JsonlAppender
+from specsweep.sweep.run import distributed
 from specsweep.sweep.run.event_timing import updates_at
 from specsweep.sweep.run.telemetry_costs import EagerSteps, TelemetryTotals, cost_row
 
@@ -89,7 +90,7 @@ class Telemetry:
         self._step_s: Optional[float] = None  # seconds per step, from the time between events
         self.eager = EagerSteps()  # train.compile=true: the telemetry steps' eager cost
         # set before the early return: close() reads it on a telemetry=off run too
-        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.distributed = distributed.active()
         if not spec.enabled:
             return
         buckets = None
