@@ -1,8 +1,10 @@
-"""Shared fixtures: isolated run/data/W&B folders, Hydra composition, subprocess runs."""
+"""Shared fixtures: isolated run/data/W&B folders, Hydra composition, subprocess runs, the benchmark
+scripts (loaded as modules, gpu_check.sh run)."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import subprocess
 import sys
@@ -112,6 +114,22 @@ def run_train(args: Sequence[str], env: dict[str, str], timeout: float = RUN_TIM
         raise AssertionError(f"sweep.train {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def load_benchmark(name: str):
+    """``benchmarks/NAME.py`` loaded as module ``NAME`` (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def gpu_check(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``bash benchmarks/gpu_check.sh ARGS`` with this interpreter as PYTHON (``timeout``: hang guard;
+    a dry run composes one config, seconds)."""
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHON": sys.executable})
 
 
 def user_project(folder: Path) -> Path:

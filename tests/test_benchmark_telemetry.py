@@ -1,35 +1,22 @@
 """benchmarks/telemetry_overhead.py paper mode runs end to end on a tiny preset and ends with the
 machine-readable line (timings themselves are not checked: they depend on the machine)."""
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
-import torch
+import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "telemetry_overhead.py"
+from tests.conftest import load_benchmark
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # bench.main sets torch's threads: restored after the module
 LAST_LINE = re.compile(
     r"critical_path_s=(\d+\.\d+) decomposition_s=(\d+\.\d+) peak_host_mib=(\d+\.\d+) peak_device_mib=(\d+\.\d+)"
 )
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("telemetry_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_paper_mode_tiny_preset_prints_measured_and_extrapolated_and_the_last_line(capsys):
-    bench = _load()
-    threads = torch.get_num_threads()
-    try:
-        bench.main(["--preset", "tiny", "--device", "cpu", "--rows", "256", "--max-width", "64",
-                    "--step-seconds", "0.5"])
-    finally:
-        torch.set_num_threads(threads)
+    bench = load_benchmark("telemetry_overhead")
+    bench.main(["--preset", "tiny", "--device", "cpu", "--rows", "256", "--max-width", "64",
+                "--step-seconds", "0.5"])
     lines = capsys.readouterr().out.strip().splitlines()
     match = LAST_LINE.fullmatch(lines[-1])
     assert match, lines[-1]

@@ -3,40 +3,29 @@ calibration file, and gpu_check's worst case (issue 21, items 7 and 9). No timin
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-import torch
+import pytest
 
 from specsweep.metrics import costmodel as cm
+from tests.conftest import gpu_check, load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # bench.main sets torch's threads: restored after the module
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("telemetry_overhead", ROOT / "benchmarks" / "telemetry_overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("telemetry_overhead")
 
 
 def test_capture_and_floor_interleaved_then_a_calibration_file_the_projection_reads(tmp_path, capsys):
     bench, cal = _bench(), tmp_path / "cal.json"
-    threads = torch.get_num_threads()
-    try:
-        bench.main(["--preset", "tiny", "--device", "cpu", "--rows", "256", "--max-width", "64",
-                    "--step-seconds", "0.5", "--write-calibration", str(cal)])
-        first = capsys.readouterr().out
-        bench.main(["--preset", "tiny", "--device", "cpu", "--rows", "256", "--max-width", "32",
-                    "--step-seconds", "0.5", "--calibration", str(cal)])
-        second = capsys.readouterr().out
-    finally:
-        torch.set_num_threads(threads)
+    bench.main(["--preset", "tiny", "--device", "cpu", "--rows", "256", "--max-width", "64",
+                "--step-seconds", "0.5", "--write-calibration", str(cal)])
+    first = capsys.readouterr().out
+    bench.main(["--preset", "tiny", "--device", "cpu", "--rows", "256", "--max-width", "32",
+                "--step-seconds", "0.5", "--calibration", str(cal)])
+    second = capsys.readouterr().out
     for d in (32, 64):
         line = next(x for x in first.splitlines() if x.startswith(f"  D={d}: capture / GEMM floor"))
         assert "5 interleaved repetitions at 256 rows/pair (measured here)" in line and "spread" in line
@@ -61,8 +50,7 @@ def test_fewer_than_five_repetitions_are_refused():
 
 
 def test_gpu_check_worst_case_fits_480_s_and_the_cost_part_runs_first():
-    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", "--parts", "a,b,d"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
+    proc = gpu_check("--dry-run", "--parts", "a,b,d", timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     match = re.fullmatch(r"worst_case_s=(\d+)", lines[-1])

@@ -24,9 +24,7 @@ from specsweep.sweep.data.spec import DataSpec
 from specsweep.sweep.data.synthetic import SyntheticConfig, build_chain, entropy_stats, generate_tokens
 from specsweep.sweep.data.tokenizer import EOT_TEXT, ByteTokenizer, train_bpe
 from specsweep.sweep.errors import DataError, UserError
-
-ROOT = Path(__file__).resolve().parents[1]
-SHAKESPEARE = ROOT / "sweep" / "data" / "corpus" / "tinyshakespeare.txt"  # data.path=builtin:tinyshakespeare.txt
+from tests.conftest import ROOT, SHAKESPEARE
 
 
 def regime_shares(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

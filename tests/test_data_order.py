@@ -93,6 +93,10 @@ def test_sequential_skips_the_shard_tail_and_wraps_after_the_last_shard() -> Non
     assert int(y.max()) == 192 and int(x.max()) == 191
     with pytest.raises(DataError, match="no shard holds one global micro-batch"):
         TokenBatches(shards(60, 64), batch_size=2, seq_len=32, seed=0, order="sequential")
+    # a stream micro-batch (stride + 1 tokens) is what a shard must hold, not the whole step
+    with pytest.raises(DataError, match=r"no shard holds one global micro-batch.* 2 x 1 sequences of 32 .*need a "
+                                        r"shard of 65 tokens; the longest has 64"):
+        TokenBatches(shards(60, 64), batch_size=4, seq_len=32, seed=0, order="sequential", stream=(2, 1))
 
 
 @pytest.mark.parametrize("world", [2, 4])

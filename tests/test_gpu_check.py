@@ -4,7 +4,6 @@ checker of part (c) on a real tiny run (passing, and failing on each kind of dam
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -16,24 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import FAST, ROOT, run_train
+from tests.conftest import FAST, ROOT, gpu_check, load_benchmark, run_train
 
-SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 GPU_MARK = re.compile(r"""(^|[^"'])pytest\.mark\.gpu\b""", re.M)  # as gpu_check.sh finds the gpu test files
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def _gpu_check(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    # the bound only turns a hang into a failure: a dry run composes one config (seconds)
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHON": sys.executable})
 
 
 def _commands(out: str) -> dict[str, list[list[str]]]:
@@ -50,7 +34,7 @@ def _commands(out: str) -> dict[str, list[list[str]]]:
 
 
 def test_dry_run_prints_every_part_in_order_and_part_c_composes():
-    proc = _gpu_check("--dry-run")
+    proc = gpu_check("--dry-run")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     cmds = _commands(proc.stdout)
     assert list(cmds) == ["b", "d", "a", "c"]  # the telemetry cost part first (issue 21, item 9)
@@ -70,23 +54,23 @@ def test_dry_run_prints_every_part_in_order_and_part_c_composes():
 
 
 def test_parts_select_and_bad_arguments_fail_before_work():
-    proc = _gpu_check("--dry-run", "--parts", "a,d")
+    proc = gpu_check("--dry-run", "--parts", "a,d")
     assert proc.returncode == 0, proc.stderr
     assert list(_commands(proc.stdout)) == ["d", "a"]
     for args, message in ((["--parts", "a,x"], "--parts takes"), (["--budget", "8m"], "--budget takes"),
                           (["--frobnicate"], "unknown argument")):
-        proc = _gpu_check("--dry-run", *args)
+        proc = gpu_check("--dry-run", *args)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
 
 
 def test_the_benchmark_commands_parse_with_their_entry_points(monkeypatch):
-    cmds = _commands(_gpu_check("--dry-run", "--parts", "a,b").stdout)
+    cmds = _commands(gpu_check("--dry-run", "--parts", "a,b").stdout)
     (throughput_cmd,), (overhead_cmd,) = cmds["a"], cmds["b"]
     assert throughput_cmd[1] == "benchmarks/throughput.py" and overhead_cmd[1] == "benchmarks/telemetry_overhead.py"
-    args = _load("throughput").parse_args(throughput_cmd[2:])
+    args = load_benchmark("throughput").parse_args(throughput_cmd[2:])
     assert (args.device, args.batch, args.seq, args.compile, args.dtype) == ("cuda", 12, 1024, True, "bf16")
     assert args.models == ["ours", "ours_refarch", "reference"]
-    overhead = _load("telemetry_overhead")
+    overhead = load_benchmark("telemetry_overhead")
     seen = []
     monkeypatch.setattr(overhead, "paper_main", seen.append)  # parse only: nothing is measured
     overhead.main(overhead_cmd[2:])
@@ -134,14 +118,14 @@ def _rewrite(path: Path, edit) -> None:
 
 def _with_cost_lines(run: Path) -> None:
     events = sorted({json.loads(line)["step"] for line in (run / "spectra.jsonl").read_text().splitlines()})
-    check_run = _load("check_run")
+    check_run = load_benchmark("check_run")
     _rewrite(run / "metrics.jsonl", lambda rows: [r for r in rows if not check_run.is_cost_line(r)] + [
         {"step": s, "telemetry/critical_path_s": 0.01, "telemetry/decompose_s": 0.2, "telemetry/wait_s": 0.0,
          "telemetry/host_mib": 3.0, "telemetry/device_mib": 0.0, "telemetry/spectrum": True} for s in events])
 
 
 def _check(run: Path, capsys, *flags: str) -> tuple[int, str]:
-    code = _load("check_run").main([str(run), *flags])
+    code = load_benchmark("check_run").main([str(run), *flags])
     return code, capsys.readouterr().out.strip().splitlines()[-1]
 
 
@@ -164,7 +148,7 @@ def test_check_run_passes_a_complete_run(tiny_run, tmp_path, capsys):
 def test_check_run_fails_on_each_kind_of_damage(tiny_run, tmp_path, capsys, damage, failed):
     run = _variant(tiny_run, tmp_path)
     _with_cost_lines(run)
-    check_run = _load("check_run")
+    check_run = load_benchmark("check_run")
     if damage == "no_cost_lines":
         _rewrite(run / "metrics.jsonl", lambda rows: [r for r in rows if not check_run.is_cost_line(r)])
     elif damage == "record_missing":

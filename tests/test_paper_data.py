@@ -69,8 +69,10 @@ def test_a_local_folder_of_the_papers_shards_is_indexed_with_its_frequency_table
     assert x[0, :3].tolist() == [50256, 50300, 50303]
 
 
-def test_the_hub_route_downloads_the_bin_files_then_indexes_them(kjj0, compose, tmp_path, monkeypatch) -> None:
-    src, train = kjj0
+@pytest.fixture
+def hub(kjj0, monkeypatch) -> list[dict]:
+    """huggingface_hub's snapshot_download replaced by a copy from the kjj0 folder; the calls made."""
+    src, _ = kjj0
     calls = []
 
     def snapshot_download(**kwargs):  # huggingface_hub's, offline: the repository is the local folder
@@ -82,6 +84,12 @@ def test_the_hub_route_downloads_the_bin_files_then_indexes_them(kjj0, compose, 
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_the_hub_route_downloads_the_bin_files_then_indexes_them(kjj0, hub, compose, tmp_path) -> None:
+    _, train = kjj0
+    calls = hub
     out = tmp_path / "prepared"
     spec = _spec(compose, f"data.path={out}")
     assert spec.source == "hf-bins:kjj0/fineweb10B-gpt2"
@@ -92,6 +100,21 @@ def test_the_hub_route_downloads_the_bin_files_then_indexes_them(kjj0, compose, 
     assert data.meta["source"]["source"] == "hf-bins:kjj0/fineweb10B-gpt2"
     assert prepare_dataset(spec, tmp_path / "cache").root == out  # the run's data check accepts the folder
     assert prepare_corpus(spec, workers=1).root == out  # prepared again: the same folder, accepted
+
+
+def test_a_prepared_hub_folder_is_not_downloaded_again(kjj0, hub, compose, tmp_path) -> None:
+    _, train = kjj0
+    spec = _spec(compose, f"data.path={tmp_path / 'prepared'}")
+    first = prepare_corpus(spec, workers=1)
+    assert len(hub) == 1
+    again = prepare_corpus(spec, workers=1)
+    assert len(hub) == 1  # the finished folder is returned as it is, the hub not asked again
+    assert again.root == first.root and again.meta == first.meta
+    _check_prepared(again, train)
+    other = _spec(compose, f"data.path={tmp_path / 'prepared'}", "data.source=hf-bins:kjj0/other")
+    with pytest.raises(DataError, match="already holds a prepared corpus with other settings"):
+        prepare_corpus(other, workers=1)  # another repository into the same folder: refused, not downloaded
+    assert len(hub) == 1
 
 
 def test_an_unreachable_hub_or_a_bad_repository_is_a_short_data_error(compose, tmp_path, monkeypatch) -> None:

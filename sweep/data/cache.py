@@ -123,7 +123,7 @@ def _check_source(spec: DataSpec, data: PreparedData) -> PreparedData:
 def _existing_path(spec: DataSpec) -> Path:
     if not spec.path:
         raise DataError(f"data kind {spec.kind!r} needs a path")
-    path = (local_text_path(spec.path) if spec.kind == "text" else Path(spec.path).expanduser()).resolve()
+    path = local_text_path(spec.path).resolve()  # builtin:<file> for any kind, as the run's data check reads it
     if not path.exists():
         hint = f"; prepare it first with: {prepare_command(spec)}" if spec.kind == "shards" else ""
         raise DataError(f"{spec.kind} data path not found: {path}{hint}")

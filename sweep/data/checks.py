@@ -97,16 +97,23 @@ def _check_synthetic(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> li
     return errors
 
 
+def _local_path(path: str) -> tuple[Optional[Path], list[str]]:
+    """(the file or folder ``data.path`` names, []), or (None, [the problem]): an unknown ``builtin:`` corpus."""
+    try:
+        return local_text_path(path), []
+    except DataError as e:
+        return None, [f"data.path: {e}"]
+
+
 # ---- text -----------------------------------------------------------------------------------------
 
 def _check_text(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[str]:
     path = data.get("path")
     if path in UNSET:
         return ["data.path: required for data=text (a .txt file or a folder of .txt files)"]
-    try:
-        root = local_text_path(path)
-    except DataError as e:
-        return [f"data.path: {e}"]
+    root, problem = _local_path(path)
+    if problem:
+        return problem
     if not root.exists():
         return [f"data.path: no such file or directory: {root} (relative to {Path.cwd()}; "
                 f"give a .txt file or folder: data.path=/path/to/text.txt)"]
@@ -170,10 +177,9 @@ def _check_shards(data: Mapping[str, Any], needs: Optional[TokenNeeds]) -> list[
     hint = f"prepare it first: {prepare_command(data)}"
     if path in UNSET:
         return [f"data.path: missing: the folder of prepared shards (training never downloads; {hint})"]
-    try:
-        root = local_text_path(path)
-    except DataError as e:
-        return [f"data.path: {e}"]
+    root, problem = _local_path(path)
+    if problem:
+        return problem
     if not root.exists():
         return [f"data.path: prepared shard folder not found: {root} (training never downloads; {hint})"]
     if not root.is_dir():

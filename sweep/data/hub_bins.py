@@ -3,8 +3,9 @@
 The paper trained on ``kjj0/fineweb10B-gpt2``: modded-nanogpt's FineWeb 10B sample as llm.c token
 shards (sweep.data.shards), one validation shard and 103 training shards. ``specsweep-prepare``
 downloads the repository's ``.bin`` files into ``data.path`` with ``huggingface_hub`` (internet
-needed; a download cut short resumes) and indexes them there (sweep.data.shard_index): nothing is
-re-tokenized, and the frequency table is computed from the training shards themselves.
+needed; a download cut short resumes; a folder already prepared is not downloaded again) and indexes
+them there (sweep.data.shard_index): nothing is re-tokenized, and the frequency table is computed
+from the training shards themselves.
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ def download_bins(source: str, out: Path) -> list[Path]:
         raise DataError(f"cannot download {source} from the Hugging Face hub: {type(e).__name__}: {str(e)[:300]} "
                         f"-- the prepare step needs internet access (or point data.source at a folder of "
                         f"the .bin files)") from e
-    files = sorted(p for p in out.rglob("*.bin") if not p.name.startswith("."))
+    files = local_bins(out)
     if not files:
         raise DataError(f"{source}: the repository holds no .bin shards")
     return files
+
+
+def local_bins(out: Path) -> list[Path]:
+    """The ``.bin`` files already downloaded into ``out`` (name order; none: an empty list)."""
+    return sorted(p for p in out.rglob("*.bin") if not p.name.startswith("."))

@@ -59,8 +59,9 @@ class TokenBatches:
                                            accum=rows // (ranks * per_rank))
             if self.stream.n_batches == 0:
                 longest = max((s.size for s in self.shards), default=0)
-                raise DataError(f"data.order=sequential: no shard holds one global micro-batch of {rows} sequences "
-                                f"of {seq_len} (+1) tokens; the longest has {longest}")
+                raise DataError(f"data.order=sequential: no shard holds one global micro-batch of the stream: "
+                                f"{ranks} x {per_rank} sequences of {seq_len} (data.stream_ranks x stream_rows) "
+                                f"need a shard of {self.stream.stride + 1} tokens; the longest has {longest}")
         elif self.n_windows < rows:
             raise DataError(f"token stream too short: {self.n_tokens} tokens give {self.n_windows} windows of "
                             f"{seq_len + 1}, a global batch needs {rows}")

@@ -53,11 +53,10 @@ def sequential_windows(n_tokens: int, seq_len: int) -> int:
     return max(0, (n_tokens - 1) // seq_len)
 
 
-def sequential_batches(n_tokens, stride: int):
+def sequential_batches(n_tokens: int, stride: int) -> int:
     """Micro-batches of stream rank 0 (``stride = ranks * rows * seq_len`` tokens, +1) in a shard of
-    ``n_tokens`` tokens (an int, or an array of them)."""
-    return np.maximum(0, (np.asarray(n_tokens) - 1) // stride) if isinstance(n_tokens, np.ndarray) \
-        else max(0, (n_tokens - 1) // stride)
+    ``n_tokens`` tokens."""
+    return max(0, (n_tokens - 1) // stride)
 
 
 class SequentialStream:
@@ -75,12 +74,12 @@ class SequentialStream:
         self.stride = ranks * rows * seq_len
         lengths = np.array([int(n) for n in shard_tokens], dtype=np.int64)
         offsets = np.arange(ranks, dtype=np.int64)[:, None] * rows * seq_len  # [ranks, 1]
-        usable = sequential_batches(lengths, self.stride) > 0 if lengths.size else lengths.astype(bool)
+        usable = lengths > self.stride  # sequential_batches > 0: a shorter shard is skipped
         counts = np.maximum(1, (lengths[None, :] - 1 - offsets) // self.stride)  # [ranks, shards]
         self.per_rank = np.where(usable[None, :], counts, 0)
         self.per_shard = self.per_rank[0]  # stream rank 0's (that of a one-rank stream)
         self._ends = np.cumsum(self.per_rank, axis=1)  # [ranks, shards]
-        self.n_batches = int(self._ends[0, -1]) if lengths.size else 0  # rank 0's, in one pass over the shards
+        self.n_batches = int(self.per_shard.sum())  # rank 0's, in one pass over the shards
 
     def position(self, rank: int | np.ndarray, k: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shard index, first token) of stream rank ``rank``'s micro-batch ``k`` >= 0 (arrays broadcast)."""

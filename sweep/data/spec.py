@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from specsweep.sweep.data.hub_bins import PREFIX as HUB_BINS
 from specsweep.sweep.data.order import ORDERS
 from specsweep.sweep.data.synthetic import SyntheticConfig
 from specsweep.sweep.errors import DataError
@@ -106,6 +107,6 @@ def prepare_command(data: DataSpec | Mapping[str, Any]) -> str:
 
 def normalize_source(source: str) -> str:
     """``hf:<dataset>`` as it is, a local path made absolute."""
-    if source.startswith(("hf:", "hf-bins:")):
+    if source.startswith(("hf:", HUB_BINS)):
         return source
     return str(Path(source).expanduser().resolve())

@@ -41,7 +41,7 @@ from specsweep.sweep.data.frequency import FREQUENCY_FILE, format_frequency
 from specsweep.sweep.data.prepared import (
     CORPUS_FORMAT, FORMAT_VERSION, META_FILE, PROGRESS_FILE, PreparedData, count_tokens, write_counts, write_json,
 )
-from specsweep.sweep.data.hub_bins import download_bins
+from specsweep.sweep.data.hub_bins import download_bins, local_bins
 from specsweep.sweep.data.shard_index import index_source
 from specsweep.sweep.data.shards import check_vocab_fits, open_shard, read_header, write_shard
 from specsweep.sweep.data.spec import DEFAULT_BPE_VOCAB, DataSpec
@@ -141,7 +141,9 @@ def prepare_corpus(spec: DataSpec, workers: Optional[int] = None, docs_per_task:
     source = resolve_source(spec)
     workers = default_workers() if workers is None else int(workers)
     if source.kind == "hub-bins":  # pre-tokenized shards on the hub: downloaded into data.path, then indexed
-        source = Source("bins", source.label, out, download_bins(source.label, out))
+        prepared = (out / META_FILE).is_file()  # index_source returns it as it is: nothing to download
+        files = local_bins(out) if prepared else download_bins(source.label, out)
+        source = Source("bins", source.label, out, files)
     if source.kind == "bins":
         return index_source(spec, source, out, workers)
     return _CorpusBuild(spec, source, out, workers, docs_per_task).run()
