@@ -172,16 +172,14 @@ PROFILES: dict[str, DeviceProfile] = {"h100": H100}
 
 
 def profile(device: DeviceProfile | str) -> DeviceProfile:
-    """A DeviceProfile, a built-in one by name ("h100"), or a calibration file (a path ending .json)."""
+    """A DeviceProfile, or a built-in one by name ("h100"); a calibration file is read by `load_profile`."""
     if isinstance(device, DeviceProfile):
         return device
-    if device.endswith(".json"):
-        return load_profile(device)
     try:
         return PROFILES[device.lower()]
     except KeyError:
         raise ValueError(f"unknown device profile {device!r}; built in: {sorted(PROFILES)} "
-                         "(or a calibration file, FILE.json)") from None
+                         "(a calibration file: load_profile(FILE))") from None
 
 
 _ANCHOR_FIELDS = ("capture_row_s", "gemm_row_s", "snapshot_matrix_s", "eig_core_s", "eig_device_s")
