@@ -10,7 +10,7 @@ modules lazily (`from specsweep.metrics import fit` loads the fit module alone).
 - buckets:    HEAD/MID/TAIL token-frequency regimes by occurrence-mass tertiles
 - probes:     hooks on any nn.Module by module-name pattern (pre/post sites, buckets)
 - records:    telemetry records (docs/contracts.md keys), one-shot and from snapshots
-- schedule:   which steps are events, which events carry full spectra (window, cadence)
+- schedule:   which steps are events, which events carry full spectra (window, cadence), checkpoint steps
 - sharding:   owner rank of every matrix, exact reduce-to-owner under torch.distributed
 - pipeline:   EventPipeline: pool, snapshot, hard ranks, bounded decomposition, cost per event
 """

@@ -132,6 +132,11 @@ def window_steps(records: pd.DataFrame, rule: AggregationRule) -> list[int]:
     return steps[-rule.last_k:]
 
 
+def _without_spectrum(records: pd.DataFrame) -> pd.Series:
+    """Per record: whether it says it carries no spectrum (``spectrum`` a false bool; any other value counts as one)."""
+    return records["spectrum"].map(lambda v: isinstance(v, (bool, np.bool_)) and not v)
+
+
 def spectrum_gaps(records: pd.DataFrame, rule: AggregationRule) -> list[int]:
     """Steps of the rule's window whose records carry no spectrum (``spectrum`` false: hard ranks
     only). A record without the key (files written before it existed) counts as a spectrum."""
@@ -139,7 +144,7 @@ def spectrum_gaps(records: pd.DataFrame, rule: AggregationRule) -> list[int]:
         return []
     window = window_steps(records, rule)
     sub = records[records["step"].isin(window)]
-    without = sub["spectrum"].map(lambda v: isinstance(v, (bool, np.bool_)) and not v)
+    without = _without_spectrum(sub)
     return sorted(int(s) for s in pd.unique(sub.loc[without, "step"]))
 
 
@@ -147,7 +152,7 @@ def spectrum_records(records: pd.DataFrame) -> pd.DataFrame:
     """The records of eigendecomposed events (a missing ``spectrum`` counts as true)."""
     if "spectrum" not in records.columns:
         return records
-    return records[~records["spectrum"].map(lambda v: isinstance(v, (bool, np.bool_)) and not v)]
+    return records[~_without_spectrum(records)]
 
 
 def aggregate_records(records: pd.DataFrame, rule: AggregationRule | None = None,

@@ -26,7 +26,7 @@ from dataclasses import replace as dataclasses_replace
 
 from specsweep.metrics.placement import (GPU_SHARE_BUDGET, MEM_HEADROOM, HostResources, cadence_budget, decide_decompose_on,
                                decompose_on_device_now, needed_at, pool_workers)
-from specsweep.metrics.schedule import AGGREGATION_EVENTS, event_steps, keep_up_every, spectrum_steps
+from specsweep.metrics.schedule import AGGREGATION_EVENTS, checkpoint_steps, event_steps, keep_up_every, spectrum_steps
 
 MEASURED, INTERPOLATED, ASSUMED = "measured", "interpolated", "assumed"  # the basis of a figure
 MIB, GIB = 2**20, 2**30
@@ -172,16 +172,14 @@ PROFILES: dict[str, DeviceProfile] = {"h100": H100}
 
 
 def profile(device: DeviceProfile | str) -> DeviceProfile:
-    """A DeviceProfile, a built-in one by name ("h100"), or a calibration file (a path ending .json)."""
+    """A DeviceProfile, or a built-in one by name ("h100"); a calibration file is read by `load_profile`."""
     if isinstance(device, DeviceProfile):
         return device
-    if device.endswith(".json"):
-        return load_profile(device)
     try:
         return PROFILES[device.lower()]
     except KeyError:
         raise ValueError(f"unknown device profile {device!r}; built in: {sorted(PROFILES)} "
-                         "(or a calibration file, FILE.json)") from None
+                         "(a calibration file: load_profile(FILE))") from None
 
 
 _ANCHOR_FIELDS = ("capture_row_s", "gemm_row_s", "snapshot_matrix_s", "eig_core_s", "eig_device_s")
@@ -533,7 +531,7 @@ def estimate_run(
     if compile:
         basis["eager_s"] = f"{eager_s:.3g} s per event: eager_slowdown {prof.basis.get('eager_slowdown', ASSUMED)}"
     ev_steps = event_steps(steps, every)
-    ckpts = set(range(ckpt_every, steps + 1, ckpt_every)) if ckpt_every else set()
+    ckpts = set(checkpoint_steps(steps, ckpt_every)) if ckpt_every else set()  # the last step included
 
     def timeline(on: str) -> tuple[int, list[bool], float, float]:
         """(k, spectrum flag per event, telemetry seconds added, of which waits) with spectra on `on`."""

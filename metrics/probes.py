@@ -129,6 +129,7 @@ class FFNProbe:
         self.subsample = subsample
         self._generator = torch.Generator().manual_seed(seed)
         self._table = torch.as_tensor(bucket_of_token).to(torch.int64) if bucket_of_token is not None else None
+        self._rest = bool(limit_bucket_rows) and self._table is not None  # a REST group: set_tokens(bucket_rows=...)
         try:
             device = next(model.parameters()).device
         except StopIteration:
@@ -137,7 +138,7 @@ class FFNProbe:
         self.collector = SpectrumCollector(
             sorted(self.modules), dims=dims, buckets=self._table is not None,
             accum_dtype=accum_dtype, bf16_matmul=bf16_matmul, keep_rows=gram_below_dim,
-            device=device, rest=limit_bucket_rows and self._table is not None,
+            device=device, rest=self._rest,
         )
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._batch: _BatchRows | None = None
@@ -177,8 +178,7 @@ class FFNProbe:
         same tokens (activation-checkpoint recompute) is ignored. A no-op when not capturing.
         ``bucket_rows``: only sequences ``[0, bucket_rows)`` of this forward feed HEAD/MID/TAIL (all
         feed the global covariance); needs ``limit_bucket_rows``. None: all of them."""
-        rest = self.collector.buckets and len(self.collector.groups) > len(BUCKETS)
-        if bucket_rows is not None and not rest:
+        if bucket_rows is not None and not self._rest:
             raise ValueError("set_tokens(bucket_rows=...) needs a bucketed FFNProbe(limit_bucket_rows=True)")
         if not self.active:
             return

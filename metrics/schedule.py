@@ -1,4 +1,4 @@
-"""Which steps are telemetry events, and which events carry full spectra.
+"""Which steps are telemetry events, which events carry full spectra, and which steps checkpoint.
 
 Every event gets hard ranks (trace formula, milliseconds); only some get eigendecompositions:
 every event of the fit's aggregation window (the last `last_k` events, the final step included;
@@ -27,6 +27,13 @@ def event_steps(total_steps: int, every: int) -> list[int]:
     """Event steps in order: step 1, every multiple of `every`, and the last step."""
     _check(total_steps, every)
     return sorted({1, total_steps, *range(every, total_steps + 1, every)})
+
+
+def checkpoint_steps(total_steps: int, ckpt_every: int) -> list[int]:
+    """Steps at which a run writes a checkpoint, in order: every multiple of `ckpt_every` and the
+    last step (the trainer saves at ``step % ckpt_every == 0 or last``)."""
+    _check(total_steps, ckpt_every)
+    return sorted({total_steps, *range(ckpt_every, total_steps + 1, ckpt_every)})
 
 
 def is_event(step: int, total_steps: int, every: int) -> bool:

@@ -24,10 +24,9 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.distributed as dist
 
-from specsweep.metrics.buckets import BUCKETS, REST
+from specsweep.metrics.buckets import BUCKETS, GLOBAL, SITES
 from specsweep.metrics.collector import SpectrumCollector
 from specsweep.metrics.covariance import CovarianceAccumulator
-from specsweep.metrics.buckets import GLOBAL, SITES
 
 MatrixKey = tuple[int, str, str]  # (layer, site, bucket)
 BUCKET_SCOPES: tuple[str, ...] = ("all", "rank0")
@@ -111,7 +110,7 @@ def reduce_to_owners(
     def local(key: MatrixKey) -> list[CovarianceAccumulator]:
         layer, site, bucket = key
         if collector.buckets and bucket == GLOBAL:
-            return [collector.acc[(layer, site, b)] for b in (*BUCKETS, REST) if (layer, site, b) in collector.acc]
+            return [collector.acc[(layer, site, b)] for b in collector.groups]  # HEAD/MID/TAIL (and REST)
         if rank0_buckets and rank != 0:
             return []  # these rows stay out of the bucket matrices (they are in the global one)
         return [collector.acc[key]]

@@ -49,8 +49,11 @@ def untrained_steps(records: pd.DataFrame) -> list[int]:
 
 def trained_records(records: pd.DataFrame) -> pd.DataFrame:
     """The records of events after the first update."""
-    bad = untrained_steps(records)
-    return records[~records["step"].isin(bad)] if bad else records
+    return _without_steps(records, untrained_steps(records))
+
+
+def _without_steps(records: pd.DataFrame, steps: Sequence[int]) -> pd.DataFrame:
+    return records[~records["step"].isin(steps)] if steps else records
 
 
 def _steps_text(steps: Sequence[int]) -> str:
@@ -71,11 +74,13 @@ def audit_window(run_id: str, records: pd.DataFrame, rule: AggregationRule, poin
     out, window events without a valid value (the point then rests on fewer or older events), and
     series with no point at all."""
     notes: list[dict] = []
-    untrained = [s for s in untrained_steps(records) if s in window_steps(records, rule)]
+    bad = untrained_steps(records)
+    in_window = set(window_steps(records, rule)) if bad else set()
+    untrained = [s for s in bad if s in in_window]
     if untrained:
         notes.append(_note(run_id, UNTRAINED, "left out",
                            f"step {_steps_text(untrained)} measured the untrained model (before the first update)"))
-    clean = trained_records(records)
+    clean = _without_steps(records, bad)
     window = window_steps(clean, rule)
     if rule.kind != "window" and len(window) < rule.last_k:
         notes.append(_note(run_id, SHORT, f"point from {len(window)} of {rule.last_k} events",

@@ -3,6 +3,7 @@
 import pytest
 
 from specsweep.metrics import SpectrumCadence, aggregation_window, event_steps, is_event, keep_up_every, spectrum_steps
+from specsweep.metrics.schedule import checkpoint_steps
 
 
 def test_event_steps_and_window_at_paper_scale():
@@ -16,6 +17,16 @@ def test_event_steps_and_window_at_paper_scale():
     assert aggregation_window(1050, 200) == [400, 600, 800, 1000, 1050]
     # fewer events than the window: all of them
     assert aggregation_window(10, 5) == [1, 5, 10] == spectrum_steps(10, 5, spectrum_every=7)
+
+
+def test_checkpoint_steps_are_the_multiples_and_the_last_step():
+    """As the trainer saves: ``step % ckpt_every == 0 or last``."""
+    assert checkpoint_steps(6000, 1000) == [1000, 2000, 3000, 4000, 5000, 6000]
+    assert checkpoint_steps(10, 4) == [4, 8, 10]
+    assert checkpoint_steps(3, 100) == [3]
+    assert checkpoint_steps(10, 4) == [s for s in range(1, 11) if s % 4 == 0 or s == 10]
+    with pytest.raises(ValueError):
+        checkpoint_steps(10, 0)
 
 
 def test_spectrum_steps_window_exact_and_every_kth_before():

@@ -118,3 +118,23 @@ def test_checkpoint_estimate_counts_the_optimizer_state_a_step_creates(compose, 
     params, estimated = state_bytes(spec.model, optim, spec.optimizer.hparams)
     assert params == model.num_params()
     assert estimated == pytest.approx(real, rel=0.02)
+
+
+def test_checkpoint_writes_count_the_last_step_in_the_plan_and_the_telemetry_share_alike(compose) -> None:
+    """A run whose steps are no multiple of train.ckpt_every also checkpoints at its last step (the
+    trainer saves at ``step % ckpt_every == 0 or last``): 10 steps, every 4 -> steps 4, 8 and 10.
+    The plan's wall time and the telemetry's share of it rest on the same checkpoint writes."""
+    from specsweep.metrics.costmodel import H100
+    from specsweep.sweep.grid.estimate import estimate
+    from specsweep.sweep.grid.spec import build_run_spec
+
+    spec = build_run_spec(compose(["model.vocab_size=300", "train.steps=10", "train.ckpt_every=4",
+                                   "telemetry.every=5"]))
+    est = estimate(spec, ranks=1, gpu=True)
+    tel = est.telemetry
+    assert tel is not None
+    one = est.checkpoint_bytes / H100.ckpt_bytes_per_s
+    assert est.ckpt_s == pytest.approx(3 * one)
+    assert tel.ckpt_s == pytest.approx(3 * one) and tel.basis["ckpt_s"].startswith("3 checkpoints")
+    assert est.wall_s == pytest.approx(tel.wall_s)
+    assert tel.share == pytest.approx(tel.telemetry_s / est.wall_s)

@@ -33,7 +33,7 @@ from typing import Any, Optional
 import torch
 
 from specsweep.metrics.costmodel import H100, DeviceProfile, ModelShape, RunTelemetryCost, estimate_run
-from specsweep.metrics.schedule import event_steps, spectrum_steps
+from specsweep.metrics.schedule import checkpoint_steps, event_steps, spectrum_steps
 from specsweep.models import GPT, GPTConfig
 from specsweep.optim.dion import dion_rank, transposes
 from specsweep.optim.routing import role_of
@@ -246,8 +246,6 @@ def estimate(spec: RunSpec, ranks: int, tokens_per_s: Optional[float] = None, gp
     eval_s = n_evals * eval_tokens / (3.0 * tps * ranks)
     params, opt_bytes = state_bytes(model, spec.optimizer.name, spec.optimizer.hparams)
     ckpt = params * WEIGHT_BYTES + opt_bytes
-    n_ckpts = len({*range(t.ckpt_every, t.steps + 1, t.ckpt_every), t.steps}) if t.ckpt_every else 1
-    ckpt_s = n_ckpts * ckpt / prof.ckpt_bytes_per_s if gpu else 0.0
     cost, events, spectra = None, 0, 0
     if tel.enabled:
         sites = len(tel.sites)
@@ -266,6 +264,11 @@ def estimate(spec: RunSpec, ranks: int, tokens_per_s: Optional[float] = None, gp
         else:  # "auto" is decided at run time from the machine: counted as a spectrum at every event
             k = tel.spectrum_every if isinstance(tel.spectrum_every, int) else 1
             events, spectra = len(event_steps(t.steps, tel.every)), len(spectrum_steps(t.steps, tel.every, k))
+    if cost is not None:  # the cost model's checkpoint writes: the plan's wall time and the telemetry share agree
+        ckpt_s = cost.ckpt_s
+    else:
+        n_ckpts = len(checkpoint_steps(t.steps, t.ckpt_every)) if t.ckpt_every else 1
+        ckpt_s = n_ckpts * ckpt / prof.ckpt_bytes_per_s if gpu else 0.0
     records = events * model.n_layer * len(tel.sites) * (4 if tel.buckets else 1)
     return RunEstimate(
         gpu=gpu, ranks=ranks, micro_batch=t.batch_size // ranks, grad_accum=t.grad_accum,
