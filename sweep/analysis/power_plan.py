@@ -19,9 +19,10 @@ import pandas as pd
 
 from specsweep.metrics import power as mpow
 from specsweep.metrics.aggregation import AggregationRule
-from specsweep.sweep.analysis.compare import PAPER, PAPER_MODELS, experiment_of
+from specsweep.sweep.analysis.compare import PAPER_MODELS, experiment_of
+from specsweep.sweep.analysis.defaults import DEFAULT_RESOLVE, PAPER
 from specsweep.sweep.analysis.points import build_points, group_columns
-from specsweep.sweep.analysis.power import DEFAULT_RESOLVE, METRIC_SHORT, pair_order, opt_label, series_noises
+from specsweep.sweep.analysis.power import METRIC_SHORT, pair_order, opt_label, series_noises
 from specsweep.sweep.analysis.read import NoRunDirectories, load_sweeps
 from specsweep.sweep.errors import SweepError
 
