@@ -22,7 +22,7 @@ from specsweep.metrics.aggregation import AggregationRule
 from specsweep.sweep.analysis.compare import PAPER_MODELS, experiment_of
 from specsweep.sweep.analysis.defaults import DEFAULT_RESOLVE, PAPER
 from specsweep.sweep.analysis.points import build_points, group_columns
-from specsweep.sweep.analysis.power import METRIC_SHORT, pair_order, opt_label, series_noises
+from specsweep.sweep.analysis.power import METRIC_SHORT, opt_label, pair_order, series_noises, series_order
 from specsweep.sweep.analysis.read import NoRunDirectories, load_sweeps
 from specsweep.sweep.errors import SweepError
 
@@ -86,9 +86,7 @@ def plan_resolution(design: Mapping[str, tuple[Sequence[float], int]], noises: M
     """One row per pair of the grid's optimizers × metric × bucket × site the pilot has noise for:
     the MDD of the planned design (widths, seeds per width) and what would resolve ``target``."""
     rows = []
-    series = sorted({(m, b, s) for (_, m, b, s) in noises if m in metrics},
-                    key=lambda k: (k[2] != "post", ["global", "head", "mid", "tail"].index(k[1])
-                                   if k[1] in ("global", "head", "mid", "tail") else 9, k[0] != "hard_rank"))
+    series = sorted({(m, b, s) for (_, m, b, s) in noises if m in metrics}, key=lambda k: series_order(*k))
     pairs = list(itertools.combinations(pair_order(list(design), reference), 2))
     pairs.sort(key=lambda p: p[1].split(" ")[0] != reference.lower())  # against the reference first
     for a, b in pairs:
