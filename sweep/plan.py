@@ -17,14 +17,16 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from specsweep.sweep.analysis.defaults import DEFAULT_RESOLVE, PAPER
 from specsweep.sweep.credentials import exit_if_credentials_in
 from specsweep.sweep.errors import UserError
 
 OPTIONS = {
     "out": "write the plan as JSON to this file",
     "tokens_per_s": "training tokens per second per GPU (default: an estimate from a measured anchor)",
-    "pilot": "noise for the resolution block: a finished sweep directory, or paper (default: the published fits)",
-    "resolve": "the |Δβ| between optimizers to resolve: seeds or widths that would (default 0.1; docs/power.md)",
+    "pilot": f"noise for the resolution block: a finished sweep directory, or {PAPER} (default: the published fits)",
+    "resolve": f"the |Δβ| between optimizers to resolve: seeds or widths that would (default {DEFAULT_RESOLVE}; "
+               "docs/power.md)",
     "calibration": "a calibration file (benchmarks/gpu_check.sh) read instead of the H100 constants",
 }
 # The numeric options, each with what it must be.
@@ -79,8 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         options, overrides = split_options(argv)
         plan = make_plan(overrides, tokens_per_s=options.get("tokens_per_s"), calibration=options.get("calibration"))
-        rows, resolution = grid_resolution([r.spec for r in plan.runs], options.get("pilot", "paper"),
-                                           options.get("resolve", 0.1))
+        rows, resolution = grid_resolution([r.spec for r in plan.runs], options.get("pilot", PAPER),
+                                           options.get("resolve", DEFAULT_RESOLVE))
     except UserError as e:  # a bad plan option, an invalid job (as the launch would refuse it)
         print(f"specsweep.sweep.plan: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,9 @@ from specsweep.metrics.fit import RANK_METRICS
 from specsweep.sweep import rundir
 from specsweep.sweep.rundir import sweepdir
 from specsweep.sweep.analysis import outdir
-from specsweep.sweep.analysis.live import NothingToFit
+from specsweep.metrics.aggregation import AggregationRule
+from specsweep.sweep.analysis.live import NothingToFit, at_common_step
+from specsweep.sweep.analysis.read import FinishedRun
 from specsweep.sweep.analysis.style import caption
 from specsweep.sweep.analysis.watch import watch
 from specsweep.sweep.fit import main, run_fit
@@ -280,3 +282,32 @@ def test_publish_falls_back_to_two_renames_without_an_atomic_exchange(tmp_path, 
         monkeypatch.setattr(outdir, "_exchange", lambda a, b: False)  # e.g. not Linux
         outdir.publish(staging, out)
         assert _status(out)["label"] == label and sorted(p.name for p in tmp_path.iterdir()) == ["analysis"]
+
+
+def _live_run(run_id: str, steps: list[int], ended: bool) -> FinishedRun:
+    """A run as sweep.fit --watch reads it: one telemetry record per step (step 1: untrained)."""
+    spectra = pd.DataFrame([{"step": s, "layer": 0, "site": "post", "bucket": "global", "soft_rank": 1.0}
+                            for s in steps])
+    return FinishedRun(run_id=run_id, run_dir=Path(run_id), sweep_dir=Path("."), axes={}, config_hash=None,
+                       spectra=spectra, eval_loss=3.0 if ended else math.nan, train_loss=math.nan,
+                       ended=ended)
+
+
+def test_an_ended_run_with_a_short_window_does_not_pull_the_common_step_down():
+    rule = AggregationRule()  # paper rule: the last 5 telemetry steps
+    short = _live_run("short", [1, 100], ended=True)       # ended after one event past the first update
+    going = _live_run("going", [1, *range(100, 700, 100)], ended=False)  # 6 events, up to step 600
+    kept, step, left = at_common_step([short, going], rule)
+    assert step == 600 and left == []
+    assert [r.run_id for r in kept] == ["short", "going"]
+    assert [sorted(set(r.spectra["step"])) for r in kept] == [[1, 100], [1, *range(100, 700, 100)]]
+
+
+def test_an_ended_run_with_only_the_untrained_event_is_left_out_of_the_live_fit():
+    rule = AggregationRule()
+    untrained = _live_run("untrained", [1], ended=True)
+    going = _live_run("going", [1, *range(100, 700, 100)], ended=False)
+    kept, step, left = at_common_step([untrained, going], rule)
+    assert step == 600 and [r.run_id for r in kept] == ["going"]
+    assert [(run, reason.startswith("too short: 0 telemetry step(s)")) for run, reason in left] == [
+        ("untrained", True)]

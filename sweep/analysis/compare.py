@@ -36,11 +36,11 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from specsweep.metrics.fit import RANK_METRICS
+from specsweep.sweep.analysis.defaults import PAPER
 from specsweep.sweep.analysis.points import read_table
 from specsweep.sweep.analysis.result import Comparison
 from specsweep.sweep.errors import SweepError
 
-PAPER = "paper"
 PAPER_SOURCE = ("paper 1 (Jha & Reagen, \"Same Architecture, Different Capacity\"): the β tables released "
                 "in github.com/optimizer-scaling-laws/spectral-scaling-laws results/processed/ "
                 "(commit 6803c68, MIT licence)")

@@ -93,9 +93,11 @@ def at_common_step(runs: Sequence[FinishedRun], rule: AggregationRule
 
     A run enters when it has a full aggregation window: ``rule.last_k`` telemetry steps after the
     first update (a ``window:A-B`` rule: a telemetry step at or past B); a run that has ended
-    enters with what it logged, as the final fit takes it (its short window is noted there). S is the latest step that every entered
-    run has reached; a run with fewer than ``last_k`` telemetry steps up to S (other telemetry
-    cadence) is left out as well. S is None when no run has a full window yet.
+    enters with what it logged, as the final fit takes it (its short window is noted there), unless
+    it logged no telemetry step after the first update. S is the latest step that every entered
+    run still going has reached (an ended run is cut at S too, but does not hold S back); a run
+    with fewer than ``last_k`` telemetry steps up to S (other telemetry cadence) is left out as
+    well. S is None when no run has a full window yet.
     """
     steps = {id(r): telemetry_steps(r) for r in runs}
     left: list[tuple[str, str]] = []
@@ -107,14 +109,15 @@ def at_common_step(runs: Sequence[FinishedRun], rule: AggregationRule
                 left.append((str(run.run_dir), f"window {rule.step_min}-{rule.step_max} not reached yet "
                                                f"(latest telemetry step {have[-1] if have else 'none'})"))
                 continue
-        elif len(have) < rule.last_k and not run.ended:  # an ended run enters as the final fit takes it
+        elif not have or (len(have) < rule.last_k and not run.ended):  # ended: enters as the final fit takes it
             left.append((str(run.run_dir), f"too short: {len(have)} telemetry step(s) so far, the rule "
                                            f"needs {rule.last_k}"))
             continue
         full.append(run)
     if not full:
         return [], None, left
-    common = rule.step_max if rule.kind == "window" else min(steps[id(r)][-1] for r in full)
+    going = [r for r in full if not r.ended] or full  # an ended run does not hold S back
+    common = rule.step_max if rule.kind == "window" else min(steps[id(r)][-1] for r in going)
     kept = []
     for run in full:
         n = sum(1 for s in steps[id(run)] if s <= common)

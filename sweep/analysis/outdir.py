@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from specsweep.sweep import liveness
+from specsweep.sweep.analysis.defaults import SNIPPET_FILE, SPEC_FILE
 from specsweep.sweep.errors import SweepError
 from specsweep.sweep.rundir import atomic_write_text, json_safe, now_iso
 
 STATUS_FILE = "status.json"
 REPORT_FILE = "report.md"
 WANDB_DIR = "wandb"
+RUNS_DIR = "runs"  # the run directories that --from-wandb rebuilds (sweep/analysis/wandb_io.py)
 # Entries of an analysis folder that a refit does not rewrite and must not lose.
-CARRIED = (WANDB_DIR, "runs", "wandb_workspace.json", "wandb_workspace.py")
+CARRIED = (WANDB_DIR, RUNS_DIR, SPEC_FILE, SNIPPET_FILE)
 _STAGING = ".{name}.staging-{pid}"
 _OLD = ".{name}.old-{pid}"
 _OWNER = ".owner.json"  # in a staging folder: the fit that writes it (sweep.liveness.this_process)

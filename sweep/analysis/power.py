@@ -19,6 +19,7 @@ import pandas as pd
 from specsweep.metrics import fit as mfit
 from specsweep.metrics import power as mpow
 from specsweep.sweep.analysis.defaults import DEFAULT_RESOLVE
+from specsweep.sweep.analysis.points import BUCKET_ORDER, SITE_ORDER
 
 OPT_COLS = ("optimizer", "rank_fraction")
 POWER_FILE = "power.csv"
@@ -136,12 +137,20 @@ def verdict(r: pd.Series) -> str:
             + _need_text(r))
 
 
+def series_order(metric: str, bucket: str, site: str) -> tuple[int, int, int]:
+    """Sort key of a metric × bucket × site series in the power block and sweep.plan's resolution:
+    post-activation first (the paper's claims; every other site after it), buckets in
+    ``BUCKET_ORDER`` (others last), hard rank before soft rank."""
+    return (int(site != SITE_ORDER[0]),
+            BUCKET_ORDER.index(bucket) if bucket in BUCKET_ORDER else len(BUCKET_ORDER),
+            int(metric != "hard_rank"))
+
+
 def _headline(table: pd.DataFrame) -> pd.DataFrame:
     """Rows shown first: post-activation (the paper's claims), hard and soft rank, global first."""
-    order = {"global": 0, "head": 1, "mid": 2, "tail": 3}
     sub = table[table["metric"].isin(["hard_rank", "soft_rank"])]
-    sub = sub.assign(_s=(sub["site"] != "post").astype(int), _b=sub["bucket"].map(order).fillna(9),
-                     _m=(sub["metric"] != "hard_rank").astype(int))
+    keys = [series_order(*k) for k in zip(sub["metric"], sub["bucket"], sub["site"])]
+    sub = sub.assign(**{c: [k[i] for k in keys] for i, c in enumerate(("_s", "_b", "_m"))})
     return sub.sort_values(["_s", "_b", "_m", "optimizer_a", "optimizer_b"], kind="stable")
 
 
@@ -153,7 +162,8 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
     if known.empty:
         return ["cannot show: any difference between optimizers: no pair has an interval (each fit needs >= 3 widths)"]
     res = known[known["resolved"].astype(bool)]
-    shown = _headline(res) if not _headline(res).empty else res
+    headline = _headline(res)
+    shown = headline if not headline.empty else res
     named = ", ".join(f"{r.optimizer_a} − {r.optimizer_b} {METRIC_SHORT.get(r.metric, r.metric)} ({r.bucket}, {r.site})"
                       for r in shown.head(4).itertuples()) + (" ..." if len(res) > 4 else "")
     m = known["mdd"].astype(float)

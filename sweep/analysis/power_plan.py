@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,36 +19,32 @@ import pandas as pd
 
 from specsweep.metrics import power as mpow
 from specsweep.metrics.aggregation import AggregationRule
+from specsweep.sweep.analysis.compare import PAPER_MODELS, experiment_of
+from specsweep.sweep.analysis.defaults import DEFAULT_RESOLVE, PAPER
 from specsweep.sweep.analysis.points import build_points, group_columns
-from specsweep.sweep.analysis.power import DEFAULT_RESOLVE, METRIC_SHORT, pair_order, opt_label, series_noises
+from specsweep.sweep.analysis.power import METRIC_SHORT, opt_label, pair_order, series_noises, series_order
 from specsweep.sweep.analysis.read import NoRunDirectories, load_sweeps
 from specsweep.sweep.errors import SweepError
 
-PAPER = "paper"
-# scale -> (d_model of its width ladder, tables with its fits)
-PUBLISHED = {"160m": (768, ("main_beta_table.csv", "frequency_bucket_beta_table.csv",
-                            "dion_tail_rank_sweep_beta_table.csv")),
-             "350m": (1024, ("tail_350m_beta_table.csv",))}
+# scale -> the tables with its fits (the d_model of its width ladder: compare.PAPER_MODELS)
+PUBLISHED = {"160m": ("main_beta_table.csv", "frequency_bucket_beta_table.csv",
+                      "dion_tail_rank_sweep_beta_table.csv"),
+             "350m": ("tail_350m_beta_table.csv",)}
 Key = tuple[str, str, str, str]  # optimizer label, metric, bucket, site
 
 
 def published_noises(scale: str = "160m") -> dict[Key, mpow.SeriesNoise]:
     """The noise of every published fit of one model scale (post-activation, one seed)."""
-    d_model, names = PUBLISHED[scale]
     out: dict[Key, mpow.SeriesNoise] = {}
     folder = resources.files("specsweep.sweep.analysis") / "published"
-    for name in names:
+    for name in PUBLISHED[scale]:
         with resources.as_file(folder / name) as path:
             frame = pd.read_csv(path)
-        for r in frame.itertuples():
-            rf = getattr(r, "dion_rank_fraction", None)
-            if rf is None or pd.isna(rf):  # the 350M table names Dion's rank only as "Dion (1/16)"
-                found = re.search(r"\((\d+/\d+)\)", str(getattr(r, "optimizer_display_name", "")))
-                rf = found.group(1) if found else None
-            key = (opt_label(r.optimizer, rf), r.metric,
-                   getattr(r, "bucket", "global"), "post")
-            lw = [math.log(d_model * k) for k in range(1, int(r.n_widths) + 1)]
-            out.setdefault(key, mpow.noise_from_published(float(r.beta), float(r.std_err), lw))
+        for r in frame.to_dict("records"):
+            exp = experiment_of(r, published=True)  # d_model from model_scale, Dion's rank fraction
+            key = (opt_label(exp.optimizer, exp.rank_fraction), r["metric"], r.get("bucket", "global"), "post")
+            lw = [math.log(exp.d_model * k) for k in range(1, int(r["n_widths"]) + 1)]
+            out.setdefault(key, mpow.noise_from_published(float(r["beta"]), float(r["std_err"]), lw))
     return out
 
 
@@ -77,9 +72,8 @@ def sweep_noises(pilot: str | Path) -> dict[Key, mpow.SeriesNoise]:
 def pilot_noises(pilot: str, scale: str = "160m") -> tuple[dict[Key, mpow.SeriesNoise], str]:
     """(noise per series, where it comes from) of ``plan.pilot``."""
     if pilot == PAPER:
-        d_model, names = PUBLISHED[scale]
-        return published_noises(scale), (f"the published {scale.upper()} fits ({', '.join(names)}; one run "
-                                         f"per width, D = {d_model}·k)")
+        return published_noises(scale), (f"the published {scale.upper()} fits ({', '.join(PUBLISHED[scale])}; "
+                                         f"one run per width, D = {PAPER_MODELS[scale][0]}·k)")
     path = Path(pilot)
     if not path.is_dir():
         raise SweepError(f"plan.pilot={pilot}: not a sweep directory (or 'paper' for the published fits)")
@@ -92,9 +86,7 @@ def plan_resolution(design: Mapping[str, tuple[Sequence[float], int]], noises: M
     """One row per pair of the grid's optimizers × metric × bucket × site the pilot has noise for:
     the MDD of the planned design (widths, seeds per width) and what would resolve ``target``."""
     rows = []
-    series = sorted({(m, b, s) for (_, m, b, s) in noises if m in metrics},
-                    key=lambda k: (k[2] != "post", ["global", "head", "mid", "tail"].index(k[1])
-                                   if k[1] in ("global", "head", "mid", "tail") else 9, k[0] != "hard_rank"))
+    series = sorted({(m, b, s) for (_, m, b, s) in noises if m in metrics}, key=lambda k: series_order(*k))
     pairs = list(itertools.combinations(pair_order(list(design), reference), 2))
     pairs.sort(key=lambda p: p[1].split(" ")[0] != reference.lower())  # against the reference first
     for a, b in pairs:
@@ -183,7 +175,7 @@ def grid_resolution(specs: Sequence[Any], pilot: str = PAPER, target: float = DE
     design = grid_design(specs)
     if len(design) < 2:
         return [], ""
-    big = any(s.model.d_model == 1024 and s.model.n_layer == 24 for s in specs)
+    big = any((s.model.d_model, s.model.n_layer) == PAPER_MODELS["350m"][:2] for s in specs)
     noises, source = pilot_noises(pilot, "350m" if big else "160m")
     rows = plan_resolution(design, noises, target, reference)
     return rows, resolution_text(rows, source, target)

@@ -50,7 +50,7 @@ def materialize_sources(sources: Sequence[str], out: Optional[str]) -> tuple[lis
     outdir.check_replaceable(out_dir)  # before anything is fetched
     dirs = []
     for i, source in enumerate(sources):
-        dest = out_dir / "runs" / (str(i) if len(sources) > 1 else "")
+        dest = out_dir / outdir.RUNS_DIR / (str(i) if len(sources) > 1 else "")
         try:
             n = materialize(source, dest)
         except Exception as e:  # noqa: BLE001 - reported like any other unusable input

@@ -141,7 +141,7 @@ def collect(sweep_dir: Path, stale_after: float = STALE_AFTER_S, now: Optional[f
     order = list(grid["runs"]) + [r for r in _run_dirs(sweep_dir) if r not in grid["runs"] and r not in recorded]
     folders.update({r: sweep_dir / r for r in order if r not in folders})
     jobs = sweepdir.latest_jobs(sweep_dir)
-    beats = {r: _heartbeat(RunDir(folders[r])) for r in order}
+    beats = {r: RunDir(folders[r]).read_heartbeat() for r in order}
     # The job a run's heartbeat names counts when jobs.jsonl has none (a job submitted by hand).
     job_ids = {r: (jobs.get(r) or {}).get("job_id") or beats[r].get("slurm_job") for r in order}
     wanted = [j for j in job_ids.values() if j]
@@ -159,13 +159,6 @@ def collect(sweep_dir: Path, stale_after: float = STALE_AFTER_S, now: Optional[f
     return out
 
 
-def _heartbeat(run: RunDir) -> dict:
-    try:
-        return run.read_heartbeat()
-    except OSError:
-        return {}
-
-
 def _run_state(sweep_dir: Path, run_dir: Path, run_id: str, point: Mapping[str, Any], beat: Mapping[str, Any],
                job_id: Optional[str], states: Mapping[str, str], stale_after: float, now: float) -> RunState:
     """The state of one run in ``run_dir`` (see collect)."""
@@ -177,16 +170,17 @@ def _run_state(sweep_dir: Path, run_dir: Path, run_id: str, point: Mapping[str, 
                   id=point.get("id") or rd.read_run_id_record() or {})
     s = status.get("status")
     lost = not status and rd.status_file.exists()  # an empty run.json (a power cut)
-    if lost and not rd.is_done():
+    done = rd.is_done()
+    if lost and not done:
         if not rd.checkpoints():
             raise RunDirError(f"{rd.status_file}: empty")
         # reported from its checkpoints: running while its heartbeat says so, else resumable
         rs.step = rd.checkpoint_step()
         s = STATUS_RUNNING if beat else STATUS_INTERRUPTED
-    if rd.is_done():
-        done = rd.read_done()
-        rs.state, rs.step = STATUS_DONE, done.get("final_step", rs.step)
-        loss = done.get("final_eval_loss")
+    if done:
+        summary = rd.read_done()
+        rs.state, rs.step = STATUS_DONE, summary.get("final_step", rs.step)
+        loss = summary.get("final_eval_loss")
         rs.detail = f"eval loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
     elif s == STATUS_DIVERGED:
         rs.state, rs.detail = STATUS_DIVERGED, _last_error_line(status.get("error") or "")

@@ -41,8 +41,10 @@ def find_run_dirs(sweep_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
 
 
 def load_status(run: RunDir) -> Any:
-    """The status file as written; raises OSError or json.JSONDecodeError (which
-    :meth:`RunDir.read_status` turns into ``{}``) so that a reader can say why a run is unusable."""
+    """The status file as written, whatever JSON value it holds; raises OSError or
+    json.JSONDecodeError so that a reader can say why a run is unusable (:meth:`RunDir.read_status`
+    instead gives ``{}`` for a missing or empty file and raises RunDirError for one it cannot read
+    or that is not a JSON object)."""
     return json.loads(run.status_file.read_text())
 
 
